@@ -1,0 +1,194 @@
+//! The stable ABI between a Plugbay host and its plugins.
+//!
+//! Everything here crosses the library boundary, so every type is `#[repr(C)]` and
+//! derives [`StableAbi`]: the host checks the layout of the whole module, field by
+//! field, before it calls anything.
+//!
+//! # Compatibility
+//!
+//! The root module is a prefix type and is frozen: new capabilities come as optional
+//! modules, never as changed fields. [`ABI_VERSION`] changes only on a real ABI break,
+//! not with every release of this crate; the plugbay-api version a plugin was built
+//! against travels separately in [`PluginMod::api_version`] and is checked by the host
+//! with semver rules. No cargo feature may change a type in this module.
+//!
+//! Plugin authors never use this module directly: `#[plugbay::plugin]` generates it.
+
+// abi_stable's `sabi_trait` expands to impls inside a const block.
+#![allow(non_local_definitions)]
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
+
+/// The version of the binary interface. It changes only when a type in this module
+/// changes incompatibly; abi_stable refuses a library whose ABI version differs.
+pub const ABI_VERSION: &str = "0.1.0";
+
+/// The plugbay-api version this crate is, compiled into every plugin.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The root module every plugin exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+pub struct PluginMod {
+    /// The plugbay-api version the plugin was compiled against.
+    pub api_version: RStr<'static>,
+    /// The plugin's validated `plugin.json`, as JSON.
+    pub manifest: RStr<'static>,
+    /// Whether the plugin was built with `panic = "unwind"`, so its hooks can turn
+    /// panics into errors. The host refuses plugins built with `panic = "abort"`.
+    pub panic_unwind: bool,
+    /// Builds a new plugin instance.
+    #[sabi(last_prefix_field)]
+    pub new: extern "C" fn() -> RResult<PluginBox, PluginError>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "plugbay_plugin";
+    const NAME: &'static str = "plugbay plugin";
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(ABI_VERSION);
+}
+
+/// A plugin instance, as the host sees it.
+///
+/// The generated implementation runs every hook inside `catch_unwind`.
+#[sabi_trait]
+pub trait PluginInstance: Send {
+    /// `init(context)`: called once, before any batch.
+    fn init(&mut self, context: PluginContext) -> RResult<(), PluginError>;
+
+    /// `process(batch)`: a JSON array of records in, a JSON array of records out.
+    fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+
+    /// `cleanup()`: the last call an instance receives.
+    #[sabi(last_prefix_field)]
+    fn cleanup(&mut self) -> RResult<(), PluginError>;
+}
+
+/// An owned plugin instance.
+pub type PluginBox = PluginInstance_TO<'static, RBox<()>>;
+
+/// What the host gives a plugin at `init`.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PluginContext {
+    /// The plugin's id, `name@version`.
+    pub plugin_id: RString,
+    /// The plugin's config, a JSON object.
+    pub config: RString,
+    /// Logging and the data store, checked against the plugin's permissions by the host.
+    pub services: HostServicesBox,
+}
+
+/// A log level, as `tracing` has them.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Very verbose.
+    Trace = 0,
+    /// For developers.
+    Debug = 1,
+    /// Normal operation.
+    Info = 2,
+    /// Something to look at.
+    Warn = 3,
+    /// Something failed.
+    Error = 4,
+}
+
+/// Services the host offers a plugin. Each call is checked against the plugin's
+/// granted permissions on the host side.
+#[sabi_trait]
+pub trait HostServices: Send + Sync {
+    /// Writes a line into the host's log, tagged with the plugin's id.
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+
+    /// Reads a value from the data store (`read:data`).
+    fn store_get(&self, key: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError>;
+
+    /// Writes a value into the data store (`write:data`).
+    fn store_put(&self, key: RStr<'_>, value: RSlice<'_, u8>) -> RResult<(), PluginError>;
+
+    /// Removes a value from the data store (`write:data`); says whether it was there.
+    #[sabi(last_prefix_field)]
+    fn store_delete(&self, key: RStr<'_>) -> RResult<bool, PluginError>;
+}
+
+/// A shared handle to the host's services.
+pub type HostServicesBox = HostServices_TO<'static, RArc<()>>;
+
+/// What kind of failure a [`PluginError`] is. A number rather than an enum, so that
+/// new kinds do not break the ABI; unknown kinds read as [`ErrorKind::FAILED`].
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorKind(pub u32);
+
+impl ErrorKind {
+    /// The plugin reported a failure.
+    pub const FAILED: ErrorKind = ErrorKind(0);
+    /// A hook panicked; the message is the panic's.
+    pub const PANICKED: ErrorKind = ErrorKind(1);
+    /// The batch could not be read as the plugin's input type.
+    pub const INVALID_INPUT: ErrorKind = ErrorKind(2);
+    /// The plugin's output could not be written as JSON.
+    pub const INVALID_OUTPUT: ErrorKind = ErrorKind(3);
+    /// A host service refused the call for lack of a permission.
+    pub const DENIED: ErrorKind = ErrorKind(4);
+    /// The config given to `init` could not be read.
+    pub const INVALID_CONFIG: ErrorKind = ErrorKind(5);
+
+    /// A lowercase name for the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::PANICKED => "panicked",
+            ErrorKind::INVALID_INPUT => "invalid input",
+            ErrorKind::INVALID_OUTPUT => "invalid output",
+            ErrorKind::DENIED => "permission denied",
+            ErrorKind::INVALID_CONFIG => "invalid config",
+            _ => "failed",
+        }
+    }
+}
+
+/// An error that crosses the boundary.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What went wrong, in lowercase.
+    pub message: RString,
+}
+
+impl PluginError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<RString>) -> Self {
+        PluginError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.name(), self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_export_name_is_abi_stables() {
+        assert_eq!(
+            crate::__private::ROOT_MODULE_EXPORT_NAME,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The safe authoring surface: [`Plugin`], [`Context`], [`Error`], and the adapter
+//! that turns a `Plugin` into the ABI's [`PluginInstance`](crate::abi::PluginInstance).
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RStr, RVec};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::abi::{
+    ErrorKind, HostServicesBox, LogLevel, PluginBox, PluginContext, PluginError, PluginInstance,
+    PluginInstance_TO, PluginMod, PluginModRef, API_VERSION,
+};
+
+/// A plugin: what `#[plugbay::plugin]` turns into an exported library.
+///
+/// The host builds the instance with [`Default`], then calls [`init`](Plugin::init)
+/// once, [`process`](Plugin::process) once per batch, and [`cleanup`](Plugin::cleanup)
+/// once at the end. A panic in any of them becomes an error for the host and marks
+/// the instance failed; the host and the other plugins go on.
+pub trait Plugin: Default + Send + 'static {
+    /// One input record: any serde type (`serde_json::Value` takes anything).
+    type Input: DeserializeOwned;
+    /// One output record.
+    type Output: Serialize;
+
+    /// Called once before any batch, with the plugin's id, config and host services.
+    fn init(&mut self, ctx: &Context) -> Result<(), Error> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Turns one batch of records into another (of any length).
+    fn process(
+        &mut self,
+        ctx: &Context,
+        batch: Vec<Self::Input>,
+    ) -> Result<Vec<Self::Output>, Error>;
+
+    /// Called once at the end; a good place to report what the instance saw.
+    fn cleanup(&mut self, ctx: &Context) -> Result<(), Error> {
+        let _ = ctx;
+        Ok(())
+    }
+}
+
+/// A plugin's error: a message for the host, and what kind of failure it is.
+///
+/// Anything that implements `std::error::Error` converts into it with `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// A failure with `message`.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Error {
+            kind: ErrorKind::FAILED,
+            message: message.to_string(),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether a host service refused the call for lack of a permission.
+    pub fn is_denied(&self) -> bool {
+        self.kind == ErrorKind::DENIED
+    }
+
+    fn from_abi(error: PluginError) -> Self {
+        Error {
+            kind: error.kind,
+            message: error.message.into(),
+        }
+    }
+
+    fn into_abi(self) -> PluginError {
+        PluginError::new(self.kind, self.message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(error: E) -> Self {
+        Error::new(error)
+    }
+}
+
+/// A log level for [`Context::log`].
+pub type Level = LogLevel;
+
+/// What the host gives a plugin: its id, its config and the host services.
+///
+/// Every hook receives it. Host services are permission-checked by the host: without
+/// `read:data` a [`store_get`](Context::store_get) returns an error for which
+/// [`Error::is_denied`] is true.
+pub struct Context {
+    plugin_id: String,
+    config: serde_json::Value,
+    services: HostServicesBox,
+}
+
+impl Context {
+    /// The plugin's id, `name@version`.
+    pub fn plugin_id(&self) -> &str {
+        &self.plugin_id
+    }
+
+    /// The whole config (a JSON object; empty if the host gave none).
+    pub fn config_value(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// The config as a typed value.
+    pub fn config<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        T::deserialize(&self.config).map_err(|err| Error {
+            kind: ErrorKind::INVALID_CONFIG,
+            message: format!("invalid config: {err}"),
+        })
+    }
+
+    /// One field of the config, if present.
+    pub fn config_field<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>, Error> {
+        match self.config.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => T::deserialize(value).map(Some).map_err(|err| Error {
+                kind: ErrorKind::INVALID_CONFIG,
+                message: format!("invalid config field `{field}`: {err}"),
+            }),
+        }
+    }
+
+    /// Writes `message` into the host's log at `level`, tagged with the plugin id.
+    pub fn log(&self, level: Level, message: impl fmt::Display) {
+        self.services
+            .log(level, RStr::from_str(&message.to_string()));
+    }
+
+    /// Logs at info level.
+    pub fn info(&self, message: impl fmt::Display) {
+        self.log(Level::Info, message);
+    }
+
+    /// Logs at warn level.
+    pub fn warn(&self, message: impl fmt::Display) {
+        self.log(Level::Warn, message);
+    }
+
+    /// Reads `key` from the host's data store (needs `read:data`).
+    pub fn store_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.services.store_get(RStr::from_str(key)) {
+            ROk(ROption::RSome(value)) => Ok(Some(value.into_vec())),
+            ROk(ROption::RNone) => Ok(None),
+            RErr(error) => Err(Error::from_abi(error)),
+        }
+    }
+
+    /// Writes `value` under `key` in the host's data store (needs `write:data`).
+    pub fn store_put(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        self.services
+            .store_put(RStr::from_str(key), RSlice::from_slice(value))
+            .into_result()
+            .map_err(Error::from_abi)
+    }
+
+    /// Removes `key` from the host's data store (needs `write:data`); says whether it
+    /// was there.
+    pub fn store_delete(&self, key: &str) -> Result<bool, Error> {
+        self.services
+            .store_delete(RStr::from_str(key))
+            .into_result()
+            .map_err(Error::from_abi)
+    }
+}
+
+/// What `#[plugbay::plugin]` implements for the plugin type.
+#[doc(hidden)]
+pub trait Export: Plugin {
+    /// The validated manifest, as compact JSON.
+    const MANIFEST: &'static str;
+}
+
+/// The exported header of a plugin library of type `P`.
+#[doc(hidden)]
+pub const fn lib_header<P: Export>() -> LibHeader {
+    // SAFETY: `from_constructor::<PluginModRef>` requires that the constructor returns
+    // the root module of type `PluginModRef`, which `load_root::<P>` does.
+    unsafe { LibHeader::from_constructor::<PluginModRef>(load_root::<P>, CheckTypeLayout::Yes) }
+}
+
+extern "C" fn load_root<P: Export>() -> RootModuleResult {
+    abi_stable::library::__call_root_module_loader(root_module::<P>)
+}
+
+fn root_module<P: Export>() -> PluginModRef {
+    let module = PluginMod {
+        api_version: RStr::from_str(API_VERSION),
+        manifest: RStr::from_str(P::MANIFEST),
+        panic_unwind: cfg!(panic = "unwind"),
+        new: new_instance::<P>,
+    };
+    module.leak_into_prefix()
+}
+
+extern "C" fn new_instance<P: Export>() -> RResult<PluginBox, PluginError> {
+    guard("the constructor", || {
+        Ok(PluginInstance_TO::from_value(
+            Adapter::<P> {
+                plugin: P::default(),
+                context: None,
+            },
+            TD_Opaque,
+        ))
+    })
+}
+
+/// Runs `body`, turning a panic into a [`PluginError`] of kind `PANICKED`.
+fn guard<T>(hook: &str, body: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => result.into(),
+        Err(payload) => RErr(PluginError::new(
+            ErrorKind::PANICKED,
+            format!("{hook} panicked: {}", panic_message(payload.as_ref())),
+        )),
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "a panic with a non-string payload"
+    }
+}
+
+struct Adapter<P> {
+    plugin: P,
+    context: Option<Context>,
+}
+
+fn initialized<'a>(context: &'a Option<Context>, hook: &str) -> Result<&'a Context, PluginError> {
+    context.as_ref().ok_or_else(|| {
+        PluginError::new(ErrorKind::FAILED, format!("`{hook}` called before `init`"))
+    })
+}
+
+impl<P: Plugin> PluginInstance for Adapter<P> {
+    fn init(&mut self, context: PluginContext) -> RResult<(), PluginError> {
+        guard("init", || {
+            let config = if context.config.trim().is_empty() {
+                serde_json::Value::Object(Default::default())
+            } else {
+                serde_json::from_str(&context.config).map_err(|err| {
+                    PluginError::new(
+                        ErrorKind::INVALID_CONFIG,
+                        format!("config is not JSON: {err}"),
+                    )
+                })?
+            };
+            let context = self.context.insert(Context {
+                plugin_id: context.plugin_id.into(),
+                config,
+                services: context.services,
+            });
+            self.plugin.init(context).map_err(Error::into_abi)
+        })
+    }
+
+    fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        guard("process", || {
+            let context = initialized(&self.context, "process")?;
+            let records: Vec<P::Input> =
+                serde_json::from_slice(batch.as_slice()).map_err(|err| {
+                    PluginError::new(
+                        ErrorKind::INVALID_INPUT,
+                        format!("batch is not a JSON array of this plugin's records: {err}"),
+                    )
+                })?;
+            let output = self
+                .plugin
+                .process(context, records)
+                .map_err(Error::into_abi)?;
+            let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2);
+            serde_json::to_writer(&mut bytes, &output).map_err(|err| {
+                PluginError::new(
+                    ErrorKind::INVALID_OUTPUT,
+                    format!("output records could not be written as JSON: {err}"),
+                )
+            })?;
+            Ok(RVec::from(bytes))
+        })
+    }
+
+    fn cleanup(&mut self) -> RResult<(), PluginError> {
+        guard("cleanup", || {
+            let context = initialized(&self.context, "cleanup")?;
+            self.plugin.cleanup(context).map_err(Error::into_abi)
+        })
+    }
+}

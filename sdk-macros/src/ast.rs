@@ -1,0 +1,150 @@
+//! Parsing and validation: the attribute's arguments, the item, and `plugin.json`.
+
+use std::path::{Path, PathBuf};
+
+use plugbay_manifest::Manifest;
+use proc_macro2::{Span, TokenStream};
+use syn::spanned::Spanned;
+use syn::{Ident, Item, LitStr};
+
+/// A validated use of `#[plugbay::plugin]`.
+pub struct Input {
+    /// The plugin struct's name.
+    pub ident: Ident,
+    /// The manifest, validated.
+    pub manifest: Manifest,
+    /// Where the manifest was read from (tracked so that edits rebuild the plugin).
+    pub manifest_path: PathBuf,
+}
+
+impl Input {
+    pub fn parse(args: TokenStream, item: TokenStream) -> syn::Result<Input> {
+        let mut manifest_arg: Option<LitStr> = None;
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("manifest") {
+                if manifest_arg.is_some() {
+                    return Err(meta.error("`manifest` is given twice"));
+                }
+                manifest_arg = Some(meta.value()?.parse()?);
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown option; `#[plugbay::plugin]` takes only `manifest = \"path/to/plugin.json\"`",
+                ))
+            }
+        });
+        syn::parse::Parser::parse2(parser, args)?;
+
+        let item: Item = syn::parse2(item)?;
+        let ident = match item {
+            Item::Struct(item) => {
+                if !item.generics.params.is_empty() {
+                    return Err(syn::Error::new_spanned(
+                        &item.generics,
+                        "a plugin struct cannot have generic parameters; the library exports one concrete type",
+                    ));
+                }
+                item.ident
+            }
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    format!(
+                        "`#[plugbay::plugin]` goes on a struct that implements `plugbay::Plugin`, not on {}",
+                        describe(&other)
+                    ),
+                ))
+            }
+        };
+
+        let (manifest_path, span) = match &manifest_arg {
+            Some(lit) => (relative_to_source(lit), lit.span()),
+            None => (default_manifest_path()?, Span::call_site()),
+        };
+        let text = std::fs::read_to_string(&manifest_path).map_err(|err| {
+            let hint = if manifest_arg.is_some() {
+                "check the `manifest` path"
+            } else {
+                "create plugin.json beside Cargo.toml (see the plugbay-api docs for its fields)"
+            };
+            syn::Error::new(
+                span,
+                format!(
+                    "cannot read plugin manifest {}: {}; {hint}",
+                    manifest_path.display(),
+                    lowercase_io(&err)
+                ),
+            )
+        })?;
+        let manifest = Manifest::parse(&text).map_err(|err| {
+            syn::Error::new(
+                span,
+                format!(
+                    "invalid plugin manifest {}: {err}",
+                    file_name(&manifest_path)
+                ),
+            )
+        })?;
+        Ok(Input {
+            ident,
+            manifest,
+            manifest_path,
+        })
+    }
+}
+
+fn default_manifest_path() -> syn::Result<PathBuf> {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| {
+        syn::Error::new(
+            Span::call_site(),
+            "CARGO_MANIFEST_DIR is not set; build the plugin with cargo",
+        )
+    })?;
+    Ok(Path::new(&dir).join("plugin.json"))
+}
+
+/// `lit`'s path, relative to the directory of the file that holds it (as
+/// `include_str!` reads paths), or to the crate's root when the compiler cannot tell.
+fn relative_to_source(lit: &LitStr) -> PathBuf {
+    let path = PathBuf::from(lit.value());
+    if path.is_absolute() {
+        return path;
+    }
+    let source = lit.span().unwrap().local_file();
+    let base = match source.as_deref().and_then(Path::parent) {
+        Some(dir) if source.as_deref().is_some_and(Path::exists) => dir.to_path_buf(),
+        _ => std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+    };
+    let joined = base.join(path);
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn lowercase_io(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => err.to_string().to_lowercase(),
+    }
+}
+
+fn describe(item: &Item) -> &'static str {
+    match item {
+        Item::Enum(_) => "an enum",
+        Item::Fn(_) => "a function",
+        Item::Impl(_) => "an impl block",
+        Item::Mod(_) => "a module",
+        Item::Trait(_) => "a trait",
+        Item::Union(_) => "a union",
+        Item::Type(_) => "a type alias",
+        Item::Const(_) | Item::Static(_) => "a constant",
+        _ => "this item",
+    }
+}
