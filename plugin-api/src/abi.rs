@@ -80,6 +80,10 @@ pub struct PluginContext {
     pub plugin_id: RString,
     /// The plugin's config, a JSON object.
     pub config: RString,
+    /// The plugin's own directory (where its manifest and files live): `${plugin_dir}`.
+    pub plugin_dir: RString,
+    /// The directory the host gives plugins for their data: `${data_dir}`.
+    pub data_dir: RString,
     /// Logging and the data store, checked against the plugin's permissions by the host.
     pub services: HostServicesBox,
 }

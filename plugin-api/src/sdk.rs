@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 
 use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -117,6 +118,8 @@ pub type Level = LogLevel;
 pub struct Context {
     plugin_id: String,
     config: serde_json::Value,
+    plugin_dir: PathBuf,
+    data_dir: PathBuf,
     services: HostServicesBox,
 }
 
@@ -124,6 +127,18 @@ impl Context {
     /// The plugin's id, `name@version`.
     pub fn plugin_id(&self) -> &str {
         &self.plugin_id
+    }
+
+    /// The plugin's own directory, where its manifest and shipped files live
+    /// (`${plugin_dir}` in permissions).
+    pub fn plugin_dir(&self) -> &Path {
+        &self.plugin_dir
+    }
+
+    /// The directory the host gives plugins for their data (`${data_dir}` in
+    /// permissions).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The whole config (a JSON object; empty if the host gave none).
@@ -282,6 +297,8 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
             let context = self.context.insert(Context {
                 plugin_id: context.plugin_id.into(),
                 config,
+                plugin_dir: PathBuf::from(context.plugin_dir.as_str()),
+                data_dir: PathBuf::from(context.data_dir.as_str()),
                 services: context.services,
             });
             self.plugin.init(context).map_err(Error::into_abi)

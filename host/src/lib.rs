@@ -1,0 +1,65 @@
+//! Load, confine and drive Plugbay plugins.
+//!
+//! A Plugbay plugin is a native dynamic library built with `#[plugbay::plugin]`
+//! (see the `plugbay-api` crate). This crate loads such libraries, checks them
+//! (stable ABI layout, plugbay-api version, embedded manifest), confines each one
+//! with landlock on its own worker thread, and drives it: batches of JSON records
+//! in, batches out, with a deadline on every call.
+//!
+//! # Use cases
+//!
+//! - Run one plugin over your data: [`Host::start`] then [`PluginHandle::process`].
+//! - Chain plugins so that they work on successive batches at once: [`Pipeline`].
+//! - Offer plugins a data store and logging: [`DataStore`], [`Host::with_store`].
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use plugbay_host::{Batch, Host, PluginSpec};
+//!
+//! let host = Host::new();
+//! let spec = PluginSpec::from_manifest_file("plugins/data-processor/plugin.json")?;
+//! let mut plugin = host.start(spec)?;
+//! println!("confinement: {}", plugin.status().confinement);
+//! let input = Batch::from_json(r#"[{"id": 1}, {"id": 2}]"#);
+//! let output = plugin.process(&input)?;
+//! assert_eq!(output.len(), Some(2));
+//! plugin.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Limitations
+//!
+//! In-process confinement protects against buggy and overreaching plugins, not
+//! malicious ones: native code can read and write host memory, use descriptors the
+//! host already has open, and an `abort()` or segfault ends the host. The README's
+//! threat model says exactly what landlock stops.
+//!
+//! A Rust library cannot be unloaded soundly: a stopped plugin runs no more code and
+//! its memory is freed, but its mapped code stays until the process exits.
+//!
+//! # Compatibility
+//!
+//! Plugins built against any semver-compatible plugbay-api load (same major; for 0.x
+//! the same minor). Confinement needs Linux with landlock ABI 6 (kernel 6.12 or
+//! later); elsewhere plugins start only with [`SandboxMode::AllowDegraded`].
+#![deny(missing_docs)]
+
+mod batch;
+pub mod loader;
+mod pipeline;
+mod runtime;
+pub mod sandbox;
+mod services;
+
+pub use batch::Batch;
+pub use loader::LoadError;
+pub use pipeline::{IoError, Pipeline, PipelineError, PipelineReport, StageReport};
+pub use plugbay_api::abi::{ErrorKind, PluginError};
+pub use plugbay_api::manifest::{self, Hook, Manifest, Permission};
+pub use runtime::{
+    read_manifest, CallError, Failure, Host, Inspection, ManifestFileError, PluginHandle,
+    PluginSpec, PluginStatus, StartError, State, DEFAULT_TIMEOUT,
+};
+pub use sandbox::{Confinement, ConfinementLevel, Policy, SandboxError, SandboxMode};
+pub use services::{DataStore, MemoryStore};

@@ -1,0 +1,355 @@
+//! Opening a plugin library and checking it, in the order the checks can fail:
+//! the file opens; it exports a root module; abi_stable's layout check passes; the
+//! plugbay-api version is compatible; the embedded manifest matches the one given.
+//!
+//! Libraries are loaded with `libloading` and never closed: a library that passed
+//! abi_stable's layout check leaves pointers in abi_stable's global caches, and a Rust
+//! cdylib cannot be unloaded soundly anyway (thread-local destructors). "Unloaded"
+//! means no code of it runs again; its mapped code stays until the process exits.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{AbiHeaderRef, LibraryError, ROOT_MODULE_LOADER_NAME_WITH_NUL};
+use plugbay_api::abi::{PluginModRef, API_VERSION};
+use plugbay_api::manifest::{Manifest, Permission};
+
+/// Why a library could not be loaded as a plugin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// There is no file at the path.
+    #[error(
+        "plugin library {path} does not exist; build the plugin (`cargo build`) or fix the path"
+    )]
+    NotFound {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file is not a loadable library.
+    #[error("{path} is not a loadable library: {reason}")]
+    NotALibrary {
+        /// The path.
+        path: PathBuf,
+        /// What the dynamic loader said.
+        reason: String,
+    },
+    /// The library loads but exports no Plugbay root module.
+    #[error("{path} is not a Plugbay plugin: it exports no root module; put `#[plugbay::plugin]` on the plugin struct")]
+    NotAPlugin {
+        /// The path.
+        path: PathBuf,
+    },
+    /// abi_stable refused the library's header or ABI version.
+    #[error("{path} was built for an incompatible plugin ABI: {reason}; rebuild it against plugbay-api {API_VERSION}")]
+    IncompatibleAbi {
+        /// The path.
+        path: PathBuf,
+        /// What abi_stable said.
+        reason: String,
+    },
+    /// The types the library was compiled with do not have the host's layout.
+    #[error("{path} has a different ABI layout than this host: {summary}; rebuild it against plugbay-api {API_VERSION}")]
+    LayoutMismatch {
+        /// The path.
+        path: PathBuf,
+        /// The decisive part of abi_stable's report (the full report is logged at debug level).
+        summary: String,
+    },
+    /// The plugbay-api version the plugin was built against is not compatible.
+    #[error("{path} was built against plugbay-api {plugin}, which this host (plugbay-api {host}) cannot load; rebuild it against plugbay-api {host}")]
+    ApiVersion {
+        /// The path.
+        path: PathBuf,
+        /// The plugin's plugbay-api version.
+        plugin: String,
+        /// The host's plugbay-api version.
+        host: &'static str,
+    },
+    /// The plugin's manifest asks for a plugbay-api version range that excludes the host's.
+    #[error("{path} requires plugbay-api {requirement}, but this host has plugbay-api {host}")]
+    ApiRequirement {
+        /// The path.
+        path: PathBuf,
+        /// The manifest's `api_version`.
+        requirement: String,
+        /// The host's plugbay-api version.
+        host: &'static str,
+    },
+    /// The plugin was built with `panic = "abort"`, so a panic would end the host.
+    #[error("{path} was built with `panic = \"abort\"`; plugins must be built with `panic = \"unwind\"` so a panic cannot end the host")]
+    PanicAbort {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The embedded manifest could not be read.
+    #[error("{path} embeds an invalid manifest: {reason}")]
+    EmbeddedManifest {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The embedded manifest differs from the one the host was given.
+    #[error("{path} embeds a manifest whose {field} is {embedded}, but the manifest given says {given}; rebuild the plugin or register the manifest it was built with")]
+    ManifestMismatch {
+        /// The path.
+        path: PathBuf,
+        /// Which field differs.
+        field: &'static str,
+        /// What the library says.
+        embedded: String,
+        /// What the given manifest says.
+        given: String,
+    },
+}
+
+/// A library that passed every check.
+pub(crate) struct LoadedLibrary {
+    pub module: PluginModRef,
+    pub manifest: Manifest,
+    pub api_version: semver::Version,
+}
+
+/// Whether a plugin built against plugbay-api `plugin` can be loaded by a host with
+/// plugbay-api `host`: the same major version, or for 0.x the same minor version.
+pub fn api_compatible(plugin: &semver::Version, host: &semver::Version) -> bool {
+    plugin.major == host.major
+        && (host.major != 0 || plugin.minor == host.minor)
+        && (host.major != 0 || host.minor != 0 || plugin.patch == host.patch)
+}
+
+/// The host's plugbay-api version.
+pub fn host_api_version() -> semver::Version {
+    semver::Version::parse(API_VERSION).expect("plugbay-api's version is semver")
+}
+
+/// Opens `path` and runs every check but the manifest comparison.
+///
+/// Opening a library runs its initializers: call this only on a confined thread.
+pub(crate) fn open(path: &Path) -> Result<LoadedLibrary, LoadError> {
+    if !path.is_file() {
+        return Err(LoadError::NotFound {
+            path: path.to_owned(),
+        });
+    }
+    // SAFETY: opening a library runs its initializers, which may do anything native
+    // code can. That is the premise of in-process plugins: the caller runs this on a
+    // thread that landlock has already confined, and the threat model in the README
+    // says what confinement does and does not stop.
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|err| LoadError::NotALibrary {
+            path: path.to_owned(),
+            reason: error_chain(&err),
+        })?;
+    // SAFETY: abi_stable's root module loader symbol is a static `LibHeader` whose first
+    // field is an `AbiHeader`; `AbiHeaderRef` is a transparent reference to it, so reading
+    // the symbol's address as an `AbiHeaderRef` is what abi_stable's own loader does.
+    // `upgrade` then checks the header before anything else is read through it.
+    let header = unsafe {
+        library
+            .get::<AbiHeaderRef>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes())
+            .map(|symbol| *symbol)
+    }
+    .map_err(|_| LoadError::NotAPlugin {
+        path: path.to_owned(),
+    })?;
+    // Never close the library: the root module holds `'static` references into it,
+    // and abi_stable's layout cache keeps pointers into it once checked.
+    std::mem::forget(library);
+
+    let module = header
+        .upgrade()
+        .and_then(|header| header.init_root_module::<PluginModRef>())
+        .map_err(|err| library_error(path, err))?;
+
+    let api_text = module.api_version().as_str();
+    let host = host_api_version();
+    let api_version = semver::Version::parse(api_text)
+        .ok()
+        .filter(|version| api_compatible(version, &host))
+        .ok_or_else(|| LoadError::ApiVersion {
+            path: path.to_owned(),
+            plugin: api_text.to_owned(),
+            host: API_VERSION,
+        })?;
+    if !module.panic_unwind() {
+        return Err(LoadError::PanicAbort {
+            path: path.to_owned(),
+        });
+    }
+    let manifest =
+        Manifest::parse(module.manifest().as_str()).map_err(|err| LoadError::EmbeddedManifest {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+    if let Some(requirement) = &manifest.api_version {
+        if !requirement.matches(&host) {
+            return Err(LoadError::ApiRequirement {
+                path: path.to_owned(),
+                requirement: requirement.to_string(),
+                host: API_VERSION,
+            });
+        }
+    }
+    Ok(LoadedLibrary {
+        module,
+        manifest,
+        api_version,
+    })
+}
+
+/// Checks that the library's embedded manifest is the one the host was given: the
+/// same name and version, and no permission the given manifest does not list.
+pub(crate) fn check_manifest(
+    path: &Path,
+    embedded: &Manifest,
+    given: &Manifest,
+) -> Result<(), LoadError> {
+    let mismatch = |field, embedded: String, given: String| LoadError::ManifestMismatch {
+        path: path.to_owned(),
+        field,
+        embedded,
+        given,
+    };
+    if embedded.name != given.name {
+        return Err(mismatch("name", embedded.name.clone(), given.name.clone()));
+    }
+    if embedded.version != given.version {
+        return Err(mismatch(
+            "version",
+            embedded.version.to_string(),
+            given.version.to_string(),
+        ));
+    }
+    let extra: Vec<&Permission> = embedded
+        .permissions
+        .iter()
+        .filter(|permission| !given.permissions.contains(permission))
+        .collect();
+    if !extra.is_empty() {
+        return Err(mismatch(
+            "permissions",
+            format!("{} (more than given)", join(&embedded.permissions)),
+            join(&given.permissions),
+        ));
+    }
+    Ok(())
+}
+
+fn join(permissions: &[Permission]) -> String {
+    let names: Vec<String> = permissions.iter().map(|p| format!("`{p}`")).collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn library_error(path: &Path, err: LibraryError) -> LoadError {
+    match err {
+        LibraryError::AbiInstability(report) => {
+            let report = report.to_string();
+            tracing::debug!(path = %path.display(), %report, "abi_stable layout report");
+            LoadError::LayoutMismatch {
+                path: path.to_owned(),
+                summary: layout_summary(&report),
+            }
+        }
+        other => LoadError::IncompatibleAbi {
+            path: path.to_owned(),
+            reason: first_line(&other.to_string()),
+        },
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("no reason given")
+        .trim_end_matches('.')
+        .to_owned()
+}
+
+/// The decisive lines of abi_stable's layout report: what was expected and found,
+/// with the field and type names around them.
+fn layout_summary(report: &str) -> String {
+    let lines: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut picked: Vec<String> = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let lower = line.to_lowercase();
+        if lower.starts_with("error")
+            || lower.contains("mismatched")
+            || lower.contains("too many")
+            || lower.contains("missing")
+        {
+            picked.push((*line).to_owned());
+            for next in lines.iter().skip(index + 1).take(4) {
+                if next.starts_with("Expected")
+                    || next.starts_with("Found")
+                    || next.starts_with("expected")
+                    || next.starts_with("found")
+                {
+                    picked.push((*next).to_owned());
+                }
+            }
+        }
+    }
+    picked.dedup();
+    if picked.is_empty() {
+        picked = lines
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(|l| (*l).to_owned())
+            .collect();
+    }
+    let summary = picked.into_iter().rev().take(6).collect::<Vec<_>>();
+    summary.into_iter().rev().collect::<Vec<_>>().join(" / ")
+}
+
+/// The message of `err` and of each of its sources, joined (libloading 0.9 says only
+/// "dlopen failed" at the top).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        parts.push(cause.to_string());
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(text: &str) -> semver::Version {
+        semver::Version::parse(text).unwrap()
+    }
+
+    #[test]
+    fn semver_compatibility_follows_cargo() {
+        assert!(api_compatible(&v("0.1.0"), &v("0.1.9")));
+        assert!(api_compatible(&v("0.1.9"), &v("0.1.0")));
+        assert!(!api_compatible(&v("0.2.0"), &v("0.1.0")));
+        assert!(api_compatible(&v("1.0.0"), &v("1.4.2")));
+        assert!(!api_compatible(&v("2.0.0"), &v("1.4.2")));
+        assert!(!api_compatible(&v("0.0.1"), &v("0.0.2")));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let err = open(Path::new("/nonexistent/libnothing.so")).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/libnothing.so does not exist"),
+            "{err}"
+        );
+    }
+}
