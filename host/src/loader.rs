@@ -250,9 +250,20 @@ fn library_error(path: &Path, err: LibraryError) -> LoadError {
         LibraryError::AbiInstability(report) => {
             let report = report.to_string();
             tracing::debug!(path = %path.display(), %report, "abi_stable layout report");
+            let mismatch = LayoutReport::parse(&report);
+            // abi_stable compares the version of the crate that defines each type: a
+            // plugin built against another plugbay-api release shows up here.
+            if mismatch.kind == "incompatible package versions" && mismatch.expected == API_VERSION
+            {
+                return LoadError::ApiVersion {
+                    path: path.to_owned(),
+                    plugin: mismatch.found,
+                    host: API_VERSION,
+                };
+            }
             LoadError::LayoutMismatch {
                 path: path.to_owned(),
-                summary: layout_summary(&report),
+                summary: mismatch.to_string(),
             }
         }
         other => LoadError::IncompatibleAbi {
@@ -271,46 +282,79 @@ fn first_line(text: &str) -> String {
         .to_owned()
 }
 
-/// The decisive lines of abi_stable's layout report: what was expected and found,
-/// with the field and type names around them.
-fn layout_summary(report: &str) -> String {
-    let lines: Vec<&str> = report
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut picked: Vec<String> = Vec::new();
-    for (index, line) in lines.iter().enumerate() {
-        let lower = line.to_lowercase();
-        if lower.starts_with("error")
-            || lower.contains("mismatched")
-            || lower.contains("too many")
-            || lower.contains("missing")
-        {
-            picked.push((*line).to_owned());
-            for next in lines.iter().skip(index + 1).take(4) {
-                if next.starts_with("Expected")
-                    || next.starts_with("Found")
-                    || next.starts_with("expected")
-                    || next.starts_with("found")
-                {
-                    picked.push((*next).to_owned());
+/// The decisive part of abi_stable's layout report (which runs to hundreds of
+/// lines): the first error, what was expected and found, and where.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LayoutReport {
+    kind: String,
+    expected: String,
+    found: String,
+    /// `Type.field.field` leading to the mismatch.
+    location: String,
+}
+
+impl LayoutReport {
+    fn parse(report: &str) -> LayoutReport {
+        let lines: Vec<&str> = report.lines().map(str::trim).collect();
+        let Some(error_at) = lines.iter().position(|line| line.starts_with("Error:")) else {
+            return LayoutReport {
+                kind: first_line(report),
+                ..LayoutReport::default()
+            };
+        };
+        let value_after = |label: &str| {
+            lines[error_at..]
+                .iter()
+                .skip_while(|line| !line.starts_with(label))
+                .skip(1)
+                .find(|line| !line.is_empty())
+                .map(|line| (*line).to_owned())
+                .unwrap_or_default()
+        };
+        let block_start = lines[..error_at]
+            .iter()
+            .rposition(|line| line.ends_with("error(s)inside:"))
+            .unwrap_or(error_at);
+        let mut location: Vec<&str> = Vec::new();
+        let mut lines_in_block = lines[block_start..error_at].iter();
+        while let Some(line) = lines_in_block.next() {
+            if line.starts_with("Layout of expected type") {
+                break;
+            }
+            if let Some(field) = line.strip_prefix("field_name:") {
+                if location.is_empty() {
+                    if let Some(ty) = lines_in_block.next().and_then(|l| l.strip_prefix("type:")) {
+                        location.push(ty);
+                    }
+                }
+                if field != "0" {
+                    location.push(field);
                 }
             }
         }
+        LayoutReport {
+            kind: lines[error_at]
+                .trim_start_matches("Error:")
+                .trim()
+                .to_owned(),
+            expected: value_after("Expected:"),
+            found: value_after("Found:"),
+            location: location.join("."),
+        }
     }
-    picked.dedup();
-    if picked.is_empty() {
-        picked = lines
-            .iter()
-            .rev()
-            .take(4)
-            .rev()
-            .map(|l| (*l).to_owned())
-            .collect();
+}
+
+impl std::fmt::Display for LayoutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind)?;
+        if !self.location.is_empty() {
+            write!(f, " at `{}`", self.location)?;
+        }
+        if !self.expected.is_empty() || !self.found.is_empty() {
+            write!(f, ": expected `{}`, found `{}`", self.expected, self.found)?;
+        }
+        Ok(())
     }
-    let summary = picked.into_iter().rev().take(6).collect::<Vec<_>>();
-    summary.into_iter().rev().collect::<Vec<_>>().join(" / ")
 }
 
 /// The message of `err` and of each of its sources, joined (libloading 0.9 says only
@@ -341,6 +385,16 @@ mod tests {
         assert!(api_compatible(&v("1.0.0"), &v("1.4.2")));
         assert!(!api_compatible(&v("2.0.0"), &v("1.4.2")));
         assert!(!api_compatible(&v("0.0.1"), &v("0.0.2")));
+    }
+
+    #[test]
+    fn layout_reports_shrink_to_the_decisive_lines() {
+        let report = "Compared <this>:\n  --- Type Layout ---\n0 error(s).\n\n1 error(s)inside:\n    <other>\n\n    field_name:0\n    type:PluginMod\n    size:48 align:8\n\n    field_name:panic_unwind\n    type:bool\n\nLayout of expected type:\n    type:bool\n\nError:mismatched type\nExpected:\n    bool\nFound:\n    u32\n";
+        let summary = LayoutReport::parse(report);
+        assert_eq!(
+            summary.to_string(),
+            "mismatched type at `PluginMod.panic_unwind`: expected `bool`, found `u32`"
+        );
     }
 
     #[test]

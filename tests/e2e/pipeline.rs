@@ -1,0 +1,96 @@
+//! Pipelines stream batches through chained plugins, in order, and a failure names
+//! its stage and returns the batch.
+
+use plugbay_host::{Batch, IoError, Pipeline, PipelineError};
+use serde_json::{json, Value};
+
+use crate::{example, fixture, host};
+
+fn input(batches: usize, per_batch: usize) -> impl Iterator<Item = Result<Batch, IoError>> + Send {
+    (0..batches).map(move |b| {
+        let records: Vec<Value> = (0..per_batch)
+            .map(
+                |r| json!({"id": (b * per_batch + r) % 7, "email": format!("user{r}@example.com")}),
+            )
+            .collect();
+        Ok(Batch::from_records(&records).unwrap())
+    })
+}
+
+#[test]
+fn three_stages_run_in_order() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(example("redactor")).unwrap(),
+        host.start(example("dedup").with_config(json!({"key": "id"})))
+            .unwrap(),
+        host.start(example("data-processor")).unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let mut out: Vec<Value> = Vec::new();
+    let report = pipeline
+        .run(input(5, 4), |batch| {
+            out.extend(batch.records::<Value>()?);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(report.batches, 5);
+    assert_eq!(report.stages.len(), 3);
+    assert_eq!(report.stages[0].records_out, 20);
+    let ids: Vec<u64> = out.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![0, 1, 2, 3, 4, 5, 6],
+        "dedup kept first sightings, in order"
+    );
+    assert!(out
+        .iter()
+        .all(|r| r["email"] == "[redacted]" && r["processed"] == true));
+}
+
+#[test]
+fn a_failing_stage_is_named_and_its_batch_returned() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(example("data-processor")).unwrap(),
+        host.start(fixture("faulty").with_config(json!({"panic": "process"})))
+            .unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let err = pipeline.run(input(3, 2), |_| Ok(())).unwrap_err();
+    match err {
+        PipelineError::Stage {
+            stage,
+            index,
+            batch,
+            ..
+        } => {
+            assert_eq!((stage, index), (1, 0));
+            let records: Vec<Value> = batch.records().unwrap();
+            assert_eq!(
+                records[0]["processed"], true,
+                "the batch the stage was given"
+            );
+        }
+        other => panic!("expected a stage error, got {other}"),
+    }
+}
+
+#[test]
+fn input_errors_stop_the_pipeline() {
+    let (host, _dir) = host();
+    let mut pipeline = Pipeline::new(vec![host.start(example("data-processor")).unwrap()]);
+    let input = input(2, 1).chain(std::iter::once(Err::<Batch, IoError>("bad line 3".into())));
+    let mut seen = 0;
+    let err = pipeline
+        .run(input, |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, PipelineError::Input { index: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(seen, 2);
+}

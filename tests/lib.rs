@@ -1,0 +1,229 @@
+//! Helpers shared by the end-to-end tests and the benchmarks: they build the example
+//! and fixture plugins from the workspace (once per run) and find the libraries.
+//!
+//! `cargo test --workspace` does not build member cdylibs, so the tests do it
+//! themselves with the cargo that runs them, into the same target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The example plugins, by package name.
+pub const EXAMPLES: &[&str] = &["data-processor", "redactor", "dedup", "enricher"];
+
+/// The fixture plugins, by package name.
+pub const FIXTURES: &[&str] = &[
+    "fixture-faulty",
+    "fixture-raw-output",
+    "fixture-not-a-plugin",
+    "fixture-prober",
+];
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The profile directory the running test binary was built into (`target/debug`,
+/// `target/release`, …), which respects `CARGO_TARGET_DIR`.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let deps = exe.parent().expect("the test binary is in a folder");
+    deps.parent()
+        .expect("deps/ is in the profile folder")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn profile_args(profile_dir: &Path) -> Vec<String> {
+    let target_dir = profile_dir
+        .parent()
+        .expect("the profile folder is in the target folder");
+    let mut args = vec!["--target-dir".to_owned(), target_dir.display().to_string()];
+    match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => {}
+        Some("release") => args.push("--release".to_owned()),
+        Some(other) => args.extend(["--profile".to_owned(), other.to_owned()]),
+        None => {}
+    }
+    args
+}
+
+fn run(mut command: Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run cargo to build {what}: {err}"));
+    assert!(
+        output.status.success(),
+        "building {what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Builds every example and fixture plugin (once per process) and returns the folder
+/// that holds their libraries.
+pub fn plugins_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = profile_dir();
+        let mut command = cargo();
+        command.arg("build").args(profile_args(&dir));
+        for package in EXAMPLES.iter().chain(FIXTURES) {
+            command.args(["-p", package]);
+        }
+        run(command, "the example and fixture plugins");
+        dir
+    })
+}
+
+/// The library of a plugin package (`data-processor` → `…/libdata_processor.so`).
+pub fn library(package: &str) -> PathBuf {
+    plugins_dir().join(format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+/// The `plugin.json` of an example plugin.
+pub fn example_manifest(name: &str) -> PathBuf {
+    workspace_root()
+        .join("example-plugins")
+        .join(name)
+        .join("plugin.json")
+}
+
+/// The `plugin.json` of a fixture plugin.
+pub fn fixture_manifest(name: &str) -> PathBuf {
+    workspace_root()
+        .join("tests/fixtures")
+        .join(name)
+        .join("plugin.json")
+}
+
+/// Plugins built against a modified copy of plugbay-api, outside the workspace (so
+/// that cargo cannot unify them onto the real one).
+pub struct AbiFixtures {
+    /// Same plugbay-api version, but a field of the root module has another type.
+    pub layout: PathBuf,
+    /// Built against plugbay-api 0.9.0.
+    pub api_version: PathBuf,
+}
+
+/// Builds the [`AbiFixtures`] (once per process).
+pub fn abi_fixtures() -> &'static AbiFixtures {
+    static BUILT: OnceLock<AbiFixtures> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile = profile_dir();
+        let root = profile
+            .parent()
+            .expect("target folder")
+            .join("plugbay-abi-fixtures");
+        let target = root.join("target");
+        let layout = write_abi_fixture(&root.join("layout"), "0.1.0", true);
+        let api_version = write_abi_fixture(&root.join("api-version"), "0.9.0", false);
+        for dir in [&layout, &api_version] {
+            let mut command = cargo();
+            command
+                .arg("build")
+                .arg("--manifest-path")
+                .arg(dir.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target);
+            run(command, &format!("the ABI fixture in {}", dir.display()));
+        }
+        let lib = |variant: &str| {
+            target.join("debug").join(format!(
+                "{}abi_fixture_{variant}{}",
+                std::env::consts::DLL_PREFIX,
+                std::env::consts::DLL_SUFFIX
+            ))
+        };
+        AbiFixtures {
+            layout: lib("layout"),
+            api_version: lib("api_version"),
+        }
+    })
+}
+
+/// Writes a small workspace: a copy of plugbay-api at `version` (with the root
+/// module's `panic_unwind` as a `u32` if `change_layout`) and a plugin built on it.
+fn write_abi_fixture(dir: &Path, version: &str, change_layout: bool) -> PathBuf {
+    let workspace = workspace_root();
+    let variant = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
+    let api_src = dir.join("api/src");
+    let plugin_src = dir.join("plugin/src");
+    std::fs::create_dir_all(&api_src).unwrap();
+    std::fs::create_dir_all(&plugin_src).unwrap();
+    for file in ["lib.rs", "abi.rs", "sdk.rs"] {
+        let mut text =
+            std::fs::read_to_string(workspace.join("plugin-api/src").join(file)).unwrap();
+        if change_layout {
+            text = text
+                .replace("pub panic_unwind: bool,", "pub panic_unwind: u32,")
+                .replace(
+                    "panic_unwind: cfg!(panic = \"unwind\"),",
+                    "panic_unwind: 1,",
+                );
+        }
+        std::fs::write(api_src.join(file), text).unwrap();
+    }
+    let path = |relative: &str| workspace.join(relative).display().to_string();
+    let files = [
+        (
+            "Cargo.toml",
+            "[workspace]\nresolver = \"2\"\nmembers = [\"api\", \"plugin\"]\n".to_owned(),
+        ),
+        (
+            "api/Cargo.toml",
+            format!(
+                "[package]\nname = \"plugbay-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\n\
+                 [dependencies]\nabi_stable = \"0.11.3\"\nserde = \"1\"\nserde_json = \"1\"\n\
+                 plugbay-macros = {{ path = \"{}\" }}\nplugbay-manifest = {{ path = \"{}\" }}\n",
+                path("sdk-macros"),
+                path("plugin-api/manifest")
+            ),
+        ),
+        (
+            "plugin/Cargo.toml",
+            format!(
+                "[package]\nname = \"abi-fixture-{variant}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+                 [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nplugbay-api = {{ path = \"../api\" }}\n"
+            ),
+        ),
+        (
+            "plugin/plugin.json",
+            format!(
+                r#"{{"name": "abi-fixture", "version": "0.1.0", "description": "built against another plugbay-api",
+                    "author": "Plugbay tests", "main": "abi_fixture_{variant}", "hooks": ["process"],
+                    "permissions": ["process:data"]}}"#
+            ),
+        ),
+        (
+            "plugin/src/lib.rs",
+            "use plugbay_api::prelude::*;\n\n#[derive(Default)]\n#[plugbay_api::plugin]\npub struct Echo;\n\n\
+             impl Plugin for Echo {\n    type Input = serde_json::Value;\n    type Output = serde_json::Value;\n\n    \
+             fn process(&mut self, _: &Context, batch: Vec<Self::Input>) -> Result<Vec<Self::Output>, Error> {\n        \
+             Ok(batch)\n    }\n}\n"
+                .to_owned(),
+        ),
+    ];
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let plugin_toml = dir.join("plugin/Cargo.toml");
+    let mut text = std::fs::read_to_string(&plugin_toml).unwrap();
+    text.push_str("serde_json = \"1\"\n");
+    std::fs::write(plugin_toml, text).unwrap();
+    let _ = std::fs::copy(workspace.join("Cargo.lock"), dir.join("Cargo.lock"));
+    dir.to_owned()
+}
