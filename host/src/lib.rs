@@ -48,6 +48,8 @@
 mod batch;
 pub mod loader;
 mod pipeline;
+#[cfg(feature = "registry")]
+pub mod registry;
 mod runtime;
 pub mod sandbox;
 mod services;

@@ -3,6 +3,7 @@
 
 mod loader;
 mod pipeline;
+mod registry;
 mod runtime;
 mod sandbox;
 

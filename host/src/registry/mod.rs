@@ -1,0 +1,751 @@
+//! The local registry: plugins, their security review, their state, an audit log of
+//! every change, and API keys, in one SQLite database.
+//!
+//! Every change runs in an immediate transaction with a busy timeout, so several CLI
+//! processes and a server on the same registry at once lose nothing and corrupt
+//! nothing. Schema changes are versioned migrations (`PRAGMA user_version`).
+//!
+//! The lifecycle: [`register`](Registry::register) (the library is inspected on a
+//! confined thread and hashed; the entry is `pending`) → [`approve`](Registry::approve)
+//! or [`reject`](Registry::reject) → [`enable`](Registry::enable) (approved only) →
+//! [`spec`](Registry::spec) to run it (the library must still have the SHA-256 that
+//! was approved) → [`disable`](Registry::disable) → [`unregister`](Registry::unregister).
+
+mod keys;
+mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use plugbay_api::manifest::{Manifest, Permission};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use keys::{ApiKey, AuthError, Scope, SCOPES};
+
+use crate::loader;
+use crate::runtime::{Host, ManifestFileError, PluginSpec, StartError};
+use crate::sandbox::Policy;
+
+/// How long a writer waits for another to finish before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The registry's file name inside its home.
+pub const DATABASE_FILE: &str = "registry.db";
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The home folder could not be created.
+    #[error("cannot create registry home {path}: {source}")]
+    Home {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error("cannot open registry {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer Plugbay.
+    #[error("registry {path} has schema version {found}, newer than this plugbay understands ({supported}); upgrade plugbay")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// A database operation failed.
+    #[error("registry database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The id is not of the form `name@version`.
+    #[error("invalid plugin id `{id}`; ids look like `name@version`, e.g. `data-processor@1.0.0`")]
+    InvalidId {
+        /// The id given.
+        id: String,
+    },
+    /// No plugin has this id.
+    #[error("no plugin `{id}` in the registry; `plugbay list` shows the registered ids")]
+    NotFound {
+        /// The id.
+        id: String,
+    },
+    /// The id is already registered.
+    #[error("plugin `{id}` is already registered; unregister it first or bump its version")]
+    Conflict {
+        /// The id.
+        id: String,
+    },
+    /// The plugin is not approved.
+    #[error("plugin `{id}` is {status}, not approved; review it first with `plugbay review approve {id}`")]
+    NotApproved {
+        /// The id.
+        id: String,
+        /// Its review status.
+        status: ReviewStatus,
+    },
+    /// The plugin is disabled.
+    #[error("plugin `{id}` is disabled; enable it with `plugbay enable {id}`")]
+    Disabled {
+        /// The id.
+        id: String,
+    },
+    /// The library's SHA-256 differs from the one that was registered or approved.
+    #[error("library {path} of plugin `{id}` changed since {since} (sha256 {expected} then, {actual} now); it will not be loaded; unregister, register and review it again")]
+    LibraryChanged {
+        /// The id.
+        id: String,
+        /// The library.
+        path: PathBuf,
+        /// `registration` or `review`.
+        since: &'static str,
+        /// The recorded hash.
+        expected: String,
+        /// The hash now.
+        actual: String,
+    },
+    /// A grant that the manifest does not request.
+    #[error("cannot grant `{permission}` to `{id}`: its manifest does not request it (it requests {requested})")]
+    NotRequested {
+        /// The id.
+        id: String,
+        /// The permission.
+        permission: String,
+        /// What the manifest requests.
+        requested: String,
+    },
+    /// A rejection needs a reason.
+    #[error("rejecting `{id}` needs a reason (`--reason TEXT`)")]
+    NoReason {
+        /// The id.
+        id: String,
+    },
+    /// The library could not be read for hashing.
+    #[error("cannot read library {path}: {source}")]
+    Library {
+        /// The library.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The manifest file could not be used.
+    #[error(transparent)]
+    Manifest(#[from] ManifestFileError),
+    /// The library failed inspection (it would not load).
+    #[error(transparent)]
+    Inspect(#[from] StartError),
+    /// An API key operation failed.
+    #[error(transparent)]
+    Key(#[from] AuthError),
+}
+
+/// Where a plugin is in its security review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewStatus {
+    /// Registered, not reviewed yet.
+    Pending,
+    /// Approved: may be enabled.
+    Approved,
+    /// Rejected: may not be enabled.
+    Rejected,
+}
+
+impl ReviewStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Pending => "pending",
+            ReviewStatus::Approved => "approved",
+            ReviewStatus::Rejected => "rejected",
+        }
+    }
+}
+
+impl fmt::Display for ReviewStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ReviewStatus {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "pending" => Ok(ReviewStatus::Pending),
+            "approved" => Ok(ReviewStatus::Approved),
+            "rejected" => Ok(ReviewStatus::Rejected),
+            other => Err(format!("unknown review status `{other}`")),
+        }
+    }
+}
+
+/// A plugin's security review.
+#[derive(Debug, Clone, Serialize)]
+pub struct Review {
+    /// Pending, approved or rejected.
+    pub status: ReviewStatus,
+    /// Who reviewed it.
+    pub reviewer: Option<String>,
+    /// When (RFC 3339).
+    pub reviewed_at: Option<String>,
+    /// The library's SHA-256 when it was approved.
+    pub reviewed_sha256: Option<String>,
+    /// What was granted (approved plugins).
+    pub granted: Vec<Permission>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+}
+
+/// A registered plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// `name@version`.
+    pub id: String,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The library file.
+    pub library: PathBuf,
+    /// The library's SHA-256 at registration.
+    pub sha256: String,
+    /// `${plugin_dir}`: where the manifest was.
+    pub plugin_dir: PathBuf,
+    /// Whether it may run.
+    pub enabled: bool,
+    /// Its review.
+    pub review: Review,
+    /// Config passed to `init` (the manifest's defaults if not set).
+    pub config: Option<serde_json::Value>,
+    /// When it was registered (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// One change in the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// Order of events.
+    pub seq: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who.
+    pub actor: String,
+    /// What (`register`, `approve`, …).
+    pub action: String,
+    /// Which plugin, if any.
+    pub plugin_id: Option<String>,
+    /// Details.
+    pub detail: Option<String>,
+}
+
+/// What to register: a manifest and the library it describes.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The library.
+    pub library: PathBuf,
+    /// `${plugin_dir}` (the manifest's folder).
+    pub plugin_dir: PathBuf,
+}
+
+impl Registration {
+    /// From a `plugin.json` (or a folder holding one). The library is `library` if
+    /// given, else `main` resolved in the manifest's folder.
+    pub fn from_path(path: &Path, library: Option<&Path>) -> Result<Registration, RegistryError> {
+        let manifest_path = if path.is_dir() {
+            path.join("plugin.json")
+        } else {
+            path.to_owned()
+        };
+        let spec = PluginSpec::from_manifest_file(&manifest_path)?;
+        Ok(Registration {
+            library: library.map(Path::to_owned).unwrap_or(spec.library),
+            manifest: spec.manifest,
+            plugin_dir: spec.plugin_dir,
+        })
+    }
+}
+
+/// A handle to a registry database.
+pub struct Registry {
+    connection: Connection,
+    path: PathBuf,
+    home: PathBuf,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// The current time, RFC 3339 in UTC with milliseconds.
+pub(crate) fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The SHA-256 of a file, in hex.
+pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn check_id(id: &str) -> Result<(), RegistryError> {
+    let valid = id
+        .split_once('@')
+        .is_some_and(|(name, version)| !name.is_empty() && semver::Version::parse(version).is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidId { id: id.to_owned() })
+    }
+}
+
+impl Registry {
+    /// Opens (creating and migrating if needed) the registry in `home`.
+    pub fn open(home: impl AsRef<Path>) -> Result<Registry, RegistryError> {
+        let home = home.as_ref();
+        std::fs::create_dir_all(home).map_err(|source| RegistryError::Home {
+            path: home.to_owned(),
+            source,
+        })?;
+        let path = home.join(DATABASE_FILE);
+        let open_error = |source| RegistryError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut connection = Connection::open(&path).map_err(open_error)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        schema::migrate(&mut connection, &path)?;
+        Ok(Registry {
+            connection,
+            path,
+            home: home.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The registry's home folder.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Where plugins of this registry keep their `${data_dir}`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.home.join("data")
+    }
+
+    fn write<T>(&mut self, body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+        let tx = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = body(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Registers a plugin: inspects the library on a confined thread (as loading
+    /// does), checks that its embedded manifest matches, records its SHA-256, and
+    /// leaves it pending review.
+    pub fn register(&mut self, host: &Host, registration: Registration, actor: &str) -> Result<Entry, RegistryError> {
+        let Registration {
+            manifest,
+            library,
+            plugin_dir,
+        } = registration;
+        let library = std::path::absolute(&library).unwrap_or(library);
+        let plugin_dir = std::path::absolute(&plugin_dir).unwrap_or(plugin_dir);
+        let id = manifest.id();
+        if self.find(&id)?.is_some() {
+            return Err(RegistryError::Conflict { id });
+        }
+        let sha256 = sha256_file(&library).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                RegistryError::Inspect(StartError::Load(loader::LoadError::NotFound { path: library.clone() }))
+            } else {
+                RegistryError::Library {
+                    path: library.clone(),
+                    source,
+                }
+            }
+        })?;
+        let inspection = host.inspect(&library)?;
+        loader::check_manifest(&library, &inspection.manifest, &manifest).map_err(StartError::Load)?;
+        let now = now();
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO plugins (id, name, version, manifest, library, sha256, plugin_dir, config, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                 ON CONFLICT (id) DO NOTHING",
+                params![
+                    id,
+                    manifest.name,
+                    manifest.version.to_string(),
+                    manifest.to_json(),
+                    library.to_string_lossy(),
+                    sha256,
+                    plugin_dir.to_string_lossy(),
+                    manifest.config.as_ref().map(|c| c.to_string()),
+                    now,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(RegistryError::Conflict { id: id.clone() });
+            }
+            audit(tx, actor, "register", Some(&id), Some(&format!("library {} sha256 {sha256}", library.display())))
+        })?;
+        self.get(&id)
+    }
+
+    /// Every registered plugin, by id.
+    pub fn list(&self) -> Result<Vec<Entry>, RegistryError> {
+        let mut statement = self.connection.prepare(&format!("{SELECT_ENTRY} ORDER BY id"))?;
+        let rows = statement.query_map([], row_to_entry)?;
+        rows.map(|row| row?.map_err(RegistryError::from))
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    fn find(&self, id: &str) -> Result<Option<Entry>, RegistryError> {
+        self.connection
+            .query_row(&format!("{SELECT_ENTRY} WHERE id = ?1"), [id], row_to_entry)
+            .optional()?
+            .transpose()
+            .map_err(RegistryError::from)
+    }
+
+    /// One plugin.
+    pub fn get(&self, id: &str) -> Result<Entry, RegistryError> {
+        check_id(id)?;
+        self.find(id)?
+            .ok_or_else(|| RegistryError::NotFound { id: id.to_owned() })
+    }
+
+    /// Approves a plugin after review, granting `grants` (every requested permission
+    /// if `None`). Records the reviewer, the time and the library's SHA-256, which
+    /// must still be the one registered.
+    pub fn approve(&mut self, id: &str, reviewer: &str, grants: Option<Vec<Permission>>) -> Result<Entry, RegistryError> {
+        let entry = self.get(id)?;
+        let requested = &entry.manifest.permissions;
+        let granted = match grants {
+            None => requested.clone(),
+            Some(grants) => {
+                if let Some(extra) = grants.iter().find(|grant| !requested.contains(grant)) {
+                    return Err(RegistryError::NotRequested {
+                        id: id.to_owned(),
+                        permission: extra.to_string(),
+                        requested: list_permissions(requested),
+                    });
+                }
+                requested.iter().filter(|p| grants.contains(p)).cloned().collect()
+            }
+        };
+        let actual = self.current_hash(&entry)?;
+        if actual != entry.sha256 {
+            return Err(RegistryError::LibraryChanged {
+                id: id.to_owned(),
+                path: entry.library,
+                since: "registration",
+                expected: entry.sha256,
+                actual,
+            });
+        }
+        let granted_json = serde_json::to_string(&granted).expect("permissions serialize");
+        let now = now();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE plugins SET review_status = 'approved', reviewer = ?2, reviewed_at = ?3,
+                 reviewed_sha256 = ?4, granted = ?5, review_reason = NULL, updated_at = ?3
+                 WHERE id = ?1 AND sha256 = ?4",
+                params![id, reviewer, now, actual, granted_json],
+            )?;
+            if changed == 0 {
+                return Err(RegistryError::NotFound { id: id.to_owned() });
+            }
+            audit(tx, reviewer, "approve", Some(id), Some(&format!("granted {}", list_permissions(&granted))))
+        })?;
+        self.get(id)
+    }
+
+    /// Rejects a plugin, with a reason; a rejected plugin is disabled.
+    pub fn reject(&mut self, id: &str, reviewer: &str, reason: &str) -> Result<Entry, RegistryError> {
+        check_id(id)?;
+        if reason.trim().is_empty() {
+            return Err(RegistryError::NoReason { id: id.to_owned() });
+        }
+        let now = now();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE plugins SET review_status = 'rejected', reviewer = ?2, reviewed_at = ?3,
+                 reviewed_sha256 = NULL, granted = NULL, review_reason = ?4, enabled = 0, updated_at = ?3
+                 WHERE id = ?1",
+                params![id, reviewer, now, reason],
+            )?;
+            if changed == 0 {
+                return Err(RegistryError::NotFound { id: id.to_owned() });
+            }
+            audit(tx, reviewer, "reject", Some(id), Some(reason))
+        })?;
+        self.get(id)
+    }
+
+    /// Enables an approved plugin whose library is unchanged since review.
+    pub fn enable(&mut self, id: &str, actor: &str) -> Result<Entry, RegistryError> {
+        let entry = self.get(id)?;
+        self.check_runnable(&entry, false)?;
+        self.set_enabled(id, true, actor)
+    }
+
+    /// Disables a plugin (a running instance is the host's to drain and stop).
+    pub fn disable(&mut self, id: &str, actor: &str) -> Result<Entry, RegistryError> {
+        check_id(id)?;
+        self.set_enabled(id, false, actor)
+    }
+
+    fn set_enabled(&mut self, id: &str, enabled: bool, actor: &str) -> Result<Entry, RegistryError> {
+        let now = now();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE plugins SET enabled = ?2, updated_at = ?3
+                 WHERE id = ?1 AND (?2 = 0 OR review_status = 'approved')",
+                params![id, enabled, now],
+            )?;
+            if changed == 0 {
+                let status: Option<String> = tx
+                    .query_row("SELECT review_status FROM plugins WHERE id = ?1", [id], |row| row.get(0))
+                    .optional()?;
+                return Err(match status {
+                    None => RegistryError::NotFound { id: id.to_owned() },
+                    Some(status) => RegistryError::NotApproved {
+                        id: id.to_owned(),
+                        status: status.parse().unwrap_or(ReviewStatus::Pending),
+                    },
+                });
+            }
+            audit(tx, actor, if enabled { "enable" } else { "disable" }, Some(id), None)
+        })?;
+        self.get(id)
+    }
+
+    /// Removes a plugin (its audit history stays).
+    pub fn unregister(&mut self, id: &str, actor: &str) -> Result<Entry, RegistryError> {
+        let entry = self.get(id)?;
+        self.write(|tx| {
+            if tx.execute("DELETE FROM plugins WHERE id = ?1", [id])? == 0 {
+                return Err(RegistryError::NotFound { id: id.to_owned() });
+            }
+            audit(tx, actor, "unregister", Some(id), None)
+        })?;
+        Ok(entry)
+    }
+
+    /// Sets the config passed to `init`.
+    pub fn configure(&mut self, id: &str, config: &serde_json::Value, actor: &str) -> Result<Entry, RegistryError> {
+        check_id(id)?;
+        let now = now();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE plugins SET config = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, config.to_string(), now],
+            )?;
+            if changed == 0 {
+                return Err(RegistryError::NotFound { id: id.to_owned() });
+            }
+            audit(tx, actor, "configure", Some(id), Some(&config.to_string()))
+        })?;
+        self.get(id)
+    }
+
+    /// What it takes to run a plugin: it must be approved and enabled, and its
+    /// library must still have the SHA-256 that was approved. The spec grants what
+    /// the review granted.
+    pub fn spec(&self, id: &str) -> Result<PluginSpec, RegistryError> {
+        let entry = self.get(id)?;
+        self.check_runnable(&entry, true)?;
+        let mut spec = PluginSpec::new(&entry.library, entry.manifest.clone())
+            .with_plugin_dir(&entry.plugin_dir)
+            .with_policy(Policy::Allow(entry.review.granted.clone()));
+        if let Some(config) = entry.config {
+            spec = spec.with_config(config);
+        }
+        Ok(spec)
+    }
+
+    fn check_runnable(&self, entry: &Entry, need_enabled: bool) -> Result<(), RegistryError> {
+        if entry.review.status != ReviewStatus::Approved {
+            return Err(RegistryError::NotApproved {
+                id: entry.id.clone(),
+                status: entry.review.status,
+            });
+        }
+        if need_enabled && !entry.enabled {
+            return Err(RegistryError::Disabled { id: entry.id.clone() });
+        }
+        let approved = entry.review.reviewed_sha256.clone().unwrap_or_default();
+        let actual = self.current_hash(entry)?;
+        if actual != approved {
+            return Err(RegistryError::LibraryChanged {
+                id: entry.id.clone(),
+                path: entry.library.clone(),
+                since: "review",
+                expected: approved,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    fn current_hash(&self, entry: &Entry) -> Result<String, RegistryError> {
+        match sha256_file(&entry.library) {
+            Ok(hash) => Ok(hash),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok("missing".to_owned()),
+            Err(source) => Err(RegistryError::Library {
+                path: entry.library.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The audit log, oldest first; only one plugin's events if `id` is given.
+    pub fn audit_log(&self, id: Option<&str>) -> Result<Vec<AuditEvent>, RegistryError> {
+        let mut statement = self.connection.prepare(
+            "SELECT seq, at, actor, action, plugin_id, detail FROM audit
+             WHERE ?1 IS NULL OR plugin_id = ?1 ORDER BY seq",
+        )?;
+        let rows = statement.query_map([id], |row| {
+            Ok(AuditEvent {
+                seq: row.get(0)?,
+                at: row.get(1)?,
+                actor: row.get(2)?,
+                action: row.get(3)?,
+                plugin_id: row.get(4)?,
+                detail: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Checks the database's integrity (`PRAGMA integrity_check`); `true` when sound.
+    pub fn integrity_ok(&self) -> Result<bool, RegistryError> {
+        let result: String = self
+            .connection
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+        Ok(result == "ok")
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub(crate) fn write_tx<T>(
+        &mut self,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        self.write(body)
+    }
+}
+
+fn list_permissions(permissions: &[Permission]) -> String {
+    if permissions.is_empty() {
+        return "nothing".to_owned();
+    }
+    permissions
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn audit(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &str,
+    action: &str,
+    plugin_id: Option<&str>,
+    detail: Option<&str>,
+) -> Result<(), RegistryError> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, action, plugin_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now(), actor, action, plugin_id, detail],
+    )?;
+    Ok(())
+}
+
+const SELECT_ENTRY: &str = "SELECT id, manifest, library, sha256, plugin_dir, enabled, review_status, reviewer,
+    reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at FROM plugins";
+
+/// A row, or a description of what in it is corrupt.
+fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusqlite::Error>> {
+    let corrupt = |column: usize, message: String| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, message.into())
+    };
+    let id: String = row.get(0)?;
+    let manifest_text: String = row.get(1)?;
+    let manifest = match Manifest::parse(&manifest_text) {
+        Ok(manifest) => manifest,
+        Err(err) => return Ok(Err(corrupt(1, format!("stored manifest of `{id}` is invalid: {err}")))),
+    };
+    let status_text: String = row.get(6)?;
+    let status = match status_text.parse() {
+        Ok(status) => status,
+        Err(err) => return Ok(Err(corrupt(6, err))),
+    };
+    let granted_text: Option<String> = row.get(10)?;
+    let granted: Vec<Permission> = match granted_text.map(|text| serde_json::from_str(&text)).transpose() {
+        Ok(granted) => granted.unwrap_or_default(),
+        Err(err) => return Ok(Err(corrupt(10, format!("stored grants of `{id}` are invalid: {err}")))),
+    };
+    let config_text: Option<String> = row.get(12)?;
+    let config = match config_text.map(|text| serde_json::from_str(&text)).transpose() {
+        Ok(config) => config,
+        Err(err) => return Ok(Err(corrupt(12, format!("stored config of `{id}` is invalid: {err}")))),
+    };
+    Ok(Ok(Entry {
+        id,
+        manifest,
+        library: PathBuf::from(row.get::<_, String>(2)?),
+        sha256: row.get(3)?,
+        plugin_dir: PathBuf::from(row.get::<_, String>(4)?),
+        enabled: row.get(5)?,
+        review: Review {
+            status,
+            reviewer: row.get(7)?,
+            reviewed_at: row.get(8)?,
+            reviewed_sha256: row.get(9)?,
+            granted,
+            reason: row.get(11)?,
+        },
+        config,
+        created_at: row.get(13)?,
+        updated_at: row.get(14)?,
+    }))
+}

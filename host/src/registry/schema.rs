@@ -1,0 +1,84 @@
+//! Versioned migrations: migration N brings `PRAGMA user_version` from N-1 to N.
+//! Never edit a migration that has shipped; add a new one.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::RegistryError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: plugins with their review, the audit log, API keys.
+    "CREATE TABLE plugins (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        library TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        plugin_dir TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 0 CHECK (enabled IN (0, 1)),
+        review_status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (review_status IN ('pending', 'approved', 'rejected')),
+        reviewer TEXT,
+        reviewed_at TEXT,
+        reviewed_sha256 TEXT,
+        granted TEXT,
+        review_reason TEXT,
+        config TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        CHECK (enabled = 0 OR review_status = 'approved')
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        plugin_id TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_plugin ON audit (plugin_id, seq);
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;",
+];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`SCHEMA_VERSION`], one migration per transaction.
+pub fn migrate(connection: &mut Connection, path: &Path) -> Result<(), RegistryError> {
+    let open_error = |source| RegistryError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    loop {
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open_error)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(open_error)?;
+        if version > SCHEMA_VERSION {
+            return Err(RegistryError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[version as usize]).map_err(open_error)?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(open_error)?;
+        tx.commit().map_err(open_error)?;
+    }
+}
