@@ -29,40 +29,69 @@ fn the_whole_lifecycle() {
     let (dir, mut registry, host) = setup();
     let folder = plugin_copy(dir.path(), "data-processor");
     let entry = registry
-        .register(&host, Registration::from_path(&folder, None).unwrap(), "alice")
+        .register(
+            &host,
+            Registration::from_path(&folder, None).unwrap(),
+            "alice",
+        )
         .unwrap();
     assert_eq!(entry.id, "data-processor@1.0.0");
     assert_eq!(entry.review.status, ReviewStatus::Pending);
     assert!(!entry.enabled);
     assert_eq!(entry.sha256.len(), 64);
 
-    let again = registry.register(&host, Registration::from_path(&folder, None).unwrap(), "alice");
-    assert!(matches!(again, Err(RegistryError::Conflict { .. })), "{again:?}");
+    let again = registry.register(
+        &host,
+        Registration::from_path(&folder, None).unwrap(),
+        "alice",
+    );
+    assert!(
+        matches!(again, Err(RegistryError::Conflict { .. })),
+        "{again:?}"
+    );
 
     let early = registry.enable(&entry.id, "alice");
-    assert!(matches!(early, Err(RegistryError::NotApproved { .. })), "{early:?}");
+    assert!(
+        matches!(early, Err(RegistryError::NotApproved { .. })),
+        "{early:?}"
+    );
     assert!(registry.spec(&entry.id).is_err());
 
     let overreach = registry.approve(&entry.id, "bob", Some(vec!["read:data".parse().unwrap()]));
-    assert!(matches!(overreach, Err(RegistryError::NotRequested { .. })), "{overreach:?}");
+    assert!(
+        matches!(overreach, Err(RegistryError::NotRequested { .. })),
+        "{overreach:?}"
+    );
 
     let approved = registry.approve(&entry.id, "bob", None).unwrap();
     assert_eq!(approved.review.status, ReviewStatus::Approved);
     assert_eq!(approved.review.reviewer.as_deref(), Some("bob"));
     assert_eq!(approved.review.granted, vec![Permission::ProcessData]);
-    assert_eq!(approved.review.reviewed_sha256.as_deref(), Some(entry.sha256.as_str()));
+    assert_eq!(
+        approved.review.reviewed_sha256.as_deref(),
+        Some(entry.sha256.as_str())
+    );
 
     let disabled = registry.spec(&entry.id);
-    assert!(matches!(disabled, Err(RegistryError::Disabled { .. })), "{disabled:?}");
+    assert!(
+        matches!(disabled, Err(RegistryError::Disabled { .. })),
+        "{disabled:?}"
+    );
     registry.enable(&entry.id, "alice").unwrap();
     let mut plugin = host.start(registry.spec(&entry.id).unwrap()).unwrap();
     let out = plugin.process(&Batch::from_json(r#"[{"a": 1}]"#)).unwrap();
-    assert_eq!(out.records::<serde_json::Value>().unwrap()[0]["processed"], true);
+    assert_eq!(
+        out.records::<serde_json::Value>().unwrap()[0]["processed"],
+        true
+    );
     plugin.shutdown().unwrap();
 
     registry.disable(&entry.id, "alice").unwrap();
     registry.unregister(&entry.id, "alice").unwrap();
-    assert!(matches!(registry.get(&entry.id), Err(RegistryError::NotFound { .. })));
+    assert!(matches!(
+        registry.get(&entry.id),
+        Err(RegistryError::NotFound { .. })
+    ));
 
     let actions: Vec<String> = registry
         .audit_log(Some(&entry.id))
@@ -72,7 +101,13 @@ fn the_whole_lifecycle() {
         .collect();
     assert_eq!(
         actions,
-        ["alice register", "bob approve", "alice enable", "alice disable", "alice unregister"]
+        [
+            "alice register",
+            "bob approve",
+            "alice enable",
+            "alice disable",
+            "alice unregister"
+        ]
     );
 }
 
@@ -81,7 +116,11 @@ fn a_library_swapped_after_approval_refuses_to_load() {
     let (dir, mut registry, host) = setup();
     let folder = plugin_copy(dir.path(), "data-processor");
     let id = registry
-        .register(&host, Registration::from_path(&folder, None).unwrap(), "alice")
+        .register(
+            &host,
+            Registration::from_path(&folder, None).unwrap(),
+            "alice",
+        )
         .unwrap()
         .id;
     registry.approve(&id, "bob", None).unwrap();
@@ -92,7 +131,16 @@ fn a_library_swapped_after_approval_refuses_to_load() {
     std::fs::copy(library("redactor"), &swapped).unwrap();
     std::fs::rename(&swapped, folder.join("libdata_processor.so")).unwrap();
     let err = registry.spec(&id).unwrap_err();
-    assert!(matches!(err, RegistryError::LibraryChanged { since: "review", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RegistryError::LibraryChanged {
+                since: "review",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("changed since review"), "{err}");
 }
 
@@ -101,14 +149,24 @@ fn rejected_plugins_cannot_be_enabled() {
     let (dir, mut registry, host) = setup();
     let folder = plugin_copy(dir.path(), "redactor");
     let id = registry
-        .register(&host, Registration::from_path(&folder, None).unwrap(), "alice")
+        .register(
+            &host,
+            Registration::from_path(&folder, None).unwrap(),
+            "alice",
+        )
         .unwrap()
         .id;
-    assert!(matches!(registry.reject(&id, "bob", " "), Err(RegistryError::NoReason { .. })));
+    assert!(matches!(
+        registry.reject(&id, "bob", " "),
+        Err(RegistryError::NoReason { .. })
+    ));
     let rejected = registry.reject(&id, "bob", "masks too little").unwrap();
     assert_eq!(rejected.review.reason.as_deref(), Some("masks too little"));
     let err = registry.enable(&id, "alice").unwrap_err();
-    assert!(err.to_string().contains("is rejected, not approved"), "{err}");
+    assert!(
+        err.to_string().contains("is rejected, not approved"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -122,8 +180,15 @@ fn a_library_for_another_manifest_is_refused_at_registration() {
             "alice",
         )
         .unwrap_err();
-    assert!(err.to_string().contains("embeds a manifest whose name is redactor"), "{err}");
-    assert!(registry.list().unwrap().is_empty(), "nothing half-registered");
+    assert!(
+        err.to_string()
+            .contains("embeds a manifest whose name is redactor"),
+        "{err}"
+    );
+    assert!(
+        registry.list().unwrap().is_empty(),
+        "nothing half-registered"
+    );
 }
 
 #[test]
@@ -132,13 +197,18 @@ fn unknown_and_malformed_ids_are_named() {
     let err = registry.enable("nope@1.0.0", "alice").unwrap_err();
     assert!(err.to_string().contains("no plugin `nope@1.0.0`"), "{err}");
     let err = registry.get("nope").unwrap_err();
-    assert!(err.to_string().contains("invalid plugin id `nope`"), "{err}");
+    assert!(
+        err.to_string().contains("invalid plugin id `nope`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn api_keys_are_hashed_scoped_and_revocable() {
     let (_dir, mut registry, _host) = setup();
-    let (key, token) = registry.create_key("ci", &[Scope::Read, Scope::Execute], "alice").unwrap();
+    let (key, token) = registry
+        .create_key("ci", &[Scope::Read, Scope::Execute], "alice")
+        .unwrap();
     assert!(token.starts_with(&format!("pb_{}_", key.id)));
     let found = registry.authenticate(&token).unwrap();
     assert!(found.allows(Scope::Read) && !found.allows(Scope::Write));
@@ -150,8 +220,15 @@ fn api_keys_are_hashed_scoped_and_revocable() {
     assert!(registry.authenticate("pb_nothex_x").is_err());
     let mut wrong = token.clone();
     wrong.replace_range(token.len() - 4.., "0000");
-    assert!(registry.authenticate(&wrong).unwrap_err().to_string().contains("unknown API key"));
-    assert!(registry.create_key("ci", &[Scope::Read], "alice").is_err(), "names are unique among active keys");
+    assert!(registry
+        .authenticate(&wrong)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown API key"));
+    assert!(
+        registry.create_key("ci", &[Scope::Read], "alice").is_err(),
+        "names are unique among active keys"
+    );
     registry.revoke_key("ci", "alice").unwrap();
     let err = registry.authenticate(&token).unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
@@ -176,7 +253,11 @@ fn concurrent_writers_lose_nothing() {
     {
         let mut registry = Registry::open(&home).unwrap();
         let id = registry
-            .register(&host, Registration::from_path(&folder, None).unwrap(), "setup")
+            .register(
+                &host,
+                Registration::from_path(&folder, None).unwrap(),
+                "setup",
+            )
             .unwrap()
             .id;
         registry.approve(&id, "setup", None).unwrap();
@@ -193,7 +274,9 @@ fn concurrent_writers_lose_nothing() {
                     } else {
                         registry.disable("data-processor@1.0.0", &actor).unwrap();
                     }
-                    registry.create_key(&format!("k{worker}-{round}"), &[Scope::Read], &actor).unwrap();
+                    registry
+                        .create_key(&format!("k{worker}-{round}"), &[Scope::Read], &actor)
+                        .unwrap();
                 }
             })
         })

@@ -16,7 +16,12 @@ use subtle::ConstantTimeEq;
 use super::{audit, hex, now, Registry, RegistryError};
 
 /// Every scope a key can carry.
-pub const SCOPES: &[&str] = &["plugins:read", "plugins:write", "plugins:review", "plugins:execute"];
+pub const SCOPES: &[&str] = &[
+    "plugins:read",
+    "plugins:write",
+    "plugins:review",
+    "plugins:execute",
+];
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,7 +151,12 @@ fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
 
 impl Registry {
     /// Creates a key; returns it and the full token, which is shown only now.
-    pub fn create_key(&mut self, name: &str, scopes: &[Scope], actor: &str) -> Result<(ApiKey, String), RegistryError> {
+    pub fn create_key(
+        &mut self,
+        name: &str,
+        scopes: &[Scope],
+        actor: &str,
+    ) -> Result<(ApiKey, String), RegistryError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(AuthError::NoName.into());
@@ -159,7 +169,11 @@ impl Registry {
         scopes.dedup();
         let id = random_hex(8);
         let secret = random_hex(32);
-        let scope_text = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+        let scope_text = scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let now = now();
         self.write_tx(|tx| {
             let taken: bool = tx.query_row(
@@ -188,10 +202,12 @@ impl Registry {
 
     /// Every key, oldest first.
     pub fn list_keys(&self) -> Result<Vec<ApiKey>, RegistryError> {
-        let mut statement = self
-            .connection()
-            .prepare("SELECT id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id")?;
-        let keys = statement.query_map([], row_to_key)?.collect::<Result<Vec<_>, _>>()?;
+        let mut statement = self.connection().prepare(
+            "SELECT id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+        )?;
+        let keys = statement
+            .query_map([], row_to_key)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(keys)
     }
 
@@ -227,7 +243,12 @@ impl Registry {
             .strip_prefix("pb_")
             .and_then(|rest| rest.split_once('_'))
             .filter(|(id, secret)| {
-                id.len() == 16 && secret.len() == 64 && id.chars().chain(secret.chars()).all(|c| c.is_ascii_hexdigit())
+                id.len() == 16
+                    && secret.len() == 64
+                    && id
+                        .chars()
+                        .chain(secret.chars())
+                        .all(|c| c.is_ascii_hexdigit())
             })
             .ok_or(AuthError::Malformed)?;
         let row: Option<(String, Option<String>, ApiKey)> = self
@@ -243,7 +264,10 @@ impl Registry {
             Some(row) => (row.0, row.1, Some(row.2)),
             None => (secret_hash(""), None, None),
         };
-        let matches: bool = secret_hash(secret).as_bytes().ct_eq(stored.as_bytes()).into();
+        let matches: bool = secret_hash(secret)
+            .as_bytes()
+            .ct_eq(stored.as_bytes())
+            .into();
         match key {
             Some(key) if matches => match revoked {
                 Some(_) => Err(AuthError::Revoked { id: key.id }.into()),

@@ -287,7 +287,9 @@ pub struct Registry {
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -366,7 +368,10 @@ impl Registry {
         self.home.join("data")
     }
 
-    fn write<T>(&mut self, body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+    fn write<T>(
+        &mut self,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
         let tx = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -378,7 +383,12 @@ impl Registry {
     /// Registers a plugin: inspects the library on a confined thread (as loading
     /// does), checks that its embedded manifest matches, records its SHA-256, and
     /// leaves it pending review.
-    pub fn register(&mut self, host: &Host, registration: Registration, actor: &str) -> Result<Entry, RegistryError> {
+    pub fn register(
+        &mut self,
+        host: &Host,
+        registration: Registration,
+        actor: &str,
+    ) -> Result<Entry, RegistryError> {
         let Registration {
             manifest,
             library,
@@ -392,7 +402,9 @@ impl Registry {
         }
         let sha256 = sha256_file(&library).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                RegistryError::Inspect(StartError::Load(loader::LoadError::NotFound { path: library.clone() }))
+                RegistryError::Inspect(StartError::Load(loader::LoadError::NotFound {
+                    path: library.clone(),
+                }))
             } else {
                 RegistryError::Library {
                     path: library.clone(),
@@ -401,7 +413,8 @@ impl Registry {
             }
         })?;
         let inspection = host.inspect(&library)?;
-        loader::check_manifest(&library, &inspection.manifest, &manifest).map_err(StartError::Load)?;
+        loader::check_manifest(&library, &inspection.manifest, &manifest)
+            .map_err(StartError::Load)?;
         let now = now();
         self.write(|tx| {
             let inserted = tx.execute(
@@ -430,7 +443,9 @@ impl Registry {
 
     /// Every registered plugin, by id.
     pub fn list(&self) -> Result<Vec<Entry>, RegistryError> {
-        let mut statement = self.connection.prepare(&format!("{SELECT_ENTRY} ORDER BY id"))?;
+        let mut statement = self
+            .connection
+            .prepare(&format!("{SELECT_ENTRY} ORDER BY id"))?;
         let rows = statement.query_map([], row_to_entry)?;
         rows.map(|row| row?.map_err(RegistryError::from))
             .collect::<Result<Vec<_>, _>>()
@@ -454,7 +469,12 @@ impl Registry {
     /// Approves a plugin after review, granting `grants` (every requested permission
     /// if `None`). Records the reviewer, the time and the library's SHA-256, which
     /// must still be the one registered.
-    pub fn approve(&mut self, id: &str, reviewer: &str, grants: Option<Vec<Permission>>) -> Result<Entry, RegistryError> {
+    pub fn approve(
+        &mut self,
+        id: &str,
+        reviewer: &str,
+        grants: Option<Vec<Permission>>,
+    ) -> Result<Entry, RegistryError> {
         let entry = self.get(id)?;
         let requested = &entry.manifest.permissions;
         let granted = match grants {
@@ -467,7 +487,11 @@ impl Registry {
                         requested: list_permissions(requested),
                     });
                 }
-                requested.iter().filter(|p| grants.contains(p)).cloned().collect()
+                requested
+                    .iter()
+                    .filter(|p| grants.contains(p))
+                    .cloned()
+                    .collect()
             }
         };
         let actual = self.current_hash(&entry)?;
@@ -492,13 +516,24 @@ impl Registry {
             if changed == 0 {
                 return Err(RegistryError::NotFound { id: id.to_owned() });
             }
-            audit(tx, reviewer, "approve", Some(id), Some(&format!("granted {}", list_permissions(&granted))))
+            audit(
+                tx,
+                reviewer,
+                "approve",
+                Some(id),
+                Some(&format!("granted {}", list_permissions(&granted))),
+            )
         })?;
         self.get(id)
     }
 
     /// Rejects a plugin, with a reason; a rejected plugin is disabled.
-    pub fn reject(&mut self, id: &str, reviewer: &str, reason: &str) -> Result<Entry, RegistryError> {
+    pub fn reject(
+        &mut self,
+        id: &str,
+        reviewer: &str,
+        reason: &str,
+    ) -> Result<Entry, RegistryError> {
         check_id(id)?;
         if reason.trim().is_empty() {
             return Err(RegistryError::NoReason { id: id.to_owned() });
@@ -532,7 +567,12 @@ impl Registry {
         self.set_enabled(id, false, actor)
     }
 
-    fn set_enabled(&mut self, id: &str, enabled: bool, actor: &str) -> Result<Entry, RegistryError> {
+    fn set_enabled(
+        &mut self,
+        id: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<Entry, RegistryError> {
         let now = now();
         self.write(|tx| {
             let changed = tx.execute(
@@ -542,7 +582,11 @@ impl Registry {
             )?;
             if changed == 0 {
                 let status: Option<String> = tx
-                    .query_row("SELECT review_status FROM plugins WHERE id = ?1", [id], |row| row.get(0))
+                    .query_row(
+                        "SELECT review_status FROM plugins WHERE id = ?1",
+                        [id],
+                        |row| row.get(0),
+                    )
                     .optional()?;
                 return Err(match status {
                     None => RegistryError::NotFound { id: id.to_owned() },
@@ -552,7 +596,13 @@ impl Registry {
                     },
                 });
             }
-            audit(tx, actor, if enabled { "enable" } else { "disable" }, Some(id), None)
+            audit(
+                tx,
+                actor,
+                if enabled { "enable" } else { "disable" },
+                Some(id),
+                None,
+            )
         })?;
         self.get(id)
     }
@@ -570,7 +620,12 @@ impl Registry {
     }
 
     /// Sets the config passed to `init`.
-    pub fn configure(&mut self, id: &str, config: &serde_json::Value, actor: &str) -> Result<Entry, RegistryError> {
+    pub fn configure(
+        &mut self,
+        id: &str,
+        config: &serde_json::Value,
+        actor: &str,
+    ) -> Result<Entry, RegistryError> {
         check_id(id)?;
         let now = now();
         self.write(|tx| {
@@ -609,7 +664,9 @@ impl Registry {
             });
         }
         if need_enabled && !entry.enabled {
-            return Err(RegistryError::Disabled { id: entry.id.clone() });
+            return Err(RegistryError::Disabled {
+                id: entry.id.clone(),
+            });
         }
         let approved = entry.review.reviewed_sha256.clone().unwrap_or_default();
         let actual = self.current_hash(entry)?;
@@ -706,13 +763,22 @@ const SELECT_ENTRY: &str = "SELECT id, manifest, library, sha256, plugin_dir, en
 /// A row, or a description of what in it is corrupt.
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusqlite::Error>> {
     let corrupt = |column: usize, message: String| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, message.into())
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            message.into(),
+        )
     };
     let id: String = row.get(0)?;
     let manifest_text: String = row.get(1)?;
     let manifest = match Manifest::parse(&manifest_text) {
         Ok(manifest) => manifest,
-        Err(err) => return Ok(Err(corrupt(1, format!("stored manifest of `{id}` is invalid: {err}")))),
+        Err(err) => {
+            return Ok(Err(corrupt(
+                1,
+                format!("stored manifest of `{id}` is invalid: {err}"),
+            )))
+        }
     };
     let status_text: String = row.get(6)?;
     let status = match status_text.parse() {
@@ -720,14 +786,30 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusql
         Err(err) => return Ok(Err(corrupt(6, err))),
     };
     let granted_text: Option<String> = row.get(10)?;
-    let granted: Vec<Permission> = match granted_text.map(|text| serde_json::from_str(&text)).transpose() {
+    let granted: Vec<Permission> = match granted_text
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+    {
         Ok(granted) => granted.unwrap_or_default(),
-        Err(err) => return Ok(Err(corrupt(10, format!("stored grants of `{id}` are invalid: {err}")))),
+        Err(err) => {
+            return Ok(Err(corrupt(
+                10,
+                format!("stored grants of `{id}` are invalid: {err}"),
+            )))
+        }
     };
     let config_text: Option<String> = row.get(12)?;
-    let config = match config_text.map(|text| serde_json::from_str(&text)).transpose() {
+    let config = match config_text
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+    {
         Ok(config) => config,
-        Err(err) => return Ok(Err(corrupt(12, format!("stored config of `{id}` is invalid: {err}")))),
+        Err(err) => {
+            return Ok(Err(corrupt(
+                12,
+                format!("stored config of `{id}` is invalid: {err}"),
+            )))
+        }
     };
     Ok(Ok(Entry {
         id,

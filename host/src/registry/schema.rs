@@ -76,7 +76,8 @@ pub fn migrate(connection: &mut Connection, path: &Path) -> Result<(), RegistryE
         if version == SCHEMA_VERSION {
             return Ok(());
         }
-        tx.execute_batch(MIGRATIONS[version as usize]).map_err(open_error)?;
+        tx.execute_batch(MIGRATIONS[version as usize])
+            .map_err(open_error)?;
         tx.pragma_update(None, "user_version", version + 1)
             .map_err(open_error)?;
         tx.commit().map_err(open_error)?;
