@@ -3,6 +3,7 @@
 
 mod loader;
 mod pipeline;
+mod readme;
 mod registry;
 mod runtime;
 mod sandbox;
