@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use plugbay_manifest::Manifest;
 use proc_macro2::{Span, TokenStream};
 use syn::spanned::Spanned;
-use syn::{Ident, Item, LitStr};
+use syn::{Ident, Item, LitStr, Token};
 
 /// A validated use of `#[plugbay::plugin]`.
 pub struct Input {
@@ -23,14 +23,24 @@ impl Input {
         let parser = syn::meta::parser(|meta| {
             if meta.path.is_ident("manifest") {
                 if manifest_arg.is_some() {
-                    return Err(meta.error("`manifest` is given twice"));
+                    return Err(meta.error("`manifest` is given twice; keep one"));
                 }
-                manifest_arg = Some(meta.value()?.parse()?);
+                let usage =
+                    "`manifest` takes a string literal path, like `manifest = \"plugin.json\"`";
+                if !meta.input.peek(Token![=]) {
+                    return Err(meta.error(usage));
+                }
+                let value = meta.value()?;
+                if !value.peek(LitStr) {
+                    return Err(value.error(usage));
+                }
+                manifest_arg = Some(value.parse()?);
                 Ok(())
             } else {
-                Err(meta.error(
-                    "unknown option; `#[plugbay::plugin]` takes only `manifest = \"path/to/plugin.json\"`",
-                ))
+                Err(meta.error(format!(
+                    "unknown option `{}`; `#[plugbay::plugin]` takes only `manifest = \"path/to/plugin.json\"` (the plugin's settings go in plugin.json)",
+                    path_text(&meta.path)
+                )))
             }
         });
         syn::parse::Parser::parse2(parser, args)?;
@@ -41,7 +51,7 @@ impl Input {
                 if !item.generics.params.is_empty() {
                     return Err(syn::Error::new_spanned(
                         &item.generics,
-                        "a plugin struct cannot have generic parameters; the library exports one concrete type",
+                        "a plugin struct cannot have generic parameters; remove them and give its fields concrete types (a plugin library exports one concrete type)",
                     ));
                 }
                 item.ident
@@ -63,9 +73,9 @@ impl Input {
         };
         let text = std::fs::read_to_string(&manifest_path).map_err(|err| {
             let hint = if manifest_arg.is_some() {
-                "check the `manifest` path"
+                "check the `manifest` path, which is relative to the directory of the file that holds the attribute"
             } else {
-                "create plugin.json beside Cargo.toml (see the plugbay-api docs for its fields)"
+                "create plugin.json beside Cargo.toml (see the plugbay-api docs for its fields), or name another file with `#[plugbay::plugin(manifest = \"path/to/plugin.json\")]`"
             };
             syn::Error::new(
                 span,
@@ -121,6 +131,21 @@ fn relative_to_source(lit: &LitStr) -> PathBuf {
     std::path::absolute(&joined).unwrap_or(joined)
 }
 
+/// A path as written, without the spaces `to_token_stream().to_string()` puts in.
+fn path_text(path: &syn::Path) -> String {
+    let segments = path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::");
+    if path.leading_colon.is_some() {
+        format!("::{segments}")
+    } else {
+        segments
+    }
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -144,7 +169,10 @@ fn describe(item: &Item) -> &'static str {
         Item::Trait(_) => "a trait",
         Item::Union(_) => "a union",
         Item::Type(_) => "a type alias",
-        Item::Const(_) | Item::Static(_) => "a constant",
+        Item::Const(_) => "a constant",
+        Item::Static(_) => "a static",
+        Item::Use(_) => "a `use` declaration",
+        Item::Macro(_) => "a macro invocation",
         _ => "this item",
     }
 }

@@ -147,7 +147,10 @@ pub enum ManifestError {
         line: usize,
     },
     /// A required field is absent.
-    #[error("missing field `{field}`: every manifest needs {}", list(REQUIRED))]
+    #[error(
+        "missing field `{field}`; add it (every manifest needs {})",
+        list(REQUIRED)
+    )]
     MissingField {
         /// The field's name.
         field: &'static str,
@@ -257,11 +260,7 @@ impl Manifest {
     ///
     /// Every error names the field at fault and, where it can, the line.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let value: Value = serde_json::from_str(text).map_err(|err| ManifestError::Json {
-            line: err.line(),
-            column: err.column(),
-            message: strip_position(&err.to_string()),
-        })?;
+        let value: Value = serde_json::from_str(text).map_err(|err| json_error(text, &err))?;
         let object = match value {
             Value::Object(object) => object,
             other => {
@@ -286,7 +285,7 @@ impl Manifest {
             fields.invalid(
                 "version",
                 format!(
-                    "`{version_text}` is not a semantic version ({err}); write it like `1.0.0`"
+                    "`{version_text}` is not a semantic version ({err}); write it as MAJOR.MINOR.PATCH, like `1.0.0`"
                 ),
             )
         })?;
@@ -443,6 +442,58 @@ impl Manifest {
     }
 }
 
+/// A JSON syntax error, with a hint for the mistakes people make in hand-written
+/// JSON: a comma after the last item (reported at the comma, not at the bracket that
+/// follows it) and comments.
+fn json_error(text: &str, err: &serde_json::Error) -> ManifestError {
+    let message = strip_position(&err.to_string());
+    let at = byte_offset(text, err.line(), err.column());
+    if message == "trailing comma" {
+        let comma = at.and_then(|at| text[..at].trim_end().strip_suffix(','));
+        if let Some(before) = comma {
+            let (line, column) = line_column(text, before.len());
+            return ManifestError::Json {
+                line,
+                column,
+                message: "trailing comma; JSON allows no comma after the last item, remove it"
+                    .to_owned(),
+            };
+        }
+    }
+    let hint = match at.map(|at| &text[at..]) {
+        Some(rest) if rest.starts_with("//") || rest.starts_with("/*") => {
+            "; JSON has no comments, remove it"
+        }
+        _ => "",
+    };
+    ManifestError::Json {
+        line: err.line(),
+        column: err.column(),
+        message: format!("{message}{hint}"),
+    }
+}
+
+/// The byte offset of serde_json's 1-based line and (byte) column, if it is in `text`.
+fn byte_offset(text: &str, line: usize, column: usize) -> Option<usize> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.checked_sub(1)?)
+        .map(str::len)
+        .sum();
+    let at = start + column.checked_sub(1)?;
+    (at <= text.len() && text.is_char_boundary(at)).then_some(at)
+}
+
+/// The 1-based line and (character) column of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(at) => message[..at].to_owned(),
@@ -582,6 +633,34 @@ mod tests {
                 assert!(line > 1);
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_mistakes_get_a_hint() {
+        let trailing = "{\n  \"name\": \"x\",\n  \"hooks\": [\"init\"],\n}";
+        assert_eq!(
+            Manifest::parse(trailing).unwrap_err(),
+            ManifestError::Json {
+                line: 3,
+                column: 20,
+                message: "trailing comma; JSON allows no comma after the last item, remove it"
+                    .to_owned(),
+            }
+        );
+        let in_list = Manifest::parse("{\"hooks\": [\"init\", ]}").unwrap_err();
+        assert!(
+            in_list
+                .to_string()
+                .contains("line 1, column 18: trailing comma"),
+            "{in_list}"
+        );
+        for comment in [
+            "{\n  // the name\n  \"name\": \"x\"\n}",
+            "{\"name\": /* x */ \"x\"}",
+        ] {
+            let err = Manifest::parse(comment).unwrap_err().to_string();
+            assert!(err.ends_with("; JSON has no comments, remove it"), "{err}");
         }
     }
 
