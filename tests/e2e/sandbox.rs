@@ -169,6 +169,20 @@ fn signalling_outside_the_sandbox_is_denied() {
 }
 
 #[test]
+fn abstract_unix_sockets_outside_the_sandbox_are_denied() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+
+    let name = format!("plugbay-test-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = UnixListener::bind_addr(&addr).unwrap();
+    let (host, _dir) = host();
+    let mut plugin = host.start(prober(&[])).unwrap();
+    assert_eq!(probe(&mut plugin, json!({"op": "abstract", "path": name})), (false, false));
+    assert!(UnixStream::connect_addr(&addr).is_ok(), "the host thread can connect");
+}
+
+#[test]
 fn the_enricher_reads_its_lookup_file_only_with_the_grant() {
     let (host, _dir) = host();
     let mut plugin = host.start(example("enricher")).unwrap();
