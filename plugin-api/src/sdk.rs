@@ -24,6 +24,11 @@ use crate::abi::{
 /// once, [`process`](Plugin::process) once per batch, and [`cleanup`](Plugin::cleanup)
 /// once at the end. A panic in any of them becomes an error for the host and marks
 /// the instance failed; the host and the other plugins go on.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a Plugbay plugin: it does not implement `plugbay::Plugin`",
+    label = "`#[plugbay::plugin]` needs `impl Plugin for {Self}`",
+    note = "implement `Plugin` for it: `type Input`, `type Output` and `fn process(&mut self, ctx: &Context, batch: Vec<Self::Input>)`"
+)]
 pub trait Plugin: Default + Send + 'static {
     /// One input record: any serde type (`serde_json::Value` takes anything).
     type Input: DeserializeOwned;
@@ -210,24 +215,24 @@ impl Context {
 
 /// What `#[plugbay::plugin]` implements for the plugin type.
 #[doc(hidden)]
-pub trait Export: Plugin {
+pub trait Export: 'static {
     /// The validated manifest, as compact JSON.
     const MANIFEST: &'static str;
 }
 
 /// The exported header of a plugin library of type `P`.
 #[doc(hidden)]
-pub const fn lib_header<P: Export>() -> LibHeader {
+pub const fn lib_header<P: Export + Plugin>() -> LibHeader {
     // SAFETY: `from_constructor::<PluginModRef>` requires that the constructor returns
     // the root module of type `PluginModRef`, which `load_root::<P>` does.
     unsafe { LibHeader::from_constructor::<PluginModRef>(load_root::<P>, CheckTypeLayout::Yes) }
 }
 
-extern "C" fn load_root<P: Export>() -> RootModuleResult {
+extern "C" fn load_root<P: Export + Plugin>() -> RootModuleResult {
     abi_stable::library::__call_root_module_loader(root_module::<P>)
 }
 
-fn root_module<P: Export>() -> PluginModRef {
+fn root_module<P: Export + Plugin>() -> PluginModRef {
     let module = PluginMod {
         api_version: RStr::from_str(API_VERSION),
         manifest: RStr::from_str(P::MANIFEST),
@@ -237,7 +242,7 @@ fn root_module<P: Export>() -> PluginModRef {
     module.leak_into_prefix()
 }
 
-extern "C" fn new_instance<P: Export>() -> RResult<PluginBox, PluginError> {
+extern "C" fn new_instance<P: Export + Plugin>() -> RResult<PluginBox, PluginError> {
     guard("the constructor", || {
         Ok(PluginInstance_TO::from_value(
             Adapter::<P> {
