@@ -17,6 +17,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-raw-output",
     "fixture-not-a-plugin",
     "fixture-prober",
+    "fixture-noop",
 ];
 
 /// The workspace's root directory.

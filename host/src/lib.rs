@@ -47,6 +47,7 @@
 
 mod batch;
 pub mod loader;
+pub mod local;
 mod pipeline;
 #[cfg(feature = "registry")]
 pub mod registry;

@@ -165,52 +165,25 @@ impl Host {
     /// permissions, opens and checks the library, builds the instance and calls
     /// `init`. Returns when the instance is ready for batches.
     pub fn start(&self, spec: PluginSpec) -> Result<PluginHandle, StartError> {
-        let manifest = spec.manifest;
-        let id = manifest.id();
-        let library = absolute(&spec.library);
-        let policy = spec.policy.as_ref().unwrap_or(&self.policy);
-        let granted = policy.grant(&manifest.permissions);
-        let timeout = spec
-            .timeout
-            .or(manifest.timeout_ms.map(Duration::from_millis))
-            .unwrap_or(self.timeout);
-        let plugin_dir = absolute(&spec.plugin_dir);
-        let data_dir = self.data_dir.join(&manifest.name);
-        if granted.iter().any(
-            |p| matches!(p, Permission::FsWrite(path) if path.as_str().contains("${data_dir}")),
-        ) {
-            std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
-                path: data_dir.clone(),
-                source,
-            })?;
-        }
-        let rules = Rules::new(&library, &granted, &plugin_dir, &data_dir);
-        let config = merged_config(manifest.config.as_ref(), spec.config);
-        let services = Services::new(id.clone(), &granted, self.store.clone());
+        let prepared = self.prepare(spec)?;
+        let id = prepared.id.clone();
+        let timeout = prepared.timeout;
+        let thread_name = format!("plugbay-{}", prepared.manifest.name);
 
         let (request_tx, request_rx) = bounded::<Request>(1);
         let (reply_tx, reply_rx) = bounded::<Reply>(1);
         let (ready_tx, ready_rx) = bounded::<Result<Ready, StartError>>(1);
         let setup = Setup {
             id: id.clone(),
-            library: library.clone(),
-            manifest: manifest.clone(),
-            rules,
+            library: prepared.library.clone(),
+            manifest: prepared.manifest,
+            rules: prepared.rules,
             mode: self.sandbox,
-            context: PluginContext {
-                plugin_id: RString::from(id.as_str()),
-                config: RString::from(config.to_string()),
-                plugin_dir: RString::from(plugin_dir.to_string_lossy().as_ref()),
-                data_dir: RString::from(data_dir.to_string_lossy().as_ref()),
-                services: HostServices_TO::from_ptr(
-                    abi_stable::std_types::RArc::new(services),
-                    abi_stable::sabi_trait::TD_Opaque,
-                ),
-            },
+            context: prepared.context,
             check_output: self.check_output,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("plugbay-{}", manifest.name))
+            .name(thread_name)
             .spawn(move || worker(setup, ready_tx, request_rx, reply_tx))
             .map_err(|source| StartError::Spawn {
                 id: id.clone(),
@@ -235,20 +208,97 @@ impl Host {
                 id,
                 state: State::Initialized,
                 confinement: ready.confinement,
-                granted,
+                granted: prepared.granted,
                 api_version: ready.api_version.to_string(),
-                library,
+                library: prepared.library,
                 timeout,
                 batches: 0,
                 records_out: 0,
                 busy: Duration::ZERO,
             },
-            can_process: manifest.has_hook(Hook::Process),
+            may_process: prepared.may_process,
             requests: Some(request_tx),
             replies: reply_rx,
             thread: Some(thread),
         })
     }
+
+    /// Works out, on the host side, everything an instance of `spec` needs to start:
+    /// its grants, deadline, sandbox rules and `init` context.
+    pub(crate) fn prepare(&self, spec: PluginSpec) -> Result<Prepared, StartError> {
+        let manifest = spec.manifest;
+        let id = manifest.id();
+        let library = absolute(&spec.library);
+        let policy = spec.policy.as_ref().unwrap_or(&self.policy);
+        let granted = policy.grant(&manifest.permissions);
+        let timeout = spec
+            .timeout
+            .or(manifest.timeout_ms.map(Duration::from_millis))
+            .unwrap_or(self.timeout);
+        let plugin_dir = absolute(&spec.plugin_dir);
+        let data_dir = self.data_dir.join(&manifest.name);
+        if granted.iter().any(
+            |p| matches!(p, Permission::FsWrite(path) if path.as_str().contains("${data_dir}")),
+        ) {
+            std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        }
+        let rules = Rules::new(&library, &granted, &plugin_dir, &data_dir);
+        let config = merged_config(manifest.config.as_ref(), spec.config);
+        let services = Services::new(id.clone(), &granted, self.store.clone());
+        let may_process = if !manifest.has_hook(Hook::Process) {
+            Err("its manifest does not declare the `process` hook")
+        } else if !granted.contains(&Permission::ProcessData) {
+            Err("it was not granted `process:data`")
+        } else {
+            Ok(())
+        };
+        let context = PluginContext {
+            plugin_id: RString::from(id.as_str()),
+            config: RString::from(config.to_string()),
+            plugin_dir: RString::from(plugin_dir.to_string_lossy().as_ref()),
+            data_dir: RString::from(data_dir.to_string_lossy().as_ref()),
+            services: HostServices_TO::from_ptr(
+                abi_stable::std_types::RArc::new(services),
+                abi_stable::sabi_trait::TD_Opaque,
+            ),
+        };
+        Ok(Prepared {
+            id,
+            library,
+            manifest,
+            granted,
+            timeout,
+            rules,
+            context,
+            may_process,
+        })
+    }
+
+    /// Whether plugins may start without full confinement.
+    pub(crate) fn sandbox_mode(&self) -> SandboxMode {
+        self.sandbox
+    }
+
+    /// Whether the host checks (and counts) each batch a plugin returns.
+    pub(crate) fn checks_output(&self) -> bool {
+        self.check_output
+    }
+}
+
+/// What [`Host::prepare`] worked out for one instance.
+pub(crate) struct Prepared {
+    pub id: String,
+    pub library: PathBuf,
+    pub manifest: Manifest,
+    pub granted: Vec<Permission>,
+    pub timeout: Duration,
+    pub rules: Rules,
+    pub context: PluginContext,
+    /// Whether the instance may receive batches, or why not.
+    pub may_process: Result<(), &'static str>,
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -459,6 +509,14 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The calling thread was already confined for local plugins.
+    #[error("cannot start local plugin(s) {ids}: the calling thread was already confined for local plugin(s) {running}; start all the local plugins of a thread in one `Host::start_local_all` call, or use another thread")]
+    AlreadyConfined {
+        /// The plugins that were to start.
+        ids: String,
+        /// The plugins the thread was confined for.
+        running: String,
+    },
     /// The plugin's data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -621,7 +679,7 @@ pub struct PluginStatus {
 /// instance up (with its deadline) and stops the worker.
 pub struct PluginHandle {
     status: PluginStatus,
-    can_process: bool,
+    may_process: Result<(), &'static str>,
     requests: Option<Sender<Request>>,
     replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
@@ -649,14 +707,10 @@ impl PluginHandle {
     /// Sends `batch` through the plugin's `process` hook and waits for the result,
     /// at most the call's deadline. `batch` stays the caller's whatever happens.
     pub fn process(&mut self, batch: &Batch) -> Result<Batch, CallError> {
-        if !self.can_process || !self.status.granted.contains(&Permission::ProcessData) {
+        if let Err(reason) = self.may_process {
             return Err(CallError::NotPermitted {
                 id: self.status.id.clone(),
-                reason: if self.can_process {
-                    "it was not granted `process:data`".to_owned()
-                } else {
-                    "its manifest does not declare the `process` hook".to_owned()
-                },
+                reason: reason.to_owned(),
             });
         }
         let started = Instant::now();
@@ -797,7 +851,8 @@ enum Request {
     Cleanup,
 }
 
-enum Outcome {
+/// Why `process` gave no batch.
+pub(crate) enum Outcome {
     Plugin(PluginError),
     InvalidOutput(String),
 }
@@ -829,51 +884,37 @@ fn worker(
     requests: Receiver<Request>,
     replies: Sender<Reply>,
 ) {
-    let (mut instance, ready_message) = match start_instance(setup.id.clone(), &setup) {
-        Ok(started) => started,
+    let started = sandbox::confine_current_thread(&setup.id, &setup.rules, setup.mode)
+        .map_err(StartError::from)
+        .and_then(|confinement| {
+            let (instance, api_version) =
+                load_and_init(&setup.id, &setup.library, &setup.manifest, setup.context)?;
+            Ok((
+                instance,
+                Ready {
+                    confinement,
+                    api_version,
+                },
+            ))
+        });
+    let mut instance = match started {
+        Ok((instance, ready_message)) => {
+            if ready.send(Ok(ready_message)).is_err() {
+                // The caller gave up waiting (timeout): nobody will call us.
+                return;
+            }
+            instance
+        }
         Err(err) => {
             let _ = ready.send(Err(err));
             return;
-        }
-    };
-    let mut instance = {
-        let init = instance.init(setup.context);
-        match init {
-            RResult::ROk(()) => {
-                if ready.send(Ok(ready_message)).is_err() {
-                    // The caller gave up waiting (timeout): nobody will call us.
-                    return;
-                }
-                instance
-            }
-            RResult::RErr(error) => {
-                let err = if error.kind == ErrorKind::PANICKED {
-                    // After a panic the instance's state is unknown: never drop it.
-                    std::mem::forget(instance);
-                    StartError::InitPanicked {
-                        id: setup.id,
-                        message: error.message.into(),
-                    }
-                } else {
-                    StartError::Init {
-                        id: setup.id,
-                        error,
-                    }
-                };
-                let _ = ready.send(Err(err));
-                return;
-            }
         }
     };
     drop(ready);
     while let Ok(request) = requests.recv() {
         let reply = match request {
             Request::Process(batch) => {
-                let result = match instance.process(RSlice::from_slice(batch.as_bytes())) {
-                    RResult::ROk(bytes) => check_output(bytes, setup.check_output),
-                    RResult::RErr(error) => Err(Outcome::Plugin(error)),
-                };
-                Reply::Processed(result)
+                Reply::Processed(process_here(&mut instance, &batch, setup.check_output))
             }
             Request::Cleanup => Reply::CleanedUp(instance.cleanup()),
         };
@@ -890,21 +931,56 @@ fn worker(
     }
 }
 
-fn start_instance(id: String, setup: &Setup) -> Result<(PluginBox, Ready), StartError> {
-    let confinement = sandbox::confine_current_thread(&id, &setup.rules, setup.mode)?;
-    let loaded = loader::open(&setup.library)?;
-    loader::check_manifest(&setup.library, &loaded.manifest, &setup.manifest)?;
-    let instance = match (loaded.module.new())() {
+/// Opens and checks `library`, builds an instance and calls its `init` with
+/// `context`. Returns the instance and the plugbay-api version it was built against.
+///
+/// Opening a library runs its code: call this only on a thread that is already
+/// confined.
+pub(crate) fn load_and_init(
+    id: &str,
+    library: &Path,
+    manifest: &Manifest,
+    context: PluginContext,
+) -> Result<(PluginBox, semver::Version), StartError> {
+    let loaded = loader::open(library)?;
+    loader::check_manifest(library, &loaded.manifest, manifest)?;
+    let mut instance = match (loaded.module.new())() {
         RResult::ROk(instance) => instance,
-        RResult::RErr(error) => return Err(StartError::Constructor { id, error }),
+        RResult::RErr(error) => {
+            return Err(StartError::Constructor {
+                id: id.to_owned(),
+                error,
+            })
+        }
     };
-    Ok((
-        instance,
-        Ready {
-            confinement,
-            api_version: loaded.api_version,
-        },
-    ))
+    match instance.init(context) {
+        RResult::ROk(()) => Ok((instance, loaded.api_version)),
+        RResult::RErr(error) if error.kind == ErrorKind::PANICKED => {
+            // After a panic the instance's state is unknown: never drop it.
+            std::mem::forget(instance);
+            Err(StartError::InitPanicked {
+                id: id.to_owned(),
+                message: error.message.into(),
+            })
+        }
+        RResult::RErr(error) => Err(StartError::Init {
+            id: id.to_owned(),
+            error,
+        }),
+    }
+}
+
+/// Calls the instance's `process` hook on the current thread and, if `check` is on,
+/// checks and counts the output.
+pub(crate) fn process_here(
+    instance: &mut PluginBox,
+    batch: &Batch,
+    check: bool,
+) -> Result<Batch, Outcome> {
+    match instance.process(RSlice::from_slice(batch.as_bytes())) {
+        RResult::ROk(bytes) => check_output(bytes, check),
+        RResult::RErr(error) => Err(Outcome::Plugin(error)),
+    }
 }
 
 fn check_output(bytes: RVec<u8>, check: bool) -> Result<Batch, Outcome> {

@@ -183,6 +183,27 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// Everything any of `all` allows (for plugins that share one thread).
+    pub fn union(all: impl IntoIterator<Item = Rules>) -> Rules {
+        fn add<T: PartialEq>(to: &mut Vec<T>, items: Vec<T>) {
+            for item in items {
+                if !to.contains(&item) {
+                    to.push(item);
+                }
+            }
+        }
+        let mut union = Rules::default();
+        for rules in all {
+            add(&mut union.read, rules.read);
+            add(&mut union.write, rules.write);
+            add(&mut union.connect, rules.connect);
+            add(&mut union.bind, rules.bind);
+        }
+        union
+    }
+}
+
 /// Confines the calling thread (and the threads it will spawn) to `rules`.
 #[cfg(target_os = "linux")]
 pub(crate) fn confine_current_thread(
@@ -356,6 +377,23 @@ mod tests {
         assert_eq!(rules.write, vec![PathBuf::from("/d")]);
         assert_eq!(rules.bind, vec![9000]);
         assert!(rules.connect.is_empty());
+    }
+
+    #[test]
+    fn a_union_of_rules_allows_what_any_allows_once() {
+        let first = Rules::new(Path::new("/p/a.so"), &[], Path::new("/p"), Path::new("/d"));
+        let granted: Vec<Permission> = vec!["net:connect:80".parse().unwrap()];
+        let second = Rules::new(
+            Path::new("/p/b.so"),
+            &granted,
+            Path::new("/p"),
+            Path::new("/d"),
+        );
+        let union = Rules::union([first.clone(), second]);
+        assert!(union.read.contains(&PathBuf::from("/p/a.so")));
+        assert!(union.read.contains(&PathBuf::from("/p/b.so")));
+        assert_eq!(union.read.len(), first.read.len() + 1, "system paths once");
+        assert_eq!(union.connect, vec![80]);
     }
 
     #[cfg(target_os = "linux")]

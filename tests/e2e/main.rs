@@ -2,6 +2,7 @@
 //! host, on real landlock.
 
 mod loader;
+mod local;
 mod pipeline;
 mod readme;
 mod registry;
