@@ -53,6 +53,8 @@ mod pipeline;
 pub mod registry;
 mod runtime;
 pub mod sandbox;
+#[cfg(feature = "server")]
+pub mod server;
 mod services;
 
 pub use batch::Batch;

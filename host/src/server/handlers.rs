@@ -1,0 +1,368 @@
+//! The handlers: each turns a request into registry or runtime calls, run on the
+//! blocking pool (SQLite and plugin calls block), and the result into JSON.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::body::{
+    entry_point_path, Decision, JsonBody, PluginId, Records, RegisterBody, ReviewBody,
+};
+use super::error::{chain, ApiError, ErrorCode};
+use super::App;
+use crate::manifest::{Manifest, Permission};
+use crate::registry::{ApiKey, Registration, RegistryError};
+use crate::runtime::{read_manifest, Host, StartError};
+use crate::Batch;
+
+/// Runs blocking work (SQLite, plugin calls) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ApiError::internal(format!("a request task failed: {err}")))?
+}
+
+/// Who the audit log says did it: the key's name and id (never its secret).
+fn actor(key: &ApiKey) -> String {
+    format!("{} (api key {})", key.name, key.id)
+}
+
+pub(crate) async fn health(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "instances": app.instances.running(),
+    }))
+}
+
+pub(crate) async fn openapi(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(app.openapi.clone())
+}
+
+pub(crate) async fn list_plugins(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let plugins = blocking(move || Ok(app.registries.with(|registry| registry.list())?)).await?;
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+pub(crate) async fn get_plugin(
+    State(app): State<Arc<App>>,
+    PluginId(id): PluginId,
+) -> Result<Response, ApiError> {
+    let entry = blocking(move || Ok(app.registries.with(|registry| registry.get(&id))?)).await?;
+    Ok(Json(entry).into_response())
+}
+
+pub(crate) async fn register_plugin(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<ApiKey>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&key);
+    let entry = blocking(move || {
+        let registration = registration(&app.host, body)?;
+        app.registries
+            .with(|registry| registry.register(&app.host, registration, &actor))
+            .map_err(registration_error)
+    })
+    .await?;
+    let location = format!("/plugins/{}", entry.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(entry),
+    )
+        .into_response())
+}
+
+/// Maps the seed's registration body onto a manifest: the `plugin.json` beside the
+/// library if it describes that library, else the manifest embedded in the library.
+/// The body's name, version and permissions must agree with it.
+fn registration(host: &Host, body: RegisterBody) -> Result<Registration, ApiError> {
+    let library = entry_point_path(&body.entry_point)?;
+    let version = semver::Version::parse(body.version.trim()).map_err(|err| {
+        ApiError::field(
+            "version",
+            format!(
+                "`version` `{}` is not a semantic version ({err}); write it like `1.0.0`",
+                body.version
+            ),
+        )
+    })?;
+    let mut requested = Vec::with_capacity(body.permissions.len());
+    for (index, text) in body.permissions.iter().enumerate() {
+        let permission: Permission = text
+            .parse()
+            .map_err(|err| ApiError::field(format!("permissions[{index}]"), format!("{err}")))?;
+        requested.push(permission);
+    }
+    if body
+        .description
+        .as_deref()
+        .is_some_and(|text| text.trim().is_empty())
+    {
+        return Err(ApiError::field(
+            "description",
+            "`description` must not be empty when given",
+        ));
+    }
+    match std::fs::metadata(&library) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::field(
+                "entry_point",
+                format!(
+                    "`entry_point` {} does not exist on the server's machine; copy the library there first",
+                    library.display()
+                ),
+            ))
+        }
+        Err(err) => {
+            return Err(ApiError::field(
+                "entry_point",
+                format!("cannot read `entry_point` {}: {err}", library.display()),
+            ))
+        }
+        Ok(metadata) if metadata.is_dir() => {
+            return Err(ApiError::field(
+                "entry_point",
+                format!(
+                    "`entry_point` {} is a folder; give the plugin's library file",
+                    library.display()
+                ),
+            ))
+        }
+        Ok(_) => {}
+    }
+    let (mut manifest, plugin_dir) = manifest_for(host, &library)?;
+    if body.name != manifest.name {
+        return Err(ApiError::field(
+            "name",
+            format!(
+                "`name` `{}` does not match the plugin's manifest, which says `{}`",
+                body.name, manifest.name
+            ),
+        ));
+    }
+    if version != manifest.version {
+        return Err(ApiError::field(
+            "version",
+            format!(
+                "`version` `{version}` does not match the plugin's manifest, which says `{}`",
+                manifest.version
+            ),
+        ));
+    }
+    let mut given = requested.clone();
+    given.sort();
+    given.dedup();
+    let mut wanted = manifest.permissions.clone();
+    wanted.sort();
+    if given != wanted {
+        return Err(ApiError::field(
+            "permissions",
+            format!(
+                "`permissions` {} do not match what the plugin's manifest requests: {}",
+                list(&requested),
+                list(&manifest.permissions)
+            ),
+        ));
+    }
+    if let Some(description) = body.description {
+        manifest.description = description;
+    }
+    Ok(Registration {
+        manifest,
+        library,
+        plugin_dir,
+    })
+}
+
+fn list(permissions: &[Permission]) -> String {
+    let items: Vec<String> = permissions.iter().map(|p| format!("\"{p}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn manifest_for(host: &Host, library: &Path) -> Result<(Manifest, PathBuf), ApiError> {
+    let dir = library.parent().unwrap_or(Path::new("/")).to_owned();
+    let beside = dir.join("plugin.json");
+    if beside.is_file() {
+        let manifest = read_manifest(&beside).map_err(|err| {
+            ApiError::field(
+                "entry_point",
+                format!(
+                    "the plugin.json beside `entry_point` is invalid: {}",
+                    chain(&err)
+                ),
+            )
+        })?;
+        if library.file_name() == Some(OsStr::new(&manifest.library_file_name())) {
+            return Ok((manifest, dir));
+        }
+    }
+    let inspection = host.inspect(library).map_err(inspect_error)?;
+    Ok((inspection.manifest, dir))
+}
+
+fn inspect_error(err: StartError) -> ApiError {
+    match err {
+        StartError::Load(err) => ApiError::field(
+            "entry_point",
+            format!("`entry_point` cannot be loaded: {}", chain(&err)),
+        ),
+        other => other.into(),
+    }
+}
+
+fn registration_error(err: RegistryError) -> ApiError {
+    match err {
+        RegistryError::Inspect(err) => inspect_error(err),
+        err @ (RegistryError::Library { .. } | RegistryError::Manifest(_)) => {
+            ApiError::field("entry_point", chain(&err))
+        }
+        other => other.into(),
+    }
+}
+
+pub(crate) async fn enable_plugin(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<ApiKey>,
+    PluginId(id): PluginId,
+) -> Result<Response, ApiError> {
+    let actor = actor(&key);
+    let entry = blocking(move || {
+        Ok(app
+            .registries
+            .with(|registry| registry.enable(&id, &actor))?)
+    })
+    .await?;
+    Ok(Json(entry).into_response())
+}
+
+pub(crate) async fn disable_plugin(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<ApiKey>,
+    PluginId(id): PluginId,
+) -> Result<Response, ApiError> {
+    let actor = actor(&key);
+    let entry = blocking(move || {
+        let entry = app
+            .registries
+            .with(|registry| registry.disable(&id, &actor))?;
+        app.instances.stop(&id);
+        Ok(entry)
+    })
+    .await?;
+    Ok(Json(entry).into_response())
+}
+
+pub(crate) async fn unregister_plugin(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<ApiKey>,
+    PluginId(id): PluginId,
+) -> Result<Response, ApiError> {
+    let actor = actor(&key);
+    let entry = blocking(move || {
+        let entry = app
+            .registries
+            .with(|registry| registry.unregister(&id, &actor))?;
+        app.instances.stop(&id);
+        Ok(entry)
+    })
+    .await?;
+    Ok(Json(entry).into_response())
+}
+
+pub(crate) async fn review_plugin(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<ApiKey>,
+    PluginId(id): PluginId,
+    JsonBody(body): JsonBody<ReviewBody>,
+) -> Result<Response, ApiError> {
+    let reviewer = actor(&key);
+    let entry = blocking(move || match body.decision {
+        Decision::Approve => {
+            if body.reason.is_some() {
+                return Err(ApiError::field(
+                    "reason",
+                    "`reason` is only for `\"decision\": \"reject\"`; leave it out when approving",
+                ));
+            }
+            let grants = match body.permissions {
+                None => None,
+                Some(texts) => {
+                    let mut grants = Vec::with_capacity(texts.len());
+                    for (index, text) in texts.iter().enumerate() {
+                        grants.push(text.parse::<Permission>().map_err(|err| {
+                            ApiError::field(format!("permissions[{index}]"), err.to_string())
+                        })?);
+                    }
+                    Some(grants)
+                }
+            };
+            Ok(app
+                .registries
+                .with(|registry| registry.approve(&id, &reviewer, grants))?)
+        }
+        Decision::Reject => {
+            if body.permissions.is_some() {
+                return Err(ApiError::field(
+                    "permissions",
+                    "`permissions` are only for `\"decision\": \"approve\"`; a rejection grants nothing",
+                ));
+            }
+            let reason = body.reason.unwrap_or_default();
+            let entry = app
+                .registries
+                .with(|registry| registry.reject(&id, &reviewer, &reason))?;
+            app.instances.stop(&id);
+            Ok(entry)
+        }
+    })
+    .await?;
+    Ok(Json(entry).into_response())
+}
+
+/// A plugin's output, handed to the response without a copy.
+struct Output(Batch);
+
+impl AsRef<[u8]> for Output {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+pub(crate) async fn process_batch(
+    State(app): State<Arc<App>>,
+    PluginId(id): PluginId,
+    Records(batch): Records,
+) -> Result<Response, ApiError> {
+    let output = blocking(move || {
+        app.instances
+            .process(&app.registries, &app.host, &id, &batch)
+    })
+    .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(Bytes::from_owner(Output(output))),
+    )
+        .into_response())
+}
+
+/// Any path the table does not have.
+pub(crate) async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!(
+            "no route {method} {}; GET /openapi.json lists the routes",
+            uri.path()
+        ),
+    )
+}

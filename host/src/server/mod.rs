@@ -1,0 +1,318 @@
+//! `plugbay serve`: the registry as a REST API.
+//!
+//! The routes are the seed's Plugins API — `GET /plugins`, `GET /plugins/{id}`,
+//! `POST /plugins/register`, `PUT /plugins/{id}/enable`, `PUT /plugins/{id}/disable`,
+//! `DELETE /plugins/{id}` — plus `POST /plugins/{id}/review`,
+//! `POST /plugins/{id}/process`, `GET /health` and `GET /openapi.json` (see
+//! [`openapi`]). The server works on the same SQLite registry as the CLI, at the
+//! same time.
+//!
+//! # Security
+//!
+//! Every route but `/health` needs `Authorization: Bearer KEY`, a key created with
+//! `plugbay keys create` ([`Registry::create_key`](crate::registry::Registry::create_key)),
+//! stored as a hash and compared in constant time; keys are never logged. Each route
+//! needs one scope (`plugins:read`, `plugins:write`, `plugins:review`,
+//! `plugins:execute`). Errors are JSON: `{"error": {"code", "message", "field"?}}`.
+//!
+//! The server listens on 127.0.0.1 by default and speaks plain HTTP: put a TLS
+//! proxy in front of it before listening on another address.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use plugbay_host::server::{ServeOptions, Server};
+//!
+//! let server = Server::bind(ServeOptions::new("/var/lib/plugbay"))?;
+//! eprintln!("listening on http://{}", server.local_addr());
+//! server.run_blocking()?; // until SIGINT or SIGTERM
+//! # Ok::<(), plugbay_host::server::ServerError>(())
+//! ```
+//!
+//! # Limitations
+//!
+//! Plugin instances run in the server's process (confined per thread with landlock,
+//! as everywhere in Plugbay): a plugin that aborts or segfaults ends the server.
+
+mod body;
+mod error;
+mod handlers;
+mod instances;
+mod middleware;
+mod openapi;
+mod pool;
+mod routes;
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::Host;
+use crate::sandbox::SandboxMode;
+use instances::Instances;
+use pool::Registries;
+use routes::{Access, Operation, ROUTES};
+
+/// Where the server listens unless told otherwise: `127.0.0.1:7070`.
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070));
+
+/// The largest request body accepted unless told otherwise (16 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// How long a request may take unless told otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The registry's home (`$PLUGBAY_HOME`, `--home`).
+    pub home: PathBuf,
+    /// Where to listen ([`DEFAULT_ADDR`]; port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// Start plugins even where the kernel cannot enforce their whole sandbox
+    /// (`--allow-unconfined`); their status says so.
+    pub allow_unconfined: bool,
+    /// The largest request body, in bytes; larger ones get 413.
+    pub body_limit: usize,
+    /// How long a request may take; longer ones get 503 `request_timeout`.
+    pub request_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// The defaults, for the registry in `home`.
+    pub fn new(home: impl Into<PathBuf>) -> ServeOptions {
+        ServeOptions {
+            home: home.into(),
+            addr: DEFAULT_ADDR,
+            allow_unconfined: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The async runtime could not be built.
+    #[error("cannot start the server's runtime")]
+    Runtime(#[source] std::io::Error),
+    /// SIGINT/SIGTERM handlers could not be installed.
+    #[error("cannot listen for SIGINT and SIGTERM")]
+    Signal(#[source] std::io::Error),
+    /// Serving connections failed.
+    #[error("the server stopped with an error")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What every request shares.
+pub(crate) struct App {
+    registries: Registries,
+    host: Host,
+    instances: Instances,
+    body_limit: usize,
+    request_timeout: Duration,
+    openapi: serde_json::Value,
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    app: Arc<App>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("home", &self.app.registries.home())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens (and migrates) the registry and binds the address; connections wait in
+    /// the backlog until [`run_until`](Server::run_until).
+    pub fn bind(options: ServeOptions) -> Result<Server, ServerError> {
+        let registry = Registry::open(&options.home)?;
+        let sandbox = if options.allow_unconfined {
+            SandboxMode::AllowDegraded
+        } else {
+            SandboxMode::Enforce
+        };
+        let host = Host::new()
+            .with_data_dir(registry.data_dir())
+            .with_sandbox(sandbox);
+        let bind_error = |source| ServerError::Bind {
+            addr: options.addr,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(options.addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        if !local_addr.ip().is_loopback() {
+            tracing::warn!(%local_addr, "listening beyond loopback over plain HTTP: API keys cross the network unencrypted; put a TLS proxy in front");
+        }
+        Ok(Server {
+            listener,
+            local_addr,
+            app: Arc::new(App {
+                registries: Registries::new(registry),
+                host,
+                instances: Instances::default(),
+                body_limit: options.body_limit,
+                request_timeout: options.request_timeout,
+                openapi: openapi::document(),
+            }),
+        })
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections, finishes
+    /// the requests in flight, and drains, cleans up and stops every plugin instance.
+    /// Must run inside a multi-threaded tokio runtime.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let listener =
+            tokio::net::TcpListener::from_std(self.listener).map_err(ServerError::Serve)?;
+        tracing::info!(addr = %self.local_addr, home = %self.app.registries.home().display(), "plugbay serve listening");
+        let result = axum::serve(listener, router(self.app.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        tracing::info!("stopped accepting requests; stopping plugin instances");
+        let app = self.app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.instances.stop_all()).await;
+        result.map_err(ServerError::Serve)
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully as
+    /// [`run_until`](Server::run_until) does.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let signal = shutdown_signal()?;
+        self.run_until(signal).await
+    }
+
+    /// [`run`](Server::run) on a tokio runtime of its own; blocks until the server
+    /// has shut down.
+    pub fn run_blocking(self) -> Result<(), ServerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("plugbay-serve")
+            .build()
+            .map_err(ServerError::Runtime)?;
+        runtime.block_on(self.run())
+    }
+}
+
+/// Binds and serves until SIGINT or SIGTERM (what `plugbay serve` does).
+pub fn serve(options: ServeOptions) -> Result<(), ServerError> {
+    Server::bind(options)?.run_blocking()
+}
+
+/// The OpenAPI 3.1 document of the API (what `GET /openapi.json` returns).
+pub fn openapi() -> serde_json::Value {
+    openapi::document()
+}
+
+/// A future that completes on SIGINT or SIGTERM.
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, ServerError> {
+    #[cfg(unix)]
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServerError::Signal)?;
+    Ok(async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received; shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = interrupt.await;
+            tracing::info!("interrupt received; shutting down");
+        }
+    })
+}
+
+fn handler(operation: Operation, filter: MethodFilter) -> MethodRouter<Arc<App>> {
+    match operation {
+        Operation::Health => on(filter, handlers::health),
+        Operation::OpenApi => on(filter, handlers::openapi),
+        Operation::ListPlugins => on(filter, handlers::list_plugins),
+        Operation::GetPlugin => on(filter, handlers::get_plugin),
+        Operation::RegisterPlugin => on(filter, handlers::register_plugin),
+        Operation::EnablePlugin => on(filter, handlers::enable_plugin),
+        Operation::DisablePlugin => on(filter, handlers::disable_plugin),
+        Operation::UnregisterPlugin => on(filter, handlers::unregister_plugin),
+        Operation::ReviewPlugin => on(filter, handlers::review_plugin),
+        Operation::ProcessBatch => on(filter, handlers::process_batch),
+    }
+}
+
+fn method_filter(method: &str) -> MethodFilter {
+    match method {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "PUT" => MethodFilter::PUT,
+        "DELETE" => MethodFilter::DELETE,
+        other => unreachable!("the route table has no {other} route"),
+    }
+}
+
+/// The router, from the route table.
+fn router(app: Arc<App>) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        let mut method_router = handler(route.operation, method_filter(route.method));
+        if route.access != Access::Public {
+            method_router = method_router.route_layer(axum::middleware::from_fn_with_state(
+                (app.clone(), route.access),
+                middleware::authorize,
+            ));
+        }
+        router = router.route(route.path, method_router);
+    }
+    router
+        .fallback(handlers::route_not_found)
+        .layer(DefaultBodyLimit::max(app.body_limit))
+        .layer(RequestBodyLimitLayer::new(app.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::deadline,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::json_errors,
+        ))
+        .with_state(app)
+}

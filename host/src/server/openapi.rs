@@ -1,0 +1,356 @@
+//! The OpenAPI 3.1 document, built from the route table so that it lists exactly the
+//! routes, bodies, statuses and scopes the server has.
+
+use serde_json::{json, Map, Value};
+
+use super::error::ErrorCode;
+use super::routes::{Access, Operation, ROUTES};
+use crate::manifest::{FIELDS, HOOKS};
+use crate::registry::SCOPES;
+
+fn schema(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn json_content(schema: Value) -> Value {
+    json!({ "application/json": { "schema": schema } })
+}
+
+struct Doc {
+    operation_id: &'static str,
+    summary: &'static str,
+    description: &'static str,
+    request: Option<Value>,
+    success: Value,
+}
+
+fn doc(operation: Operation) -> Doc {
+    match operation {
+        Operation::Health => Doc {
+            operation_id: "health",
+            summary: "Whether the server is up",
+            description: "Needs no key.",
+            request: None,
+            success: schema("Health"),
+        },
+        Operation::OpenApi => Doc {
+            operation_id: "openapi",
+            summary: "This document",
+            description: "Any valid key may read it, whatever its scopes.",
+            request: None,
+            success: json!({ "type": "object" }),
+        },
+        Operation::ListPlugins => Doc {
+            operation_id: "listPlugins",
+            summary: "List the registered plugins",
+            description: "Every plugin in the registry, ordered by id.",
+            request: None,
+            success: schema("PluginList"),
+        },
+        Operation::GetPlugin => Doc {
+            operation_id: "getPlugin",
+            summary: "Show one plugin",
+            description: "Its manifest, library, SHA-256, review and state.",
+            request: None,
+            success: schema("Plugin"),
+        },
+        Operation::RegisterPlugin => Doc {
+            operation_id: "registerPlugin",
+            summary: "Register a plugin",
+            description: "The library named by `entry_point` (an absolute path on the server's machine, or a `file://` URL; remote URLs are refused) is inspected on a confined thread and hashed. Its manifest is the `plugin.json` beside the library if that describes the library, else the manifest embedded in the library; `name`, `version` and `permissions` must agree with it, and `description`, when given, replaces the manifest's. The plugin is left pending review.",
+            request: Some(schema("RegisterRequest")),
+            success: schema("Plugin"),
+        },
+        Operation::EnablePlugin => Doc {
+            operation_id: "enablePlugin",
+            summary: "Enable an approved plugin",
+            description: "Only approved plugins whose library is unchanged since review can be enabled.",
+            request: None,
+            success: schema("Plugin"),
+        },
+        Operation::DisablePlugin => Doc {
+            operation_id: "disablePlugin",
+            summary: "Disable a plugin",
+            description: "A running instance finishes the batch in flight, runs `cleanup` and stops.",
+            request: None,
+            success: schema("Plugin"),
+        },
+        Operation::UnregisterPlugin => Doc {
+            operation_id: "unregisterPlugin",
+            summary: "Unregister a plugin",
+            description: "Removes the plugin (its audit history stays); a running instance is drained, cleaned up and stopped first.",
+            request: None,
+            success: schema("Plugin"),
+        },
+        Operation::ReviewPlugin => Doc {
+            operation_id: "reviewPlugin",
+            summary: "Approve or reject a plugin (the security review)",
+            description: "Approving records the reviewer (the key's name), the time, the library's SHA-256 and the permissions granted: `permissions` if given (each must be requested by the manifest), else every requested permission. Rejecting needs a `reason` and disables the plugin.",
+            request: Some(schema("ReviewRequest")),
+            success: schema("Plugin"),
+        },
+        Operation::ProcessBatch => Doc {
+            operation_id: "processBatch",
+            summary: "Process a batch of records",
+            description: "Sends a JSON array of records through the plugin's `process` hook and returns the array it produced. The first batch starts an instance (confined to the granted permissions); later batches reuse it, one at a time. Each call has the plugin's deadline (`timeout_ms`).",
+            request: Some(json!({ "type": "array", "items": {}, "description": "the records" })),
+            success: json!({ "type": "array", "items": {}, "description": "the processed records" }),
+        },
+    }
+}
+
+/// The OpenAPI document of the REST API.
+pub(crate) fn document() -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let doc = doc(route.operation);
+        let mut responses = Map::new();
+        for &(status, description) in route.operation.responses() {
+            let content = if (200..300).contains(&status) {
+                json_content(doc.success.clone())
+            } else {
+                json_content(schema("Error"))
+            };
+            let mut response = json!({ "description": description, "content": content });
+            if status == 201 {
+                response["headers"] = json!({
+                    "Location": { "description": "the plugin's path", "schema": { "type": "string" } }
+                });
+            }
+            if status == 401 || status == 403 {
+                response["headers"] = json!({
+                    "WWW-Authenticate": { "description": "the Bearer challenge", "schema": { "type": "string" } }
+                });
+            }
+            responses.insert(status.to_string(), response);
+        }
+        responses.insert(
+            "default".to_owned(),
+            json!({
+                "description": "any other failure: 500 `internal`, 503 `request_timeout`",
+                "content": json_content(schema("Error")),
+            }),
+        );
+        let security = match route.access {
+            Access::Public => json!([]),
+            Access::AnyKey => json!([{ "bearer": [] }]),
+            Access::Scope(scope) => json!([{ "bearer": [scope.as_str()] }]),
+        };
+        let mut operation = json!({
+            "operationId": doc.operation_id,
+            "summary": doc.summary,
+            "description": doc.description,
+            "security": security,
+            "responses": responses,
+        });
+        if route.path.contains("{id}") {
+            operation["parameters"] = json!([{
+                "name": "id",
+                "in": "path",
+                "required": true,
+                "description": "the plugin's id, `name@version`",
+                "schema": { "type": "string" },
+                "example": "data-processor@1.0.0",
+            }]);
+        }
+        if let Some(request) = doc.request {
+            operation["requestBody"] =
+                json!({ "required": true, "content": json_content(request) });
+        }
+        let item = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        item[route.method.to_lowercase()] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Plugbay Plugins API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The registry of `plugbay serve`: register, review, enable, run and unregister native plugins. Every route but `/health` needs `Authorization: Bearer KEY` with a key from `plugbay keys create`; scopes: `plugins:read`, `plugins:write`, `plugins:review`, `plugins:execute`. Every error is a JSON body `{\"error\": {\"code\", \"message\", \"field\"?}}`: an unknown path is 404 `route_not_found`, a known path with another method is 405 `method_not_allowed` (with `Allow`). `HEAD` is answered wherever `GET` is.",
+        },
+        "servers": [{ "url": "http://127.0.0.1:7070" }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": format!("an API key from `plugbay keys create`; the scopes a route needs are listed in its security requirement: {}", SCOPES.join(", ")),
+                }
+            },
+            "schemas": schemas(),
+        },
+    })
+}
+
+fn nullable(kind: &str) -> Value {
+    json!({ "type": [kind, "null"] })
+}
+
+fn schemas() -> Value {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|code| code.as_str()).collect();
+    let mut manifest_properties = Map::new();
+    for field in FIELDS {
+        let property = match *field {
+            "name" => json!({ "type": "string", "pattern": "^[a-z0-9-]+$" }),
+            "version" => json!({ "type": "string", "description": "semver" }),
+            "hooks" => json!({ "type": "array", "items": { "type": "string", "enum": HOOKS } }),
+            "permissions" => json!({ "type": "array", "items": schema("Permission") }),
+            "api_version" => {
+                json!({ "type": "string", "description": "a semver requirement on plugbay-api" })
+            }
+            "timeout_ms" => {
+                json!({ "type": "integer", "minimum": 1, "maximum": plugbay_api::manifest::MAX_TIMEOUT_MS })
+            }
+            "config" => json!({ "type": "object" }),
+            _ => json!({ "type": "string" }),
+        };
+        manifest_properties.insert((*field).to_owned(), property);
+    }
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": false,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "code": { "type": "string", "enum": codes },
+                        "message": { "type": "string", "description": "what failed and what to do" },
+                        "field": { "type": "string", "description": "the body field at fault (`permissions[1]`), for `invalid_body`" },
+                    },
+                }
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "version", "instances"],
+            "additionalProperties": false,
+            "properties": {
+                "status": { "type": "string", "enum": ["ok"] },
+                "version": { "type": "string" },
+                "instances": { "type": "integer", "minimum": 0, "description": "plugin instances running in this server" },
+            },
+        },
+        "Permission": {
+            "type": "string",
+            "description": "`process:data`, `read:data`, `write:data`, `fs:read:PATH`, `fs:write:PATH`, `net:connect:PORT` or `net:bind:PORT`",
+            "pattern": "^(process:data|read:data|write:data|fs:(read|write):.+|net:(connect|bind):[0-9]+)$",
+        },
+        "Manifest": {
+            "type": "object",
+            "required": ["name", "version", "description", "author", "main", "hooks", "permissions"],
+            "additionalProperties": false,
+            "properties": manifest_properties,
+        },
+        "Review": {
+            "type": "object",
+            "required": ["status", "reviewer", "reviewed_at", "reviewed_sha256", "granted", "reason"],
+            "additionalProperties": false,
+            "properties": {
+                "status": { "type": "string", "enum": ["pending", "approved", "rejected"] },
+                "reviewer": nullable("string"),
+                "reviewed_at": nullable("string"),
+                "reviewed_sha256": nullable("string"),
+                "granted": { "type": "array", "items": schema("Permission") },
+                "reason": nullable("string"),
+            },
+        },
+        "Plugin": {
+            "type": "object",
+            "required": ["id", "manifest", "library", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at"],
+            "additionalProperties": false,
+            "properties": {
+                "id": { "type": "string", "description": "`name@version`" },
+                "manifest": schema("Manifest"),
+                "library": { "type": "string", "description": "the library's absolute path" },
+                "sha256": { "type": "string", "description": "the library's SHA-256 at registration" },
+                "plugin_dir": { "type": "string", "description": "`${plugin_dir}`" },
+                "enabled": { "type": "boolean" },
+                "review": schema("Review"),
+                "config": { "description": "the config passed to `init` (any JSON), null when unset" },
+                "created_at": { "type": "string", "description": "RFC 3339" },
+                "updated_at": { "type": "string", "description": "RFC 3339" },
+            },
+        },
+        "PluginList": {
+            "type": "object",
+            "required": ["plugins"],
+            "additionalProperties": false,
+            "properties": { "plugins": { "type": "array", "items": schema("Plugin") } },
+        },
+        "RegisterRequest": {
+            "type": "object",
+            "required": ["name", "version", "entry_point", "permissions"],
+            "additionalProperties": false,
+            "properties": {
+                "name": { "type": "string", "description": "must be the manifest's" },
+                "version": { "type": "string", "description": "must be the manifest's" },
+                "description": { "type": "string", "description": "replaces the manifest's when given" },
+                "entry_point": { "type": "string", "description": "the library: an absolute path on the server's machine or a file:// URL; remote URLs are refused" },
+                "permissions": { "type": "array", "items": schema("Permission"), "description": "must be exactly what the manifest requests" },
+            },
+            "example": {
+                "name": "data-processor",
+                "version": "1.0.0",
+                "description": "Processes data records",
+                "entry_point": "/opt/plugins/data-processor/libdata_processor.so",
+                "permissions": ["process:data"],
+            },
+        },
+        "ReviewRequest": {
+            "type": "object",
+            "required": ["decision"],
+            "additionalProperties": false,
+            "properties": {
+                "decision": { "type": "string", "enum": ["approve", "reject"] },
+                "permissions": { "type": "array", "items": schema("Permission"), "description": "approve only: what to grant (every requested permission if left out)" },
+                "reason": { "type": "string", "description": "reject only, and required there" },
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_once() {
+        let doc = document();
+        let mut count = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                assert!(ROUTES
+                    .iter()
+                    .any(|route| route.path == path && route.method.to_lowercase() == *method));
+                count += 1;
+            }
+        }
+        assert_eq!(count, ROUTES.len());
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        fn walk(value: &Value, schemas: &Map<String, Value>) {
+            match value {
+                Value::Object(object) => {
+                    if let Some(Value::String(target)) = object.get("$ref") {
+                        let name = target.strip_prefix("#/components/schemas/").unwrap();
+                        assert!(schemas.contains_key(name), "dangling $ref {target}");
+                    }
+                    object.values().for_each(|v| walk(v, schemas));
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, schemas)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap().clone();
+        walk(&doc, &schemas);
+    }
+}

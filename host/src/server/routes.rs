@@ -1,0 +1,203 @@
+//! The one table of routes: the router is built from it and so is the OpenAPI
+//! document, so the two cannot drift apart.
+
+use crate::registry::Scope;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Anyone (`GET /health`).
+    Public,
+    /// Any valid key, whatever its scopes.
+    AnyKey,
+    /// A valid key with this scope.
+    Scope(Scope),
+}
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Health,
+    OpenApi,
+    ListPlugins,
+    GetPlugin,
+    RegisterPlugin,
+    EnablePlugin,
+    DisablePlugin,
+    UnregisterPlugin,
+    ReviewPlugin,
+    ProcessBatch,
+}
+
+/// One route.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route {
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub method: &'static str,
+    /// The path, with `{id}` for a plugin id (axum and OpenAPI write it alike).
+    pub path: &'static str,
+    pub operation: Operation,
+    pub access: Access,
+}
+
+/// Every route the server has.
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/health",
+        operation: Operation::Health,
+        access: Access::Public,
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        operation: Operation::OpenApi,
+        access: Access::AnyKey,
+    },
+    Route {
+        method: "GET",
+        path: "/plugins",
+        operation: Operation::ListPlugins,
+        access: Access::Scope(Scope::Read),
+    },
+    Route {
+        method: "POST",
+        path: "/plugins/register",
+        operation: Operation::RegisterPlugin,
+        access: Access::Scope(Scope::Write),
+    },
+    Route {
+        method: "GET",
+        path: "/plugins/{id}",
+        operation: Operation::GetPlugin,
+        access: Access::Scope(Scope::Read),
+    },
+    Route {
+        method: "DELETE",
+        path: "/plugins/{id}",
+        operation: Operation::UnregisterPlugin,
+        access: Access::Scope(Scope::Write),
+    },
+    Route {
+        method: "PUT",
+        path: "/plugins/{id}/enable",
+        operation: Operation::EnablePlugin,
+        access: Access::Scope(Scope::Write),
+    },
+    Route {
+        method: "PUT",
+        path: "/plugins/{id}/disable",
+        operation: Operation::DisablePlugin,
+        access: Access::Scope(Scope::Write),
+    },
+    Route {
+        method: "POST",
+        path: "/plugins/{id}/review",
+        operation: Operation::ReviewPlugin,
+        access: Access::Scope(Scope::Review),
+    },
+    Route {
+        method: "POST",
+        path: "/plugins/{id}/process",
+        operation: Operation::ProcessBatch,
+        access: Access::Scope(Scope::Execute),
+    },
+];
+
+impl Operation {
+    /// The statuses the operation answers with, besides the catch-all `default`
+    /// (500 `internal`, 503 `request_timeout`), each with what it means.
+    pub(crate) fn responses(self) -> &'static [(u16, &'static str)] {
+        const UNAUTHORIZED: (u16, &str) = (
+            401,
+            "`unauthorized`: no `Authorization: Bearer KEY` header, or a malformed, unknown or revoked key",
+        );
+        const FORBIDDEN: (u16, &str) = (403, "`forbidden`: the key lacks the route's scope");
+        const BAD_ID: (u16, &str) = (400, "`invalid_id`: the id is not `name@version`");
+        const NOT_FOUND: (u16, &str) = (404, "`not_found`: no plugin has this id");
+        const TOO_LARGE: (u16, &str) = (
+            413,
+            "`payload_too_large`: the body is larger than the server's limit",
+        );
+        match self {
+            Operation::Health => &[(200, "the server is up")],
+            Operation::OpenApi => &[(200, "this document"), UNAUTHORIZED],
+            Operation::ListPlugins => &[(200, "every registered plugin, by id"), UNAUTHORIZED, FORBIDDEN],
+            Operation::GetPlugin => &[
+                (200, "the plugin"),
+                BAD_ID,
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+            ],
+            Operation::RegisterPlugin => &[
+                (201, "registered, pending review; `Location` names the new plugin"),
+                (
+                    400,
+                    "`invalid_body`: the body is not valid, or a field disagrees with the plugin's manifest, or the entry point is remote, missing or not a loadable plugin; `field` names the field",
+                ),
+                UNAUTHORIZED,
+                FORBIDDEN,
+                (409, "`already_registered`: a plugin with this name and version is registered"),
+                TOO_LARGE,
+            ],
+            Operation::EnablePlugin => &[
+                (200, "the plugin, enabled"),
+                BAD_ID,
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+                (
+                    409,
+                    "`not_approved`: the plugin has not been approved; `library_changed`: its library changed since review",
+                ),
+            ],
+            Operation::DisablePlugin => &[
+                (200, "the plugin, disabled; a running instance was drained, cleaned up and stopped"),
+                BAD_ID,
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+            ],
+            Operation::UnregisterPlugin => &[
+                (200, "the plugin as it was; a running instance was drained, cleaned up and stopped"),
+                BAD_ID,
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+            ],
+            Operation::ReviewPlugin => &[
+                (200, "the plugin, approved or rejected"),
+                (
+                    400,
+                    "`invalid_id`, or `invalid_body`: a bad body, a grant the manifest does not request, or a rejection without a reason; `field` names the field",
+                ),
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+                (409, "`library_changed`: the library changed since registration"),
+                TOO_LARGE,
+            ],
+            Operation::ProcessBatch => &[
+                (200, "the processed records"),
+                (400, "`invalid_id`, or `invalid_body`: the body is not a JSON array"),
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+                (
+                    409,
+                    "`not_approved`, `disabled`, `library_changed` (since review), or `not_permitted` (the review did not grant `process:data`)",
+                ),
+                TOO_LARGE,
+                (422, "`plugin_error`: the plugin refused the batch; the message is the plugin's"),
+                (
+                    500,
+                    "`plugin_panicked`, `plugin_failed` or `plugin_start_failed`: the instance failed or could not start; the next batch starts a fresh one",
+                ),
+                (502, "`invalid_plugin_output`: the plugin returned something that is not a JSON array"),
+                (503, "`request_timeout`: the request did not finish within the server's request timeout"),
+                (504, "`plugin_timeout`: the plugin missed its deadline (`timeout_ms`); the next batch starts a fresh instance"),
+            ],
+        }
+    }
+}
