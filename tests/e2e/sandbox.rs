@@ -66,6 +66,41 @@ fn reading_a_file_needs_fs_read() {
 }
 
 #[test]
+fn confinement_is_visible_through_the_host_api() {
+    let (host, _dir) = host();
+    let plugin = host.start(example("enricher")).unwrap();
+    let status = plugin.status();
+    assert_eq!(status.confinement.level, ConfinementLevel::Full);
+    assert_eq!(
+        status.confinement.landlock_abi,
+        Some(plugbay_host::sandbox::LANDLOCK_ABI)
+    );
+    assert!(status.confinement.missing_paths.is_empty());
+    assert_eq!(status.confinement.to_string(), "full (landlock ABI 6)");
+    let granted: Vec<String> = status.granted.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        granted,
+        ["process:data", "fs:read:${plugin_dir}/lookup.json"]
+    );
+
+    // Degraded confinement allowed: this kernel still gives the full ruleset.
+    let lenient = host
+        .clone()
+        .with_sandbox(plugbay_host::SandboxMode::AllowDegraded);
+    let plugin = lenient.start(example("data-processor")).unwrap();
+    assert_eq!(plugin.status().confinement.level, ConfinementLevel::Full);
+
+    // A granted path that does not exist grants nothing, and the status says so.
+    let mut spec = prober(&["fs:read:/nonexistent/plugbay".to_owned()]);
+    spec.plugin_dir = std::env::temp_dir();
+    let plugin = host.start(spec).unwrap();
+    assert_eq!(
+        plugin.status().confinement.missing_paths,
+        [std::path::PathBuf::from("/nonexistent/plugbay")]
+    );
+}
+
+#[test]
 fn reading_etc_hostname_is_denied() {
     let (host, _dir) = host();
     let mut plugin = host.start(prober(&[])).unwrap();
@@ -178,8 +213,14 @@ fn abstract_unix_sockets_outside_the_sandbox_are_denied() {
     let _listener = UnixListener::bind_addr(&addr).unwrap();
     let (host, _dir) = host();
     let mut plugin = host.start(prober(&[])).unwrap();
-    assert_eq!(probe(&mut plugin, json!({"op": "abstract", "path": name})), (false, false));
-    assert!(UnixStream::connect_addr(&addr).is_ok(), "the host thread can connect");
+    assert_eq!(
+        probe(&mut plugin, json!({"op": "abstract", "path": name})),
+        (false, false)
+    );
+    assert!(
+        UnixStream::connect_addr(&addr).is_ok(),
+        "the host thread can connect"
+    );
 }
 
 #[test]
