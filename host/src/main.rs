@@ -1,1 +1,34 @@
-fn main() {}
+//! `plugbay`: operate a local registry of Plugbay plugins and run them.
+//!
+//! Exit codes: 0 ok (a closed stdout, as in `plugbay list | head -1`, is ok too),
+//! 1 error, 2 usage. Errors go to stderr as `error: ` and the chain of causes.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // `--help` and `--version` print to stdout and succeed; usage errors exit 2.
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    cli::init_logging(args.global.verbose);
+    match args.exec() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if cli::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", cli::error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! `plugbay list`
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::table::Table;
+use super::{print_json, Context};
+
+/// List the registered plugins.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  plugbay list
+  plugbay --json list")]
+pub struct Args {}
+
+/// Prints every registered plugin, by id.
+pub fn exec(_args: Args, context: &Context) -> Result<()> {
+    let registry = context.registry()?;
+    let entries = registry.list()?;
+    if context.json {
+        return print_json(&entries);
+    }
+    let mut out = std::io::stdout().lock();
+    if entries.is_empty() {
+        writeln!(
+            out,
+            "no plugins in {}; add one with `plugbay register MANIFEST`",
+            registry.path().display()
+        )?;
+        return Ok(());
+    }
+    let mut table = Table::new(&["ID", "REVIEW", "ENABLED", "DESCRIPTION"]);
+    for entry in &entries {
+        table.row(vec![
+            entry.id.clone(),
+            entry.review.status.to_string(),
+            if entry.enabled { "yes" } else { "no" }.to_owned(),
+            entry.manifest.description.clone(),
+        ]);
+    }
+    table.write(&mut out)?;
+    Ok(())
+}

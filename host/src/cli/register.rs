@@ -1,0 +1,50 @@
+//! `plugbay register MANIFEST|DIR [--library PATH]`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use plugbay_host::registry::Registration;
+
+use super::{permission_list, print_json, Context};
+
+/// Register a plugin.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  plugbay register example-plugins/data-processor --library target/release/libdata_processor.so
+  plugbay register my-plugin/plugin.json
+
+The library is inspected on a confined thread (as when it runs): it must load, be built
+against a compatible plugbay-api and embed the same manifest. Its SHA-256 is recorded;
+the plugin is `pending` until `plugbay review approve ID`.")]
+pub struct Args {
+    /// The plugin's `plugin.json`, or the folder that holds it (its `${plugin_dir}`)
+    #[arg(value_name = "MANIFEST|DIR")]
+    pub manifest: PathBuf,
+    /// The plugin's library [default: the manifest's `main`, in the manifest's folder]
+    #[arg(long, value_name = "PATH")]
+    pub library: Option<PathBuf>,
+}
+
+/// Registers the plugin and prints its entry.
+pub fn exec(args: Args, context: &Context) -> Result<()> {
+    let mut registry = context.registry()?;
+    let host = context.host(&registry);
+    let registration = Registration::from_path(&args.manifest, args.library.as_deref())?;
+    let entry = registry.register(&host, registration, context.actor())?;
+    if context.json {
+        return print_json(&entry);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "registered {} (pending review)", entry.id)?;
+    writeln!(out, "  library   {}", entry.library.display())?;
+    writeln!(out, "  sha256    {}", entry.sha256)?;
+    writeln!(
+        out,
+        "  requests  {}",
+        permission_list(&entry.manifest.permissions)
+    )?;
+    writeln!(out, "next: plugbay review approve {}", entry.id)?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `plugbay review approve ID [--grant PERM]...` and `plugbay review reject ID --reason TEXT`
+
+use std::io::Write;
+
+use anyhow::Result;
+use plugbay_host::Permission;
+
+use super::table::Table;
+use super::{permission_list, print_json, Context};
+
+/// Review a plugin.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Approve a plugin: shows the permissions it requests and records those granted
+    #[command(after_help = "\
+Examples:
+  plugbay review approve data-processor@1.0.0
+  plugbay review approve enricher@1.0.0 --grant process:data --grant 'fs:read:${plugin_dir}/lookup.json'
+
+Without `--grant`, every requested permission is granted. A grant the manifest does not
+request is an error. The approval records the reviewer, the time and the library's
+SHA-256: if the library changes afterwards, the plugin will not run.")]
+    Approve(ApproveArgs),
+    /// Reject a plugin, with a reason; it is disabled and cannot be enabled
+    #[command(after_help = "\
+Examples:
+  plugbay review reject prober@0.1.0 --reason 'opens sockets it does not need'")]
+    Reject(RejectArgs),
+}
+
+/// `review approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// The plugin's id, `name@version`
+    pub id: String,
+    /// A permission to grant (repeat it; only requested permissions can be granted)
+    /// [default: every requested permission]
+    #[arg(long = "grant", value_name = "PERM")]
+    pub grants: Vec<Permission>,
+    /// Who reviewed it [default: $USER]
+    #[arg(long, value_name = "NAME")]
+    pub reviewer: Option<String>,
+}
+
+/// `review reject`.
+#[derive(Debug, clap::Args)]
+pub struct RejectArgs {
+    /// The plugin's id, `name@version`
+    pub id: String,
+    /// Why it is rejected
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// Who reviewed it [default: $USER]
+    #[arg(long, value_name = "NAME")]
+    pub reviewer: Option<String>,
+}
+
+/// Runs the review.
+pub fn exec(command: Command, context: &Context) -> Result<()> {
+    match command {
+        Command::Approve(args) => approve(args, context),
+        Command::Reject(args) => reject(args, context),
+    }
+}
+
+fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
+    let mut registry = context.registry()?;
+    let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
+    let grants = (!args.grants.is_empty()).then_some(args.grants);
+    let entry = registry.approve(&args.id, reviewer, grants)?;
+    if context.json {
+        return print_json(&entry);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} requests:", entry.id)?;
+    let mut table = Table::new(&["PERMISSION", "DECISION"]).indent(2);
+    for permission in &entry.manifest.permissions {
+        let granted = entry.review.granted.contains(permission);
+        table.row(vec![
+            permission.to_string(),
+            if granted { "granted" } else { "not granted" }.to_owned(),
+        ]);
+    }
+    table.write(&mut out)?;
+    writeln!(
+        out,
+        "approved {} by {reviewer}: granted {} (library sha256 {})",
+        entry.id,
+        permission_list(&entry.review.granted),
+        entry.review.reviewed_sha256.as_deref().unwrap_or("unknown")
+    )?;
+    if !entry.enabled {
+        writeln!(out, "next: plugbay enable {}", entry.id)?;
+    }
+    Ok(())
+}
+
+fn reject(args: RejectArgs, context: &Context) -> Result<()> {
+    let mut registry = context.registry()?;
+    let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
+    let entry = registry.reject(&args.id, reviewer, &args.reason)?;
+    if context.json {
+        return print_json(&entry);
+    }
+    writeln!(
+        std::io::stdout().lock(),
+        "rejected {} by {reviewer}: {}",
+        entry.id,
+        args.reason.trim()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! `plugbay show ID`
+
+use std::io::Write;
+
+use anyhow::Result;
+use plugbay_host::registry::{sha256_file, AuditEvent, Entry, ReviewStatus};
+use serde::Serialize;
+
+use super::table::Table;
+use super::{permission_list, print_json, Context};
+
+/// Show one plugin.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  plugbay show data-processor@1.0.0
+  plugbay --json show data-processor@1.0.0 | jq .review
+
+`library_sha256_now` is the library's hash as it is now (`missing` if the file is
+gone): a plugin whose library changed since its review will not run.")]
+pub struct Args {
+    /// The plugin's id, `name@version`
+    pub id: String,
+}
+
+/// A plugin's entry, the library's hash now, and its audit history.
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    entry: &'a Entry,
+    library_sha256_now: String,
+    audit: Vec<AuditEvent>,
+}
+
+/// Prints the plugin's entry and history.
+pub fn exec(args: Args, context: &Context) -> Result<()> {
+    let registry = context.registry()?;
+    let entry = registry.get(&args.id)?;
+    let audit = registry.audit_log(Some(&entry.id))?;
+    let library_sha256_now = match sha256_file(&entry.library) {
+        Ok(hash) => hash,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => "missing".to_owned(),
+        Err(err) => format!("unreadable: {err}"),
+    };
+    if context.json {
+        return print_json(&Shown {
+            entry: &entry,
+            library_sha256_now,
+            audit,
+        });
+    }
+    let manifest = &entry.manifest;
+    let mut out = std::io::stdout().lock();
+    let mut field = |name: &str, value: &str| writeln!(out, "{name:<12} {value}");
+    field("id", &entry.id)?;
+    field("description", &manifest.description)?;
+    field("author", &manifest.author)?;
+    if let Some(website) = &manifest.website {
+        field("website", website)?;
+    }
+    field("library", &entry.library.display().to_string())?;
+    let hash_state = if library_sha256_now == entry.sha256 {
+        "unchanged since registration".to_owned()
+    } else {
+        format!("CHANGED since registration: now {library_sha256_now}")
+    };
+    field("sha256", &format!("{} ({hash_state})", entry.sha256))?;
+    field("plugin dir", &entry.plugin_dir.display().to_string())?;
+    field(
+        "hooks",
+        &manifest
+            .hooks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )?;
+    if let Some(requirement) = &manifest.api_version {
+        field("api version", &requirement.to_string())?;
+    }
+    if let Some(timeout) = manifest.timeout_ms {
+        field("timeout", &format!("{timeout} ms per call"))?;
+    }
+    field("requests", &permission_list(&manifest.permissions))?;
+    let review = &entry.review;
+    let reviewed = match (&review.reviewer, &review.reviewed_at) {
+        (Some(reviewer), Some(at)) => format!(" by {reviewer} at {at}"),
+        _ => String::new(),
+    };
+    let review_text = match review.status {
+        ReviewStatus::Pending => "pending".to_owned(),
+        ReviewStatus::Approved => format!("approved{reviewed}"),
+        ReviewStatus::Rejected => format!(
+            "rejected{reviewed}: {}",
+            review.reason.as_deref().unwrap_or("no reason recorded")
+        ),
+    };
+    field("review", &review_text)?;
+    if review.status == ReviewStatus::Approved {
+        field("granted", &permission_list(&review.granted))?;
+    }
+    field("enabled", if entry.enabled { "yes" } else { "no" })?;
+    if let Some(config) = &entry.config {
+        field("config", &config.to_string())?;
+    }
+    field("registered", &entry.created_at)?;
+    field("updated", &entry.updated_at)?;
+    writeln!(out, "history")?;
+    let mut table = Table::new(&["AT", "BY", "ACTION", "DETAIL"]).indent(2);
+    for event in &audit {
+        table.row(vec![
+            event.at.clone(),
+            event.actor.clone(),
+            event.action.clone(),
+            event.detail.clone().unwrap_or_default(),
+        ]);
+    }
+    table.write(&mut out)?;
+    Ok(())
+}
