@@ -1,0 +1,113 @@
+//! The cost of the boundary itself, on the no-op fixture plugin and an empty batch:
+//!
+//! - `call/direct`: a `process` call on the calling thread ([`LocalPlugin`]), the
+//!   floor: a function call through the ABI, the SDK's (empty) parse and write, and
+//!   the host's output check. Target: median ≤ 50 ns.
+//! - `call/worker_round_trip`: the same call sent to the plugin's worker thread and
+//!   answered ([`PluginHandle::process`]). Target: median ≤ 10 µs.
+//!
+//! [`LocalPlugin`]: plugbay_host::local::LocalPlugin
+//! [`PluginHandle::process`]: plugbay_host::PluginHandle::process
+
+mod common;
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, Criterion};
+use plugbay_host::Batch;
+
+use common::{estimate, fixture, host, print_table, time, LocalThread};
+
+fn calls(c: &mut Criterion) {
+    let host = host();
+    let empty = Batch::from_json("[]");
+    let one = Batch::from_json(r#"[{"id":1}]"#);
+    let mut group = c.benchmark_group("call");
+
+    let local = LocalThread::start(host.clone(), vec![fixture("noop")]);
+    for (name, batch) in [("direct", &empty), ("direct_one_record", &one)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let batch = batch.clone();
+                local.run(move |plugins| {
+                    let plugin = &mut plugins[0];
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        black_box(plugin.process(black_box(&batch)).expect("noop processes"));
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    drop(local);
+
+    let mut plugin = host.start(fixture("noop")).expect("noop starts");
+    for (name, batch) in [
+        ("worker_round_trip", &empty),
+        ("worker_round_trip_one_record", &one),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(plugin.process(black_box(batch)).expect("noop processes")))
+        });
+    }
+    group.finish();
+    plugin.shutdown().expect("noop shuts down");
+}
+
+fn summary() {
+    let rows: Vec<Vec<String>> = [
+        ("direct", "direct call, empty batch", 50.0),
+        ("direct_one_record", "direct call, 1 record", f64::NAN),
+        (
+            "worker_round_trip",
+            "worker round trip, empty batch",
+            10_000.0,
+        ),
+        (
+            "worker_round_trip_one_record",
+            "worker round trip, 1 record",
+            f64::NAN,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(function, what, target)| {
+        let found = estimate("call", function, None)?;
+        Some(vec![
+            what.to_owned(),
+            time(found.median),
+            format!("± {}", time(found.mad)),
+            if target.is_nan() {
+                "—".to_owned()
+            } else {
+                format!("≤ {}", time(target))
+            },
+            if target.is_nan() {
+                String::new()
+            } else if found.median <= target {
+                "met".to_owned()
+            } else {
+                "missed".to_owned()
+            },
+        ])
+    })
+    .collect();
+    print_table(
+        &format!("Calls on the no-op plugin ({})", common::machine()),
+        &["benchmark", "median", "spread (MAD)", "target", ""],
+        &rows,
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = common::config();
+    targets = calls
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}

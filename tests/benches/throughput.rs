@@ -1,0 +1,246 @@
+//! Records through real plugins, against the same work done without plugins:
+//!
+//! - `data_processor/{plugin,local,baseline}/N`: the `data-processor` example on
+//!   batches of N = 1, 100, 1,000 and 10,000 records, through its worker thread
+//!   (`plugin`, the normal way), on the calling thread (`local`), and as the same
+//!   serde_json work done directly in the host with no plugin (`baseline`). Target:
+//!   plugin ≥ 0.9 × baseline in records/s from 1,000 records per batch up.
+//! - `pipeline/{pipelined,sequential}`: redactor → enricher → data-processor over
+//!   batches of 1,000 records, as a [`Pipeline`] (each stage on its own worker,
+//!   working on successive batches at once) and as the same three plugins called one
+//!   after another on one thread. Target: pipelined ≥ 1.5 × sequential on 2 cores.
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use plugbay_host::{Batch, IoError, Pipeline};
+use serde_json::{Map, Value};
+
+use common::{estimate, example, host, print_table, rate, records, time, LocalThread};
+
+const SIZES: [usize; 4] = [1, 100, 1_000, 10_000];
+
+/// Batches of this many records go through the pipeline...
+const PIPELINE_BATCH: usize = 1_000;
+/// ...this many per measured iteration.
+const PIPELINE_BATCHES: usize = 16;
+
+/// What `data-processor` does, written directly in the host: parse the batch into
+/// records, stamp each, write the batch back.
+fn baseline(batch: &Batch) -> Vec<u8> {
+    let input = batch.as_bytes();
+    let mut records: Vec<Map<String, Value>> =
+        serde_json::from_slice(input).expect("the batch is JSON records");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0);
+    for record in &mut records {
+        record.insert("processed".to_owned(), Value::Bool(true));
+        record.insert("processed_at".to_owned(), Value::from(now));
+    }
+    let mut output = Vec::with_capacity(input.len() + input.len() / 4 + 2);
+    serde_json::to_writer(&mut output, &records).expect("records serialize");
+    output
+}
+
+fn data_processor(c: &mut Criterion) {
+    let host = host();
+    let mut group = c.benchmark_group("data_processor");
+    let mut plugin = host
+        .start(example("data-processor"))
+        .expect("data-processor starts");
+    let local = LocalThread::start(host.clone(), vec![example("data-processor")]);
+    for n in SIZES {
+        let batch = records(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("baseline", n), &batch, |b, batch| {
+            b.iter(|| black_box(baseline(black_box(batch))))
+        });
+        group.bench_with_input(BenchmarkId::new("plugin", n), &batch, |b, batch| {
+            b.iter(|| black_box(plugin.process(black_box(batch)).expect("it processes")))
+        });
+        group.bench_with_input(BenchmarkId::new("local", n), &batch, |b, batch| {
+            b.iter_custom(|iters| {
+                let batch = batch.clone();
+                local.run(move |plugins| {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        black_box(plugins[0].process(black_box(&batch)).expect("it processes"));
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+    plugin.shutdown().expect("data-processor shuts down");
+}
+
+fn stages() -> Vec<plugbay_host::PluginSpec> {
+    vec![
+        example("redactor"),
+        example("enricher"),
+        example("data-processor"),
+    ]
+}
+
+fn pipeline(c: &mut Criterion) {
+    let host = host();
+    let batches: Vec<Batch> = (0..PIPELINE_BATCHES)
+        .map(|_| records(PIPELINE_BATCH))
+        .collect();
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(
+        (PIPELINE_BATCH * PIPELINE_BATCHES) as u64,
+    ));
+    if common::quick() {
+        group.sample_size(10);
+    }
+
+    let handles = stages()
+        .into_iter()
+        .map(|spec| host.start(spec).expect("the stage starts"))
+        .collect();
+    let mut pipeline = Pipeline::new(handles);
+    group.bench_function("pipelined", |b| {
+        b.iter(|| {
+            let input = batches.clone().into_iter().map(Ok::<Batch, IoError>);
+            let report = pipeline
+                .run(input, |batch| {
+                    black_box(batch);
+                    Ok(())
+                })
+                .expect("the pipeline runs");
+            assert_eq!(report.batches, PIPELINE_BATCHES as u64);
+        })
+    });
+    for stage in pipeline.into_stages() {
+        stage.shutdown().expect("the stage shuts down");
+    }
+
+    let local = LocalThread::start(host.clone(), stages());
+    group.bench_function("sequential", |b| {
+        b.iter_custom(|iters| {
+            let batches = batches.clone();
+            local.run(move |plugins| {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    for batch in &batches {
+                        let mut batch = batch.clone();
+                        for plugin in plugins.iter_mut() {
+                            batch = plugin.process(&batch).expect("the stage processes");
+                        }
+                        black_box(batch);
+                    }
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn summary() {
+    let mut rows = Vec::new();
+    for n in SIZES {
+        let parameter = n.to_string();
+        let found = |function| estimate("data_processor", function, Some(&parameter));
+        let Some(baseline) = found("baseline") else {
+            continue;
+        };
+        let per_second = |ns: f64| n as f64 * 1e9 / ns;
+        for (function, what) in [
+            ("baseline", "in-host baseline"),
+            ("plugin", "plugin (worker)"),
+            ("local", "plugin (local)"),
+        ] {
+            let Some(result) = found(function) else {
+                continue;
+            };
+            let ratio = baseline.median / result.median;
+            rows.push(vec![
+                format!("{n}"),
+                what.to_owned(),
+                time(result.median),
+                format!("± {}", time(result.mad)),
+                rate(per_second(result.median)),
+                if function == "baseline" {
+                    "1".to_owned()
+                } else {
+                    format!("{ratio:.3}")
+                },
+                match (function, n >= 1_000) {
+                    ("plugin", true) if ratio >= 0.9 => "≥ 0.9: met".to_owned(),
+                    ("plugin", true) => "≥ 0.9: missed".to_owned(),
+                    _ => String::new(),
+                },
+            ]);
+        }
+    }
+    print_table(
+        &format!(
+            "data-processor throughput per batch size ({})",
+            common::machine()
+        ),
+        &[
+            "records/batch",
+            "run",
+            "median per batch",
+            "spread (MAD)",
+            "records/s",
+            "plugin / baseline",
+            "target",
+        ],
+        &rows,
+    );
+
+    let records = (PIPELINE_BATCH * PIPELINE_BATCHES) as f64;
+    if let (Some(pipelined), Some(sequential)) = (
+        estimate("pipeline", "pipelined", None),
+        estimate("pipeline", "sequential", None),
+    ) {
+        let speedup = sequential.median / pipelined.median;
+        let row = |what: &str, found: common::Estimate, target: String| {
+            vec![
+                what.to_owned(),
+                time(found.median),
+                format!("± {}", time(found.mad)),
+                rate(records * 1e9 / found.median),
+                target,
+            ]
+        };
+        print_table(
+            &format!(
+                "redactor → enricher → data-processor, {PIPELINE_BATCHES} batches of {PIPELINE_BATCH} records"
+            ),
+            &["run", "median", "spread (MAD)", "records/s", "speed-up"],
+            &[
+                row("sequential, one thread", sequential, "1".to_owned()),
+                row(
+                    "pipeline",
+                    pipelined,
+                    format!(
+                        "{speedup:.2} (target ≥ 1.5: {})",
+                        if speedup >= 1.5 { "met" } else { "missed" }
+                    ),
+                ),
+            ],
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = common::config();
+    targets = data_processor, pipeline
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}
