@@ -85,6 +85,22 @@ pub fn plugins_dir() -> &'static Path {
     })
 }
 
+/// Builds the `plugbay` binary (once per process), with the profile and target
+/// folder of the running tests, and returns its path. It lands beside the plugin
+/// libraries that [`plugins_dir`] builds, which is where `plugbay demo` looks.
+pub fn plugbay_bin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = profile_dir();
+        let mut command = cargo();
+        command
+            .args(["build", "-p", "plugbay-host", "--bin", "plugbay"])
+            .args(profile_args(&dir));
+        run(command, "the plugbay binary");
+        dir.join(format!("plugbay{}", std::env::consts::EXE_SUFFIX))
+    })
+}
+
 /// The library of a plugin package (`data-processor` → `…/libdata_processor.so`).
 pub fn library(package: &str) -> PathBuf {
     plugins_dir().join(format!(

@@ -28,13 +28,16 @@ const OVERREACHING: &str = "enricher";
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
-  cargo build --release --workspace && target/release/plugbay demo
+  plugbay demo
   plugbay demo --records 100000
   plugbay --json demo | jq '.steps[] | select(.action == \"denied\")'
   plugbay --home /tmp/demo-registry demo    # keep the registry (and its audit log)
+  cargo build --release --workspace && target/release/plugbay demo    # from a fresh clone
 
-The example plugins must be built: `cargo build --workspace` (add `--release` for a
-release build of plugbay) puts their libraries beside the plugbay binary.")]
+The registry is a temporary folder, removed at the end, unless `--home DIR` is given
+(`$PLUGBAY_HOME` is not used). The example plugins must be built: `cargo build
+--workspace` (add `--release` for a release build of plugbay) puts their libraries
+beside the plugbay binary.")]
 pub struct Args {
     /// Where the example plugins' libraries are [default: the plugbay binary's folder]
     #[arg(long, value_name = "DIR")]

@@ -1,12 +1,12 @@
 //! `plugbay inspect LIBRARY`
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use plugbay_host::loader::host_api_version;
 use plugbay_host::registry::sha256_file;
-use plugbay_host::{Host, Inspection};
+use plugbay_host::{Host, Inspection, LoadError, StartError};
 use serde::Serialize;
 
 use super::{permission_list, print_json, Context};
@@ -25,6 +25,17 @@ pub struct Args {
     pub library: PathBuf,
 }
 
+/// Inspects `library` on a confined thread; a missing file is reported before any
+/// sandbox is built for it.
+pub fn inspect(host: &Host, library: &Path) -> Result<Inspection, StartError> {
+    if !library.is_file() {
+        return Err(StartError::Load(LoadError::NotFound {
+            path: std::path::absolute(library).unwrap_or_else(|_| library.to_owned()),
+        }));
+    }
+    host.inspect(library)
+}
+
 #[derive(Debug, Serialize)]
 struct Inspected {
     #[serde(flatten)]
@@ -36,7 +47,7 @@ struct Inspected {
 /// Prints what the library embeds.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let host = Host::new().with_sandbox(context.sandbox);
-    let inspection = host.inspect(&args.library)?;
+    let inspection = inspect(&host, &args.library)?;
     let sha256 = sha256_file(&inspection.library)?;
     let inspected = Inspected {
         inspection,

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use plugbay_host::registry::Registration;
 
 use super::{permission_list, print_json, Context};
@@ -31,7 +31,20 @@ pub struct Args {
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
     let host = context.host(&registry);
+    if args.manifest.is_dir() && !args.manifest.join("plugin.json").is_file() {
+        bail!(
+            "folder {} has no plugin.json; pass the plugin's manifest or the folder that holds it",
+            args.manifest.display()
+        );
+    }
     let registration = Registration::from_path(&args.manifest, args.library.as_deref())?;
+    if args.library.is_none() && !registration.library.is_file() {
+        bail!(
+            "plugin library {} does not exist (the manifest's `main`, `{}`, in the manifest's folder); build the plugin, or pass the built library with `--library PATH`",
+            registration.library.display(),
+            registration.manifest.main
+        );
+    }
     let entry = registry.register(&host, registration, context.actor())?;
     if context.json {
         return print_json(&entry);

@@ -187,6 +187,9 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     apply_configs(&mut specs, &configs)?;
 
+    let progress = Arc::new(Progress::default());
+    let batches = input::read_batches(source.clone(), batch_size, progress.clone())?;
+
     let mut stages = Vec::with_capacity(specs.len());
     for spec in specs {
         let handle = host.start(spec)?;
@@ -205,8 +208,6 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     if source == Source::Stdin && io::stdin().is_terminal() {
         eprintln!("reading records from stdin (end with Ctrl-D); `--input FILE` reads a file");
     }
-    let progress = Arc::new(Progress::default());
-    let batches = input::read_batches(source.clone(), batch_size, progress.clone())?;
     let bar = progress_bar(&source);
     let mut output = Output::create(args.output.as_deref())?;
     let mut pipeline = Pipeline::new(stages);
@@ -281,7 +282,7 @@ fn spec(target: &Target, registry: Option<&Registry>, host: &Host) -> Result<Plu
             Ok(registry.spec(id)?)
         }
         Target::Library(path) => {
-            let inspection = host.inspect(path)?;
+            let inspection = super::inspect::inspect(host, path)?;
             Ok(PluginSpec::new(inspection.library, inspection.manifest))
         }
     }
@@ -404,15 +405,10 @@ impl Output {
                 }
             }
         };
-        let mut output = Output {
+        Ok(Output {
             writer,
             records_written: false,
-        };
-        output
-            .out()
-            .write_all(b"[")
-            .with_context(|| format!("cannot write output {}", output.name()))?;
-        Ok(output)
+        })
     }
 
     fn name(&self) -> String {
@@ -435,7 +431,9 @@ impl Output {
         if inner.is_empty() {
             return Ok(());
         }
-        let separator: &[u8] = if self.records_written { b",\n" } else { b"\n" };
+        // The array opens with the first record, so a run that fails before any
+        // output leaves stdout empty.
+        let separator: &[u8] = if self.records_written { b",\n" } else { b"[\n" };
         self.records_written = true;
         let out = self.out();
         out.write_all(separator)?;
@@ -448,7 +446,7 @@ impl Output {
         let end: &[u8] = if self.records_written {
             b"\n]\n"
         } else {
-            b"]\n"
+            b"[]\n"
         };
         let write_end = |out: &mut dyn Write| -> io::Result<()> {
             out.write_all(end)?;

@@ -17,7 +17,7 @@ mod schema;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use plugbay_api::manifest::{Manifest, Permission};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -293,6 +293,35 @@ impl fmt::Debug for Registry {
     }
 }
 
+/// How long to wait before trying again a statement SQLite refused as locked.
+const LOCKED_PAUSE: Duration = Duration::from_millis(10);
+
+/// Whether SQLite refused a statement because another connection holds a lock.
+fn is_locked(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+    )
+}
+
+/// Runs `step` again while SQLite refuses it as locked, up to [`BUSY_TIMEOUT`]: for
+/// the statements SQLite does not wait on with its busy handler.
+fn retry_while_locked<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let started = Instant::now();
+    loop {
+        match step() {
+            Err(err) if is_locked(&err) && started.elapsed() < BUSY_TIMEOUT => {
+                std::thread::sleep(LOCKED_PAUSE);
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The current time, RFC 3339 in UTC with milliseconds.
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -336,8 +365,10 @@ impl Registry {
         };
         let mut connection = Connection::open(&path).map_err(open_error)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
+        // Switching a new database to WAL takes an exclusive lock, and SQLite answers
+        // "database is locked" at once (no busy handler) when another process holds
+        // one while it creates the same database: wait for it here.
+        retry_while_locked(|| connection.pragma_update(None, "journal_mode", "WAL"))
             .map_err(open_error)?;
         connection
             .pragma_update(None, "synchronous", "NORMAL")
@@ -345,7 +376,17 @@ impl Registry {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(open_error)?;
-        schema::migrate(&mut connection, &path)?;
+        let started = Instant::now();
+        loop {
+            match schema::migrate(&mut connection, &path) {
+                Err(RegistryError::Open { source, .. })
+                    if is_locked(&source) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(LOCKED_PAUSE);
+                }
+                result => break result?,
+            }
+        }
         Ok(Registry {
             connection,
             path,

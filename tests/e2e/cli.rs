@@ -1,0 +1,1238 @@
+//! The `plugbay` binary, driven as an operator or a script would: every command with
+//! and without `--json`, every fault with its own message and exit code, concurrent
+//! processes, processes killed mid-write, and a large streamed run.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use plugbay_host::registry::{sha256_file, Registry, ReviewStatus};
+use plugbay_host::Manifest;
+use plugbay_tests::{abi_fixtures, example_manifest, library, plugbay_bin, workspace_root};
+use serde_json::Value;
+
+/// A registry home of its own, and the binary to drive it.
+struct Plugbay {
+    dir: tempfile::TempDir,
+}
+
+impl Plugbay {
+    fn new() -> Plugbay {
+        // Build the plugins first: the binary is built into the same folder.
+        plugbay_tests::plugins_dir();
+        plugbay_bin();
+        Plugbay {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.command_without_home(&["--home", path(&self.home())]);
+        command.args(args);
+        command
+    }
+
+    /// A command on no registry but the one its arguments name.
+    fn command_without_home(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(plugbay_bin());
+        command
+            .args(args)
+            .current_dir(workspace_root())
+            .env("USER", "tester")
+            .env_remove("PLUGBAY_HOME")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut command = self.command(args);
+        let Some(input) = stdin else {
+            return command.output().unwrap();
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        let writer = std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        output
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(args, None)
+    }
+
+    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let output = self.output(args, stdin);
+        assert!(
+            output.status.success(),
+            "plugbay {args:?} failed ({:?}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a command with `--json` that must succeed; returns its parsed stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let stdout = self.ok(&all);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|err| panic!("plugbay {all:?} printed no JSON ({err}):\n{stdout}"))
+    }
+
+    /// Runs a command that must fail with `code`; returns its stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        self.fails_with(args, None, code)
+    }
+
+    fn fails_with(&self, args: &[&str], stdin: Option<&str>, code: i32) -> String {
+        let output = self.output(args, stdin);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "plugbay {args:?}: expected exit code {code}; stderr:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// A copy of an example plugin (manifest, library, and its other files) in a
+    /// folder of this test, so the test may swap the library.
+    fn plugin(&self, name: &str) -> PathBuf {
+        let folder = self.dir.path().join("plugins").join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        let source = example_manifest(name);
+        for file in std::fs::read_dir(source.parent().unwrap()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "json") {
+                std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let lib = library(name);
+        std::fs::copy(&lib, folder.join(lib.file_name().unwrap())).unwrap();
+        folder
+    }
+
+    fn lib_of(&self, folder: &Path, name: &str) -> PathBuf {
+        folder.join(library(name).file_name().unwrap())
+    }
+
+    fn registry(&self) -> Registry {
+        Registry::open(self.home()).unwrap()
+    }
+
+    /// Registers, approves (all requested) and enables a copy of an example plugin.
+    fn ready(&self, name: &str) -> (PathBuf, String) {
+        let folder = self.plugin(name);
+        let entry = self.json(&["register", folder.to_str().unwrap()]);
+        let id = entry["id"].as_str().unwrap().to_owned();
+        self.ok(&["review", "approve", &id]);
+        self.ok(&["enable", &id]);
+        (folder, id)
+    }
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn actions(events: &Value) -> Vec<&str> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["action"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn every_registry_command_works_for_people() {
+    let plugbay = Plugbay::new();
+    let folder = plugbay.plugin("enricher");
+    let lib = plugbay.lib_of(&folder, "enricher");
+    let sha = sha256_file(&lib).unwrap();
+
+    assert_eq!(
+        plugbay.ok(&["list"]),
+        format!(
+            "no plugins in {}; add one with `plugbay register MANIFEST`\n",
+            plugbay.home().join("registry.db").display()
+        )
+    );
+    assert_eq!(
+        plugbay.ok(&["register", path(&folder)]),
+        format!(
+            "registered enricher@1.0.0 (pending review)\n  library   {}\n  sha256    {sha}\n  \
+             requests  process:data, fs:read:${{plugin_dir}}/lookup.json\n\
+             next: plugbay review approve enricher@1.0.0\n",
+            lib.display()
+        )
+    );
+    assert_eq!(
+        plugbay.ok(&["list"]),
+        "ID              REVIEW   ENABLED  DESCRIPTION\n\
+         enricher@1.0.0  pending  no       Adds fields to records from a lookup file shipped beside the plugin\n"
+    );
+    assert_eq!(
+        plugbay.ok(&[
+            "review",
+            "approve",
+            "enricher@1.0.0",
+            "--grant",
+            "process:data"
+        ]),
+        format!(
+            "enricher@1.0.0 requests:\n  \
+             PERMISSION                         DECISION\n  \
+             process:data                       granted\n  \
+             fs:read:${{plugin_dir}}/lookup.json  not granted\n\
+             approved enricher@1.0.0 by tester: granted process:data (library sha256 {sha})\n\
+             next: plugbay enable enricher@1.0.0\n"
+        )
+    );
+    assert_eq!(
+        plugbay.ok(&["enable", "enricher@1.0.0"]),
+        "enabled enricher@1.0.0 (granted process:data)\n"
+    );
+    let shown = plugbay.ok(&["show", "enricher@1.0.0"]);
+    for line in [
+        "id           enricher@1.0.0\n".to_owned(),
+        format!("sha256       {sha} (unchanged since registration)\n"),
+        format!("plugin dir   {}\n", folder.display()),
+        "requests     process:data, fs:read:${plugin_dir}/lookup.json\n".to_owned(),
+        "granted      process:data\n".to_owned(),
+        "enabled      yes\n".to_owned(),
+    ] {
+        assert!(shown.contains(&line), "`show` lacks {line:?}:\n{shown}");
+    }
+    assert!(
+        shown.contains("review       approved by tester at "),
+        "{shown}"
+    );
+    let history: Vec<&str> = shown
+        .lines()
+        .skip_while(|line| *line != "history")
+        .skip(2)
+        .map(|line| line.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(history, ["register", "approve", "enable"]);
+    assert_eq!(
+        plugbay.ok(&["disable", "enricher@1.0.0"]),
+        "disabled enricher@1.0.0\n"
+    );
+    assert_eq!(
+        plugbay.ok(&[
+            "review",
+            "reject",
+            "enricher@1.0.0",
+            "--reason",
+            "reads files"
+        ]),
+        "rejected enricher@1.0.0 by tester: reads files\n"
+    );
+    assert!(plugbay
+        .ok(&["show", "enricher@1.0.0"])
+        .contains("review       rejected by tester at "));
+    assert_eq!(
+        plugbay.ok(&["unregister", "enricher@1.0.0"]),
+        "unregistered enricher@1.0.0\n"
+    );
+    assert!(plugbay.ok(&["list"]).starts_with("no plugins in "));
+}
+
+#[test]
+fn every_registry_command_works_for_scripts() {
+    let plugbay = Plugbay::new();
+    let folder = plugbay.plugin("dedup");
+    let lib = plugbay.lib_of(&folder, "dedup");
+    let sha = sha256_file(&lib).unwrap();
+
+    assert_eq!(plugbay.json(&["list"]), serde_json::json!([]));
+    let entry = plugbay.json(&["register", path(&folder.join("plugin.json"))]);
+    assert_eq!(entry["id"], "dedup@1.0.0");
+    assert_eq!(entry["sha256"], sha.as_str());
+    assert_eq!(entry["library"], path(&lib));
+    assert_eq!(entry["enabled"], false);
+    assert_eq!(entry["review"]["status"], "pending");
+    assert_eq!(
+        entry["manifest"]["permissions"],
+        serde_json::json!(["process:data", "write:data"])
+    );
+
+    let list = plugbay.json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], "dedup@1.0.0");
+
+    let approved = plugbay.json(&[
+        "review",
+        "approve",
+        "dedup@1.0.0",
+        "--grant",
+        "process:data",
+        "--grant",
+        "write:data",
+        "--reviewer",
+        "rita",
+    ]);
+    assert_eq!(approved["review"]["status"], "approved");
+    assert_eq!(approved["review"]["reviewer"], "rita");
+    assert_eq!(approved["review"]["reviewed_sha256"], sha.as_str());
+    assert_eq!(
+        approved["review"]["granted"],
+        serde_json::json!(["process:data", "write:data"])
+    );
+
+    assert_eq!(plugbay.json(&["enable", "dedup@1.0.0"])["enabled"], true);
+    let shown = plugbay.json(&["show", "dedup@1.0.0"]);
+    assert_eq!(shown["id"], "dedup@1.0.0");
+    assert_eq!(shown["library_sha256_now"], sha.as_str());
+    assert_eq!(actions(&shown["audit"]), ["register", "approve", "enable"]);
+    assert_eq!(shown["audit"][1]["actor"], "rita");
+    assert_eq!(plugbay.json(&["disable", "dedup@1.0.0"])["enabled"], false);
+    let rejected = plugbay.json(&["review", "reject", "dedup@1.0.0", "--reason", "no"]);
+    assert_eq!(rejected["review"]["status"], "rejected");
+    assert_eq!(rejected["review"]["reason"], "no");
+    assert_eq!(
+        plugbay.json(&["unregister", "dedup@1.0.0"])["id"],
+        "dedup@1.0.0"
+    );
+    assert_eq!(plugbay.json(&["list"]), serde_json::json!([]));
+}
+
+#[test]
+fn inspect_shows_the_embedded_manifest_and_the_confinement() {
+    let plugbay = Plugbay::new();
+    let lib = library("data-processor");
+    let text = plugbay.ok(&["inspect", path(&lib)]);
+    for line in [
+        format!("library      {}\n", lib.display()),
+        "plugin       data-processor@1.0.0\n".to_owned(),
+        "plugbay-api  0.1.0 (this host: 0.1.0, compatible)\n".to_owned(),
+        "hooks        init, process, cleanup\n".to_owned(),
+        "requests     process:data\n".to_owned(),
+        "confinement  full (landlock ABI 6)\n".to_owned(),
+    ] {
+        assert!(text.contains(&line), "`inspect` lacks {line:?}:\n{text}");
+    }
+    let json = plugbay.json(&["inspect", path(&lib)]);
+    assert_eq!(json["manifest"]["name"], "data-processor");
+    assert_eq!(json["api_version"], "0.1.0");
+    assert_eq!(json["host_api_version"], "0.1.0");
+    assert_eq!(json["confinement"]["level"], "full");
+    assert_eq!(json["sha256"], sha256_file(&lib).unwrap().as_str());
+
+    assert_eq!(
+        plugbay.fails(&["inspect", "/no/such/libplugin.so"], 1),
+        "error: plugin library /no/such/libplugin.so does not exist; build the plugin (`cargo build`) or fix the path\n"
+    );
+    let other_api = &abi_fixtures().api_version;
+    assert_eq!(
+        plugbay.fails(&["inspect", path(other_api)], 1),
+        format!(
+            "error: {} was built against plugbay-api 0.9.0, which this host (plugbay-api 0.1.0) cannot load; rebuild it against plugbay-api 0.1.0\n",
+            other_api.display()
+        )
+    );
+}
+
+#[test]
+fn keys_are_created_shown_once_listed_and_revoked() {
+    let plugbay = Plugbay::new();
+    let output = plugbay.output(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "plugins:read",
+            "plugins:execute",
+        ],
+        None,
+    );
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+    let token = token.trim_end();
+    assert!(
+        token.starts_with("pb_") && token.len() == 3 + 16 + 1 + 64,
+        "{token}"
+    );
+    let note = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        note.contains(
+            "with scopes plugins:read, plugins:execute; the token below is shown only now"
+        ),
+        "{note}"
+    );
+    let key = plugbay.registry().authenticate(token).unwrap();
+    assert_eq!(key.name, "ci");
+
+    let created = plugbay.json(&[
+        "keys",
+        "create",
+        "--name",
+        "ops",
+        "--scope",
+        "plugins:write",
+    ]);
+    assert_eq!(created["key"]["name"], "ops");
+    assert_eq!(
+        created["key"]["scopes"],
+        serde_json::json!(["plugins:write"])
+    );
+    assert!(created["token"].as_str().unwrap().starts_with("pb_"));
+
+    let table = plugbay.ok(&["keys", "list"]);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(" ci ") && table.contains(" ops "), "{table}");
+    assert!(!table.contains("pb_"), "tokens are never listed: {table}");
+    let keys = plugbay.json(&["keys", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    assert!(keys[0].get("token").is_none());
+
+    assert_eq!(
+        plugbay.ok(&["keys", "revoke", "ci"]),
+        format!("revoked API key {} (ci)\n", key.id)
+    );
+    let ops_id = created["key"]["id"].as_str().unwrap();
+    let revoked = plugbay.json(&["keys", "revoke", ops_id]);
+    assert!(revoked["revoked_at"].is_string());
+    assert!(plugbay.registry().authenticate(token).is_err());
+
+    assert_eq!(
+        plugbay.fails(&["keys", "revoke", "nobody"], 1),
+        "error: no API key `nobody`; `plugbay keys list` shows them\n"
+    );
+    plugbay.ok(&["keys", "create", "--name", "dup", "--scope", "plugins:read"]);
+    assert_eq!(
+        plugbay.fails(
+            &["keys", "create", "--name", "dup", "--scope", "plugins:read"],
+            1
+        ),
+        "error: an active API key is already named `dup`; revoke it or choose another name\n"
+    );
+    let usage = plugbay.fails(
+        &["keys", "create", "--name", "x", "--scope", "plugins:all"],
+        2,
+    );
+    assert!(
+        usage.contains("unknown scope `plugins:all`; expected one of `plugins:read`"),
+        "{usage}"
+    );
+}
+
+#[test]
+fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
+    let plugbay = Plugbay::new();
+    let dir = plugbay.dir.path();
+    let good = std::fs::read_to_string(example_manifest("data-processor")).unwrap();
+
+    // Malformed JSON, an incomplete manifest, an unknown field: the validator's words.
+    let cases = [
+        (
+            "malformed.json",
+            good.replace("\"version\": \"1.0.0\",", "\"version\": \"1.0.0\""),
+        ),
+        (
+            "incomplete.json",
+            good.replace("\"version\": \"1.0.0\",", ""),
+        ),
+        (
+            "unknown-field.json",
+            good.replace(
+                "\"version\": \"1.0.0\",",
+                "\"version\": \"1.0.0\", \"licence\": \"MIT\",",
+            ),
+        ),
+    ];
+    for (file, text) in cases {
+        let manifest = dir.join(file);
+        std::fs::write(&manifest, &text).unwrap();
+        let reason = Manifest::parse(&text).unwrap_err();
+        assert_eq!(
+            plugbay.fails(&["register", path(&manifest)], 1),
+            format!("error: invalid manifest {}: {reason}\n", manifest.display())
+        );
+    }
+    assert_eq!(
+        plugbay.fails(&["register", path(&dir.join("absent.json"))], 1),
+        format!(
+            "error: cannot read manifest {}: No such file or directory (os error 2)\n",
+            dir.join("absent.json").display()
+        )
+    );
+    assert_eq!(
+        plugbay.fails(&["register", path(dir)], 1),
+        format!(
+            "error: folder {} has no plugin.json; pass the plugin's manifest or the folder that holds it\n",
+            dir.display()
+        )
+    );
+
+    // A missing library: as the manifest's `main`, and as `--library`.
+    let folder = dir.join("no-library");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("plugin.json"), &good).unwrap();
+    assert_eq!(
+        plugbay.fails(&["register", path(&folder)], 1),
+        format!(
+            "error: plugin library {} does not exist (the manifest's `main`, `data_processor`, in the manifest's folder); build the plugin, or pass the built library with `--library PATH`\n",
+            folder.join(library("data-processor").file_name().unwrap()).display()
+        )
+    );
+    let absent = dir.join("libabsent.so");
+    assert_eq!(
+        plugbay.fails(&["register", path(&folder), "--library", path(&absent)], 1),
+        format!(
+            "error: plugin library {} does not exist; build the plugin (`cargo build`) or fix the path\n",
+            absent.display()
+        )
+    );
+
+    // A file that is not a library.
+    let text_file = dir.join("libnotes.so");
+    std::fs::write(&text_file, "these are notes, not code\n").unwrap();
+    let stderr = plugbay.fails(
+        &["register", path(&folder), "--library", path(&text_file)],
+        1,
+    );
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {} is not a loadable library: dlopen failed: ",
+            text_file.display()
+        )),
+        "{stderr}"
+    );
+
+    // A library that embeds another manifest.
+    let redactor = library("redactor");
+    assert_eq!(
+        plugbay.fails(&["register", path(&folder), "--library", path(&redactor)], 1),
+        format!(
+            "error: {} embeds a manifest whose name is redactor, but the manifest given says data-processor; rebuild the plugin or register the manifest it was built with\n",
+            redactor.display()
+        )
+    );
+
+    // A library built for another plugbay-api.
+    let other_api = &abi_fixtures().api_version;
+    let fixture_manifest = other_api
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("api-version/plugin/plugin.json");
+    assert_eq!(
+        plugbay.fails(
+            &["register", path(&fixture_manifest), "--library", path(other_api)],
+            1
+        ),
+        format!(
+            "error: {} was built against plugbay-api 0.9.0, which this host (plugbay-api 0.1.0) cannot load; rebuild it against plugbay-api 0.1.0\n",
+            other_api.display()
+        )
+    );
+
+    // Nothing of all that reached the registry.
+    assert_eq!(plugbay.json(&["list"]), serde_json::json!([]));
+    assert!(plugbay.registry().audit_log(None).unwrap().is_empty());
+
+    // Unknown and malformed ids, for every command that takes one.
+    for command in [
+        &["show"][..],
+        &["enable"],
+        &["disable"],
+        &["unregister"],
+        &["review", "approve"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("nope@1.0.0");
+        assert_eq!(
+            plugbay.fails(&args, 1),
+            "error: no plugin `nope@1.0.0` in the registry; `plugbay list` shows the registered ids\n",
+            "{command:?}"
+        );
+    }
+    assert_eq!(
+        plugbay.fails(&["review", "reject", "nope@1.0.0", "--reason", "x"], 1),
+        "error: no plugin `nope@1.0.0` in the registry; `plugbay list` shows the registered ids\n"
+    );
+    assert_eq!(
+        plugbay.fails_with(&["run", "nope@1.0.0"], Some("[]"), 1),
+        "error: no plugin `nope@1.0.0` in the registry; `plugbay list` shows the registered ids\n"
+    );
+    assert_eq!(
+        plugbay.fails(&["show", "nope"], 1),
+        "error: invalid plugin id `nope`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
+    );
+    assert_eq!(
+        plugbay.fails_with(&["run", "nope"], Some("[]"), 1),
+        "error: `nope` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids\n"
+    );
+}
+
+#[test]
+fn the_review_gates_enabling_and_running() {
+    let plugbay = Plugbay::new();
+    let folder = plugbay.plugin("data-processor");
+    let lib = plugbay.lib_of(&folder, "data-processor");
+    plugbay.ok(&["register", path(&folder)]);
+
+    assert_eq!(
+        plugbay.fails(&["register", path(&folder)], 1),
+        "error: plugin `data-processor@1.0.0` is already registered; unregister it first or bump its version\n"
+    );
+    assert_eq!(
+        plugbay.fails(&["enable", "data-processor@1.0.0"], 1),
+        "error: plugin `data-processor@1.0.0` is pending, not approved; review it first with `plugbay review approve data-processor@1.0.0`\n"
+    );
+    assert_eq!(
+        plugbay.fails_with(&["run", "data-processor@1.0.0"], Some("[]"), 1),
+        "error: plugin `data-processor@1.0.0` is pending, not approved; review it first with `plugbay review approve data-processor@1.0.0`\n"
+    );
+    assert_eq!(
+        plugbay.fails(&["review", "approve", "data-processor@1.0.0", "--grant", "read:data"], 1),
+        "error: cannot grant `read:data` to `data-processor@1.0.0`: its manifest does not request it (it requests `process:data`)\n"
+    );
+    assert_eq!(
+        plugbay.fails(
+            &["review", "reject", "data-processor@1.0.0", "--reason", " "],
+            1
+        ),
+        "error: rejecting `data-processor@1.0.0` needs a reason (`--reason TEXT`)\n"
+    );
+    plugbay.ok(&[
+        "review",
+        "reject",
+        "data-processor@1.0.0",
+        "--reason",
+        "untested",
+    ]);
+    assert_eq!(
+        plugbay.fails(&["enable", "data-processor@1.0.0"], 1),
+        "error: plugin `data-processor@1.0.0` is rejected, not approved; review it first with `plugbay review approve data-processor@1.0.0`\n"
+    );
+
+    plugbay.ok(&["review", "approve", "data-processor@1.0.0"]);
+    assert_eq!(
+        plugbay.fails_with(&["run", "data-processor@1.0.0"], Some("[]"), 1),
+        "error: plugin `data-processor@1.0.0` is disabled; enable it with `plugbay enable data-processor@1.0.0`\n"
+    );
+    plugbay.ok(&["enable", "data-processor@1.0.0"]);
+    let out = plugbay.ok_with(&["run", "data-processor@1.0.0"], Some(r#"[{"id": 1}]"#));
+    let records: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(records[0]["processed"], true);
+
+    // The library is swapped after approval: it no longer runs, nor can be enabled.
+    let approved = sha256_file(&lib).unwrap();
+    std::fs::copy(library("redactor"), &lib).unwrap();
+    let now = sha256_file(&lib).unwrap();
+    let changed = format!(
+        "error: library {} of plugin `data-processor@1.0.0` changed since review (sha256 {approved} then, {now} now); it will not be loaded; unregister, register and review it again\n",
+        lib.display()
+    );
+    assert_eq!(
+        plugbay.fails_with(&["run", "data-processor@1.0.0"], Some("[]"), 1),
+        changed
+    );
+    plugbay.ok(&["disable", "data-processor@1.0.0"]);
+    assert_eq!(
+        plugbay.fails(&["enable", "data-processor@1.0.0"], 1),
+        changed
+    );
+    assert!(plugbay
+        .ok(&["show", "data-processor@1.0.0"])
+        .contains(&format!("(CHANGED since registration: now {now})")));
+    assert_eq!(
+        plugbay.json(&["show", "data-processor@1.0.0"])["library_sha256_now"],
+        now.as_str()
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_has_examples() {
+    let plugbay = Plugbay::new();
+    for args in [
+        &["frobnicate"][..],
+        &[],
+        &["review", "reject", "x@1.0.0"],
+        &["review", "approve", "x@1.0.0", "--grant", "read:everything"],
+        &["run"],
+        &["run", "x@1.0.0", "--batch-size", "0"],
+        &["keys", "create", "--name", "x"],
+    ] {
+        let stderr = plugbay.fails(args, 2);
+        assert!(
+            stderr.contains("Usage: plugbay")
+                || stderr.contains("For more information, try '--help'."),
+            "{args:?}: {stderr}"
+        );
+    }
+    let help = plugbay.ok(&["--help"]);
+    assert!(help.contains("Examples:\n  plugbay demo\n"), "{help}");
+    assert!(
+        help.contains("Exit codes: 0 ok, 1 error, 2 usage."),
+        "{help}"
+    );
+    for command in [
+        &["register"][..],
+        &["list"],
+        &["show"],
+        &["enable"],
+        &["disable"],
+        &["unregister"],
+        &["review", "approve"],
+        &["review", "reject"],
+        &["inspect"],
+        &["run"],
+        &["demo"],
+        &["keys", "create"],
+        &["keys", "list"],
+        &["keys", "revoke"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = plugbay.ok(&args);
+        assert!(
+            help.contains("Examples:\n  plugbay "),
+            "{command:?} --help has no examples:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn run_chains_registered_plugins_and_libraries() {
+    let plugbay = Plugbay::new();
+    let (_, redactor) = plugbay.ready("redactor");
+    let (_, dedup) = plugbay.ready("dedup");
+    let input = r#"[{"id": 1, "email": "a@example.com"}, {"id": 2, "email": "b@example.com"},
+                    {"id": 1, "email": "a@example.com"}]"#;
+
+    let output = plugbay.output(
+        &["run", &redactor, &dedup, path(&library("data-processor"))],
+        Some(input),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let records: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["email"], "[redacted]");
+    assert_eq!(records[1]["processed"], true);
+    let summary = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        summary.contains(": 3 in, 2 out, 1 batches\n"),
+        "the summary is on stderr: {summary}"
+    );
+    for plugin in ["redactor@1.0.0", "dedup@1.0.0", "data-processor@1.0.0"] {
+        assert!(
+            summary
+                .lines()
+                .any(|line| line.trim_start().starts_with(plugin)
+                    && line.contains("full (landlock ABI 6)")
+                    && line.ends_with("unloaded")),
+            "{plugin} has no summary line: {summary}"
+        );
+    }
+
+    // JSON Lines in, a file out, a config for one plugin, small batches, a JSON summary.
+    let dir = plugbay.dir.path();
+    let input_file = dir.join("in.jsonl");
+    let lines: String = (0..10)
+        .map(|i| format!("{{\"id\": {}}}\n", i % 7))
+        .collect();
+    std::fs::write(&input_file, lines).unwrap();
+    let out_file = dir.join("out.json");
+    let summary = plugbay.json(&[
+        "run",
+        &dedup,
+        path(&library("data-processor")),
+        "--input",
+        path(&input_file),
+        "--output",
+        path(&out_file),
+        "--batch-size",
+        "3",
+        "--config",
+        r#"data-processor={"field": "seen"}"#,
+    ]);
+    assert_eq!(summary["records_in"], 10);
+    assert_eq!(summary["records_out"], 7);
+    assert_eq!(summary["batches"], 4);
+    assert_eq!(summary["stages"][0]["plugin"], "dedup@1.0.0");
+    assert_eq!(summary["stages"][0]["batches"], 4);
+    assert_eq!(summary["stages"][1]["records_out"], 7);
+    assert_eq!(summary["stages"][1]["state"], "unloaded");
+    assert!(summary["records_per_second"].as_f64().unwrap() > 0.0);
+    let written: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert_eq!(written.len(), 7);
+    assert!(written.iter().all(|record| record["seen"] == true));
+
+    // Empty input, empty output.
+    assert_eq!(plugbay.ok_with(&["run", &dedup], Some("")), "[]\n");
+    assert_eq!(plugbay.ok_with(&["run", &dedup], Some(" [ ] ")), "[]\n");
+}
+
+#[test]
+fn run_refuses_bad_input_and_faulty_plugins_with_clear_errors() {
+    let plugbay = Plugbay::new();
+    let (_, id) = plugbay.ready("data-processor");
+    let run = |input: &str| plugbay.fails_with(&["run", &id], Some(input), 1);
+    let started =
+        "started data-processor@1.0.0: confinement full (landlock ABI 6), granted process:data\n";
+
+    assert_eq!(
+        run("[{\"id\": 1}, {\"id\": ]"),
+        format!(
+            "{started}error: invalid JSON in input <stdin> at line 1, column 20: expected value\n"
+        )
+    );
+    assert_eq!(
+        run("[{\"id\": 1}"),
+        format!("{started}error: invalid JSON in input <stdin> at line 1, column 10: EOF while parsing a list\n")
+    );
+    assert_eq!(
+        run("42"),
+        format!("{started}error: input <stdin> is not a JSON array or JSON Lines of objects: record 1 is a number; give a JSON array (`[{{...}}, ...]`) or one JSON object per line\n")
+    );
+    assert_eq!(
+        run("{\"id\": 1}\n\"text\"\n"),
+        format!("{started}error: input <stdin> is not a JSON array or JSON Lines of objects: record 2 is a string; give a JSON array (`[{{...}}, ...]`) or one JSON object per line\n")
+    );
+    let missing = plugbay.dir.path().join("absent.json");
+    assert_eq!(
+        plugbay.fails(&["run", &id, "--input", path(&missing)], 1),
+        format!(
+            "error: cannot open input {}: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+    let stderr = plugbay.fails_with(&["run", &id], Some("[1, 2]"), 1);
+    assert!(
+        stderr.contains("error: batch 1 (records from 1) failed in data-processor@1.0.0, stage 1 of 1; nothing after it was written: plugin data-processor@1.0.0 failed in process: "),
+        "{stderr}"
+    );
+    let raw = library("fixture-raw-output");
+    let output = plugbay.output(&["run", &id, path(&raw)], Some("[{\"id\": 1}]"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        output.stdout.is_empty(),
+        "nothing is written after a failed batch"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("error: batch 1 (records from 1) failed in raw-output@0.1.0, stage 2 of 2; nothing after it was written: plugin raw-output@0.1.0 returned invalid output from process: "),
+        "{stderr}"
+    );
+    let out_file = plugbay.dir.path().join("never.json");
+    plugbay.fails_with(
+        &["run", &id, "--output", path(&out_file)],
+        Some("[{\"id\": 1}, oops]"),
+        1,
+    );
+    assert!(!out_file.exists(), "a failed run leaves no output file");
+    let config = plugbay.fails_with(&["run", &id, "--config", "{oops}"], Some("[]"), 1);
+    assert!(
+        config.starts_with("error: invalid `--config` value `{oops}`: key must be a string at line 1 column 2; give a JSON object, or NAME=JSON for one plugin"),
+        "{config}"
+    );
+    assert_eq!(
+        plugbay.fails_with(&["run", &id, "--config", "dedup={}"], Some("[]"), 1),
+        "error: `--config dedup=…` names no plugin of this run; the plugins are data-processor@1.0.0\n"
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_success() {
+    let plugbay = Plugbay::new();
+    plugbay.ready("data-processor");
+    let records: String = (0..20_000).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    let mut child = plugbay
+        .command(&["run", "data-processor@1.0.0", "--batch-size", "100"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(records.as_bytes());
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("error"));
+}
+
+#[test]
+fn the_demo_walks_the_whole_lifecycle() {
+    let plugbay = Plugbay::new();
+    let output = plugbay
+        .command_without_home(&["demo", "--records", "2000"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "1. register: ",
+        "   registered    redactor@1.0.0",
+        "   refused       enricher@1.0.0        enable before review: plugin `enricher@1.0.0` is pending, not approved",
+        "   approved      enricher@1.0.0        granted process:data; withheld fs:read:${plugin_dir}/lookup.json",
+        "   enabled       data-processor@1.0.0  may run",
+        "   denied        enricher@1.0.0        landlock stopped the read, so init failed: plugin enricher@1.0.0 failed to initialize: ",
+        "Permission denied",
+        "   re-approved   enricher@1.0.0        granted process:data, fs:read:${plugin_dir}/lookup.json",
+        "   initialized   dedup@1.0.0           confinement full (landlock ABI 6), granted process:data, write:data",
+        "   processed     2,000 records in ",
+        ": 2,000 in, 1,800 out",
+        "\"country_name\":\"France\"",
+        "\"email\":\"[redacted]\"",
+        "   cleaned up    data-processor@1.0.0  state unloaded",
+        "   data store    dedup/stats = {\"distinct\":1800,\"dropped\":200,\"kept\":1800}",
+        "   disabled      enricher@1.0.0        may not run",
+        "   refused       redactor@1.0.0        run while disabled: plugin `redactor@1.0.0` is disabled",
+        "   unregistered  data-processor@1.0.0  removed from the registry",
+        "   registry      0 plugins left; the audit log holds ",
+        "integrity ok",
+        "done: every step of the lifecycle ran; removed the temporary registry ",
+    ] {
+        assert!(text.contains(expected), "the demo lacks {expected:?}:\n{text}");
+    }
+    let temporary = text
+        .lines()
+        .find_map(|line| line.strip_prefix("registry   "))
+        .and_then(|line| line.strip_suffix(" (temporary, removed at the end)"))
+        .unwrap();
+    assert!(
+        !Path::new(temporary).exists(),
+        "{temporary} was not removed"
+    );
+
+    // With --json and a --home: the steps as data, the registry kept.
+    let report = plugbay.json(&["demo", "--records", "500"]);
+    assert_eq!(report["temporary"], false);
+    assert_eq!(
+        report["registry"],
+        path(&plugbay.home().join("registry.db"))
+    );
+    let steps = report["steps"].as_array().unwrap();
+    let count = |action: &str| steps.iter().filter(|s| s["action"] == action).count();
+    for (action, times) in [
+        ("registered", 4),
+        ("approved", 4),
+        ("enabled", 4),
+        ("denied", 1),
+        ("re-approved", 1),
+        ("initialized", 4),
+        ("processed", 1),
+        ("cleaned up", 4),
+        ("disabled", 4),
+        ("refused", 2),
+        ("unregistered", 4),
+    ] {
+        assert_eq!(count(action), times, "{action} in {steps:#?}");
+    }
+    let stages: Vec<&str> = steps
+        .iter()
+        .map(|s| s["stage_name"].as_str().unwrap())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "cleanup",
+            "disable",
+            "enable",
+            "register",
+            "review",
+            "run",
+            "sandbox",
+            "unregister"
+        ]
+    );
+    let registry = plugbay.registry();
+    assert!(registry.list().unwrap().is_empty());
+    assert!(registry.integrity_ok().unwrap());
+    let events = registry.audit_log(None).unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.action == "unregister").count(),
+        4
+    );
+
+    // Without the libraries, the demo says which command builds them.
+    let empty = plugbay.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_eq!(
+        plugbay.fails(&["demo", "--plugins", path(&empty)], 1),
+        format!(
+            "error: the example plugin library {} is missing; build the example plugins with `cargo build --release --workspace` in the repository's root (it puts them beside the plugbay binary), or pass their folder with `--plugins DIR`\n",
+            empty.join(library("redactor").file_name().unwrap()).display()
+        )
+    );
+}
+
+/// Eight processes register the same four plugins and toggle them, all at once:
+/// each registration succeeds exactly once, nothing is lost, the database is sound.
+#[test]
+fn concurrent_processes_lose_nothing() {
+    let plugbay = Plugbay::new();
+    let names = ["data-processor", "redactor", "dedup", "enricher"];
+    let folders: Vec<PathBuf> = names.iter().map(|name| plugbay.plugin(name)).collect();
+    // No database yet: the eight processes create it together.
+    let results: Vec<(usize, Vec<(String, bool)>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|worker| {
+                let folder = &folders[worker % names.len()];
+                let plugbay = &plugbay;
+                scope.spawn(move || {
+                    let id = format!("{}@1.0.0", names[worker % names.len()]);
+                    let mut done = Vec::new();
+                    let output = plugbay.output(&["register", path(folder)], None);
+                    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+                    assert!(
+                        output.status.success()
+                            || stderr
+                                == format!("error: plugin `{id}` is already registered; unregister it first or bump its version\n"),
+                        "worker {worker}: {stderr}"
+                    );
+                    done.push(("register".to_owned(), output.status.success()));
+                    // Wait until the twin worker's registration is in too.
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while plugbay.output(&["show", &id], None).status.code() != Some(0) {
+                        assert!(Instant::now() < deadline, "{id} never appeared");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    for command in ["review approve", "enable", "disable", "enable", "disable"] {
+                        let mut args: Vec<&str> = command.split(' ').collect();
+                        args.push(&id);
+                        let output = plugbay.output(&args, None);
+                        assert!(
+                            output.status.success(),
+                            "worker {worker}: {command} {id}: {}",
+                            String::from_utf8_lossy(&output.stderr)
+                        );
+                        done.push((args[args.len() - 2].to_owned(), true));
+                    }
+                    (worker, done)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let registry = plugbay.registry();
+    assert!(registry.integrity_ok().unwrap());
+    let entries = registry.list().unwrap();
+    assert_eq!(entries.len(), 4);
+    for entry in &entries {
+        assert_eq!(entry.review.status, ReviewStatus::Approved);
+        assert!(!entry.enabled, "every worker ended with `disable`");
+    }
+    let events = registry.audit_log(None).unwrap();
+    let succeeded: usize = results
+        .iter()
+        .map(|(_, done)| done.iter().filter(|(_, ok)| *ok).count())
+        .sum();
+    assert_eq!(
+        events.len(),
+        succeeded,
+        "one audit event per change, none lost"
+    );
+    for name in names {
+        let id = format!("{name}@1.0.0");
+        let registered = events
+            .iter()
+            .filter(|e| e.action == "register" && e.plugin_id.as_deref() == Some(&id))
+            .count();
+        assert_eq!(registered, 1, "{id} was registered exactly once");
+    }
+    assert_eq!(events.iter().filter(|e| e.action == "approve").count(), 8);
+    assert_eq!(events.iter().filter(|e| e.action == "enable").count(), 16);
+    assert_eq!(events.iter().filter(|e| e.action == "disable").count(), 16);
+}
+
+/// `register` killed with SIGKILL at a random moment, again and again: the registry
+/// is always sound, holds the plugin whole or not at all, and keeps working.
+#[test]
+fn a_register_killed_midway_leaves_the_registry_whole() {
+    let plugbay = Plugbay::new();
+    let folder = plugbay.plugin("data-processor");
+    let register = || {
+        plugbay
+            .command(&["register", path(&folder)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // How long one registration takes, on a fresh registry, to aim the kills.
+    let started = Instant::now();
+    assert!(register().wait().unwrap().success());
+    let span = started.elapsed().as_micros().max(1_000) as u64;
+    std::fs::remove_dir_all(plugbay.home()).unwrap();
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let (mut killed, mut finished) = (0, 0);
+    for _ in 0..20 {
+        let mut child: Child = register();
+        std::thread::sleep(Duration::from_micros(random(span * 12 / 10)));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.success() {
+            finished += 1;
+        } else {
+            killed += 1;
+        }
+        let mut registry = plugbay.registry();
+        assert!(registry.integrity_ok().unwrap());
+        let entries = registry.list().unwrap();
+        assert!(entries.len() <= 1, "{entries:?}");
+        let events = registry.audit_log(None).unwrap();
+        let registers = events.iter().filter(|e| e.action == "register").count();
+        let unregisters = events.iter().filter(|e| e.action == "unregister").count();
+        assert_eq!(
+            registers,
+            unregisters + entries.len(),
+            "an entry exists exactly when its registration was logged"
+        );
+        if let Some(entry) = entries.first() {
+            assert_eq!(entry.id, "data-processor@1.0.0");
+            assert_eq!(entry.review.status, ReviewStatus::Pending);
+            assert_eq!(entry.sha256.len(), 64);
+            // Start over, so the next kill lands on a registration again.
+            registry.unregister(&entry.id, "test").unwrap();
+        }
+    }
+    eprintln!("register: {span} µs; {killed} killed, {finished} finished");
+    assert!(killed > 0, "no process was killed ({finished} finished)");
+    let entry = plugbay.json(&["register", path(&folder)]);
+    assert_eq!(entry["review"]["status"], "pending");
+    assert_eq!(
+        plugbay.json(&["list"]).as_array().unwrap().len(),
+        1,
+        "the registry works after the kills"
+    );
+    assert!(plugbay.registry().integrity_ok().unwrap());
+}
+
+/// Runs `records` generated JSON Lines records (each padded with `padding` bytes)
+/// through data-processor into a file; returns the input's size, the process's peak
+/// resident memory (VmHWM, sampled while it runs) and the output file.
+fn streamed_run(plugbay: &Plugbay, records: usize, padding: usize) -> (u64, u64, PathBuf) {
+    let dir = plugbay.dir.path();
+    let input = dir.join(format!("in-{records}.jsonl"));
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let padding = "x".repeat(padding);
+        for i in 0..records {
+            writeln!(file, "{{\"id\": {i}, \"note\": \"{padding}\"}}").unwrap();
+        }
+    }
+    let input_size = std::fs::metadata(&input).unwrap().len();
+    let output = dir.join(format!("out-{records}.json"));
+    let mut child = plugbay
+        .command(&[
+            "--json",
+            "run",
+            "data-processor@1.0.0",
+            "--input",
+            path(&input),
+            "--output",
+            path(&output),
+            "--batch-size",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            if let Some(kib) = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let result = child.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(summary["records_in"], records);
+    assert_eq!(summary["records_out"], records);
+    assert_eq!(summary["batches"], records.div_ceil(1000));
+    assert!(peak_kib > 0, "the child's memory was never sampled");
+    std::fs::remove_file(&input).unwrap();
+    (input_size, peak_kib * 1024, output)
+}
+
+/// 200,000 JSON Lines records through data-processor: every record comes out, and
+/// the process's peak memory is the same as for a small input, far below the size
+/// of the input or the output.
+#[test]
+fn a_large_input_streams_in_bounded_memory() {
+    const RECORDS: usize = 200_000;
+    let plugbay = Plugbay::new();
+    plugbay.ready("data-processor");
+    let (_, small_peak, _) = streamed_run(&plugbay, 2_000, 40);
+    let (input_size, peak, output) = streamed_run(&plugbay, RECORDS, 40);
+
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(text.len() as u64 > input_size);
+    assert!(text.starts_with("[\n{\"id\":0,") && text.ends_with("}\n]\n"));
+    assert_eq!(text.matches("\"processed\":true").count(), RECORDS);
+    assert!(
+        peak < small_peak + input_size / 4,
+        "peak memory {peak} bytes for {input_size} bytes of input, {small_peak} bytes for \
+         a hundredth of it: the input was not streamed"
+    );
+}
