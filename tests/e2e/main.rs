@@ -1,6 +1,7 @@
 //! End-to-end tests: real `.so` files built from the workspace, loaded by the real
 //! host, on real landlock.
 
+mod api;
 mod cli;
 mod loader;
 mod local;

@@ -120,15 +120,10 @@ pub(crate) async fn json_errors(
         .unwrap_or_default();
     let code = ErrorCode::for_status(status);
     let message = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            format!("method {method} is not allowed on {path}; it allows {allowed}")
-        }
+        StatusCode::METHOD_NOT_ALLOWED => format!(
+            "method {method} is not allowed on {path}; it allows {}",
+            super::routes::allowed_methods(&path).join(", ")
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => super::body::too_large(app.body_limit).message,
         _ if !text.is_empty() => text,
         _ => status

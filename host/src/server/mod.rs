@@ -208,9 +208,13 @@ impl Server {
         let result = axum::serve(listener, router(self.app.clone()))
             .with_graceful_shutdown(shutdown)
             .await;
-        tracing::info!("stopped accepting requests; stopping plugin instances");
+        let addr = self.local_addr;
+        tracing::info!(%addr, "stopped accepting requests; stopping plugin instances");
         let app = self.app.clone();
-        let _ = tokio::task::spawn_blocking(move || app.instances.stop_all()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            tracing::info_span!("shutdown", %addr).in_scope(|| app.instances.stop_all())
+        })
+        .await;
         result.map_err(ServerError::Serve)
     }
 
@@ -233,6 +237,76 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Serves on a thread of its own, with its own runtime and no signal handlers,
+    /// until [`RunningServer::stop`] (or drop): for hosts that embed the server, and
+    /// for tests.
+    pub fn spawn(self) -> Result<RunningServer, ServerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("plugbay-serve")
+            .build()
+            .map_err(ServerError::Runtime)?;
+        let addr = self.local_addr;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("plugbay-serve".to_owned())
+            .spawn(move || {
+                runtime.block_on(self.run_until(async {
+                    let _ = stopped.await;
+                }))
+            })
+            .map_err(ServerError::Runtime)?;
+        Ok(RunningServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A server serving on its own thread (from [`Server::spawn`]).
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl RunningServer {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts the server down gracefully (requests in flight finish, plugin instances
+    /// are drained and cleaned up) and waits for it.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServerError::Serve(std::io::Error::other(
+                "the server thread panicked",
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Err(err) = self.shut_down() {
+            tracing::warn!(error = %err, "the server stopped with an error");
+        }
+    }
+}
+
 /// Binds and serves until SIGINT or SIGTERM (what `plugbay serve` does).
 pub fn serve(options: ServeOptions) -> Result<(), ServerError> {
     Server::bind(options)?.run_blocking()
@@ -243,24 +317,28 @@ pub fn openapi() -> serde_json::Value {
     openapi::document()
 }
 
-/// A future that completes on SIGINT or SIGTERM.
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed now, so
+/// a signal that arrives before the future is first polled is not lost.
 fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, ServerError> {
     #[cfg(unix)]
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(ServerError::Signal)?;
-    Ok(async move {
-        let interrupt = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        tokio::select! {
-            _ = interrupt => tracing::info!("SIGINT received; shutting down"),
-            _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = interrupt.await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
             tracing::info!("interrupt received; shutting down");
-        }
-    })
+        })
+    }
 }
 
 fn handler(operation: Operation, filter: MethodFilter) -> MethodRouter<Arc<App>> {

@@ -104,6 +104,29 @@ pub(crate) const ROUTES: &[Route] = &[
     },
 ];
 
+/// The methods a concrete path answers (with `HEAD` wherever `GET` is), as the router
+/// matches: a static path wins over one with `{id}`.
+pub(crate) fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let matches = |pattern: &str, exact: bool| {
+        let parts: Vec<&str> = pattern.split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(part, segment)| {
+                part == segment || (!exact && *part == "{id}" && !segment.is_empty())
+            })
+    };
+    let exact = ROUTES.iter().any(|route| matches(route.path, true));
+    let mut methods: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|route| matches(route.path, exact))
+        .map(|route| route.method)
+        .collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods
+}
+
 impl Operation {
     /// The statuses the operation answers with, besides the catch-all `default`
     /// (500 `internal`, 503 `request_timeout`), each with what it means.
@@ -199,5 +222,22 @@ impl Operation {
                 (504, "`plugin_timeout`: the plugin missed its deadline (`timeout_ms`); the next batch starts a fresh instance"),
             ],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_methods_follow_the_router() {
+        assert_eq!(allowed_methods("/plugins"), ["GET", "HEAD"]);
+        assert_eq!(allowed_methods("/plugins/register"), ["POST"]);
+        assert_eq!(
+            allowed_methods("/plugins/a@1.0.0"),
+            ["GET", "DELETE", "HEAD"]
+        );
+        assert_eq!(allowed_methods("/plugins/a@1.0.0/enable"), ["PUT"]);
+        assert!(allowed_methods("/nope").is_empty());
     }
 }

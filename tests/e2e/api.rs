@@ -1,0 +1,2132 @@
+//! The REST API (`plugbay serve`): a real server on loopback, driven by a real HTTP
+//! client, on a real registry, with real plugins confined by real landlock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use plugbay_host::registry::{Registry, Scope};
+use plugbay_host::server::{RunningServer, ServeOptions, Server};
+use plugbay_tests::{example_manifest, fixture_manifest, library};
+use reqwest::blocking::Client;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------
+
+/// Everything the server logged in this process (plugbay, tower-http and axum, at
+/// every level), to prove what it logs and what it never does.
+fn logs() -> String {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let buffer = LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with_writer(move || Capture(writer.clone()))
+            .try_init();
+        assert!(
+            subscriber.is_ok(),
+            "the API tests own the global subscriber"
+        );
+        buffer
+    });
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One key per scope, one with every scope, and a revoked one.
+struct Keys {
+    read: String,
+    write: String,
+    review: String,
+    execute: String,
+    all: String,
+    revoked: String,
+}
+
+impl Keys {
+    fn create(home: &Path) -> Keys {
+        let mut registry = Registry::open(home).unwrap();
+        let mut key =
+            |name: &str, scopes: &[Scope]| registry.create_key(name, scopes, "test").unwrap().1;
+        let keys = Keys {
+            read: key("reader", &[Scope::Read]),
+            write: key("writer", &[Scope::Write]),
+            review: key("reviewer", &[Scope::Review]),
+            execute: key("runner", &[Scope::Execute]),
+            all: key(
+                "admin",
+                &[Scope::Read, Scope::Write, Scope::Review, Scope::Execute],
+            ),
+            revoked: key(
+                "former",
+                &[Scope::Read, Scope::Write, Scope::Review, Scope::Execute],
+            ),
+        };
+        registry.revoke_key("former", "test").unwrap();
+        keys
+    }
+
+    fn single_scoped(&self) -> [(&'static str, &str); 4] {
+        [
+            ("plugins:read", &self.read),
+            ("plugins:write", &self.write),
+            ("plugins:review", &self.review),
+            ("plugins:execute", &self.execute),
+        ]
+    }
+}
+
+/// A server on 127.0.0.1:0 with a fresh registry, keys for every scope, and a client.
+struct Api {
+    server: Option<RunningServer>,
+    base: String,
+    home: PathBuf,
+    dir: tempfile::TempDir,
+    keys: Keys,
+    client: Client,
+}
+
+fn options(home: &Path) -> ServeOptions {
+    let mut options = ServeOptions::new(home);
+    options.addr = "127.0.0.1:0".parse().unwrap();
+    options
+}
+
+impl Api {
+    fn start() -> Api {
+        Api::start_with(|_| {})
+    }
+
+    fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> Api {
+        logs();
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let keys = Keys::create(&home);
+        let mut options = options(&home);
+        tweak(&mut options);
+        let server = Server::bind(options).unwrap().spawn().unwrap();
+        Api {
+            base: format!("http://{}", server.local_addr()),
+            server: Some(server),
+            home,
+            dir,
+            keys,
+            client: client(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().local_addr()
+    }
+
+    fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+        call(
+            &self.client,
+            &self.base,
+            method,
+            path,
+            key,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+    }
+
+    fn raw(&self, method: Method, path: &str, key: Option<&str>, body: Vec<u8>) -> Reply {
+        call(&self.client, &self.base, method, path, key, Some(body))
+    }
+
+    fn registry(&self) -> Registry {
+        Registry::open(&self.home).unwrap()
+    }
+
+    /// Registers, approves and enables a built plugin through the API; returns its id.
+    fn ready(&self, package: &str) -> String {
+        let reply = self.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&self.keys.write),
+            Some(seed_body(package)),
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+        let id = reply.body["id"].as_str().unwrap().to_owned();
+        let reply = self.call(
+            Method::POST,
+            &format!("/plugins/{id}/review"),
+            Some(&self.keys.review),
+            Some(json!({"decision": "approve"})),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let reply = self.call(
+            Method::PUT,
+            &format!("/plugins/{id}/enable"),
+            Some(&self.keys.write),
+            None,
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        id
+    }
+
+    fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().unwrap();
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.stop();
+        }
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+#[derive(Debug, Clone)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
+    fn field(&self) -> &str {
+        self.body["error"]["field"].as_str().unwrap_or("")
+    }
+
+    /// An error answered as the API promises: JSON, `{"error": {"code", "message"}}`.
+    fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(
+            self.header("content-type").starts_with("application/json"),
+            "{self:?}"
+        );
+        assert_eq!(self.code(), code, "{self:?}");
+        assert!(!self.message().is_empty(), "{self:?}");
+    }
+}
+
+fn call(
+    client: &Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let mut request = client.request(method, format!("{base}{path}"));
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body);
+    }
+    let response = request.send().unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        text,
+        body,
+    }
+}
+
+/// The seed's registration body for a plugin built by the tests.
+fn seed_body(package: &str) -> Value {
+    let entry_point = library(package).display().to_string();
+    if package == "fixture-raw-output" {
+        return json!({
+            "name": "raw-output", "version": "0.1.0", "description": "returns invalid JSON",
+            "entry_point": entry_point, "permissions": ["process:data"],
+        });
+    }
+    let manifest_path = match package.strip_prefix("fixture-") {
+        Some(name) => fixture_manifest(name),
+        None => example_manifest(package),
+    };
+    let manifest = plugbay_host::read_manifest(&manifest_path).unwrap();
+    json!({
+        "name": manifest.name,
+        "version": manifest.version.to_string(),
+        "description": manifest.description,
+        "entry_point": entry_point,
+        "permissions": manifest.permissions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// A copy of an example plugin (manifest, library, extra files) in its own folder.
+fn plugin_copy(dir: &Path, name: &str) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    for entry in std::fs::read_dir(example_manifest(name).parent().unwrap()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "json") {
+            std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let lib = library(name);
+    std::fs::copy(&lib, folder.join(lib.file_name().unwrap())).unwrap();
+    folder.join(lib.file_name().unwrap())
+}
+
+/// A request written by hand on a raw connection (for what a client library will
+/// not send); returns the status and the body.
+fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // The server may answer (and close) before the whole request is written.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (status, head.to_owned(), json)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Checks `value` against a schema of the OpenAPI document (the subset of JSON
+/// Schema the document uses: `$ref`, `type`, `enum`, `required`, `properties`,
+/// `additionalProperties: false`, `items`, `minimum`).
+fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(target) = schema.get("$ref").and_then(Value::as_str) {
+        let name = target.strip_prefix("#/components/schemas/").unwrap();
+        return validate(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    if let Some(kind) = schema.get("type") {
+        let kinds: Vec<&str> = match kind {
+            Value::String(kind) => vec![kind.as_str()],
+            Value::Array(kinds) => kinds.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let actual = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        if !kinds
+            .iter()
+            .any(|kind| *kind == actual || (*kind == "number" && actual == "integer"))
+        {
+            return Err(format!(
+                "{at}: expected {kinds:?}, found {actual} ({value})"
+            ));
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(value) {
+            return Err(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    if let (Some(minimum), Some(number)) = (
+        schema.get("minimum").and_then(Value::as_f64),
+        value.as_f64(),
+    ) {
+        if number < minimum {
+            return Err(format!("{at}: {number} < {minimum}"));
+        }
+    }
+    if let Value::Object(object) = value {
+        for required in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = required.as_str().unwrap();
+            if !object.contains_key(name) {
+                return Err(format!("{at}: missing required `{name}`"));
+            }
+        }
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for (name, item) in object {
+            match properties.and_then(|properties| properties.get(name)) {
+                Some(property) => validate(doc, property, item, &format!("{at}.{name}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at}: undocumented property `{name}`"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (index, item) in items.iter().enumerate() {
+            validate(doc, item_schema, item, &format!("{at}[{index}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The documented `(method, path)` pairs and, for each, its responses.
+fn documented(doc: &Value) -> BTreeMap<(String, String), BTreeMap<String, Value>> {
+    let mut routes = BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap().clone();
+            routes.insert(
+                (method.to_uppercase(), path.clone()),
+                responses.into_iter().collect(),
+            );
+        }
+    }
+    routes
+}
+
+/// A documented path with `{id}` filled in.
+fn concrete(path: &str, id: &str) -> String {
+    path.replace("{id}", id)
+}
+
+fn method(name: &str) -> Method {
+    Method::from_bytes(name.as_bytes()).unwrap()
+}
+
+fn configure(api: &Api, id: &str, config: Value) {
+    api.registry().configure(id, &config, "test").unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// The seed's example and the lifecycle
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn the_seeds_registration_request_is_answered_as_documented() {
+    let api = Api::start();
+    let entry_point = library("data-processor").display().to_string();
+    // The seed's example request, with a local entry point.
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(json!({
+            "name": "data-processor",
+            "version": "1.0.0",
+            "description": "A plugin for processing data",
+            "entry_point": entry_point,
+            "permissions": ["process:data"],
+        })),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("location"), "/plugins/data-processor@1.0.0");
+    let entry = &reply.body;
+    assert_eq!(entry["id"], "data-processor@1.0.0");
+    assert_eq!(
+        entry["manifest"]["description"],
+        "A plugin for processing data"
+    );
+    assert_eq!(entry["manifest"]["permissions"], json!(["process:data"]));
+    assert_eq!(entry["library"], entry_point.as_str());
+    assert_eq!(entry["review"]["status"], "pending");
+    assert_eq!(entry["enabled"], false);
+    assert_eq!(entry["sha256"].as_str().unwrap().len(), 64);
+
+    // The same through a file:// URL.
+    let mut body = seed_body("redactor");
+    body["entry_point"] = json!(format!("file://{}", library("redactor").display()));
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(body),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(
+        reply.body["library"],
+        library("redactor").display().to_string()
+    );
+
+    let id = "data-processor@1.0.0";
+    let early = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"a": 1}])),
+    );
+    early.assert_error(409, "not_approved");
+    let early = api.call(
+        Method::PUT,
+        &format!("/plugins/{id}/enable"),
+        Some(&api.keys.write),
+        None,
+    );
+    early.assert_error(409, "not_approved");
+    assert!(
+        early
+            .message()
+            .contains("POST /plugins/data-processor@1.0.0/review"),
+        "{early:?}"
+    );
+
+    let approved = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/review"),
+        Some(&api.keys.review),
+        Some(json!({"decision": "approve", "permissions": ["process:data"]})),
+    );
+    assert_eq!(approved.status, 200, "{approved:?}");
+    assert_eq!(approved.body["review"]["status"], "approved");
+    assert_eq!(
+        approved.body["review"]["reviewer"],
+        format!("reviewer (api key {})", &api.keys.review[3..19])
+    );
+    assert_eq!(approved.body["review"]["granted"], json!(["process:data"]));
+
+    let disabled = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"a": 1}])),
+    );
+    disabled.assert_error(409, "disabled");
+
+    let enabled = api.call(
+        Method::PUT,
+        &format!("/plugins/{id}/enable"),
+        Some(&api.keys.write),
+        None,
+    );
+    assert_eq!(enabled.status, 200, "{enabled:?}");
+    assert_eq!(enabled.body["enabled"], true);
+
+    let processed = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"id": 1}, {"id": 2}])),
+    );
+    assert_eq!(processed.status, 200, "{processed:?}");
+    assert!(processed
+        .header("content-type")
+        .starts_with("application/json"));
+    let records = processed.body.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["id"], 1);
+    assert_eq!(records[0]["processed"], true);
+    assert!(records[1]["processed_at"].is_u64());
+
+    let listed = api.call(Method::GET, "/plugins", Some(&api.keys.read), None);
+    assert_eq!(listed.status, 200);
+    let ids: Vec<&str> = listed.body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["data-processor@1.0.0", "redactor@1.0.0"]);
+    let shown = api.call(
+        Method::GET,
+        &format!("/plugins/{id}"),
+        Some(&api.keys.read),
+        None,
+    );
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.body["enabled"], true);
+
+    let health = api.call(Method::GET, "/health", None, None);
+    assert_eq!(health.body["instances"], 1, "{health:?}");
+
+    let disabled = api.call(
+        Method::PUT,
+        &format!("/plugins/{id}/disable"),
+        Some(&api.keys.write),
+        None,
+    );
+    assert_eq!(disabled.status, 200);
+    assert_eq!(disabled.body["enabled"], false);
+    let health = api.call(Method::GET, "/health", None, None);
+    assert_eq!(
+        health.body["instances"], 0,
+        "disable stops the instance: {health:?}"
+    );
+    api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([])),
+    )
+    .assert_error(409, "disabled");
+
+    let gone = api.call(
+        Method::DELETE,
+        &format!("/plugins/{id}"),
+        Some(&api.keys.write),
+        None,
+    );
+    assert_eq!(gone.status, 200);
+    assert_eq!(gone.body["id"], id);
+    api.call(
+        Method::GET,
+        &format!("/plugins/{id}"),
+        Some(&api.keys.read),
+        None,
+    )
+    .assert_error(404, "not_found");
+
+    let actions: Vec<String> = api
+        .registry()
+        .audit_log(Some(id))
+        .unwrap()
+        .into_iter()
+        .map(|event| {
+            format!(
+                "{} {}",
+                event.actor.split(' ').next().unwrap(),
+                event.action
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "writer register",
+            "reviewer approve",
+            "writer enable",
+            "writer disable",
+            "writer unregister"
+        ]
+    );
+}
+
+#[test]
+fn a_plugin_json_beside_the_library_is_its_manifest_and_folder() {
+    let api = Api::start();
+    let library = plugin_copy(api.dir.path(), "enricher");
+    let mut body = seed_body("enricher");
+    body["entry_point"] = json!(library.display().to_string());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(body),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(
+        reply.body["plugin_dir"],
+        library.parent().unwrap().display().to_string()
+    );
+    let id = "enricher@1.0.0";
+    api.call(
+        Method::POST,
+        &format!("/plugins/{id}/review"),
+        Some(&api.keys.review),
+        Some(json!({"decision": "approve"})),
+    );
+    api.call(
+        Method::PUT,
+        &format!("/plugins/{id}/enable"),
+        Some(&api.keys.write),
+        None,
+    );
+    // The plugin reads lookup.json from its folder, under landlock.
+    let lookup: Value = serde_json::from_str(
+        &std::fs::read_to_string(library.parent().unwrap().join("lookup.json")).unwrap(),
+    )
+    .unwrap();
+    let country = lookup.as_object().unwrap().keys().next().unwrap().clone();
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"country": country}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body[0].as_object().unwrap().len() > 1, "{reply:?}");
+}
+
+#[test]
+fn registration_checks_the_body_against_the_plugin() {
+    let api = Api::start();
+    let register = |body: Value| {
+        api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&api.keys.write),
+            Some(body),
+        )
+    };
+    let refused = |body: Value, field: &str, needle: &str| {
+        let reply = register(body);
+        reply.assert_error(400, "invalid_body");
+        assert_eq!(reply.field(), field, "{reply:?}");
+        assert!(
+            reply.message().contains(needle),
+            "{needle:?} not in {reply:?}"
+        );
+    };
+    let with = |field: &str, value: Value| {
+        let mut body = seed_body("data-processor");
+        body[field] = value;
+        body
+    };
+    for remote in [
+        "https://plugins.example.com/libdata_processor.so",
+        "http://plugins.example.com/libdata_processor.so",
+        "ftp://plugins.example.com/libdata_processor.so",
+        "file://build-host/opt/libdata_processor.so",
+    ] {
+        refused(
+            with("entry_point", json!(remote)),
+            "entry_point",
+            "remote entry points are not supported",
+        );
+    }
+    refused(
+        with("entry_point", json!("libdata_processor.so")),
+        "entry_point",
+        "relative path",
+    );
+    refused(
+        with("entry_point", json!("/nonexistent/libdata_processor.so")),
+        "entry_point",
+        "does not exist on the server's machine",
+    );
+    refused(
+        with(
+            "entry_point",
+            json!(library("fixture-not-a-plugin").display().to_string()),
+        ),
+        "entry_point",
+        "cannot be loaded",
+    );
+    refused(
+        with(
+            "entry_point",
+            json!(library("redactor").display().to_string()),
+        ),
+        "name",
+        "`redactor`",
+    );
+    refused(
+        with("name", json!("data-processer")),
+        "name",
+        "does not match the plugin's manifest",
+    );
+    refused(with("version", json!("1.0.1")), "version", "does not match");
+    refused(
+        with("version", json!("one")),
+        "version",
+        "not a semantic version",
+    );
+    refused(
+        with("permissions", json!(["process:data", "read:data"])),
+        "permissions",
+        "do not match what the plugin's manifest requests",
+    );
+    refused(
+        with("permissions", json!(["process:dta"])),
+        "permissions[0]",
+        "unknown permission `process:dta`",
+    );
+    refused(
+        with("permissions", json!(["process:data", 7])),
+        "permissions[1]",
+        "expected a string",
+    );
+    refused(
+        with("description", json!("  ")),
+        "description",
+        "must not be empty",
+    );
+    refused(
+        with("colour", json!("blue")),
+        "colour",
+        "unknown field `colour`",
+    );
+    let mut missing = seed_body("data-processor");
+    missing.as_object_mut().unwrap().remove("entry_point");
+    refused(missing, "entry_point", "missing field `entry_point`");
+
+    let reply = api.raw(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        b"{\"name\": ".to_vec(),
+    );
+    reply.assert_error(400, "invalid_body");
+    assert!(reply.message().contains("not valid JSON"), "{reply:?}");
+    let reply = api.raw(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Vec::new(),
+    );
+    reply.assert_error(400, "invalid_body");
+    assert!(reply.message().contains("empty"), "{reply:?}");
+    assert!(
+        api.registry().list().unwrap().is_empty(),
+        "nothing half-registered"
+    );
+
+    assert_eq!(register(seed_body("data-processor")).status, 201);
+    let again = register(seed_body("data-processor"));
+    again.assert_error(409, "already_registered");
+    assert!(
+        again.message().contains("data-processor@1.0.0"),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn reviews_grant_what_was_asked_and_rejections_need_a_reason() {
+    let api = Api::start();
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(seed_body("fixture-faulty")),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let review = |body: Value| {
+        api.call(
+            Method::POST,
+            "/plugins/faulty@0.1.0/review",
+            Some(&api.keys.review),
+            Some(body),
+        )
+    };
+    let reply = review(json!({"decision": "approve", "permissions": ["net:connect:80"]}));
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "permissions");
+    assert!(reply.message().contains("does not request it"), "{reply:?}");
+    let reply = review(json!({"decision": "approve", "reason": "fine"}));
+    assert_eq!(reply.field(), "reason", "{reply:?}");
+    let reply = review(json!({"decision": "reject"}));
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "reason", "{reply:?}");
+    let reply = review(json!({"decision": "reject", "reason": "x", "permissions": []}));
+    assert_eq!(reply.field(), "permissions", "{reply:?}");
+    let reply = review(json!({"decision": "maybe"}));
+    assert_eq!(reply.field(), "decision", "{reply:?}");
+    assert!(reply.message().contains("approve"), "{reply:?}");
+
+    // Granted without process:data: the plugin may not receive batches.
+    let reply = review(json!({"decision": "approve", "permissions": ["read:data"]}));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["review"]["granted"], json!(["read:data"]));
+    api.call(
+        Method::PUT,
+        "/plugins/faulty@0.1.0/enable",
+        Some(&api.keys.write),
+        None,
+    );
+    let reply = api.call(
+        Method::POST,
+        "/plugins/faulty@0.1.0/process",
+        Some(&api.keys.execute),
+        Some(json!([1])),
+    );
+    reply.assert_error(409, "not_permitted");
+    assert!(reply.message().contains("process:data"), "{reply:?}");
+
+    let reply = review(json!({"decision": "reject", "reason": "asks for the data store"}));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["review"]["status"], "rejected");
+    assert_eq!(reply.body["review"]["reason"], "asks for the data store");
+    assert_eq!(reply.body["enabled"], false);
+    api.call(
+        Method::PUT,
+        "/plugins/faulty@0.1.0/enable",
+        Some(&api.keys.write),
+        None,
+    )
+    .assert_error(409, "not_approved");
+}
+
+// ---------------------------------------------------------------------------------
+// Keys and scopes
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn every_scope_is_allowed_where_it_belongs_and_refused_elsewhere() {
+    let api = Api::start();
+    let doc = api
+        .call(Method::GET, "/openapi.json", Some(&api.keys.read), None)
+        .body;
+    let mut checked = 0;
+    for ((method_name, path), _) in documented(&doc) {
+        let security = &doc["paths"][&path][method_name.to_lowercase()]["security"];
+        let needed: Option<&str> = security[0]["bearer"][0].as_str();
+        let path = concrete(&path, "ghost@1.0.0");
+        let body = (method_name == "POST").then(|| json!({}));
+        for (scope, key) in api.keys.single_scoped() {
+            let reply = api.call(method(&method_name), &path, Some(key), body.clone());
+            match needed {
+                Some(needed) if needed != scope => {
+                    reply.assert_error(403, "forbidden");
+                    assert!(reply.message().contains(needed), "{reply:?}");
+                    assert!(
+                        reply
+                            .header("www-authenticate")
+                            .contains("insufficient_scope"),
+                        "{reply:?}"
+                    );
+                }
+                _ => assert!(
+                    reply.status != 401 && reply.status != 403,
+                    "{method_name} {path} with {scope}: {reply:?}"
+                ),
+            }
+            checked += 1;
+        }
+        let reply = api.call(
+            method(&method_name),
+            &path,
+            Some(&api.keys.all),
+            body.clone(),
+        );
+        assert!(reply.status != 401 && reply.status != 403, "{reply:?}");
+        let anonymous = api.call(method(&method_name), &path, None, body);
+        if security.as_array().unwrap().is_empty() {
+            assert_eq!(anonymous.status, 200, "{path} is public");
+        } else {
+            anonymous.assert_error(401, "unauthorized");
+            assert!(anonymous.header("www-authenticate").starts_with("Bearer"));
+        }
+    }
+    assert_eq!(checked, 10 * 4);
+}
+
+#[test]
+fn missing_malformed_unknown_and_revoked_keys_get_401() {
+    let api = Api::start();
+    let valid = api.keys.read.clone();
+    let unknown = format!("pb_{}_{}", "0123456789abcdef", "ab".repeat(32));
+    let wrong_secret = format!(
+        "{}{}",
+        &valid[..valid.len() - 2],
+        if valid.ends_with("00") { "11" } else { "00" }
+    );
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("missing", None, "missing `Authorization"),
+        (
+            "malformed",
+            Some("Bearer not-a-key".to_owned()),
+            "malformed API key",
+        ),
+        (
+            "other scheme",
+            Some(format!("Basic {valid}")),
+            "Bearer scheme",
+        ),
+        (
+            "unknown",
+            Some(format!("Bearer {unknown}")),
+            "unknown API key",
+        ),
+        (
+            "wrong secret",
+            Some(format!("Bearer {wrong_secret}")),
+            "unknown API key",
+        ),
+        (
+            "revoked",
+            Some(format!("Bearer {}", api.keys.revoked)),
+            "was revoked",
+        ),
+    ];
+    for (what, header, needle) in cases {
+        let mut request = api.client.get(format!("{}/plugins", api.base));
+        if let Some(header) = &header {
+            request = request.header("authorization", header);
+        }
+        let response = request.send().unwrap();
+        assert_eq!(response.status(), 401, "{what}");
+        assert!(response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{what}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{what}: {message}");
+        assert!(
+            !message.contains(&valid[19..]),
+            "{what}: the secret is never echoed"
+        );
+        assert!(
+            !message.contains(&unknown[19..]),
+            "{what}: the secret is never echoed"
+        );
+    }
+    assert_eq!(
+        api.call(Method::GET, "/plugins", Some(&valid), None).status,
+        200
+    );
+    assert_eq!(
+        api.call(Method::GET, "/plugins", Some(&format!("  {valid}  ")), None)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn keys_never_reach_the_logs() {
+    let api = Api::start();
+    let unknown = format!("pb_{}_{}", "fedcba9876543210", "cd".repeat(32));
+    for key in [&api.keys.all, &api.keys.read, &api.keys.revoked, &unknown] {
+        api.call(Method::GET, "/plugins", Some(key), None);
+        api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(key),
+            Some(json!({})),
+        );
+    }
+    api.ready("fixture-noop");
+    let logs = logs();
+    assert!(
+        logs.contains("/plugins"),
+        "the capture sees the server's requests"
+    );
+    for key in [&api.keys.all, &api.keys.read, &api.keys.revoked, &unknown] {
+        let secret = &key[20..];
+        assert!(!logs.contains(secret), "a key's secret was logged");
+    }
+    assert!(
+        !logs.to_ascii_lowercase().contains("authorization: bearer"),
+        "an authorization header was logged"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// The OpenAPI document against the server
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
+    let api = Api::start();
+    let reply = api.call(Method::GET, "/openapi.json", Some(&api.keys.execute), None);
+    assert_eq!(reply.status, 200);
+    let doc = reply.body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc,
+        plugbay_host::server::openapi(),
+        "the served document is the library's"
+    );
+    let routes = documented(&doc);
+    let pairs: BTreeSet<(String, String)> = routes.keys().cloned().collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("GET", "/health"),
+        ("GET", "/openapi.json"),
+        ("GET", "/plugins"),
+        ("GET", "/plugins/{id}"),
+        ("POST", "/plugins/register"),
+        ("PUT", "/plugins/{id}/enable"),
+        ("PUT", "/plugins/{id}/disable"),
+        ("DELETE", "/plugins/{id}"),
+        ("POST", "/plugins/{id}/review"),
+        ("POST", "/plugins/{id}/process"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(
+        pairs, expected,
+        "the seed's endpoints plus review, process, health and openapi"
+    );
+
+    let paths: BTreeSet<&String> = routes.keys().map(|(_, path)| path).collect();
+    for path in paths {
+        let url = concrete(path, "ghost@1.0.0");
+        for name in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+            let documented = routes.contains_key(&(name.to_owned(), path.clone()));
+            let body = (name == "POST").then(|| json!({}));
+            let reply = api.call(method(name), &url, Some(&api.keys.all), body);
+            if documented {
+                assert!(
+                    reply.status != 404 || reply.code() == "not_found",
+                    "{name} {url}: {reply:?}"
+                );
+                assert_ne!(reply.status, 405, "{name} {url}: {reply:?}");
+            } else {
+                reply.assert_error(405, "method_not_allowed");
+                for allowed in reply.header("allow").split(',').map(str::trim) {
+                    let allowed_documented =
+                        routes.contains_key(&(allowed.to_owned(), path.clone()));
+                    assert!(
+                        allowed_documented || allowed == "HEAD",
+                        "{path} allows undocumented {allowed}"
+                    );
+                }
+            }
+        }
+        // HEAD is answered wherever GET is, without a body.
+        if routes.contains_key(&("GET".to_owned(), path.clone())) {
+            let head = api.call(Method::HEAD, &url, Some(&api.keys.all), None);
+            let get = api.call(Method::GET, &url, Some(&api.keys.all), None);
+            assert_eq!(head.status, get.status, "HEAD {url}");
+            assert!(head.text.is_empty());
+        }
+    }
+    for unknown in [
+        "/",
+        "/plugin",
+        "/plugins/a@1.0.0/start",
+        "/v1/plugins",
+        "/plugins/a@1.0.0/review/x",
+    ] {
+        let reply = api.call(Method::GET, unknown, Some(&api.keys.all), None);
+        reply.assert_error(404, "route_not_found");
+        assert!(reply.message().contains("/openapi.json"), "{reply:?}");
+    }
+}
+
+type Run<'a> = Box<dyn Fn() -> Reply + 'a>;
+
+fn request<'a>(
+    api: &'a Api,
+    m: Method,
+    path: String,
+    key: Option<&'a str>,
+    body: Option<Value>,
+) -> Run<'a> {
+    Box::new(move || api.call(m.clone(), &path, key, body.clone()))
+}
+
+/// Runs one scenario per documented `(method, path, status)` and checks that the
+/// server answers it with a body that matches the documented schema, and that every
+/// documented status has a scenario.
+#[test]
+fn every_documented_status_is_produced_and_matches_its_schema() {
+    let api = Api::start_with(|options| {
+        options.body_limit = 64 * 1024;
+        options.request_timeout = Duration::from_secs(20);
+    });
+    // A second server on the same registry, with a short request timeout.
+    let mut impatient_options = options(&api.home);
+    impatient_options.request_timeout = Duration::from_millis(800);
+    let impatient = Server::bind(impatient_options).unwrap().spawn().unwrap();
+    let impatient_base = format!("http://{}", impatient.local_addr());
+
+    let doc = api
+        .call(Method::GET, "/openapi.json", Some(&api.keys.read), None)
+        .body;
+    let keys = &api.keys;
+    let dp = api.ready("data-processor");
+    let faulty = api.ready("fixture-faulty");
+    let raw = api.ready("fixture-raw-output");
+    let pending = {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(seed_body("dedup")),
+        );
+        reply.body["id"].as_str().unwrap().to_owned()
+    };
+    let prober = {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(seed_body("fixture-prober")),
+        );
+        reply.body["id"].as_str().unwrap().to_owned()
+    };
+    let doomed = {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(seed_body("enricher")),
+        );
+        reply.body["id"].as_str().unwrap().to_owned()
+    };
+    // A library swapped after registration (write, then rename, as deployments do).
+    let swapped = {
+        let library = plugin_copy(api.dir.path(), "redactor");
+        let mut body = seed_body("redactor");
+        body["entry_point"] = json!(library.display().to_string());
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(body),
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+        let next = library.with_extension("so.new");
+        std::fs::copy(plugbay_tests::library("dedup"), &next).unwrap();
+        std::fs::rename(&next, &library).unwrap();
+        reply.body["id"].as_str().unwrap().to_owned()
+    };
+    let ghost = "ghost@1.0.0";
+    let big = json!({"padding": "x".repeat(70 * 1024)});
+
+    // (method, documented path, status, request)
+    let mut scenarios: Vec<(&str, &str, u16, Run)> = Vec::new();
+    macro_rules! scenario {
+        ($method:literal, $path:literal, $status:literal, $key:expr, $id:expr, $body:expr) => {
+            scenarios.push((
+                $method,
+                $path,
+                $status,
+                request(&api, method($method), concrete($path, $id), $key, $body),
+            ))
+        };
+    }
+    let (read, write, review, execute) = (
+        Some(keys.read.as_str()),
+        Some(keys.write.as_str()),
+        Some(keys.review.as_str()),
+        Some(keys.execute.as_str()),
+    );
+    let records = || Some(json!([{"n": 1}, {"n": 2}]));
+
+    scenario!("GET", "/health", 200, None, "", None);
+    scenario!("GET", "/openapi.json", 200, read, "", None);
+    scenario!("GET", "/openapi.json", 401, None, "", None);
+    scenario!("GET", "/plugins", 200, read, "", None);
+    scenario!("GET", "/plugins", 401, None, "", None);
+    scenario!("GET", "/plugins", 403, write, "", None);
+    scenario!("GET", "/plugins/{id}", 200, read, &dp, None);
+    scenario!("GET", "/plugins/{id}", 400, read, "no-version", None);
+    scenario!("GET", "/plugins/{id}", 401, None, &dp, None);
+    scenario!("GET", "/plugins/{id}", 403, execute, &dp, None);
+    scenario!("GET", "/plugins/{id}", 404, read, ghost, None);
+    scenario!(
+        "POST",
+        "/plugins/register",
+        201,
+        write,
+        "",
+        Some(seed_body("fixture-noop"))
+    );
+    scenario!(
+        "POST",
+        "/plugins/register",
+        400,
+        write,
+        "",
+        Some(
+            json!({"name": "x", "version": "1.0.0", "entry_point": "https://example.com/lib.so", "permissions": []})
+        )
+    );
+    scenario!(
+        "POST",
+        "/plugins/register",
+        401,
+        None,
+        "",
+        Some(seed_body("fixture-noop"))
+    );
+    scenario!(
+        "POST",
+        "/plugins/register",
+        403,
+        review,
+        "",
+        Some(seed_body("fixture-noop"))
+    );
+    scenario!(
+        "POST",
+        "/plugins/register",
+        409,
+        write,
+        "",
+        Some(seed_body("fixture-noop"))
+    );
+    scenario!(
+        "POST",
+        "/plugins/register",
+        413,
+        write,
+        "",
+        Some(big.clone())
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/process",
+        200,
+        execute,
+        &dp,
+        records()
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/process",
+        400,
+        execute,
+        &dp,
+        Some(json!({"n": 1}))
+    );
+    scenario!("POST", "/plugins/{id}/process", 401, None, &dp, records());
+    scenario!("POST", "/plugins/{id}/process", 403, read, &dp, records());
+    scenario!(
+        "POST",
+        "/plugins/{id}/process",
+        404,
+        execute,
+        ghost,
+        records()
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/process",
+        409,
+        execute,
+        &pending,
+        records()
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/process",
+        413,
+        execute,
+        &dp,
+        Some(json!([big.clone()]))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/process",
+        502,
+        execute,
+        &raw,
+        records()
+    );
+    scenarios.push((
+        "POST",
+        "/plugins/{id}/process",
+        422,
+        Box::new(|| {
+            configure(&api, &faulty, json!({"fail": "process"}));
+            api.call(
+                Method::POST,
+                &format!("/plugins/{faulty}/process"),
+                execute,
+                records(),
+            )
+        }),
+    ));
+    scenarios.push((
+        "POST",
+        "/plugins/{id}/process",
+        500,
+        Box::new(|| {
+            configure(&api, &faulty, json!({"panic": "process"}));
+            api.call(
+                Method::POST,
+                &format!("/plugins/{faulty}/process"),
+                execute,
+                records(),
+            )
+        }),
+    ));
+    scenarios.push((
+        "POST",
+        "/plugins/{id}/process",
+        504,
+        Box::new(|| {
+            configure(&api, &faulty, json!({"hang": "process"}));
+            api.call(
+                Method::POST,
+                &format!("/plugins/{faulty}/process"),
+                execute,
+                records(),
+            )
+        }),
+    ));
+    scenarios.push((
+        "POST",
+        "/plugins/{id}/process",
+        503,
+        Box::new(|| {
+            configure(&api, &faulty, json!({"hang": "process"}));
+            let started = Instant::now();
+            let reply = call(
+                &api.client,
+                &impatient_base,
+                Method::POST,
+                &format!("/plugins/{faulty}/process"),
+                execute,
+                records().map(|b| b.to_string().into_bytes()),
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(1900),
+                "answered at the request deadline, before the plugin's"
+            );
+            reply
+        }),
+    ));
+    scenario!("PUT", "/plugins/{id}/disable", 200, write, &dp, None);
+    scenario!(
+        "PUT",
+        "/plugins/{id}/disable",
+        400,
+        write,
+        "no-version",
+        None
+    );
+    scenario!("PUT", "/plugins/{id}/disable", 401, None, &dp, None);
+    scenario!("PUT", "/plugins/{id}/disable", 403, review, &dp, None);
+    scenario!("PUT", "/plugins/{id}/disable", 404, write, ghost, None);
+    scenario!("PUT", "/plugins/{id}/enable", 200, write, &dp, None);
+    scenario!(
+        "PUT",
+        "/plugins/{id}/enable",
+        400,
+        write,
+        "no-version",
+        None
+    );
+    scenario!("PUT", "/plugins/{id}/enable", 401, None, &dp, None);
+    scenario!("PUT", "/plugins/{id}/enable", 403, execute, &dp, None);
+    scenario!("PUT", "/plugins/{id}/enable", 404, write, ghost, None);
+    scenario!("PUT", "/plugins/{id}/enable", 409, write, &pending, None);
+    scenario!(
+        "POST",
+        "/plugins/{id}/review",
+        200,
+        review,
+        &prober,
+        Some(json!({"decision": "reject", "reason": "probes the sandbox"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/review",
+        400,
+        review,
+        &prober,
+        Some(json!({"decision": "maybe"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/review",
+        401,
+        None,
+        &prober,
+        Some(json!({"decision": "approve"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/review",
+        403,
+        write,
+        &prober,
+        Some(json!({"decision": "approve"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/review",
+        404,
+        review,
+        ghost,
+        Some(json!({"decision": "approve"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/review",
+        409,
+        review,
+        &swapped,
+        Some(json!({"decision": "approve"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/review",
+        413,
+        review,
+        &prober,
+        Some(big.clone())
+    );
+    scenario!("DELETE", "/plugins/{id}", 200, write, &doomed, None);
+    scenario!("DELETE", "/plugins/{id}", 400, write, "no-version", None);
+    scenario!("DELETE", "/plugins/{id}", 401, None, &dp, None);
+    scenario!("DELETE", "/plugins/{id}", 403, read, &dp, None);
+    scenario!("DELETE", "/plugins/{id}", 404, write, ghost, None);
+
+    let routes = documented(&doc);
+    let mut expected = BTreeSet::new();
+    for ((method_name, path), responses) in &routes {
+        for status in responses.keys().filter(|status| *status != "default") {
+            expected.insert((
+                method_name.clone(),
+                path.clone(),
+                status.parse::<u16>().unwrap(),
+            ));
+        }
+    }
+    let covered: BTreeSet<(String, String, u16)> = scenarios
+        .iter()
+        .map(|(m, p, s, _)| (m.to_string(), p.to_string(), *s))
+        .collect();
+    assert_eq!(
+        covered.len(),
+        scenarios.len(),
+        "one scenario per documented status"
+    );
+    assert_eq!(
+        covered, expected,
+        "the scenarios are exactly the documented statuses"
+    );
+
+    for (method_name, path, status, request) in &scenarios {
+        let reply = request();
+        let what = format!("{method_name} {path} → {status}");
+        assert_eq!(reply.status.as_u16(), *status, "{what}: {reply:?}");
+        let response = &routes[&(method_name.to_string(), path.to_string())][&status.to_string()];
+        let schema = &response["content"]["application/json"]["schema"];
+        assert!(
+            reply.header("content-type").starts_with("application/json"),
+            "{what}: {reply:?}"
+        );
+        validate(&doc, schema, &reply.body, "body")
+            .unwrap_or_else(|err| panic!("{what}: {err}; {reply:?}"));
+        if *status >= 400 {
+            let code = reply.code();
+            let description = response["description"].as_str().unwrap();
+            assert!(
+                description.contains(&format!("`{code}`")),
+                "{what}: code `{code}` is not documented in {description:?}"
+            );
+        }
+    }
+    // The documented `default` response covers everything else with the same schema.
+    for responses in routes.values() {
+        assert_eq!(
+            responses["default"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Error"
+        );
+    }
+    let plugin = api.call(Method::GET, &format!("/plugins/{dp}"), read, None);
+    validate(
+        &doc,
+        &json!({"$ref": "#/components/schemas/Plugin"}),
+        &plugin.body,
+        "plugin",
+    )
+    .unwrap();
+    drop(scenarios);
+    impatient.stop().unwrap();
+}
+
+#[test]
+fn errors_are_json_everywhere() {
+    let api = Api::start_with(|options| options.body_limit = 4096);
+    let key = Some(api.keys.all.as_str());
+    api.call(Method::GET, "/nope", key, None)
+        .assert_error(404, "route_not_found");
+    api.call(Method::GET, "/nope", None, None)
+        .assert_error(404, "route_not_found");
+    let reply = api.call(Method::PATCH, "/plugins", key, None);
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), "GET,HEAD");
+    assert!(reply.message().contains("it allows GET, HEAD"), "{reply:?}");
+    api.call(Method::DELETE, "/health", None, None)
+        .assert_error(405, "method_not_allowed");
+    api.call(Method::GET, "/plugins/register", key, None)
+        .assert_error(405, "method_not_allowed");
+    api.call(Method::GET, "/plugins/%FF%FE@1.0.0", key, None)
+        .assert_error(400, "invalid_id");
+    api.call(Method::GET, "/plugins/nope", key, None)
+        .assert_error(400, "invalid_id");
+    api.raw(Method::POST, "/plugins/register", key, b"[1, 2".to_vec())
+        .assert_error(400, "invalid_body");
+    api.raw(Method::POST, "/plugins/register", key, b"{} {}".to_vec())
+        .assert_error(400, "invalid_body");
+    api.raw(Method::POST, "/plugins/register", key, vec![b' '; 5000])
+        .assert_error(413, "payload_too_large");
+    api.raw(
+        Method::POST,
+        "/plugins/x@1.0.0/process",
+        key,
+        b"[1,".to_vec(),
+    )
+    .assert_error(400, "invalid_body");
+    // A client that does not say how long its body is (chunked) is cut off too.
+    let chunk = "x".repeat(3000);
+    let request = format!(
+        "POST /plugins/register HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        api.keys.all,
+        chunk.len(),
+        chunk.len()
+    );
+    let (status, head, body) = raw_http(api.addr(), request.as_bytes());
+    assert_eq!(status, 413, "{head}");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{head} {body}");
+    // Content types are not fussed over: the body is JSON whatever the header says.
+    let response = api
+        .client
+        .post(format!("{}/plugins/register", api.base))
+        .header("authorization", format!("Bearer {}", api.keys.all))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["error"]["field"], "name", "{body}");
+}
+
+// ---------------------------------------------------------------------------------
+// Concurrency
+// ---------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Tally {
+    counts: Mutex<BTreeMap<String, usize>>,
+}
+
+impl Tally {
+    fn add(&self, what: impl Into<String>) {
+        *self.counts.lock().unwrap().entry(what.into()).or_default() += 1;
+    }
+    fn get(&self, what: &str) -> usize {
+        self.counts.lock().unwrap().get(what).copied().unwrap_or(0)
+    }
+}
+
+#[test]
+fn fifty_concurrent_clients_lose_and_corrupt_nothing() {
+    const CLIENTS: usize = 50;
+    const ROUNDS: usize = 4;
+    let api = Api::start();
+    let dp = api.ready("data-processor");
+    let redactor = api.ready("redactor");
+    let noop = api.ready("fixture-noop");
+    let tally = Tally::default();
+    let barrier = Barrier::new(CLIENTS);
+    let failures = AtomicUsize::new(0);
+
+    std::thread::scope(|scope| {
+        for client_index in 0..CLIENTS {
+            let (api, tally, barrier, failures) = (&api, &tally, &barrier, &failures);
+            let (dp, redactor, noop) = (&dp, &redactor, &noop);
+            scope.spawn(move || {
+                let client = client();
+                let send = |m: Method, path: &str, key: &str, body: Option<Value>| {
+                    call(
+                        &client,
+                        &api.base,
+                        m,
+                        path,
+                        Some(key),
+                        body.map(|b| b.to_string().into_bytes()),
+                    )
+                };
+                let keys = &api.keys;
+                barrier.wait();
+                // Everyone registers the same plugin at once: one wins.
+                let reply = send(
+                    Method::POST,
+                    "/plugins/register",
+                    &keys.write,
+                    Some(seed_body("dedup")),
+                );
+                tally.add(format!("register {}", reply.status.as_u16()));
+                for round in 0..ROUNDS {
+                    let records: Vec<Value> = (0..5)
+                        .map(|k| json!({"client": client_index, "round": round, "k": k}))
+                        .collect();
+                    let reply = send(
+                        Method::POST,
+                        &format!("/plugins/{dp}/process"),
+                        &keys.execute,
+                        Some(json!(records)),
+                    );
+                    if reply.status == 200 {
+                        let out = reply.body.as_array().unwrap();
+                        let intact = out.len() == records.len()
+                            && out.iter().zip(&records).all(|(out, input)| {
+                                out["client"] == input["client"]
+                                    && out["round"] == input["round"]
+                                    && out["k"] == input["k"]
+                                    && out["processed"] == true
+                            });
+                        if !intact {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tally.add("dp 200");
+                    } else {
+                        tally.add(format!("dp {} {}", reply.status.as_u16(), reply.text));
+                    }
+                    let reply = send(
+                        Method::POST,
+                        &format!("/plugins/{noop}/process"),
+                        &keys.execute,
+                        Some(json!(records)),
+                    );
+                    if reply.status != 200 || reply.body != json!(records) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if client_index % 5 == 0 {
+                        let action = if round % 2 == 0 { "disable" } else { "enable" };
+                        let reply = send(
+                            Method::PUT,
+                            &format!("/plugins/{redactor}/{action}"),
+                            &keys.write,
+                            None,
+                        );
+                        tally.add(format!("{action} {}", reply.status.as_u16()));
+                    }
+                    let reply = send(
+                        Method::POST,
+                        &format!("/plugins/{redactor}/process"),
+                        &keys.execute,
+                        Some(json!([{"email": format!("client{client_index}@example.com")}])),
+                    );
+                    match reply.status.as_u16() {
+                        200 => {
+                            if reply.body[0]["email"]
+                                .as_str()
+                                .unwrap()
+                                .contains("example.com")
+                            {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            tally.add("redactor 200");
+                        }
+                        409 if reply.code() == "disabled" => tally.add("redactor 409"),
+                        other => tally.add(format!("redactor {other} {}", reply.text)),
+                    }
+                    let reply = send(Method::GET, "/plugins", &keys.read, None);
+                    let listed = reply.body["plugins"].as_array().map_or(0, Vec::len);
+                    if reply.status != 200 || !(3..=4).contains(&listed) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+
+    let counts = tally.counts.lock().unwrap().clone();
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "{counts:?}");
+    assert_eq!(tally.get("register 201"), 1, "{counts:?}");
+    assert_eq!(tally.get("register 409"), CLIENTS - 1, "{counts:?}");
+    assert_eq!(tally.get("dp 200"), CLIENTS * ROUNDS, "{counts:?}");
+    assert_eq!(
+        tally.get("redactor 200") + tally.get("redactor 409"),
+        CLIENTS * ROUNDS,
+        "{counts:?}"
+    );
+    let togglers = CLIENTS / 5;
+    assert_eq!(
+        tally.get("disable 200"),
+        togglers * ROUNDS / 2,
+        "{counts:?}"
+    );
+    assert_eq!(tally.get("enable 200"), togglers * ROUNDS / 2, "{counts:?}");
+
+    let registry = api.registry();
+    assert!(registry.integrity_ok().unwrap());
+    let ids: Vec<String> = registry.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        [
+            "data-processor@1.0.0",
+            "dedup@1.0.0",
+            "noop@0.1.0",
+            "redactor@1.0.0"
+        ]
+    );
+    let audit = registry.audit_log(None).unwrap();
+    let count = |action: &str, id: &str| {
+        audit
+            .iter()
+            .filter(|e| e.action == action && e.plugin_id.as_deref() == Some(id))
+            .count()
+    };
+    assert_eq!(count("register", "dedup@1.0.0"), 1);
+    assert_eq!(count("enable", &redactor), 1 + tally.get("enable 200"));
+    assert_eq!(count("disable", &redactor), tally.get("disable 200"));
+    assert_eq!(
+        registry.get(&redactor).unwrap().enabled,
+        true,
+        "the last toggle enabled it"
+    );
+}
+
+/// The other side of [`the_cli_and_the_server_share_one_registry`]: a separate
+/// process working on the registry as the CLI does, while the server serves.
+#[test]
+#[ignore = "run as a child process by the_cli_and_the_server_share_one_registry"]
+fn registry_process_child() {
+    let Ok(home) = std::env::var("PLUGBAY_API_CHILD_HOME") else {
+        return;
+    };
+    let rounds: usize = std::env::var("PLUGBAY_API_CHILD_ROUNDS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host = plugbay_host::Host::new().with_data_dir(Path::new(&home).join("data"));
+    let mut registry = Registry::open(&home).unwrap();
+    let (mut registered, mut toggles) = (0, 0);
+    for round in 0..rounds {
+        let registration = plugbay_host::registry::Registration::from_path(
+            &example_manifest("dedup"),
+            Some(&library("dedup")),
+        )
+        .unwrap();
+        registry.register(&host, registration, "cli").unwrap();
+        registry.approve("dedup@1.0.0", "cli", None).unwrap();
+        registry.enable("dedup@1.0.0", "cli").unwrap();
+        registry.unregister("dedup@1.0.0", "cli").unwrap();
+        registered += 1;
+        if round % 2 == 0 {
+            registry.disable("redactor@1.0.0", "cli").unwrap();
+        } else {
+            registry.enable("redactor@1.0.0", "cli").unwrap();
+        }
+        toggles += 1;
+    }
+    registry.disable("redactor@1.0.0", "cli").unwrap();
+    println!("CHILD registered={registered} toggles={toggles}");
+}
+
+#[test]
+fn the_cli_and_the_server_share_one_registry() {
+    const ROUNDS: usize = 20;
+    let api = Api::start();
+    let dp = api.ready("data-processor");
+    let redactor = api.ready("redactor");
+    // Warm up an instance the other process will disable under the server.
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{redactor}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"a": "b@c.de"}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "api::registry_process_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PLUGBAY_API_CHILD_HOME", &api.home)
+        .env("PLUGBAY_API_CHILD_ROUNDS", ROUNDS.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Meanwhile, over HTTP: register and unregister another plugin, process batches,
+    // list, until the other process is done.
+    let mut http_registered = 0;
+    let mut processed = 0;
+    let mut child = Some(child);
+    let mut output = None;
+    while output.is_none() || http_registered < 3 {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&api.keys.write),
+            Some(seed_body("fixture-noop")),
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+        let reply = api.call(
+            Method::DELETE,
+            "/plugins/noop@0.1.0",
+            Some(&api.keys.write),
+            None,
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        http_registered += 1;
+        let reply = api.call(
+            Method::POST,
+            &format!("/plugins/{dp}/process"),
+            Some(&api.keys.execute),
+            Some(json!([{"i": processed}])),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body[0]["i"], processed);
+        processed += 1;
+        let reply = api.call(Method::GET, "/plugins", Some(&api.keys.read), None);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        if let Some(running) = child.as_mut() {
+            if running.try_wait().unwrap().is_some() {
+                output = Some(child.take().unwrap().wait_with_output().unwrap());
+            }
+        }
+    }
+    let output = output.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("CHILD registered={ROUNDS} toggles={ROUNDS}")),
+        "{stdout}"
+    );
+
+    // The server sees what the other process did, at once.
+    let shown = api.call(
+        Method::GET,
+        &format!("/plugins/{redactor}"),
+        Some(&api.keys.read),
+        None,
+    );
+    assert_eq!(shown.body["enabled"], false);
+    api.call(
+        Method::GET,
+        "/plugins/dedup@1.0.0",
+        Some(&api.keys.read),
+        None,
+    )
+    .assert_error(404, "not_found");
+    // A plugin disabled by another process stops here too: its instance is drained.
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{redactor}/process"),
+        Some(&api.keys.execute),
+        Some(json!([])),
+    );
+    reply.assert_error(409, "disabled");
+    let health = api.call(Method::GET, "/health", None, None);
+    assert_eq!(
+        health.body["instances"], 1,
+        "only data-processor still runs: {health:?}"
+    );
+
+    let registry = api.registry();
+    assert!(registry.integrity_ok().unwrap());
+    let audit = registry.audit_log(None).unwrap();
+    let count = |actor: &str, action: &str, id: &str| {
+        audit
+            .iter()
+            .filter(|e| {
+                e.actor.starts_with(actor)
+                    && e.action == action
+                    && e.plugin_id.as_deref() == Some(id)
+            })
+            .count()
+    };
+    assert_eq!(count("cli", "register", "dedup@1.0.0"), ROUNDS);
+    assert_eq!(count("cli", "unregister", "dedup@1.0.0"), ROUNDS);
+    assert_eq!(
+        count("cli", "disable", &redactor) + count("cli", "enable", &redactor),
+        ROUNDS + 1
+    );
+    assert_eq!(count("writer", "register", "noop@0.1.0"), http_registered);
+    assert_eq!(count("writer", "unregister", "noop@0.1.0"), http_registered);
+    let ids: Vec<String> = registry.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, ["data-processor@1.0.0", "redactor@1.0.0"]);
+}
+
+// ---------------------------------------------------------------------------------
+// Limits and shutdown
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn graceful_shutdown_on_sigterm_and_sigint_finishes_requests_and_stops_plugins() {
+    logs();
+    for signal in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let keys = Keys::create(&home);
+        let server = Server::bind(options(&home)).unwrap();
+        let addr = server.local_addr();
+        let base = format!("http://{addr}");
+        let serving = std::thread::spawn(move || server.run_blocking());
+        let client = client();
+        let send = |m: Method, path: &str, key: Option<&str>, body: Option<Value>| {
+            call(
+                &client,
+                &base,
+                m,
+                path,
+                key,
+                body.map(|b| b.to_string().into_bytes()),
+            )
+        };
+        assert_eq!(send(Method::GET, "/health", None, None).status, 200);
+        let mut ids = Vec::new();
+        for package in ["data-processor", "fixture-faulty"] {
+            let reply = send(
+                Method::POST,
+                "/plugins/register",
+                Some(&keys.all),
+                Some(seed_body(package)),
+            );
+            let id = reply.body["id"].as_str().unwrap().to_owned();
+            send(
+                Method::POST,
+                &format!("/plugins/{id}/review"),
+                Some(&keys.all),
+                Some(json!({"decision": "approve"})),
+            );
+            send(
+                Method::PUT,
+                &format!("/plugins/{id}/enable"),
+                Some(&keys.all),
+                None,
+            );
+            ids.push(id);
+        }
+        let (dp, faulty) = (&ids[0], &ids[1]);
+        Registry::open(&home)
+            .unwrap()
+            .configure(faulty, &json!({"hang": "process"}), "test")
+            .unwrap();
+        assert_eq!(
+            send(
+                Method::POST,
+                &format!("/plugins/{dp}/process"),
+                Some(&keys.all),
+                Some(json!([{"x": 1}]))
+            )
+            .status,
+            200
+        );
+
+        // A request in flight when the signal comes: the plugin hangs until its 2 s deadline.
+        let in_flight = {
+            let (base, key, faulty) = (format!("http://{addr}"), keys.all.clone(), faulty.clone());
+            std::thread::spawn(move || {
+                call(
+                    &client_for_thread(),
+                    &base,
+                    Method::POST,
+                    &format!("/plugins/{faulty}/process"),
+                    Some(&key),
+                    Some(b"[1]".to_vec()),
+                )
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let reply = in_flight.join().unwrap();
+        reply.assert_error(504, "plugin_timeout");
+        serving.join().unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "SIG{signal}: no longer listening"
+        );
+        let logs = logs();
+        assert!(
+            logs.contains(&format!("SIG{signal} received; shutting down")),
+            "SIG{signal}"
+        );
+        assert!(
+            logs.lines().any(
+                |line| line.contains("plugin instance cleaned up and stopped")
+                    && line.contains(dp.as_str())
+                    && line.contains(&addr.to_string())
+            ),
+            "SIG{signal}: data-processor was cleaned up"
+        );
+    }
+}
+
+fn client_for_thread() -> Client {
+    client()
+}
+
+#[test]
+fn stopping_the_server_cleans_up_running_plugins() {
+    let mut api = Api::start();
+    let dp = api.ready("data-processor");
+    // An unusual count, so that this server's cleanup is the one found in the log.
+    let records: Vec<Value> = (0..37).map(|i| json!({"i": i})).collect();
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{dp}/process"),
+        Some(&api.keys.execute),
+        Some(json!(records)),
+    );
+    assert_eq!(reply.status, 200);
+    let addr = api.addr().to_string();
+    api.stop();
+    let logs = logs();
+    assert!(
+        logs.lines().any(
+            |line| line.contains("plugin instance cleaned up and stopped") && line.contains(&addr)
+        ),
+        "the server drained its instance"
+    );
+    // The data-processor reports its count from `cleanup` through host logging.
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("processed 37 records") && line.contains(&dp)),
+        "cleanup ran"
+    );
+}
