@@ -15,7 +15,9 @@ use serde::Serialize;
 /// next plugin without parsing it.
 #[derive(Clone)]
 pub struct Batch {
-    bytes: Arc<Bytes>,
+    /// `None` for an empty batch a plugin returned as no bytes (which reads as `[]`):
+    /// the empty batch costs no allocation.
+    bytes: Option<Arc<Bytes>>,
     records: Option<usize>,
 }
 
@@ -29,7 +31,7 @@ impl Batch {
     /// plugin refuses a batch it cannot read.
     pub fn from_json(bytes: impl Into<Vec<u8>>) -> Batch {
         Batch {
-            bytes: Arc::new(Bytes::Host(bytes.into())),
+            bytes: Some(Arc::new(Bytes::Host(bytes.into()))),
             records: None,
         }
     }
@@ -47,23 +49,32 @@ impl Batch {
     /// ```
     pub fn from_records<T: Serialize>(records: &[T]) -> Result<Batch, serde_json::Error> {
         Ok(Batch {
-            bytes: Arc::new(Bytes::Host(serde_json::to_vec(records)?)),
+            bytes: Some(Arc::new(Bytes::Host(serde_json::to_vec(records)?))),
             records: Some(records.len()),
         })
     }
 
+    /// A plugin's output. No bytes at all stand for the empty batch `[]` (see
+    /// `PluginInstance::process` in plugbay-api), kept without an allocation.
     pub(crate) fn from_plugin(bytes: RVec<u8>, records: Option<usize>) -> Batch {
+        if bytes.is_empty() {
+            return Batch {
+                bytes: None,
+                records: Some(0),
+            };
+        }
         Batch {
-            bytes: Arc::new(Bytes::Plugin(bytes)),
+            bytes: Some(Arc::new(Bytes::Plugin(bytes))),
             records,
         }
     }
 
     /// The JSON bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        match &*self.bytes {
-            Bytes::Host(bytes) => bytes,
-            Bytes::Plugin(bytes) => bytes.as_slice(),
+        match self.bytes.as_deref() {
+            None => b"[]",
+            Some(Bytes::Host(bytes)) => bytes,
+            Some(Bytes::Plugin(bytes)) => bytes.as_slice(),
         }
     }
 
@@ -141,6 +152,15 @@ mod tests {
             .contains("expected a JSON array"));
         assert!(count_array(b"[1,").is_err());
         assert!(count_array(b"[1] [2]").is_err());
+    }
+
+    #[test]
+    fn no_bytes_from_a_plugin_is_the_empty_batch() {
+        let batch = Batch::from_plugin(RVec::new(), None);
+        assert_eq!(batch.as_bytes(), b"[]");
+        assert_eq!(batch.len(), Some(0));
+        assert!(batch.is_empty());
+        assert_eq!(batch.records::<u8>().unwrap(), Vec::<u8>::new());
     }
 
     #[test]

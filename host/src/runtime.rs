@@ -984,7 +984,9 @@ pub(crate) fn process_here(
 }
 
 fn check_output(bytes: RVec<u8>, check: bool) -> Result<Batch, Outcome> {
-    if !check {
+    // No bytes at all are the empty batch (the SDK's way to return it without an
+    // allocation); `Batch::from_plugin` reads them as `[]`.
+    if !check || bytes.is_empty() {
         return Ok(Batch::from_plugin(bytes, None));
     }
     match count_array(bytes.as_slice()) {

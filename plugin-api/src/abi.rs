@@ -62,6 +62,10 @@ pub trait PluginInstance: Send {
     fn init(&mut self, context: PluginContext) -> RResult<(), PluginError>;
 
     /// `process(batch)`: a JSON array of records in, a JSON array of records out.
+    ///
+    /// An empty vector (no bytes at all) stands for the empty batch `[]`, so that
+    /// returning no records costs no allocation. Hosts read it as `[]`; they always
+    /// send at least `[]`, and the SDK reads no bytes as `[]` too.
     fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
 
     /// `cleanup()`: the last call an instance receives.

@@ -275,6 +275,12 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
+/// Whether `bytes` are the empty batch: no bytes, or `[]` (the common spellings; any
+/// other is left to serde).
+fn is_empty_batch(bytes: &[u8]) -> bool {
+    matches!(bytes.trim_ascii(), b"" | b"[]")
+}
+
 struct Adapter<P> {
     plugin: P,
     context: Option<Context>,
@@ -313,17 +319,25 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
     fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
         guard("process", || {
             let context = initialized(&self.context, "process")?;
-            let records: Vec<P::Input> =
-                serde_json::from_slice(batch.as_slice()).map_err(|err| {
+            let input = batch.as_slice();
+            let records: Vec<P::Input> = if is_empty_batch(input) {
+                Vec::new()
+            } else {
+                serde_json::from_slice(input).map_err(|err| {
                     PluginError::new(
                         ErrorKind::INVALID_INPUT,
                         format!("batch is not a JSON array of this plugin's records: {err}"),
                     )
-                })?;
+                })?
+            };
             let output = self
                 .plugin
                 .process(context, records)
                 .map_err(Error::into_abi)?;
+            if output.is_empty() {
+                // No bytes stand for `[]`: the empty batch costs no allocation.
+                return Ok(RVec::new());
+            }
             let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2);
             serde_json::to_writer(&mut bytes, &output).map_err(|err| {
                 PluginError::new(
@@ -340,5 +354,19 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
             let context = initialized(&self.context, "cleanup")?;
             self.plugin.cleanup(context).map_err(Error::into_abi)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_empty_batch;
+
+    #[test]
+    fn empty_batches_are_recognised_without_parsing() {
+        assert!(is_empty_batch(b""));
+        assert!(is_empty_batch(b"[]"));
+        assert!(is_empty_batch(b" [] \n"));
+        assert!(!is_empty_batch(b"[1]"));
+        assert!(!is_empty_batch(b"{}"));
     }
 }

@@ -109,3 +109,20 @@ fn a_local_init_error_is_a_start_error() {
     });
     assert!(matches!(err, StartError::Init { .. }), "{err}");
 }
+
+#[test]
+fn empty_batches_come_back_as_empty_arrays() {
+    let (host, _dir) = host();
+    let mut worker = host.start(fixture("noop")).unwrap();
+    for input in ["[]", " [ ] "] {
+        let output = worker.process(&Batch::from_json(input)).unwrap();
+        assert_eq!((output.as_bytes(), output.len()), (&b"[]"[..], Some(0)));
+    }
+    let spec = example("data-processor");
+    let output = on_own_thread(move || {
+        let mut plugin = host.start_local(spec).unwrap();
+        plugin.process(&Batch::from_json("[]")).unwrap()
+    });
+    assert_eq!(output.as_bytes(), b"[]");
+    assert!(output.is_empty());
+}
