@@ -1814,144 +1814,128 @@ fn fifty_concurrent_clients_lose_and_corrupt_nothing() {
     );
 }
 
-/// The other side of [`the_cli_and_the_server_share_one_registry`]: a separate
-/// process working on the registry as the CLI does, while the server serves.
-#[test]
-#[ignore = "run as a child process by the_cli_and_the_server_share_one_registry"]
-fn registry_process_child() {
-    let Ok(home) = std::env::var("PLUGBAY_API_CHILD_HOME") else {
-        return;
-    };
-    let rounds: usize = std::env::var("PLUGBAY_API_CHILD_ROUNDS")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let host = plugbay_host::Host::new().with_data_dir(Path::new(&home).join("data"));
-    let mut registry = Registry::open(&home).unwrap();
-    let (mut registered, mut toggles) = (0, 0);
-    for round in 0..rounds {
-        let registration = plugbay_host::registry::Registration::from_path(
-            &example_manifest("dedup"),
-            Some(&library("dedup")),
-        )
-        .unwrap();
-        registry.register(&host, registration, "cli").unwrap();
-        registry.approve("dedup@1.0.0", "cli", None).unwrap();
-        registry.enable("dedup@1.0.0", "cli").unwrap();
-        registry.unregister("dedup@1.0.0", "cli").unwrap();
-        registered += 1;
-        if round % 2 == 0 {
-            registry.disable("redactor@1.0.0", "cli").unwrap();
-        } else {
-            registry.enable("redactor@1.0.0", "cli").unwrap();
-        }
-        toggles += 1;
-    }
-    registry.disable("redactor@1.0.0", "cli").unwrap();
-    println!("CHILD registered={registered} toggles={toggles}");
-}
-
 #[test]
 fn the_cli_and_the_server_share_one_registry() {
-    const ROUNDS: usize = 20;
+    const ROUNDS: usize = 10;
     let api = Api::start();
+    let plugbay = plugbay_tests::plugbay_bin();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(plugbay)
+            .arg("--home")
+            .arg(&api.home)
+            .args(args)
+            .env("USER", "cli-operator")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "plugbay {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    // A key created by the CLI works on the running server at once, with its scopes.
+    let token = cli(&[
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "plugins:read",
+        "plugins:execute",
+    ]);
+    let token = token.trim();
+    assert_eq!(
+        api.call(Method::GET, "/plugins", Some(token), None).status,
+        200
+    );
+    api.call(Method::PUT, "/plugins/x@1.0.0/enable", Some(token), None)
+        .assert_error(403, "forbidden");
+
     let dp = api.ready("data-processor");
     let redactor = api.ready("redactor");
-    // Warm up an instance the other process will disable under the server.
+    // Warm up an instance that the CLI will disable under the server.
     let reply = api.call(
         Method::POST,
         &format!("/plugins/{redactor}/process"),
-        Some(&api.keys.execute),
+        Some(token),
         Some(json!([{"a": "b@c.de"}])),
     );
     assert_eq!(reply.status, 200, "{reply:?}");
 
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "api::registry_process_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PLUGBAY_API_CHILD_HOME", &api.home)
-        .env("PLUGBAY_API_CHILD_ROUNDS", ROUNDS.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    // Meanwhile, over HTTP: register and unregister another plugin, process batches,
-    // list, until the other process is done.
+    let dedup_dir = example_manifest("dedup")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let dedup_library = library("dedup").display().to_string();
     let mut http_registered = 0;
     let mut processed = 0;
-    let mut child = Some(child);
-    let mut output = None;
-    while output.is_none() || http_registered < 3 {
-        let reply = api.call(
-            Method::POST,
-            "/plugins/register",
-            Some(&api.keys.write),
-            Some(seed_body("fixture-noop")),
-        );
-        assert_eq!(reply.status, 201, "{reply:?}");
-        let reply = api.call(
-            Method::DELETE,
-            "/plugins/noop@0.1.0",
-            Some(&api.keys.write),
-            None,
-        );
-        assert_eq!(reply.status, 200, "{reply:?}");
-        http_registered += 1;
-        let reply = api.call(
-            Method::POST,
-            &format!("/plugins/{dp}/process"),
-            Some(&api.keys.execute),
-            Some(json!([{"i": processed}])),
-        );
-        assert_eq!(reply.status, 200, "{reply:?}");
-        assert_eq!(reply.body[0]["i"], processed);
-        processed += 1;
-        let reply = api.call(Method::GET, "/plugins", Some(&api.keys.read), None);
-        assert_eq!(reply.status, 200, "{reply:?}");
-        if let Some(running) = child.as_mut() {
-            if running.try_wait().unwrap().is_some() {
-                output = Some(child.take().unwrap().wait_with_output().unwrap());
+    std::thread::scope(|scope| {
+        // The CLI, in separate processes: register, approve, enable and unregister a
+        // plugin, and toggle another, round after round.
+        let operator = scope.spawn(|| {
+            for round in 0..ROUNDS {
+                cli(&["register", &dedup_dir, "--library", &dedup_library]);
+                cli(&["review", "approve", "dedup@1.0.0"]);
+                cli(&["enable", "dedup@1.0.0"]);
+                cli(&["--json", "show", "dedup@1.0.0"]);
+                cli(&["unregister", "dedup@1.0.0"]);
+                let toggle = if round % 2 == 0 { "disable" } else { "enable" };
+                cli(&[toggle, "redactor@1.0.0"]);
             }
+            cli(&["disable", "redactor@1.0.0"]);
+        });
+        // Meanwhile, over HTTP: register and unregister another plugin, process
+        // batches and list, until the CLI is done.
+        while !operator.is_finished() || http_registered < 3 {
+            let reply = api.call(
+                Method::POST,
+                "/plugins/register",
+                Some(&api.keys.write),
+                Some(seed_body("fixture-noop")),
+            );
+            assert_eq!(reply.status, 201, "{reply:?}");
+            let reply = api.call(
+                Method::DELETE,
+                "/plugins/noop@0.1.0",
+                Some(&api.keys.write),
+                None,
+            );
+            assert_eq!(reply.status, 200, "{reply:?}");
+            http_registered += 1;
+            let reply = api.call(
+                Method::POST,
+                &format!("/plugins/{dp}/process"),
+                Some(token),
+                Some(json!([{"i": processed}])),
+            );
+            assert_eq!(reply.status, 200, "{reply:?}");
+            assert_eq!(reply.body[0]["i"], processed);
+            processed += 1;
+            let reply = api.call(Method::GET, "/plugins", Some(token), None);
+            assert_eq!(reply.status, 200, "{reply:?}");
         }
-    }
-    let output = output.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("CHILD registered={ROUNDS} toggles={ROUNDS}")),
-        "{stdout}"
-    );
+        operator.join().unwrap();
+    });
 
-    // The server sees what the other process did, at once.
+    // The server sees what the CLI did, at once.
     let shown = api.call(
         Method::GET,
         &format!("/plugins/{redactor}"),
-        Some(&api.keys.read),
+        Some(token),
         None,
     );
     assert_eq!(shown.body["enabled"], false);
-    api.call(
-        Method::GET,
-        "/plugins/dedup@1.0.0",
-        Some(&api.keys.read),
-        None,
-    )
-    .assert_error(404, "not_found");
-    // A plugin disabled by another process stops here too: its instance is drained.
+    api.call(Method::GET, "/plugins/dedup@1.0.0", Some(token), None)
+        .assert_error(404, "not_found");
+    // A plugin disabled by the CLI stops here too: its instance is drained.
     let reply = api.call(
         Method::POST,
         &format!("/plugins/{redactor}/process"),
-        Some(&api.keys.execute),
+        Some(token),
         Some(json!([])),
     );
     reply.assert_error(409, "disabled");
@@ -1959,6 +1943,12 @@ fn the_cli_and_the_server_share_one_registry() {
     assert_eq!(
         health.body["instances"], 1,
         "only data-processor still runs: {health:?}"
+    );
+    // And the CLI sees what the server did.
+    let listed: Value = serde_json::from_str(&cli(&["--json", "list"])).unwrap();
+    assert!(
+        listed.to_string().contains("data-processor@1.0.0"),
+        "{listed}"
     );
 
     let registry = api.registry();
@@ -1974,16 +1964,24 @@ fn the_cli_and_the_server_share_one_registry() {
             })
             .count()
     };
-    assert_eq!(count("cli", "register", "dedup@1.0.0"), ROUNDS);
-    assert_eq!(count("cli", "unregister", "dedup@1.0.0"), ROUNDS);
+    assert_eq!(count("cli-operator", "register", "dedup@1.0.0"), ROUNDS);
+    assert_eq!(count("cli-operator", "approve", "dedup@1.0.0"), ROUNDS);
+    assert_eq!(count("cli-operator", "enable", "dedup@1.0.0"), ROUNDS);
+    assert_eq!(count("cli-operator", "unregister", "dedup@1.0.0"), ROUNDS);
     assert_eq!(
-        count("cli", "disable", &redactor) + count("cli", "enable", &redactor),
+        count("cli-operator", "disable", &redactor) + count("cli-operator", "enable", &redactor),
         ROUNDS + 1
     );
     assert_eq!(count("writer", "register", "noop@0.1.0"), http_registered);
     assert_eq!(count("writer", "unregister", "noop@0.1.0"), http_registered);
     let ids: Vec<String> = registry.list().unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(ids, ["data-processor@1.0.0", "redactor@1.0.0"]);
+
+    // A key revoked by the CLI is refused by the running server at once.
+    cli(&["keys", "revoke", "ci"]);
+    let reply = api.call(Method::GET, "/plugins", Some(token), None);
+    reply.assert_error(401, "unauthorized");
+    assert!(reply.message().contains("revoked"), "{reply:?}");
 }
 
 // ---------------------------------------------------------------------------------
