@@ -23,7 +23,12 @@ pub struct Batch {
 
 enum Bytes {
     Host(Vec<u8>),
-    Plugin(RVec<u8>),
+    /// A plugin's buffer, of which the first `json` bytes are the batch (the rest is
+    /// the SDK's mark, if any).
+    Plugin {
+        bytes: RVec<u8>,
+        json: usize,
+    },
 }
 
 impl Batch {
@@ -63,9 +68,19 @@ impl Batch {
                 records: Some(0),
             };
         }
+        let json = bytes.len();
         Batch {
-            bytes: Some(Arc::new(Bytes::Plugin(bytes))),
+            bytes: Some(Arc::new(Bytes::Plugin { bytes, json })),
             records,
+        }
+    }
+
+    /// A plugin's output whose first `json` bytes are a JSON array of `records`
+    /// records (the SDK's mark follows them).
+    pub(crate) fn from_marked_plugin(bytes: RVec<u8>, json: usize, records: usize) -> Batch {
+        Batch {
+            bytes: Some(Arc::new(Bytes::Plugin { bytes, json })),
+            records: Some(records),
         }
     }
 
@@ -74,7 +89,7 @@ impl Batch {
         match self.bytes.as_deref() {
             None => b"[]",
             Some(Bytes::Host(bytes)) => bytes,
-            Some(Bytes::Plugin(bytes)) => bytes.as_slice(),
+            Some(Bytes::Plugin { bytes, json }) => &bytes.as_slice()[..*json],
         }
     }
 

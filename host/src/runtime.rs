@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use plugbay_api::abi::{ErrorKind, HostServices_TO, PluginBox, PluginContext, PluginError};
+use plugbay_api::abi::{mark, ErrorKind, HostServices_TO, PluginBox, PluginContext, PluginError};
 use plugbay_api::manifest::{Hook, Manifest, Permission};
 use serde::Serialize;
 
@@ -117,8 +117,10 @@ impl Host {
     }
 
     /// Whether the host checks that each batch a plugin returns is one JSON array
-    /// (on by default; it also counts the records). Turn it off only for plugins
-    /// built with the SDK, whose output serde writes.
+    /// (on by default; it also counts the records). Batches written by the SDK carry
+    /// a mark with their record count (see `plugbay_api::abi::mark`) and are never
+    /// parsed again; this setting is about plugins that write their own bytes. Turn
+    /// it off only for plugins you trust to write valid JSON arrays.
     pub fn with_output_check(mut self, check: bool) -> Host {
         self.check_output = check;
         self
@@ -986,11 +988,53 @@ pub(crate) fn process_here(
 fn check_output(bytes: RVec<u8>, check: bool) -> Result<Batch, Outcome> {
     // No bytes at all are the empty batch (the SDK's way to return it without an
     // allocation); `Batch::from_plugin` reads them as `[]`.
-    if !check || bytes.is_empty() {
+    if bytes.is_empty() {
+        return Ok(Batch::from_plugin(bytes, Some(0)));
+    }
+    // A batch the SDK wrote carries its record count in a mark, and cannot fail the
+    // check (serde wrote it): only make sure it is bracketed like an array.
+    if let Some((json, records)) = mark::read(bytes.as_slice()) {
+        let array = bytes.as_slice()[..json].trim_ascii();
+        if array.starts_with(b"[") && array.ends_with(b"]") {
+            return Ok(Batch::from_marked_plugin(bytes, json, records));
+        }
+    }
+    if !check {
         return Ok(Batch::from_plugin(bytes, None));
     }
     match count_array(bytes.as_slice()) {
         Ok(records) => Ok(Batch::from_plugin(bytes, Some(records))),
         Err(reason) => Err(Outcome::InvalidOutput(reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(bytes: &[u8]) -> Result<Batch, Outcome> {
+        check_output(RVec::from(bytes.to_vec()), true)
+    }
+
+    #[test]
+    fn marked_output_is_counted_from_its_mark_and_stripped() {
+        let mut bytes = br#"[{"a":1},{"a":2}]"#.to_vec();
+        mark::append(&mut bytes, 2);
+        let batch = output(&bytes).ok().unwrap();
+        assert_eq!(batch.as_bytes(), br#"[{"a":1},{"a":2}]"#);
+        assert_eq!(batch.len(), Some(2));
+    }
+
+    #[test]
+    fn unmarked_output_is_checked_in_full() {
+        assert_eq!(output(b"[1, 2, 3]").ok().unwrap().len(), Some(3));
+        assert!(matches!(output(b"[1,"), Err(Outcome::InvalidOutput(_))));
+        let mut not_an_array = b"{}".to_vec();
+        mark::append(&mut not_an_array, 0);
+        assert!(matches!(
+            output(&not_an_array),
+            Err(Outcome::InvalidOutput(_))
+        ));
+        assert_eq!(output(b"").ok().unwrap().as_bytes(), b"[]");
     }
 }

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::abi::{
-    ErrorKind, HostServicesBox, LogLevel, PluginBox, PluginContext, PluginError, PluginInstance,
-    PluginInstance_TO, PluginMod, PluginModRef, API_VERSION,
+    mark, ErrorKind, HostServicesBox, LogLevel, PluginBox, PluginContext, PluginError,
+    PluginInstance, PluginInstance_TO, PluginMod, PluginModRef, API_VERSION,
 };
 
 /// A plugin: what `#[plugbay::plugin]` turns into an exported library.
@@ -338,13 +338,16 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
                 // No bytes stand for `[]`: the empty batch costs no allocation.
                 return Ok(RVec::new());
             }
-            let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2);
+            let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2 + mark::LEN);
             serde_json::to_writer(&mut bytes, &output).map_err(|err| {
                 PluginError::new(
                     ErrorKind::INVALID_OUTPUT,
                     format!("output records could not be written as JSON: {err}"),
                 )
             })?;
+            // serde wrote one JSON array of `output.len()` records: say so, so that the
+            // host need not check it again.
+            mark::append(&mut bytes, output.len());
             Ok(RVec::from(bytes))
         })
     }
