@@ -712,6 +712,84 @@ fn a_plugin_json_beside_the_library_is_its_manifest_and_folder() {
 }
 
 #[test]
+fn instances_are_reused_restarted_after_failure_and_rechecked_when_the_library_changes() {
+    let api = Api::start();
+    let process = |id: &str, body: Value| {
+        api.call(
+            Method::POST,
+            &format!("/plugins/{id}/process"),
+            Some(&api.keys.execute),
+            Some(body),
+        )
+    };
+    // dedup remembers across batches: the second batch meets the same instance.
+    let dedup = api.ready("dedup");
+    assert_eq!(
+        process(&dedup, json!([{"id": 1}, {"id": 2}])).body,
+        json!([{"id": 1}, {"id": 2}])
+    );
+    assert_eq!(
+        process(&dedup, json!([{"id": 2}, {"id": 3}])).body,
+        json!([{"id": 3}])
+    );
+    // New config: a fresh instance, with an empty memory.
+    configure(&api, &dedup, json!({"key": "id"}));
+    assert_eq!(
+        process(&dedup, json!([{"id": 2, "x": 1}])).body,
+        json!([{"id": 2, "x": 1}])
+    );
+
+    // A panic fails the instance; the next batch gets a fresh one, which panics anew
+    // (rather than being refused as failed earlier).
+    let faulty = api.ready("fixture-faulty");
+    configure(&api, &faulty, json!({"panic": "process"}));
+    for _ in 0..2 {
+        let reply = process(&faulty, json!([1]));
+        reply.assert_error(500, "plugin_panicked");
+        assert!(
+            reply.message().contains("deliberate panic in process"),
+            "{reply:?}"
+        );
+    }
+    configure(&api, &faulty, json!({}));
+    assert_eq!(process(&faulty, json!([1, 2])).body, json!([1, 2]));
+
+    // The library swapped on disk under a running instance: the hash is checked again.
+    let library = plugin_copy(api.dir.path(), "redactor");
+    let mut body = seed_body("redactor");
+    body["entry_point"] = json!(library.display().to_string());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(body),
+    );
+    let redactor = reply.body["id"].as_str().unwrap().to_owned();
+    api.call(
+        Method::POST,
+        &format!("/plugins/{redactor}/review"),
+        Some(&api.keys.review),
+        Some(json!({"decision": "approve"})),
+    );
+    api.call(
+        Method::PUT,
+        &format!("/plugins/{redactor}/enable"),
+        Some(&api.keys.write),
+        None,
+    );
+    assert_eq!(process(&redactor, json!([{"a": "x@y.io"}])).status, 200);
+    let next = library.with_extension("so.new");
+    std::fs::copy(plugbay_tests::library("dedup"), &next).unwrap();
+    std::fs::rename(&next, &library).unwrap();
+    let reply = process(&redactor, json!([{"a": "x@y.io"}]));
+    reply.assert_error(409, "library_changed");
+    assert!(
+        reply.message().contains("changed since review"),
+        "{reply:?}"
+    );
+}
+
+#[test]
 fn registration_checks_the_body_against_the_plugin() {
     let api = Api::start();
     let register = |body: Value| {
@@ -1807,9 +1885,8 @@ fn fifty_concurrent_clients_lose_and_corrupt_nothing() {
     assert_eq!(count("register", "dedup@1.0.0"), 1);
     assert_eq!(count("enable", &redactor), 1 + tally.get("enable 200"));
     assert_eq!(count("disable", &redactor), tally.get("disable 200"));
-    assert_eq!(
+    assert!(
         registry.get(&redactor).unwrap().enabled,
-        true,
         "the last toggle enabled it"
     );
 }
