@@ -88,7 +88,7 @@ pub(crate) async fn register_plugin(
 /// The body's name, version and permissions must agree with it.
 fn registration(host: &Host, body: RegisterBody) -> Result<Registration, ApiError> {
     let library = entry_point_path(&body.entry_point)?;
-    let version = semver::Version::parse(body.version.trim()).map_err(|err| {
+    let version = semver::Version::parse(&body.version).map_err(|err| {
         ApiError::field(
             "version",
             format!(

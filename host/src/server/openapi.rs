@@ -8,6 +8,15 @@ use super::routes::{Access, Operation, ROUTES};
 use crate::manifest::{FIELDS, HOOKS};
 use crate::registry::SCOPES;
 
+/// Semantic versions, as the semver crate (and semver.org) reads them.
+const SEMVER: &str = r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\+([0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*))?";
+
+/// Plugin names.
+const NAME: &str = "[a-z0-9-]+";
+
+/// Permissions, as the manifest validator reads them.
+const PERMISSION: &str = r"^(process:data|read:data|write:data|fs:(read|write):(/|\$\{plugin_dir\}|\$\{data_dir\})([^$]|\$(?!\{)|\$\{plugin_dir\}|\$\{data_dir\})*|net:(connect|bind):\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))$";
+
 fn schema(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
@@ -24,7 +33,7 @@ struct Doc {
     success: Value,
 }
 
-fn doc(operation: Operation) -> Doc {
+fn doc_of(operation: Operation) -> Doc {
     match operation {
         Operation::Health => Doc {
             operation_id: "health",
@@ -103,7 +112,7 @@ fn doc(operation: Operation) -> Doc {
 pub(crate) fn document() -> Value {
     let mut paths = Map::new();
     for route in ROUTES {
-        let doc = doc(route.operation);
+        let doc = doc_of(route.operation);
         let mut responses = Map::new();
         for &(status, description) in route.operation.responses() {
             let content = if (200..300).contains(&status) {
@@ -116,6 +125,15 @@ pub(crate) fn document() -> Value {
                 response["headers"] = json!({
                     "Location": { "description": "the plugin's path", "schema": { "type": "string" } }
                 });
+                let mut links = Map::new();
+                for other in ROUTES.iter().filter(|other| other.path.contains("{id}")) {
+                    let target = doc_of(other.operation).operation_id;
+                    links.insert(
+                        format!("{}{}", target[..1].to_uppercase(), &target[1..]),
+                        json!({ "operationId": target, "parameters": { "id": "$response.body#/id" } }),
+                    );
+                }
+                response["links"] = Value::Object(links);
             }
             if status == 401 || status == 403 {
                 response["headers"] = json!({
@@ -149,7 +167,7 @@ pub(crate) fn document() -> Value {
                 "in": "path",
                 "required": true,
                 "description": "the plugin's id, `name@version`",
-                "schema": { "type": "string" },
+                "schema": { "type": "string", "pattern": format!("^{NAME}@{SEMVER}$") },
                 "example": "data-processor@1.0.0",
             }]);
         }
@@ -193,8 +211,8 @@ fn schemas() -> Value {
     let mut manifest_properties = Map::new();
     for field in FIELDS {
         let property = match *field {
-            "name" => json!({ "type": "string", "pattern": "^[a-z0-9-]+$" }),
-            "version" => json!({ "type": "string", "description": "semver" }),
+            "name" => json!({ "type": "string", "pattern": format!("^{NAME}$") }),
+            "version" => json!({ "type": "string", "pattern": format!("^{SEMVER}$") }),
             "hooks" => json!({ "type": "array", "items": { "type": "string", "enum": HOOKS } }),
             "permissions" => json!({ "type": "array", "items": schema("Permission") }),
             "api_version" => {
@@ -239,7 +257,7 @@ fn schemas() -> Value {
         "Permission": {
             "type": "string",
             "description": "`process:data`, `read:data`, `write:data`, `fs:read:PATH`, `fs:write:PATH`, `net:connect:PORT` or `net:bind:PORT`",
-            "pattern": "^(process:data|read:data|write:data|fs:(read|write):.+|net:(connect|bind):[0-9]+)$",
+            "pattern": PERMISSION,
         },
         "Manifest": {
             "type": "object",
@@ -288,11 +306,11 @@ fn schemas() -> Value {
             "required": ["name", "version", "entry_point", "permissions"],
             "additionalProperties": false,
             "properties": {
-                "name": { "type": "string", "description": "must be the manifest's" },
-                "version": { "type": "string", "description": "must be the manifest's" },
-                "description": { "type": "string", "description": "replaces the manifest's when given" },
-                "entry_point": { "type": "string", "description": "the library: an absolute path on the server's machine or a file:// URL; remote URLs are refused" },
-                "permissions": { "type": "array", "items": schema("Permission"), "description": "must be exactly what the manifest requests" },
+                "name": { "type": "string", "pattern": format!("^{NAME}$"), "description": "must be the manifest's" },
+                "version": { "type": "string", "pattern": format!("^{SEMVER}$"), "description": "must be the manifest's" },
+                "description": { "type": "string", "pattern": "\\S", "description": "replaces the manifest's when given; not blank" },
+                "entry_point": { "type": "string", "description": "the library: an absolute path on the server's machine or a file:// URL (file:///PATH, file://localhost/PATH); remote URLs are refused" },
+                "permissions": { "type": "array", "items": schema("Permission"), "description": "must be exactly what the manifest requests (in any order)" },
             },
             "example": {
                 "name": "data-processor",
@@ -303,14 +321,28 @@ fn schemas() -> Value {
             },
         },
         "ReviewRequest": {
-            "type": "object",
-            "required": ["decision"],
-            "additionalProperties": false,
-            "properties": {
-                "decision": { "type": "string", "enum": ["approve", "reject"] },
-                "permissions": { "type": "array", "items": schema("Permission"), "description": "approve only: what to grant (every requested permission if left out)" },
-                "reason": { "type": "string", "description": "reject only, and required there" },
-            },
+            "oneOf": [
+                {
+                    "type": "object",
+                    "title": "approve",
+                    "required": ["decision"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "decision": { "type": "string", "enum": ["approve"] },
+                        "permissions": { "type": "array", "items": schema("Permission"), "description": "what to grant, each requested by the manifest (every requested permission if left out)" },
+                    },
+                },
+                {
+                    "type": "object",
+                    "title": "reject",
+                    "required": ["decision", "reason"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "decision": { "type": "string", "enum": ["reject"] },
+                        "reason": { "type": "string", "pattern": "\\S", "description": "why; not blank" },
+                    },
+                },
+            ],
         },
     })
 }
