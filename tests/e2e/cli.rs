@@ -737,7 +737,7 @@ fn run_chains_registered_plugins_and_libraries() {
     assert_eq!(records[1]["processed"], true);
     let summary = String::from_utf8(output.stderr).unwrap();
     assert!(
-        summary.contains(": 3 in, 2 out, 1 batches\n"),
+        summary.contains(": 3 in, 2 out, 1 batch\n"),
         "the summary is on stderr: {summary}"
     );
     for plugin in ["redactor@1.0.0", "dedup@1.0.0", "data-processor@1.0.0"] {

@@ -276,6 +276,15 @@ pub fn thousands(number: u64) -> String {
     text
 }
 
+/// `1 record`, `2,000 records`.
+pub fn counted(number: u64, one: &str, many: &str) -> String {
+    format!(
+        "{} {}",
+        thousands(number),
+        if number == 1 { one } else { many }
+    )
+}
+
 /// A duration as people read it: `850 µs`, `12.3 ms`, `1.52 s`.
 pub fn human_duration(duration: std::time::Duration) -> String {
     let seconds = duration.as_secs_f64();

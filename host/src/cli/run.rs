@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::input::{self, InputError, Progress, Source};
 use super::table::Table;
-use super::{human_duration, permission_list, thousands, Context};
+use super::{counted, human_duration, permission_list, thousands, Context};
 
 /// Run records through plugins.
 #[derive(Debug, clap::Args)]
@@ -515,13 +515,13 @@ fn print_summary(summary: &Summary, json: bool, output_is_file: bool) -> Result<
     let mut err = io::stderr().lock();
     writeln!(
         err,
-        "processed {} records in {} ({} records/s): {} in, {} out, {} batches",
-        thousands(summary.records_in),
+        "processed {} in {} ({} records/s): {} in, {} out, {}",
+        counted(summary.records_in, "record", "records"),
         human_duration(Duration::from_secs_f64(summary.seconds)),
         thousands(summary.records_per_second.round() as u64),
         thousands(summary.records_in),
         thousands(summary.records_out),
-        thousands(summary.batches),
+        counted(summary.batches, "batch", "batches"),
     )?;
     let mut table = Table::new(&[
         "PLUGIN",
