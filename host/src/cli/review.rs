@@ -15,7 +15,8 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   plugbay review approve data-processor@1.0.0
-  plugbay review approve enricher@1.0.0 --grant process:data --grant 'fs:read:${plugin_dir}/lookup.json'
+  plugbay review approve enricher@1.0.0 --grant process:data
+  plugbay review approve x@1.0.0 --grant process:data --grant 'fs:read:${plugin_dir}/x.json'
 
 Without `--grant`, every requested permission is granted. A grant the manifest does not
 request is an error. The approval records the reviewer, the time and the library's
