@@ -225,6 +225,20 @@ fn run_stage(
     from: Receiver<(u64, Batch)>,
     to: Sender<(u64, Batch)>,
 ) -> Option<PipelineError> {
+    // The queues hide a stage's wait for its plugin; spinning would only take a core
+    // from the stages that are working.
+    handle.set_spin(false);
+    let result = stage_loop(stage, handle, from, to);
+    handle.set_spin(true);
+    result
+}
+
+fn stage_loop(
+    stage: usize,
+    handle: &mut PluginHandle,
+    from: Receiver<(u64, Batch)>,
+    to: Sender<(u64, Batch)>,
+) -> Option<PipelineError> {
     for (index, batch) in from.iter() {
         match handle.process(&batch) {
             Ok(output) => {

@@ -77,8 +77,55 @@ fn data_processor(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Ratios from interleaved runs, robust to load that comes and goes.
+    let mut rows = Vec::new();
+    for n in SIZES {
+        let batch = records(n);
+        let time_baseline = || {
+            let started = Instant::now();
+            black_box(baseline(&batch));
+            started.elapsed()
+        };
+        let mut time_plugin = || {
+            let started = Instant::now();
+            black_box(plugin.process(&batch).expect("it processes"));
+            started.elapsed()
+        };
+        let worker = common::paired_ratio(common::paired_budget(), time_baseline, &mut time_plugin);
+        let local_batch = batch.clone();
+        let time_local = || {
+            let batch = local_batch.clone();
+            local.run(move |plugins| {
+                let started = Instant::now();
+                black_box(plugins[0].process(&batch).expect("it processes"));
+                started.elapsed()
+            })
+        };
+        let local = common::paired_ratio(common::paired_budget(), time_baseline, time_local);
+        let cell =
+            |(median, low, high): (f64, f64, f64)| format!("{median:.3} (IQR {low:.3}–{high:.3})");
+        rows.push(vec![
+            n.to_string(),
+            cell(worker),
+            cell(local),
+            if n >= 1_000 {
+                format!("≥ 0.9: {}", if worker.0 >= 0.9 { "met" } else { "missed" })
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    *PAIRED.lock().expect("the paired results") = rows;
     plugin.shutdown().expect("data-processor shuts down");
 }
+
+/// Rows of the paired comparison, for the summary.
+static PAIRED: std::sync::Mutex<Vec<Vec<String>>> = std::sync::Mutex::new(Vec::new());
+/// The median time of each pipeline stage on one batch, in seconds.
+static STAGE_COSTS: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+/// The paired pipeline speed-up (median, quartiles).
+static PAIRED_PIPELINE: std::sync::Mutex<Option<(f64, f64, f64)>> = std::sync::Mutex::new(None);
 
 fn stages() -> Vec<plugbay_host::PluginSpec> {
     vec![
@@ -118,10 +165,6 @@ fn pipeline(c: &mut Criterion) {
             assert_eq!(report.batches, PIPELINE_BATCHES as u64);
         })
     });
-    for stage in pipeline.into_stages() {
-        stage.shutdown().expect("the stage shuts down");
-    }
-
     let local = LocalThread::start(host.clone(), stages());
     group.bench_function("sequential", |b| {
         b.iter_custom(|iters| {
@@ -142,9 +185,117 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    let time_sequential = || {
+        let batches = batches.clone();
+        local.run(move |plugins| {
+            let started = Instant::now();
+            for batch in &batches {
+                let mut batch = batch.clone();
+                for plugin in plugins.iter_mut() {
+                    batch = plugin.process(&batch).expect("the stage processes");
+                }
+                black_box(batch);
+            }
+            started.elapsed()
+        })
+    };
+    let time_pipelined = || {
+        let input = batches.clone().into_iter().map(Ok::<Batch, IoError>);
+        let started = Instant::now();
+        pipeline
+            .run(input, |batch| {
+                black_box(batch);
+                Ok(())
+            })
+            .expect("the pipeline runs");
+        started.elapsed()
+    };
+    // What each stage costs alone, on one thread: the pipeline can be no faster than
+    // its slowest stage, nor than the whole work spread over the cores.
+    let costs: Vec<f64> = local.run({
+        let batches = batches.clone();
+        move |plugins| {
+            let mut costs = vec![Vec::new(); plugins.len()];
+            for _ in 0..3 {
+                for batch in &batches {
+                    let mut batch = batch.clone();
+                    for (stage, plugin) in plugins.iter_mut().enumerate() {
+                        let started = Instant::now();
+                        batch = plugin.process(&batch).expect("the stage processes");
+                        costs[stage].push(started.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            costs
+                .into_iter()
+                .map(|mut times| {
+                    times.sort_by(f64::total_cmp);
+                    times[times.len() / 2]
+                })
+                .collect()
+        }
+    });
+    *STAGE_COSTS.lock().expect("the stage costs") = costs;
+    *PAIRED_PIPELINE.lock().expect("the paired results") = Some(common::paired_ratio(
+        common::paired_budget() * 2,
+        time_sequential,
+        time_pipelined,
+    ));
+    for stage in pipeline.into_stages() {
+        stage.shutdown().expect("the stage shuts down");
+    }
 }
 
 fn summary() {
+    print_table(
+        "data-processor, paired runs: records/s of the plugin / records/s of the in-host baseline",
+        &[
+            "records/batch",
+            "plugin (worker)",
+            "plugin (local)",
+            "target",
+        ],
+        &PAIRED.lock().expect("the paired results"),
+    );
+    let costs = STAGE_COSTS.lock().expect("the stage costs").clone();
+    if !costs.is_empty() {
+        let total: f64 = costs.iter().sum();
+        let slowest = costs.iter().copied().fold(0.0, f64::max);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut rows: Vec<Vec<String>> = ["redactor", "enricher", "data-processor"]
+            .iter()
+            .zip(&costs)
+            .map(|(name, cost)| {
+                vec![
+                    (*name).to_owned(),
+                    time(cost * 1e9),
+                    format!("{:.0} %", cost / total * 100.0),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            "ideal pipeline speed-up: total / max(slowest, total / cores)".to_owned(),
+            format!("{:.2}", total / slowest.max(total / cores)),
+            String::new(),
+        ]);
+        print_table(
+            &format!("Pipeline stages alone, one batch of {PIPELINE_BATCH} records each"),
+            &["stage", "median", "share"],
+            &rows,
+        );
+    }
+    if let Some((median, low, high)) = *PAIRED_PIPELINE.lock().expect("the paired results") {
+        print_table(
+            "Pipeline, paired runs: time of the sequential run / time of the pipeline",
+            &["speed-up", "IQR", "target"],
+            &[vec![
+                format!("{median:.2}"),
+                format!("{low:.2}–{high:.2}"),
+                format!("≥ 1.5: {}", if median >= 1.5 { "met" } else { "missed" }),
+            ]],
+        );
+    }
     let mut rows = Vec::new();
     for n in SIZES {
         let parameter = n.to_string();

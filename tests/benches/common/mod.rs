@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use plugbay_host::local::LocalPlugin;
@@ -231,4 +231,35 @@ pub fn machine() -> String {
         .map(|text| text.trim().to_owned())
         .unwrap_or_else(|_| "unknown kernel".to_owned());
     format!("{cpu}, {cores} cores, Linux {kernel}")
+}
+
+/// A paired comparison on a noisy machine: runs `first` and `second` alternately
+/// (each timed by the closure itself) for about `budget`, and returns the median of
+/// the ratios `first / second` of each pair, with the quartiles of those ratios.
+/// Load that comes and goes hits both sides of a pair alike, which separate
+/// criterion runs minutes apart cannot promise.
+pub fn paired_ratio(
+    budget: Duration,
+    mut first: impl FnMut() -> Duration,
+    mut second: impl FnMut() -> Duration,
+) -> (f64, f64, f64) {
+    let started = Instant::now();
+    let mut ratios = Vec::new();
+    while ratios.len() < 5 || (started.elapsed() < budget && ratios.len() < 100_000) {
+        let a = first().as_secs_f64();
+        let b = second().as_secs_f64();
+        ratios.push(a / b);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.25), at(0.75))
+}
+
+/// The budget of a paired comparison: seconds, or a fraction in quick mode.
+pub fn paired_budget() -> Duration {
+    if quick() {
+        Duration::from_millis(1500)
+    } else {
+        Duration::from_secs(5)
+    }
 }
