@@ -187,7 +187,7 @@ pub(crate) fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The registry of `plugbay serve`: register, review, enable, run and unregister native plugins. Every route but `/health` needs `Authorization: Bearer KEY` with a key from `plugbay keys create`; scopes: `plugins:read`, `plugins:write`, `plugins:review`, `plugins:execute`. Every error is a JSON body `{\"error\": {\"code\", \"message\", \"field\"?}}`: an unknown path is 404 `route_not_found`, a known path with another method is 405 `method_not_allowed` (with `Allow`). `HEAD` is answered wherever `GET` is.",
         },
-        "servers": [{ "url": "http://127.0.0.1:7070" }],
+        "servers": [{ "url": "/", "description": "the server that serves this document (127.0.0.1:7070 by default)" }],
         "paths": paths,
         "components": {
             "securitySchemes": {
