@@ -10,6 +10,8 @@
 //! 3. Cold start: [`Host::start`] of `data-processor` from libraries this process
 //!    has never opened (fresh copies of the `.so`), so each start maps the library
 //!    and runs abi_stable's full layout check. Target: ≤ 5 ms.
+//! 4. The platform's floor for a hand-off between threads, without Plugbay: what
+//!    waking a parked thread costs on this machine.
 //!
 //! `PLUGBAY_BENCH_QUICK=1` measures fewer cold starts.
 //!
@@ -225,6 +227,56 @@ fn cold_starts() {
     );
 }
 
+/// The platform's floor for a hand-off: a thread asks another to work for `w` and
+/// waits for the answer on a `std` channel (park and wake, like any blocking
+/// channel). The time beyond `w` is the cost of the two hand-offs; once `w` outlasts
+/// the waiter's short spin, it includes waking a parked thread.
+fn wake_ups() {
+    use std::sync::mpsc::sync_channel;
+    let (to_worker, work) = sync_channel::<Duration>(1);
+    let (done, from_worker) = sync_channel::<()>(1);
+    let worker = std::thread::spawn(move || {
+        for busy in work {
+            let started = Instant::now();
+            while started.elapsed() < busy {
+                std::hint::spin_loop();
+            }
+            if done.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let budget = if common::quick() { 0.3 } else { 1.0 };
+    let mut rows = Vec::new();
+    for micros in [0u64, 1, 5, 20, 100, 1_000] {
+        let busy = Duration::from_micros(micros);
+        let rounds = ((budget * 1e6) / (micros as f64 + 5.0)).clamp(50.0, 50_000.0) as usize;
+        let mut overheads: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let started = Instant::now();
+                to_worker.send(busy).expect("the worker runs");
+                from_worker.recv().expect("the worker answers");
+                (started.elapsed() - busy).as_nanos() as f64
+            })
+            .collect();
+        overheads.sort_by(f64::total_cmp);
+        let at = |q: f64| overheads[((overheads.len() - 1) as f64 * q) as usize];
+        rows.push(vec![
+            format!("{micros} µs"),
+            time(at(0.1)),
+            time(at(0.5)),
+            time(at(0.9)),
+        ]);
+    }
+    drop(to_worker);
+    let _ = worker.join();
+    print_table(
+        "Platform floor: a request and its reply between two threads, beyond the work itself",
+        &["work per request", "p10", "median", "p90"],
+        &rows,
+    );
+}
+
 fn verdict(ns: f64) -> String {
     if ns <= 5e6 { "met" } else { "missed" }.to_owned()
 }
@@ -250,4 +302,5 @@ fn main() {
     plugbay_tests::plugins_dir();
     memory_and_idle();
     cold_starts();
+    wake_ups();
 }
