@@ -155,7 +155,7 @@ pub mod mark {
             json[20] = b' ';
             json[last] = b'x';
             assert_eq!(super::read(&json), None);
-            assert_eq!(super::read(&vec![b' '; super::LEN + 3]), None);
+            assert_eq!(super::read(&[b' '; super::LEN + 3]), None);
         }
     }
 }
