@@ -1236,3 +1236,72 @@ fn a_large_input_streams_in_bounded_memory() {
          a hundredth of it: the input was not streamed"
     );
 }
+
+/// `plugbay serve` answers the seed's example registration request (with a local
+/// entry point) and stops cleanly on SIGTERM.
+#[test]
+fn serve_answers_the_seeds_registration_request() {
+    use std::io::{BufRead, BufReader};
+
+    let plugbay = Plugbay::new();
+    let folder = plugbay.plugin("data-processor");
+    let token = plugbay.ok(&[
+        "keys",
+        "create",
+        "--name",
+        "ops",
+        "--scope",
+        "plugins:read",
+        "plugins:write",
+    ]);
+    let mut server = plugbay
+        .command(&["--json", "serve", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let listening: Value = serde_json::from_str(&first_line).unwrap();
+    let url = listening["listening"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let client = reqwest::blocking::Client::new();
+    let health = client.get(format!("{url}/health")).send().unwrap();
+    assert_eq!(health.status(), 200);
+    let body = serde_json::json!({
+        "name": "data-processor",
+        "version": "1.0.0",
+        "description": "Marks each record as processed, with a timestamp",
+        "entry_point": plugbay.lib_of(&folder, "data-processor"),
+        "permissions": ["process:data"],
+    });
+    let response = client
+        .post(format!("{url}/plugins/register"))
+        .bearer_auth(token.trim())
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let entry: Value = response.json().unwrap();
+    assert_eq!(entry["id"], "data-processor@1.0.0");
+    let listed = plugbay.json(&["list"]);
+    assert_eq!(
+        listed[0]["id"], "data-processor@1.0.0",
+        "the CLI sees what the server registered"
+    );
+
+    let denied = client.get(format!("{url}/plugins")).send().unwrap();
+    assert_eq!(denied.status(), 401);
+
+    let pid = server.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = server.wait().unwrap();
+    assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
+}

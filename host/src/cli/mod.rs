@@ -15,6 +15,7 @@ mod list;
 mod register;
 mod review;
 mod run;
+mod serve;
 mod show;
 mod table;
 mod unregister;
@@ -105,6 +106,8 @@ pub enum Command {
     /// Manage the API keys of `plugbay serve`
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Serve the registry as a REST API guarded by scoped API keys
+    Serve(serve::Args),
 }
 
 impl Cli {
@@ -123,6 +126,7 @@ impl Cli {
             Command::Run(args) => run::exec(args, &context),
             Command::Demo(args) => demo::exec(args, &context),
             Command::Keys(command) => keys::exec(command, &context),
+            Command::Serve(args) => serve::exec(args, &context),
         }
     }
 }

@@ -1,0 +1,65 @@
+//! `plugbay serve`
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use plugbay_host::server::{ServeOptions, Server, DEFAULT_ADDR, DEFAULT_BODY_LIMIT};
+
+use super::Context;
+
+/// Serve the registry over HTTP.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  plugbay keys create --name ops --scope plugins:read --scope plugins:write
+  plugbay serve
+  plugbay serve --addr 127.0.0.1:8080 --request-timeout 30s
+  curl -H \"Authorization: Bearer $KEY\" http://127.0.0.1:7070/plugins
+
+Every route but /health needs `Authorization: Bearer KEY`; /openapi.json describes
+them. SIGINT or SIGTERM stops the server after the requests in flight, and cleans up
+the running plugins.")]
+pub struct Args {
+    /// The address to listen on (loopback by default)
+    #[arg(long, default_value_t = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    /// The largest request body, in bytes
+    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// The longest a request may take, e.g. `60s`, `2m` (the server's default: 60s)
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub request_timeout: Duration,
+}
+
+/// Serves until SIGINT or SIGTERM.
+pub fn exec(args: Args, context: &Context) -> Result<()> {
+    let home = context.home()?;
+    let mut options = ServeOptions::new(&home);
+    options.addr = args.addr;
+    options.body_limit = args.body_limit;
+    options.request_timeout = args.request_timeout;
+    options.allow_unconfined = context.sandbox == plugbay_host::SandboxMode::AllowDegraded;
+    let server = Server::bind(options)
+        .with_context(|| format!("cannot serve the registry in {}", home.display()))?;
+    let url = format!("http://{}", server.local_addr());
+    if context.json {
+        // One line, flushed, so a script can read the address before the server stops.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::json!({ "listening": url, "home": home })
+        )?;
+        stdout.flush()?;
+    } else {
+        writeln!(
+            std::io::stderr(),
+            "plugbay serving {} on {url} (stop with Ctrl-C)",
+            home.display()
+        )?;
+    }
+    server.run_blocking()?;
+    Ok(())
+}
