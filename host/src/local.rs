@@ -34,8 +34,8 @@ use plugbay_api::manifest::Hook;
 
 use crate::batch::Batch;
 use crate::runtime::{
-    load_and_init, process_here, CallError, Failure, Host, Outcome, PluginSpec, PluginStatus,
-    Prepared, StartError, State,
+    load_and_init, process_here, CallError, Host, Outcome, PluginSpec, PluginStatus, Prepared,
+    StartError, State,
 };
 use crate::sandbox::{self, Rules};
 
@@ -184,27 +184,13 @@ impl LocalPlugin {
     /// Calls the plugin's `process` hook on this thread. `batch` stays the caller's
     /// whatever happens. There is no deadline.
     pub fn process(&mut self, batch: &Batch) -> Result<Batch, CallError> {
-        if let Err(reason) = self.may_process {
-            return Err(CallError::NotPermitted {
-                id: self.status.id.clone(),
-                reason: reason.to_owned(),
-            });
-        }
+        self.status.permit(self.may_process)?;
         let check_output = self.check_output;
         let result = process_here(self.instance_for_call()?, batch, check_output);
-        match result {
-            Ok(output) => {
-                self.status.state = State::Running;
-                self.status.batches += 1;
-                self.status.records_out += output.len().unwrap_or(0) as u64;
-                Ok(output)
-            }
-            Err(Outcome::Plugin(error)) => Err(self.plugin_error(Hook::Process, error)),
-            Err(Outcome::InvalidOutput(reason)) => Err(CallError::InvalidOutput {
-                id: self.status.id.clone(),
-                reason,
-            }),
+        if matches!(&result, Err(Outcome::Plugin(error)) if error.kind == ErrorKind::PANICKED) {
+            self.forget_instance();
         }
+        self.status.processed(result)
     }
 
     /// Runs the plugin's `cleanup` hook; the instance takes no more calls after it.
@@ -241,16 +227,15 @@ impl LocalPlugin {
     }
 
     fn plugin_error(&mut self, hook: Hook, error: PluginError) -> CallError {
-        let id = self.status.id.clone();
-        if error.kind != ErrorKind::PANICKED {
-            return CallError::Plugin { id, hook, error };
+        if error.kind == ErrorKind::PANICKED {
+            self.forget_instance();
         }
-        // After a panic the instance's state is unknown: never call or drop it again.
+        self.status.hook_error(hook, error)
+    }
+
+    /// After a panic the instance's state is unknown: never call or drop it again.
+    fn forget_instance(&mut self) {
         std::mem::forget(self.instance.take());
-        let message = error.message.to_string();
-        tracing::warn!(plugin = %id, %message, "local plugin instance failed");
-        self.status.state = State::Failed(Failure::Panic(message.clone()));
-        CallError::Panicked { id, hook, message }
     }
 
     /// Drops the instance (its code runs no more).

@@ -671,6 +671,52 @@ pub struct PluginStatus {
     pub busy: Duration,
 }
 
+impl PluginStatus {
+    /// Refuses a batch when the instance may not receive batches.
+    pub(crate) fn permit(&self, may_process: Result<(), &'static str>) -> Result<(), CallError> {
+        may_process.map_err(|reason| CallError::NotPermitted {
+            id: self.id.clone(),
+            reason: reason.to_owned(),
+        })
+    }
+
+    /// The caller's result of one `process` call: a returned batch is counted, a
+    /// failure becomes the caller's error (a panic marks the instance failed).
+    pub(crate) fn processed(&mut self, result: Result<Batch, Outcome>) -> Result<Batch, CallError> {
+        match result {
+            Ok(output) => {
+                self.state = State::Running;
+                self.batches += 1;
+                self.records_out += output.len().unwrap_or(0) as u64;
+                Ok(output)
+            }
+            Err(Outcome::Plugin(error)) => Err(self.hook_error(Hook::Process, error)),
+            Err(Outcome::InvalidOutput(reason)) => Err(CallError::InvalidOutput {
+                id: self.id.clone(),
+                reason,
+            }),
+        }
+    }
+
+    /// The caller's error for a hook's failure; a panic marks the instance failed.
+    pub(crate) fn hook_error(&mut self, hook: Hook, error: PluginError) -> CallError {
+        let id = self.id.clone();
+        if error.kind == ErrorKind::PANICKED {
+            let message = error.message.to_string();
+            self.fail(Failure::Panic(message.clone()));
+            CallError::Panicked { id, hook, message }
+        } else {
+            CallError::Plugin { id, hook, error }
+        }
+    }
+
+    /// Marks the instance failed: it takes no more calls.
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        tracing::warn!(plugin = %self.id, %failure, "plugin instance failed");
+        self.state = State::Failed(failure);
+    }
+}
+
 /// A running plugin instance: a handle to its worker thread.
 ///
 /// Calls take `&mut self`: an instance processes one batch at a time. For several at
@@ -711,31 +757,14 @@ impl PluginHandle {
     /// Sends `batch` through the plugin's `process` hook and waits for the result,
     /// at most the call's deadline. `batch` stays the caller's whatever happens.
     pub fn process(&mut self, batch: &Batch) -> Result<Batch, CallError> {
-        if let Err(reason) = self.may_process {
-            return Err(CallError::NotPermitted {
-                id: self.status.id.clone(),
-                reason: reason.to_owned(),
-            });
-        }
+        self.status.permit(self.may_process)?;
         let started = Instant::now();
         let reply = self.call(Request::Process(batch.clone()), Hook::Process)?;
         self.status.busy += started.elapsed();
         let Reply::Processed(result) = reply else {
             return Err(self.lose_worker("answered process with another reply"));
         };
-        match result {
-            Ok(output) => {
-                self.status.state = State::Running;
-                self.status.batches += 1;
-                self.status.records_out += output.len().unwrap_or(0) as u64;
-                Ok(output)
-            }
-            Err(Outcome::Plugin(error)) => Err(self.plugin_error(Hook::Process, error)),
-            Err(Outcome::InvalidOutput(reason)) => Err(CallError::InvalidOutput {
-                id: self.status.id.clone(),
-                reason,
-            }),
-        }
+        self.status.processed(result)
     }
 
     /// Whether the caller spins shortly before a reply is due (the default, for the
@@ -761,7 +790,7 @@ impl PluginHandle {
         self.status.state = State::CleanedUp;
         match result {
             RResult::ROk(()) => Ok(()),
-            RResult::RErr(error) => Err(self.plugin_error(Hook::Cleanup, error)),
+            RResult::RErr(error) => Err(self.status.hook_error(Hook::Cleanup, error)),
         }
     }
 
@@ -793,7 +822,7 @@ impl PluginHandle {
             Ok(reply) => Ok(reply),
             Err(RecvTimeoutError::Timeout) => {
                 let timeout = self.status.timeout;
-                self.fail(Failure::Timeout(format!(
+                self.status.fail(Failure::Timeout(format!(
                     "{hook} did not return within {timeout:?}"
                 )));
                 // Abandon the worker: it may never return from the plugin.
@@ -809,28 +838,12 @@ impl PluginHandle {
         }
     }
 
-    fn plugin_error(&mut self, hook: Hook, error: PluginError) -> CallError {
-        let id = self.status.id.clone();
-        if error.kind == ErrorKind::PANICKED {
-            let message = error.message.to_string();
-            self.fail(Failure::Panic(message.clone()));
-            CallError::Panicked { id, hook, message }
-        } else {
-            CallError::Plugin { id, hook, error }
-        }
-    }
-
     fn lose_worker(&mut self, why: &str) -> CallError {
-        self.fail(Failure::WorkerLost(why.to_owned()));
+        self.status.fail(Failure::WorkerLost(why.to_owned()));
         CallError::Failed {
             id: self.status.id.clone(),
             reason: why.to_owned(),
         }
-    }
-
-    fn fail(&mut self, failure: Failure) {
-        tracing::warn!(plugin = %self.status.id, %failure, "plugin instance failed");
-        self.status.state = State::Failed(failure);
     }
 
     /// Closes the request channel and waits for the worker, unless it was abandoned.
