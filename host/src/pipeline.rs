@@ -2,9 +2,10 @@
 //! through bounded channels so that stage N works on batch k+1 while stage N+1 works
 //! on batch k. The host never parses a batch between stages.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use serde::Serialize;
 
 use crate::batch::Batch;
@@ -239,8 +240,40 @@ fn stage_loop(
     from: Receiver<(u64, Batch)>,
     to: Sender<(u64, Batch)>,
 ) -> Option<PipelineError> {
-    for (index, batch) in from.iter() {
-        match handle.process(&batch) {
+    // The batches sent to the plugin and not yet answered, oldest first: one in the
+    // plugin and one queued behind it, so the worker goes from one batch to the next
+    // without waiting for this thread to wake up.
+    let mut pending: VecDeque<(u64, Batch)> = VecDeque::with_capacity(2);
+    let mut upstream_open = true;
+    loop {
+        while upstream_open && pending.len() < 2 {
+            let next = if pending.is_empty() {
+                from.recv().ok()
+            } else {
+                match from.try_recv() {
+                    Ok(next) => Some(next),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some((index, batch)) = next else {
+                upstream_open = false;
+                break;
+            };
+            if let Err(error) = handle.submit(&batch) {
+                return Some(PipelineError::Stage {
+                    stage,
+                    index,
+                    error,
+                    batch,
+                });
+            }
+            pending.push_back((index, batch));
+        }
+        let Some((index, batch)) = pending.pop_front() else {
+            return None;
+        };
+        match handle.receive() {
             Ok(output) => {
                 if to.send((index, output)).is_err() {
                     return None;
@@ -256,5 +289,4 @@ fn stage_loop(
             }
         }
     }
-    None
 }

@@ -7,6 +7,7 @@
 //! and the instance is marked failed. A panic in a hook comes back as an error and
 //! marks the instance failed; the host and the other plugins go on.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -223,6 +224,8 @@ impl Host {
             replies: reply_rx,
             thread: Some(thread),
             wait: ReplyWait::default(),
+            in_flight: VecDeque::new(),
+            last_reply: Instant::now(),
         })
     }
 
@@ -733,6 +736,10 @@ pub struct PluginHandle {
     replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
     wait: ReplyWait,
+    /// When each batch [`submit`](Self::submit)ted and not yet received was sent.
+    in_flight: VecDeque<Instant>,
+    /// When the last reply came: a queued batch's deadline runs from then at the earliest.
+    last_reply: Instant,
 }
 
 impl fmt::Debug for PluginHandle {
@@ -795,6 +802,46 @@ impl PluginHandle {
     }
 
     fn call(&mut self, request: Request, hook: Hook) -> Result<Reply, CallError> {
+        // Replies to batches submitted earlier come first: collect and drop them.
+        while !self.in_flight.is_empty() {
+            self.receive_reply(Hook::Process)?;
+        }
+        let sent = self.send(request)?;
+        self.await_reply(hook, sent, true)
+    }
+
+    /// Sends `batch` to the plugin without waiting for the result, so the worker can
+    /// start on it as soon as it is done with the batch before: at most two batches
+    /// are in flight, one in the plugin and one queued. Results come back in order
+    /// from [`receive`](Self::receive).
+    pub(crate) fn submit(&mut self, batch: &Batch) -> Result<(), CallError> {
+        debug_assert!(self.in_flight.len() < 2, "at most two batches in flight");
+        self.status.permit(self.may_process)?;
+        let sent = self.send(Request::Process(batch.clone()))?;
+        self.in_flight.push_back(sent);
+        Ok(())
+    }
+
+    /// The result of the oldest submitted batch. Its deadline runs from when the
+    /// plugin could start on it: when it was sent, or when the reply before it came.
+    pub(crate) fn receive(&mut self) -> Result<Batch, CallError> {
+        match self.receive_reply(Hook::Process)? {
+            Reply::Processed(result) => self.status.processed(result),
+            Reply::CleanedUp(_) => Err(self.lose_worker("answered process with another reply")),
+        }
+    }
+
+    fn receive_reply(&mut self, hook: Hook) -> Result<Reply, CallError> {
+        let sent = self.in_flight.pop_front().expect("receive follows submit");
+        let started = sent.max(self.last_reply);
+        let reply = self.await_reply(hook, started, false)?;
+        self.last_reply = Instant::now();
+        self.status.busy += self.last_reply - started;
+        Ok(reply)
+    }
+
+    /// Sends a request to a live instance; returns when it was sent.
+    fn send(&mut self, request: Request) -> Result<Instant, CallError> {
         let id = &self.status.id;
         match &self.status.state {
             State::Failed(failure) => {
@@ -815,9 +862,22 @@ impl PluginHandle {
         if requests.send(request).is_err() {
             return Err(self.lose_worker("the worker thread is gone"));
         }
-        let reply = self
-            .wait
-            .reply(&self.replies, sent, sent + self.status.timeout);
+        Ok(sent)
+    }
+
+    /// Waits for the worker's reply, until `started` plus the call's deadline.
+    fn await_reply(
+        &mut self,
+        hook: Hook,
+        started: Instant,
+        learn: bool,
+    ) -> Result<Reply, CallError> {
+        let deadline = started + self.status.timeout;
+        let reply = if learn {
+            self.wait.reply(&self.replies, started, deadline)
+        } else {
+            self.replies.recv_deadline(deadline)
+        };
         match reply {
             Ok(reply) => Ok(reply),
             Err(RecvTimeoutError::Timeout) => {
@@ -828,6 +888,7 @@ impl PluginHandle {
                 // Abandon the worker: it may never return from the plugin.
                 self.requests = None;
                 self.thread = None;
+                self.in_flight.clear();
                 Err(CallError::Timeout {
                     id: self.status.id.clone(),
                     hook,

@@ -94,3 +94,49 @@ fn input_errors_stop_the_pipeline() {
     );
     assert_eq!(seen, 2);
 }
+
+#[test]
+fn a_hanging_stage_times_out_and_the_run_stops() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(example("data-processor")).unwrap(),
+        host.start(
+            fixture("faulty")
+                .with_config(json!({"hang": "process"}))
+                .with_timeout(std::time::Duration::from_millis(300)),
+        )
+        .unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let started = std::time::Instant::now();
+    let err = pipeline.run(input(6, 2), |_| Ok(())).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the deadline holds in a pipeline"
+    );
+    match err {
+        PipelineError::Stage {
+            stage,
+            index,
+            error,
+            ..
+        } => {
+            assert_eq!((stage, index), (1, 0));
+            assert!(
+                matches!(error, plugbay_host::CallError::Timeout { .. }),
+                "{error}"
+            );
+        }
+        other => panic!("expected a stage timeout, got {other}"),
+    }
+    let stages = pipeline.into_stages();
+    assert!(matches!(
+        stages[1].status().state,
+        plugbay_host::State::Failed(_)
+    ));
+    assert_eq!(
+        stages[0].status().state,
+        plugbay_host::State::Running,
+        "the other stage goes on"
+    );
+}
