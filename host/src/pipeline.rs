@@ -122,6 +122,11 @@ impl Pipeline {
     /// Streams `input` through every stage and hands each output batch to `sink`, in
     /// input order. Stops at the first error, which says where it happened and
     /// carries the batch that failed.
+    ///
+    /// Each stage keeps a second batch queued behind the one its plugin is working
+    /// on. When a stage fails on batch k, its plugin may already have processed batch
+    /// k + 1 (whose output is dropped with the rest of the run): a stateful plugin that
+    /// resumes at batch k has seen k + 1 once before.
     pub fn run<I, F>(&mut self, input: I, mut sink: F) -> Result<PipelineReport, PipelineError>
     where
         I: IntoIterator<Item = Result<Batch, IoError>>,
