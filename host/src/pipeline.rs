@@ -266,6 +266,24 @@ fn stage_loop(
                 break;
             };
             if let Err(error) = handle.submit(&batch) {
+                // A worker that is gone may have answered the batch before this one
+                // (a panic ends it): deliver or report that first, so the error
+                // names the batch that caused it.
+                if let Some((earlier, earlier_batch)) = pending.pop_front() {
+                    match handle.receive() {
+                        Ok(output) => {
+                            let _ = to.send((earlier, output));
+                        }
+                        Err(error) => {
+                            return Some(PipelineError::Stage {
+                                stage,
+                                index: earlier,
+                                error,
+                                batch: earlier_batch,
+                            })
+                        }
+                    }
+                }
                 return Some(PipelineError::Stage {
                     stage,
                     index,
@@ -275,9 +293,8 @@ fn stage_loop(
             }
             pending.push_back((index, batch));
         }
-        let Some((index, batch)) = pending.pop_front() else {
-            return None;
-        };
+        // Nothing in flight and the upstream closed: the stage is done.
+        let (index, batch) = pending.pop_front()?;
         match handle.receive() {
             Ok(output) => {
                 if to.send((index, output)).is_err() {
