@@ -222,6 +222,13 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = %self.code, message = %self.message, "request failed");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read, so this connection cannot carry
+            // another request: say so, or a client may reuse it and lose its next one.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(challenge) = self
             .challenge
             .as_deref()
