@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use plugbay_api::manifest::library_file_name;
+
 /// The example plugins, by package name.
 pub const EXAMPLES: &[&str] = &["data-processor", "redactor", "dedup", "enricher"];
 
@@ -103,12 +105,7 @@ pub fn plugbay_bin() -> &'static Path {
 
 /// The library of a plugin package (`data-processor` → `…/libdata_processor.so`).
 pub fn library(package: &str) -> PathBuf {
-    plugins_dir().join(format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        package.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    ))
+    plugins_dir().join(library_file_name(&package.replace('-', "_")))
 }
 
 /// The `plugin.json` of an example plugin.
@@ -159,11 +156,9 @@ pub fn abi_fixtures() -> &'static AbiFixtures {
             run(command, &format!("the ABI fixture in {}", dir.display()));
         }
         let lib = |variant: &str| {
-            target.join("debug").join(format!(
-                "{}abi_fixture_{variant}{}",
-                std::env::consts::DLL_PREFIX,
-                std::env::consts::DLL_SUFFIX
-            ))
+            target
+                .join("debug")
+                .join(library_file_name(&format!("abi_fixture_{variant}")))
         };
         AbiFixtures {
             layout: lib("layout"),

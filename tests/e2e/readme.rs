@@ -90,7 +90,11 @@ fn the_readme_plugin_and_host_build_and_run() {
 
     let run = Command::new(target_dir.join("debug/my-host"))
         .arg(project.join("plugin.json"))
-        .arg(target_dir.join("debug").join(lib_name("shouter")))
+        .arg(
+            target_dir
+                .join("debug")
+                .join(plugbay_api::manifest::library_file_name("shouter")),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -101,12 +105,4 @@ fn the_readme_plugin_and_host_build_and_run() {
         r#"[{"text":"HELLO","shouted":true},{"text":"PLUGINS","shouted":true}]"#
     );
     assert!(stderr.contains("confinement: full"), "{stderr}");
-}
-
-fn lib_name(name: &str) -> String {
-    format!(
-        "{}{name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
 }

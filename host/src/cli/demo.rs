@@ -536,11 +536,8 @@ fn locate(args: &Args) -> Result<Located> {
                 manifest.display()
             );
         }
-        let library = plugins_dir.join(format!(
-            "{}{}{}",
-            std::env::consts::DLL_PREFIX,
-            name.replace('-', "_"),
-            std::env::consts::DLL_SUFFIX
+        let library = plugins_dir.join(plugbay_host::manifest::library_file_name(
+            &name.replace('-', "_"),
         ));
         if !library.is_file() {
             bail!(

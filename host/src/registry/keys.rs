@@ -175,7 +175,7 @@ impl Registry {
             .collect::<Vec<_>>()
             .join(",");
         let now = now();
-        self.write_tx(|tx| {
+        self.write(|tx| {
             let taken: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM api_keys WHERE name = ?1 AND revoked_at IS NULL)",
                 [name],
@@ -214,7 +214,7 @@ impl Registry {
     /// Revokes the key with this id (or, failing that, the active key with this name).
     pub fn revoke_key(&mut self, id_or_name: &str, actor: &str) -> Result<ApiKey, RegistryError> {
         let now = now();
-        let id = self.write_tx(|tx| {
+        let id = self.write(|tx| {
             let id: Option<String> = tx
                 .query_row(
                     "SELECT id FROM api_keys WHERE id = ?1

@@ -409,7 +409,9 @@ impl Registry {
         self.home.join("data")
     }
 
-    fn write<T>(
+    /// Runs `body` in an immediate transaction (waiting out other writers up to the
+    /// busy timeout) and commits it.
+    pub(crate) fn write<T>(
         &mut self,
         body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
@@ -763,13 +765,6 @@ impl Registry {
 
     pub(crate) fn connection(&self) -> &Connection {
         &self.connection
-    }
-
-    pub(crate) fn write_tx<T>(
-        &mut self,
-        body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RegistryError>,
-    ) -> Result<T, RegistryError> {
-        self.write(body)
     }
 }
 

@@ -432,14 +432,20 @@ impl Manifest {
         if self.main.contains(['.', '/', '\\']) {
             self.main.clone()
         } else {
-            format!(
-                "{}{}{}",
-                std::env::consts::DLL_PREFIX,
-                self.main,
-                std::env::consts::DLL_SUFFIX
-            )
+            library_file_name(&self.main)
         }
     }
+}
+
+/// The file name of the library `name` on this platform: `lib{name}.so` on Linux,
+/// `{name}.dll` on Windows, `lib{name}.dylib` on macOS. A cdylib crate `data-processor`
+/// is the library `data_processor`.
+pub fn library_file_name(name: &str) -> String {
+    format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
 }
 
 /// A JSON syntax error, with a hint for the mistakes people make in hand-written
