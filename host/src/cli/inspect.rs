@@ -9,7 +9,7 @@ use plugbay_host::registry::sha256_file;
 use plugbay_host::{Host, Inspection, LoadError, StartError};
 use serde::Serialize;
 
-use super::{permission_list, print_json, Context};
+use super::{hook_list, permission_list, print_json, Context};
 
 /// Inspect a library.
 #[derive(Debug, clap::Args)]
@@ -77,15 +77,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
             inspection.api_version
         ),
     )?;
-    field(
-        "hooks",
-        &manifest
-            .hooks
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-    )?;
+    field("hooks", &hook_list(&manifest.hooks))?;
     field("requests", &permission_list(&manifest.permissions))?;
     if let Some(config) = &manifest.config {
         field("config", &config.to_string())?;

@@ -267,6 +267,15 @@ pub fn permission_list(permissions: &[Permission]) -> String {
         .join(", ")
 }
 
+/// `init, process, cleanup`.
+pub fn hook_list(hooks: &[plugbay_host::Hook]) -> String {
+    hooks
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `12345678` → `12,345,678`.
 pub fn thousands(number: u64) -> String {
     let digits = number.to_string();

@@ -7,7 +7,7 @@ use plugbay_host::registry::{sha256_file, AuditEvent, Entry, ReviewStatus};
 use serde::Serialize;
 
 use super::table::Table;
-use super::{permission_list, print_json, Context};
+use super::{hook_list, permission_list, print_json, Context};
 
 /// Show one plugin.
 #[derive(Debug, clap::Args)]
@@ -66,15 +66,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     };
     field("sha256", &format!("{} ({hash_state})", entry.sha256))?;
     field("plugin dir", &entry.plugin_dir.display().to_string())?;
-    field(
-        "hooks",
-        &manifest
-            .hooks
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-    )?;
+    field("hooks", &hook_list(&manifest.hooks))?;
     if let Some(requirement) = &manifest.api_version {
         field("api version", &requirement.to_string())?;
     }
