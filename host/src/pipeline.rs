@@ -1,15 +1,19 @@
 //! Pipelines: a chain of plugins, each on its own worker, with batches streaming
 //! through bounded channels so that stage N works on batch k+1 while stage N+1 works
-//! on batch k. The host never parses a batch between stages.
+//! on batch k. Each worker takes its batches from the stage before it and hands its
+//! results to the stage after it itself: no thread of the host stands between two
+//! stages, and the host never parses a batch between them. The thread that runs the
+//! pipeline delivers the output and watches every stage's deadline.
 
-use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use plugbay_api::abi::PluginBox;
 use serde::Serialize;
 
 use crate::batch::Batch;
-use crate::runtime::{CallError, PluginHandle};
+use crate::runtime::{process_here, CallError, Outcome, PluginHandle};
 
 /// Batches waiting between two stages (back-pressure beyond that).
 const STAGE_QUEUE: usize = 2;
@@ -121,12 +125,10 @@ impl Pipeline {
 
     /// Streams `input` through every stage and hands each output batch to `sink`, in
     /// input order. Stops at the first error, which says where it happened and
-    /// carries the batch that failed.
+    /// carries the batch that failed; every batch before it has reached `sink`.
     ///
-    /// Each stage keeps a second batch queued behind the one its plugin is working
-    /// on. When a stage fails on batch k, its plugin may already have processed batch
-    /// k + 1 (whose output is dropped with the rest of the run): a stateful plugin that
-    /// resumes at batch k has seen k + 1 once before.
+    /// When a stage fails on batch k, it has processed batches 0 to k − 1 and nothing
+    /// after them, so a stateful plugin can resume at batch k.
     pub fn run<I, F>(&mut self, input: I, mut sink: F) -> Result<PipelineReport, PipelineError>
     where
         I: IntoIterator<Item = Result<Batch, IoError>>,
@@ -136,61 +138,187 @@ impl Pipeline {
         if self.stages.is_empty() {
             return Err(PipelineError::Empty);
         }
-        let started = Instant::now();
-        let before: Vec<(u64, u64, Duration)> = self
-            .stages
-            .iter()
-            .map(|stage| {
-                (
-                    stage.status().batches,
-                    stage.status().records_out,
-                    stage.status().busy,
-                )
-            })
-            .collect();
         let input = input.into_iter();
+        // A stage that cannot take batches fails the run on its first batch.
+        if let Some((stage, error)) =
+            self.stages.iter().enumerate().find_map(|(stage, handle)| {
+                handle.takes_batches().err().map(|error| (stage, error))
+            })
+        {
+            return self.refuse(input, stage, error);
+        }
+        let started = Instant::now();
+        let before = self.counters();
+        // Dropping `abort` wakes every stage and the feeder out of their waits.
+        let (abort, aborted) = bounded::<()>(0);
         let (first_tx, first_rx) = bounded::<(u64, Batch)>(STAGE_QUEUE);
+        let mut upstream = first_rx;
+        let mut clocks = Vec::with_capacity(self.stages.len());
+        for (stage, handle) in self.stages.iter_mut().enumerate() {
+            let (tx, rx) = bounded::<(u64, Batch)>(STAGE_QUEUE);
+            let clock = Arc::new(Clock::default());
+            let stream = Stream {
+                input: std::mem::replace(&mut upstream, rx),
+                output: tx,
+                aborted: aborted.clone(),
+                clock: clock.clone(),
+            };
+            clocks.push(clock);
+            if let Err(error) = handle.open_stream(stream) {
+                // The worker is gone. Nothing has been read yet: stop the stages
+                // before it, and fail on the first batch as above.
+                drop(abort);
+                for opened in &mut self.stages[..stage] {
+                    let _ = opened.close_stream(Instant::now() + END_GRACE);
+                }
+                return self.refuse(input, stage, error);
+            }
+        }
+        let mut streaming = vec![true; self.stages.len()];
         let mut delivered = 0u64;
+        let mut errors = Vec::new();
 
-        let errors: Vec<PipelineError> = std::thread::scope(|scope| {
-            let feeder = scope.spawn(move || feed(input, first_tx));
-            let mut stage_threads = Vec::new();
-            let mut upstream = first_rx;
-            for (stage, handle) in self.stages.iter_mut().enumerate() {
-                let (tx, rx) = bounded::<(u64, Batch)>(STAGE_QUEUE);
-                let from = std::mem::replace(&mut upstream, rx);
-                stage_threads.push(scope.spawn(move || run_stage(stage, handle, from, tx)));
-            }
-            let mut errors = Vec::new();
-            for (index, batch) in upstream.iter() {
-                if let Err(error) = sink(batch) {
-                    errors.push(PipelineError::Output { index, error });
-                    break;
+        std::thread::scope(|scope| {
+            let feeder = scope.spawn(move || feed(input, first_tx, aborted));
+            // Deliver the output, and wake for the earliest deadline of a batch in a
+            // plugin: a stage that misses it fails the run.
+            loop {
+                // A call that starts after this look is due after `now + timeout`.
+                let now = Instant::now();
+                let wake = self
+                    .stages
+                    .iter()
+                    .zip(&clocks)
+                    .map(|(handle, clock)| {
+                        clock
+                            .deadline(handle.timeout())
+                            .unwrap_or(now + handle.timeout())
+                    })
+                    .min()
+                    .unwrap_or(now);
+                match upstream.recv_deadline(wake) {
+                    Ok((index, batch)) => {
+                        if let Err(error) = sink(batch) {
+                            errors.push(PipelineError::Output { index, error });
+                            break;
+                        }
+                        delivered += 1;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        let now = Instant::now();
+                        let mut late = false;
+                        for (stage, (handle, clock)) in
+                            self.stages.iter_mut().zip(&clocks).enumerate()
+                        {
+                            let Some((index, batch)) = clock.late(handle.timeout(), now) else {
+                                continue;
+                            };
+                            late = true;
+                            streaming[stage] = false;
+                            errors.push(PipelineError::Stage {
+                                stage,
+                                index,
+                                error: handle.time_out(plugbay_api::manifest::Hook::Process),
+                                batch,
+                            });
+                        }
+                        if late {
+                            break;
+                        }
+                    }
                 }
-                delivered += 1;
             }
+            drop(abort);
             drop(upstream);
-            // The first failure upstream is the cause; later ones are its echo.
-            let mut upstream_errors: Vec<PipelineError> = Vec::new();
-            if let Ok(Some(error)) = feeder.join() {
-                upstream_errors.push(error);
-            }
-            for thread in stage_threads {
-                if let Ok(Some(error)) = thread.join() {
-                    upstream_errors.push(error);
+
+            for (stage, handle) in self.stages.iter_mut().enumerate() {
+                if !streaming[stage] {
+                    continue;
+                }
+                // A stage still in a call has until that call's deadline to return.
+                let deadline = clocks[stage]
+                    .deadline(handle.timeout())
+                    .unwrap_or_else(Instant::now)
+                    .max(Instant::now() + END_GRACE);
+                match handle.close_stream(deadline) {
+                    Ok(None) => {}
+                    Ok(Some((index, batch, error))) => errors.push(PipelineError::Stage {
+                        stage,
+                        index,
+                        error,
+                        batch,
+                    }),
+                    Err(error) => {
+                        let (index, batch) = clocks[stage]
+                            .current()
+                            .unwrap_or_else(|| (0, Batch::from_json("[]")));
+                        errors.push(PipelineError::Stage {
+                            stage,
+                            index,
+                            error,
+                            batch,
+                        });
+                    }
                 }
             }
-            upstream_errors.sort_by_key(|error| match error {
-                PipelineError::Stage { index, .. } | PipelineError::Input { index, .. } => *index,
-                _ => u64::MAX,
-            });
-            upstream_errors.extend(errors);
-            upstream_errors
+            if let Ok(Some(error)) = feeder.join() {
+                errors.push(error);
+            }
+        });
+        // The earliest failure is the cause; later ones are its echo.
+        errors.sort_by_key(|error| match error {
+            PipelineError::Stage { index, .. }
+            | PipelineError::Input { index, .. }
+            | PipelineError::Output { index, .. } => *index,
+            PipelineError::Empty => u64::MAX,
         });
         if let Some(error) = errors.into_iter().next() {
             return Err(error);
         }
-        Ok(PipelineReport {
+        Ok(self.report(started, &before, delivered))
+    }
+
+    /// The error of a run that could not start because `stage` cannot take batches:
+    /// the stage fails on the first batch, which is returned with the error.
+    fn refuse<I>(
+        &self,
+        mut input: I,
+        stage: usize,
+        error: CallError,
+    ) -> Result<PipelineReport, PipelineError>
+    where
+        I: Iterator<Item = Result<Batch, IoError>>,
+    {
+        match input.next() {
+            None => Ok(self.report(Instant::now(), &self.counters(), 0)),
+            Some(Ok(batch)) => Err(PipelineError::Stage {
+                stage,
+                index: 0,
+                error,
+                batch,
+            }),
+            Some(Err(error)) => Err(PipelineError::Input { index: 0, error }),
+        }
+    }
+
+    fn counters(&self) -> Vec<(u64, u64, Duration)> {
+        self.stages
+            .iter()
+            .map(|stage| {
+                let status = stage.status();
+                (status.batches, status.records_out, status.busy)
+            })
+            .collect()
+    }
+
+    fn report(
+        &self,
+        started: Instant,
+        before: &[(u64, u64, Duration)],
+        delivered: u64,
+    ) -> PipelineReport {
+        PipelineReport {
             batches: delivered,
             elapsed: started.elapsed(),
             stages: self
@@ -201,21 +329,29 @@ impl Pipeline {
                     plugin: stage.id().to_owned(),
                     batches: stage.status().batches - batches,
                     records_out: stage.status().records_out - records,
-                    busy: stage.status().busy - busy,
+                    busy: stage.status().busy - *busy,
                 })
                 .collect(),
-        })
+        }
     }
 }
+
+/// How long a stage that is not in a call has to leave its stream once the run ends.
+const END_GRACE: Duration = Duration::from_secs(1);
 
 fn feed<I: Iterator<Item = Result<Batch, IoError>>>(
     input: I,
     to: Sender<(u64, Batch)>,
+    aborted: Receiver<()>,
 ) -> Option<PipelineError> {
     for (index, batch) in (0u64..).zip(input) {
         match batch {
             Ok(batch) => {
-                if to.send((index, batch)).is_err() {
+                let sent = select! {
+                    send(to, (index, batch)) -> sent => sent.is_ok(),
+                    recv(aborted) -> _ => false,
+                };
+                if !sent {
                     return None;
                 }
             }
@@ -225,89 +361,104 @@ fn feed<I: Iterator<Item = Result<Batch, IoError>>>(
     None
 }
 
-fn run_stage(
-    stage: usize,
-    handle: &mut PluginHandle,
-    from: Receiver<(u64, Batch)>,
-    to: Sender<(u64, Batch)>,
-) -> Option<PipelineError> {
-    // The queues hide a stage's wait for its plugin; spinning would only take a core
-    // from the stages that are working.
-    handle.set_spin(false);
-    let result = stage_loop(stage, handle, from, to);
-    handle.set_spin(true);
-    result
+/// Which batch a stage's plugin is on, and since when: the pipeline's driver reads it
+/// to enforce the stage's deadline.
+#[derive(Default)]
+pub(crate) struct Clock {
+    current: Mutex<Option<(u64, Batch, Instant)>>,
 }
 
-fn stage_loop(
-    stage: usize,
-    handle: &mut PluginHandle,
-    from: Receiver<(u64, Batch)>,
-    to: Sender<(u64, Batch)>,
-) -> Option<PipelineError> {
-    // The batches sent to the plugin and not yet answered, oldest first: one in the
-    // plugin and one queued behind it, so the worker goes from one batch to the next
-    // without waiting for this thread to wake up.
-    let mut pending: VecDeque<(u64, Batch)> = VecDeque::with_capacity(2);
-    let mut upstream_open = true;
-    loop {
-        while upstream_open && pending.len() < 2 {
-            let next = if pending.is_empty() {
-                from.recv().ok()
-            } else {
-                match from.try_recv() {
-                    Ok(next) => Some(next),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => None,
-                }
-            };
-            let Some((index, batch)) = next else {
-                upstream_open = false;
-                break;
-            };
-            if let Err(error) = handle.submit(&batch) {
-                // A worker that is gone may have answered the batch before this one
-                // (a panic ends it): deliver or report that first, so the error
-                // names the batch that caused it.
-                if let Some((earlier, earlier_batch)) = pending.pop_front() {
-                    match handle.receive() {
-                        Ok(output) => {
-                            let _ = to.send((earlier, output));
-                        }
-                        Err(error) => {
-                            return Some(PipelineError::Stage {
-                                stage,
-                                index: earlier,
-                                error,
-                                batch: earlier_batch,
-                            })
-                        }
-                    }
-                }
-                return Some(PipelineError::Stage {
-                    stage,
-                    index,
-                    error,
-                    batch,
-                });
+impl Clock {
+    fn set(&self, current: Option<(u64, Batch, Instant)>) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = current;
+    }
+
+    fn current(&self) -> Option<(u64, Batch)> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .map(|(index, batch, _)| (*index, batch.clone()))
+    }
+
+    /// When the batch in the plugin is due, if there is one.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().map(|(_, _, started)| *started + timeout)
+    }
+
+    /// The batch in the plugin, if it is past its deadline at `now`.
+    fn late(&self, timeout: Duration, now: Instant) -> Option<(u64, Batch)> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        match current.as_ref() {
+            Some((index, batch, started)) if now >= *started + timeout => {
+                Some((*index, batch.clone()))
             }
-            pending.push_back((index, batch));
+            _ => None,
         }
-        // Nothing in flight and the upstream closed: the stage is done.
-        let (index, batch) = pending.pop_front()?;
-        match handle.receive() {
-            Ok(output) => {
-                if to.send((index, output)).is_err() {
-                    return None;
+    }
+}
+
+/// A stage's part of a run, handed to its worker: batches come from `input` and
+/// results go to `output`, until `input` ends, `output` closes, `aborted` is
+/// disconnected or the plugin fails.
+pub(crate) struct Stream {
+    input: Receiver<(u64, Batch)>,
+    output: Sender<(u64, Batch)>,
+    aborted: Receiver<()>,
+    clock: Arc<Clock>,
+}
+
+/// What a worker did in a stream.
+pub(crate) struct StreamEnd {
+    pub batches: u64,
+    pub records_out: u64,
+    pub busy: Duration,
+    /// The batch the plugin failed on (its number and the batch), and how.
+    pub failure: Option<(u64, Batch, Outcome)>,
+}
+
+/// Runs a stream on the worker's thread, with its instance.
+pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool) -> StreamEnd {
+    let Stream {
+        input,
+        output,
+        aborted,
+        clock,
+    } = stream;
+    let mut end = StreamEnd {
+        batches: 0,
+        records_out: 0,
+        busy: Duration::ZERO,
+        failure: None,
+    };
+    loop {
+        let next = select! {
+            recv(input) -> next => next.ok(),
+            recv(aborted) -> _ => None,
+        };
+        let Some((index, batch)) = next else {
+            return end;
+        };
+        let started = Instant::now();
+        clock.set(Some((index, batch.clone(), started)));
+        let result = process_here(instance, &batch, check);
+        clock.set(None);
+        end.busy += started.elapsed();
+        match result {
+            Ok(processed) => {
+                end.batches += 1;
+                end.records_out += processed.len().unwrap_or(0) as u64;
+                let sent = select! {
+                    send(output, (index, processed)) -> sent => sent.is_ok(),
+                    recv(aborted) -> _ => false,
+                };
+                if !sent {
+                    return end;
                 }
             }
-            Err(error) => {
-                return Some(PipelineError::Stage {
-                    stage,
-                    index,
-                    error,
-                    batch,
-                })
+            Err(outcome) => {
+                end.failure = Some((index, batch, outcome));
+                return end;
             }
         }
     }

@@ -7,7 +7,6 @@
 //! and the instance is marked failed. A panic in a hook comes back as an error and
 //! marks the instance failed; the host and the other plugins go on.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use serde::Serialize;
 
 use crate::batch::{count_array, Batch};
 use crate::loader::{self, LoadError};
+use crate::pipeline::{self, Stream, StreamEnd};
 use crate::sandbox::{self, Confinement, Policy, Rules, SandboxError, SandboxMode};
 use crate::services::{DataStore, MemoryStore, Services};
 
@@ -224,8 +224,6 @@ impl Host {
             replies: reply_rx,
             thread: Some(thread),
             wait: ReplyWait::default(),
-            in_flight: VecDeque::new(),
-            last_reply: Instant::now(),
         })
     }
 
@@ -693,11 +691,18 @@ impl PluginStatus {
                 self.records_out += output.len().unwrap_or(0) as u64;
                 Ok(output)
             }
-            Err(Outcome::Plugin(error)) => Err(self.hook_error(Hook::Process, error)),
-            Err(Outcome::InvalidOutput(reason)) => Err(CallError::InvalidOutput {
+            Err(outcome) => Err(self.process_error(outcome)),
+        }
+    }
+
+    /// The caller's error for a `process` call that gave no batch.
+    pub(crate) fn process_error(&mut self, outcome: Outcome) -> CallError {
+        match outcome {
+            Outcome::Plugin(error) => self.hook_error(Hook::Process, error),
+            Outcome::InvalidOutput(reason) => CallError::InvalidOutput {
                 id: self.id.clone(),
                 reason,
-            }),
+            },
         }
     }
 
@@ -736,10 +741,6 @@ pub struct PluginHandle {
     replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
     wait: ReplyWait,
-    /// When each batch [`submit`](Self::submit)ted and not yet received was sent.
-    in_flight: VecDeque<Instant>,
-    /// When the last reply came: a queued batch's deadline runs from then at the earliest.
-    last_reply: Instant,
 }
 
 impl fmt::Debug for PluginHandle {
@@ -774,13 +775,6 @@ impl PluginHandle {
         self.status.processed(result)
     }
 
-    /// Whether the caller spins shortly before a reply is due (the default, for the
-    /// lowest latency) or parks until it comes (for pipeline stages, whose waits are
-    /// hidden by the queues and whose spinning would take cores from other stages).
-    pub(crate) fn set_spin(&mut self, spin: bool) {
-        self.wait.spin = spin;
-    }
-
     /// Runs `cleanup` and stops the worker. Returns the final status.
     pub fn shutdown(mut self) -> Result<PluginStatus, CallError> {
         let result = self.cleanup();
@@ -802,61 +796,80 @@ impl PluginHandle {
     }
 
     fn call(&mut self, request: Request, hook: Hook) -> Result<Reply, CallError> {
-        // Replies to batches submitted earlier come first: collect and drop them.
-        while !self.in_flight.is_empty() {
-            self.receive_reply(Hook::Process)?;
-        }
         let sent = self.send(request)?;
-        self.await_reply(hook, sent, true)
-    }
-
-    /// Sends `batch` to the plugin without waiting for the result, so the worker can
-    /// start on it as soon as it is done with the batch before: at most two batches
-    /// are in flight, one in the plugin and one queued. Results come back in order
-    /// from [`receive`](Self::receive).
-    pub(crate) fn submit(&mut self, batch: &Batch) -> Result<(), CallError> {
-        debug_assert!(self.in_flight.len() < 2, "at most two batches in flight");
-        self.status.permit(self.may_process)?;
-        let sent = self.send(Request::Process(batch.clone()))?;
-        self.in_flight.push_back(sent);
-        Ok(())
-    }
-
-    /// The result of the oldest submitted batch. Its deadline runs from when the
-    /// plugin could start on it: when it was sent, or when the reply before it came.
-    pub(crate) fn receive(&mut self) -> Result<Batch, CallError> {
-        match self.receive_reply(Hook::Process)? {
-            Reply::Processed(result) => self.status.processed(result),
-            Reply::CleanedUp(_) => Err(self.lose_worker("answered process with another reply")),
+        let deadline = sent + self.status.timeout;
+        match self.wait.reply(&self.replies, sent, deadline) {
+            Ok(reply) => Ok(reply),
+            Err(RecvTimeoutError::Timeout) => Err(self.time_out(hook)),
+            Err(RecvTimeoutError::Disconnected) => Err(self.lose_worker("the worker thread ended")),
         }
     }
 
-    fn receive_reply(&mut self, hook: Hook) -> Result<Reply, CallError> {
-        let sent = self.in_flight.pop_front().expect("receive follows submit");
-        let started = sent.max(self.last_reply);
-        let reply = self.await_reply(hook, started, false)?;
-        self.last_reply = Instant::now();
-        self.status.busy += self.last_reply - started;
-        Ok(reply)
+    /// Hands the worker a pipeline stage's part of a run: it takes batches from the
+    /// stream's input and sends results to its output until the input ends, the
+    /// output closes, the run is aborted or the plugin fails. Returns at once.
+    pub(crate) fn open_stream(&mut self, stream: Stream) -> Result<(), CallError> {
+        self.takes_batches()?;
+        self.send(Request::Stream(stream)).map(drop)
+    }
+
+    /// Waits until `deadline` for the worker to leave its stream, and counts what it
+    /// did. Returns where the stream stopped on a failure of the plugin: the batch
+    /// number, the batch, and the caller's error.
+    pub(crate) fn close_stream(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<(u64, Batch, CallError)>, CallError> {
+        let end = match self.replies.recv_deadline(deadline) {
+            Ok(Reply::Streamed(end)) => end,
+            Ok(_) => return Err(self.lose_worker("answered a stream with another reply")),
+            Err(RecvTimeoutError::Timeout) => return Err(self.time_out(Hook::Process)),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(self.lose_worker("the worker thread ended"))
+            }
+        };
+        let StreamEnd {
+            batches,
+            records_out,
+            busy,
+            failure,
+        } = end;
+        if batches > 0 {
+            self.status.state = State::Running;
+        }
+        self.status.batches += batches;
+        self.status.records_out += records_out;
+        self.status.busy += busy;
+        Ok(failure
+            .map(|(index, batch, outcome)| (index, batch, self.status.process_error(outcome))))
+    }
+
+    /// Whether the instance takes batches now: it may process them, and it has
+    /// neither failed nor stopped.
+    pub(crate) fn takes_batches(&self) -> Result<(), CallError> {
+        self.status.permit(self.may_process)?;
+        self.live()
+    }
+
+    fn live(&self) -> Result<(), CallError> {
+        let id = &self.status.id;
+        match &self.status.state {
+            State::Failed(failure) => Err(CallError::Failed {
+                id: id.clone(),
+                reason: failure.to_string(),
+            }),
+            State::CleanedUp | State::Unloaded => Err(CallError::Stopped { id: id.clone() }),
+            State::Initialized | State::Running => Ok(()),
+        }
     }
 
     /// Sends a request to a live instance; returns when it was sent.
     fn send(&mut self, request: Request) -> Result<Instant, CallError> {
-        let id = &self.status.id;
-        match &self.status.state {
-            State::Failed(failure) => {
-                return Err(CallError::Failed {
-                    id: id.clone(),
-                    reason: failure.to_string(),
-                })
-            }
-            State::CleanedUp | State::Unloaded => {
-                return Err(CallError::Stopped { id: id.clone() })
-            }
-            State::Initialized | State::Running => {}
-        }
+        self.live()?;
         let Some(requests) = &self.requests else {
-            return Err(CallError::Stopped { id: id.clone() });
+            return Err(CallError::Stopped {
+                id: self.status.id.clone(),
+            });
         };
         let sent = Instant::now();
         if requests.send(request).is_err() {
@@ -865,38 +878,25 @@ impl PluginHandle {
         Ok(sent)
     }
 
-    /// Waits for the worker's reply, until `started` plus the call's deadline.
-    fn await_reply(
-        &mut self,
-        hook: Hook,
-        started: Instant,
-        learn: bool,
-    ) -> Result<Reply, CallError> {
-        let deadline = started + self.status.timeout;
-        let reply = if learn {
-            self.wait.reply(&self.replies, started, deadline)
-        } else {
-            self.replies.recv_deadline(deadline)
-        };
-        match reply {
-            Ok(reply) => Ok(reply),
-            Err(RecvTimeoutError::Timeout) => {
-                let timeout = self.status.timeout;
-                self.status.fail(Failure::Timeout(format!(
-                    "{hook} did not return within {timeout:?}"
-                )));
-                // Abandon the worker: it may never return from the plugin.
-                self.requests = None;
-                self.thread = None;
-                self.in_flight.clear();
-                Err(CallError::Timeout {
-                    id: self.status.id.clone(),
-                    hook,
-                    timeout,
-                })
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(self.lose_worker("the worker thread ended")),
+    /// Marks the instance failed because `hook` missed its deadline, and abandons the
+    /// worker: it may never return from the plugin.
+    pub(crate) fn time_out(&mut self, hook: Hook) -> CallError {
+        let timeout = self.status.timeout;
+        self.status.fail(Failure::Timeout(format!(
+            "{hook} did not return within {timeout:?}"
+        )));
+        self.requests = None;
+        self.thread = None;
+        CallError::Timeout {
+            id: self.status.id.clone(),
+            hook,
+            timeout,
         }
+    }
+
+    /// The deadline of each call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.status.timeout
     }
 
     fn lose_worker(&mut self, why: &str) -> CallError {
@@ -950,22 +950,10 @@ const WAKE_AHEAD: Duration = Duration::from_micros(200);
 /// A call shorter than [`WAKE_AHEAD`] is spun for whole, so a small batch costs a
 /// hand-off of about a microsecond instead of a wake-up; a long call costs at most
 /// about `2 × WAKE_AHEAD` of spinning.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ReplyWait {
     /// A moving average of recent calls' durations.
     expected: Duration,
-    /// Whether to spin at all (off: park at once, for callers that care about
-    /// throughput, not latency, and share the cores with other stages).
-    spin: bool,
-}
-
-impl Default for ReplyWait {
-    fn default() -> Self {
-        ReplyWait {
-            expected: Duration::ZERO,
-            spin: true,
-        }
-    }
 }
 
 impl ReplyWait {
@@ -988,9 +976,6 @@ impl ReplyWait {
         sent: Instant,
         deadline: Instant,
     ) -> Result<Reply, RecvTimeoutError> {
-        if !self.spin {
-            return replies.recv_deadline(deadline);
-        }
         if let Some(sleep) = self.expected.checked_sub(WAKE_AHEAD) {
             match replies.recv_deadline(deadline.min(sent + sleep)) {
                 Err(RecvTimeoutError::Timeout) => {}
@@ -1014,6 +999,7 @@ impl ReplyWait {
 
 enum Request {
     Process(Batch),
+    Stream(Stream),
     Cleanup,
 }
 
@@ -1025,6 +1011,7 @@ pub(crate) enum Outcome {
 
 enum Reply {
     Processed(Result<Batch, Outcome>),
+    Streamed(StreamEnd),
     CleanedUp(RResult<(), PluginError>),
 }
 
@@ -1082,11 +1069,18 @@ fn worker(
             Request::Process(batch) => {
                 Reply::Processed(process_here(&mut instance, &batch, setup.check_output))
             }
+            Request::Stream(stream) => Reply::Streamed(pipeline::stream_here(
+                &mut instance,
+                stream,
+                setup.check_output,
+            )),
             Request::Cleanup => Reply::CleanedUp(instance.cleanup()),
         };
         let panicked = matches!(
             &reply,
-            Reply::Processed(Err(Outcome::Plugin(error))) | Reply::CleanedUp(RResult::RErr(error))
+            Reply::Processed(Err(Outcome::Plugin(error)))
+                | Reply::Streamed(StreamEnd { failure: Some((_, _, Outcome::Plugin(error))), .. })
+                | Reply::CleanedUp(RResult::RErr(error))
                 if error.kind == ErrorKind::PANICKED
         );
         if replies.send(reply).is_err() || panicked {

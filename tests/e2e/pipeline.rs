@@ -140,3 +140,155 @@ fn a_hanging_stage_times_out_and_the_run_stops() {
         "the other stage goes on"
     );
 }
+
+/// Runs `input(batches, 2)` through `pipeline` and returns the error and how many
+/// batches reached the sink.
+fn run_to_error(pipeline: &mut Pipeline, batches: usize) -> (PipelineError, usize) {
+    let mut delivered = 0;
+    let err = pipeline
+        .run(input(batches, 2), |_| {
+            delivered += 1;
+            Ok(())
+        })
+        .unwrap_err();
+    (err, delivered)
+}
+
+#[test]
+fn a_stage_that_fails_mid_run_has_processed_exactly_the_batches_before() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(example("data-processor")).unwrap(),
+        host.start(fixture("faulty").with_config(json!({"fail": "process", "after": 3})))
+            .unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let (err, delivered) = run_to_error(&mut pipeline, 8);
+    let PipelineError::Stage {
+        stage,
+        index,
+        error,
+        batch,
+    } = err
+    else {
+        panic!("expected a stage error, got {err}");
+    };
+    assert_eq!((stage, index, delivered), (1, 3, 3));
+    assert!(
+        matches!(error, plugbay_host::CallError::Plugin { .. }),
+        "{error}"
+    );
+    let records: Vec<Value> = batch.records().unwrap();
+    assert_eq!(
+        records[0]["id"], 6,
+        "batch 3 (ids 6, 7), as the stage got it"
+    );
+    assert_eq!(records[0]["processed"], true);
+
+    let stages = pipeline.into_stages();
+    assert_eq!(
+        stages[1].status().batches,
+        3,
+        "no batch after the failed one"
+    );
+    assert_eq!(
+        stages[1].status().state,
+        plugbay_host::State::Running,
+        "a plugin error does not fail the instance"
+    );
+    assert!(stages[0].status().batches >= 4);
+}
+
+#[test]
+fn a_panic_mid_run_fails_only_its_stage() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(fixture("faulty").with_config(json!({"panic": "process", "after": 2})))
+            .unwrap(),
+        host.start(example("data-processor")).unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let (err, delivered) = run_to_error(&mut pipeline, 6);
+    assert!(
+        matches!(
+            &err,
+            PipelineError::Stage {
+                stage: 0,
+                index: 2,
+                error: plugbay_host::CallError::Panicked { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(delivered, 2, "the batches before the panic are delivered");
+    let mut stages = pipeline.into_stages();
+    assert!(matches!(
+        stages[0].status().state,
+        plugbay_host::State::Failed(_)
+    ));
+    assert_eq!(stages[1].status().batches, 2);
+    let output = stages[1]
+        .process(&Batch::from_json(r#"[{"id": 1}]"#))
+        .expect("the other stage still takes calls");
+    assert_eq!(output.len(), Some(1));
+}
+
+#[test]
+fn a_failing_sink_stops_the_run_and_the_stages_run_again() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(example("redactor")).unwrap(),
+        host.start(example("data-processor")).unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let mut delivered = 0;
+    let err = pipeline
+        .run(input(20, 2), |_| {
+            if delivered == 2 {
+                return Err("disk full".into());
+            }
+            delivered += 1;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, PipelineError::Output { index: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "writing pipeline output failed at batch 2: disk full"
+    );
+
+    let report = pipeline.run(input(4, 3), |_| Ok(())).unwrap();
+    assert_eq!(report.batches, 4);
+    assert!(report.stages.iter().all(|stage| stage.batches == 4));
+    assert_eq!(report.stages[1].records_out, 12);
+}
+
+#[test]
+fn a_stage_that_may_not_process_fails_on_the_first_batch_and_keeps_it() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(example("data-processor")).unwrap(),
+        host.start(example("redactor").with_grants(vec![])).unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let (err, delivered) = run_to_error(&mut pipeline, 3);
+    let PipelineError::Stage {
+        stage,
+        index,
+        error,
+        batch,
+    } = err
+    else {
+        panic!("expected a stage error, got {err}");
+    };
+    assert_eq!((stage, index, delivered), (1, 0, 0));
+    assert!(error.to_string().contains("process:data"), "{error}");
+    let records: Vec<Value> = batch.records().unwrap();
+    assert_eq!(records.len(), 2, "the first input batch, untouched");
+    assert!(records[0].get("processed").is_none());
+    assert_eq!(pipeline.stages()[0].status().batches, 0, "nothing ran");
+}
