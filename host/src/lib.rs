@@ -45,6 +45,7 @@
 //! later); elsewhere plugins start only with [`SandboxMode::AllowDegraded`].
 #![deny(missing_docs)]
 
+mod allocator;
 mod batch;
 pub mod loader;
 pub mod local;
@@ -57,6 +58,7 @@ pub mod sandbox;
 pub mod server;
 mod services;
 
+pub use allocator::tune_allocator;
 pub use batch::Batch;
 pub use loader::LoadError;
 pub use pipeline::{IoError, Pipeline, PipelineError, PipelineReport, StageReport};

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Plugin workers keep the memory of one batch for the next (see the function).
+    plugbay_host::tune_allocator();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(err) => {
