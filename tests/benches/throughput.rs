@@ -287,6 +287,63 @@ fn pipeline_rounds(
     })
 }
 
+/// How long `batches` batches take through stages that cost `costs` each, with
+/// queues of `queue` batches between stages, on `cores` cores shared perfectly: every
+/// stage with a batch to work on gets `min(1, cores / busy stages)` of a core, and
+/// hand-offs are free. A stage that has finished a batch holds it until the queue
+/// after it has room, and takes no new batch meanwhile (as a pipeline's worker does).
+fn ideal_makespan(costs: &[f64], batches: usize, queue: usize, cores: f64) -> f64 {
+    let stages = costs.len();
+    // Batches waiting before each stage; the first stage's input is always there.
+    let mut waiting = vec![0usize; stages];
+    waiting[0] = batches;
+    let mut left: Vec<Option<f64>> = vec![None; stages];
+    let mut held = vec![false; stages];
+    let (mut done, mut now) = (0, 0.0);
+    while done < batches {
+        // Hand finished batches on and start new ones, until nothing moves.
+        let mut moved = true;
+        while moved {
+            moved = false;
+            for stage in 0..stages {
+                if held[stage] && (stage + 1 == stages || waiting[stage + 1] < queue) {
+                    held[stage] = false;
+                    if stage + 1 == stages {
+                        done += 1;
+                    } else {
+                        waiting[stage + 1] += 1;
+                    }
+                    moved = true;
+                }
+                if left[stage].is_none() && !held[stage] && waiting[stage] > 0 {
+                    waiting[stage] -= 1;
+                    left[stage] = Some(costs[stage]);
+                    moved = true;
+                }
+            }
+        }
+        let busy = left.iter().flatten().count();
+        if busy == 0 {
+            break;
+        }
+        let rate = (cores / busy as f64).min(1.0);
+        let step = left.iter().flatten().copied().fold(f64::INFINITY, f64::min) / rate;
+        now += step;
+        for stage in 0..stages {
+            if let Some(work) = left[stage] {
+                let rest = work - step * rate;
+                if rest <= 1e-12 {
+                    left[stage] = None;
+                    held[stage] = true;
+                } else {
+                    left[stage] = Some(rest);
+                }
+            }
+        }
+    }
+    now
+}
+
 fn summary() {
     print_table(
         "data-processor, paired runs: records/s of the plugin / records/s of the in-host baseline",
@@ -317,6 +374,15 @@ fn summary() {
         rows.push(vec![
             "ideal pipeline speed-up: total / max(slowest, total / cores)".to_owned(),
             format!("{:.2}", total / slowest.max(total / cores)),
+            String::new(),
+        ]);
+        rows.push(vec![
+            format!("the same for {PIPELINE_BATCHES} batches, with filling and draining (ideal scheduler)"),
+            format!(
+                "{:.2}",
+                total * PIPELINE_BATCHES as f64
+                    / ideal_makespan(&costs, PIPELINE_BATCHES, 2, cores)
+            ),
             String::new(),
         ]);
         print_table(
