@@ -1,7 +1,8 @@
 //! `plugbay`: operate a local registry of Plugbay plugins and run them.
 //!
 //! Exit codes: 0 ok (a closed stdout, as in `plugbay list | head -1`, is ok too),
-//! 1 error, 2 usage. Errors go to stderr as `error: ` and the chain of causes.
+//! 1 error, 2 usage; 128 + the signal's number for a `run --output FILE` stopped by a
+//! signal. Errors go to stderr as `error: ` and the chain of causes.
 
 mod cli;
 

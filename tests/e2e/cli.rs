@@ -1305,3 +1305,66 @@ fn serve_answers_the_seeds_registration_request() {
     let status = server.wait().unwrap();
     assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
 }
+
+#[test]
+fn an_interrupted_run_leaves_no_file_behind() {
+    let plugbay = Plugbay::new();
+    let dir = plugbay.dir.path().join("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_file = dir.join("out.json");
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let mut child = plugbay
+            .command(&[
+                "run",
+                path(&library("data-processor")),
+                "--output",
+                path(&out_file),
+                "--batch-size",
+                "1",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Two records, and the input stays open: the run waits for more.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+        let started = std::time::Instant::now();
+        let temporary = loop {
+            let found = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .find(|name| name.starts_with(".plugbay-output"));
+            if let Some(name) = found {
+                break name;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "the run never created its temporary output"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let output = child.wait_with_output().unwrap();
+        drop(stdin);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "interrupted: {} was not written",
+                out_file.display()
+            )),
+            "{signal}: {stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "{signal} left {left:?} (the temporary file was {temporary})"
+        );
+    }
+}

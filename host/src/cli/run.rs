@@ -7,7 +7,7 @@
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -41,7 +41,8 @@ Input: a JSON array of records, or JSON Lines (one object per line). Output: one
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
 bar too when stderr is a terminal. With `--json`, the summary is JSON: on stdout when
 `--output` is a file, else on stderr. With `--output FILE`, the file appears only when
-the run succeeds.")]
+the run succeeds: a run that fails, or is stopped by Ctrl-C (exit code 130) or a
+SIGTERM (143), leaves no file, neither the output nor a temporary one.")]
 pub struct Args {
     /// Registered plugin ids (`name@version`) or plugin library files, chained in this order
     #[arg(value_name = "ID|LIBRARY", required = true)]
@@ -376,6 +377,9 @@ fn progress_bar(source: &Source) -> Option<ProgressBar> {
 struct Output {
     writer: Writer,
     records_written: bool,
+    /// The temporary file until it becomes the output: a signal that stops the run
+    /// removes it (see [`remove_on_signal`]).
+    pending: Arc<Mutex<Option<PathBuf>>>,
 }
 
 enum Writer {
@@ -388,6 +392,7 @@ enum Writer {
 
 impl Output {
     fn create(path: Option<&Path>) -> Result<Output> {
+        let pending = Arc::new(Mutex::new(None));
         let writer = match path {
             None => Writer::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
             Some(path) => {
@@ -395,10 +400,13 @@ impl Output {
                     Some(dir) if !dir.as_os_str().is_empty() => dir,
                     _ => Path::new("."),
                 };
+                remove_on_signal(pending.clone(), path.to_owned())?;
                 let file = tempfile::Builder::new()
                     .prefix(".plugbay-output")
                     .tempfile_in(dir)
                     .with_context(|| format!("cannot create output {}", path.display()))?;
+                *pending.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(file.path().to_owned());
                 Writer::File {
                     path: path.to_owned(),
                     file: BufWriter::with_capacity(1 << 16, file),
@@ -408,6 +416,7 @@ impl Output {
         Ok(Output {
             writer,
             records_written: false,
+            pending,
         })
     }
 
@@ -461,12 +470,51 @@ impl Output {
             file.as_file()
                 .sync_all()
                 .with_context(|| format!("cannot write output {name}"))?;
+            // A signal now either finds the temporary file (and removes it) or
+            // waits until the output is in place.
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             file.persist(&path)
                 .map_err(|err| err.error)
                 .with_context(|| format!("cannot write output {name}"))?;
+            *pending = None;
         }
         Ok(())
     }
+}
+
+/// Watches for the signals that stop a run (Ctrl-C, SIGTERM, SIGHUP) on a thread of
+/// its own: the first one removes the temporary output file, says so, and exits with
+/// 128 + the signal's number. The pipeline's threads may be busy in plugin code, or
+/// blocked reading stdin, so the run is not asked to wind down: it is stopped.
+#[cfg(unix)]
+fn remove_on_signal(pending: Arc<Mutex<Option<PathBuf>>>, output: PathBuf) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot watch for Ctrl-C to remove a partial output")?;
+    std::thread::Builder::new()
+        .name("plugbay-signals".to_owned())
+        .spawn(move || {
+            let Some(signal) = signals.forever().next() else {
+                return;
+            };
+            // Held until the process ends, so the output cannot be moved into place
+            // after this.
+            let pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(temporary) = pending.as_ref() {
+                let _ = std::fs::remove_file(temporary);
+                eprintln!("\ninterrupted: {} was not written", output.display());
+            }
+            std::process::exit(128 + signal);
+        })
+        .context("cannot watch for Ctrl-C to remove a partial output")?;
+    Ok(())
+}
+
+/// Elsewhere, a stopped run may leave its temporary output file behind.
+#[cfg(not(unix))]
+fn remove_on_signal(_pending: Arc<Mutex<Option<PathBuf>>>, _output: PathBuf) -> Result<()> {
+    Ok(())
 }
 
 fn summarize(
