@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use plugbay_api::abi::PluginBox;
+use plugbay_api::manifest::Hook;
 use serde::Serialize;
 
 use crate::batch::Batch;
@@ -219,7 +220,7 @@ impl Pipeline {
                             errors.push(PipelineError::Stage {
                                 stage,
                                 index,
-                                error: handle.time_out(plugbay_api::manifest::Hook::Process),
+                                error: handle.time_out(Hook::Process),
                                 batch,
                             });
                         }

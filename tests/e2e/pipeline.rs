@@ -154,6 +154,27 @@ fn run_to_error(pipeline: &mut Pipeline, batches: usize) -> (PipelineError, usiz
     (err, delivered)
 }
 
+/// Runs `input(batches, 2)` through `pipeline`, which must fail in a stage; returns
+/// the stage, the batch number, the error, the batch, and how many batches reached
+/// the sink.
+fn run_to_stage_error(
+    pipeline: &mut Pipeline,
+    batches: usize,
+) -> (usize, u64, plugbay_host::CallError, Batch, usize) {
+    match run_to_error(pipeline, batches) {
+        (
+            PipelineError::Stage {
+                stage,
+                index,
+                error,
+                batch,
+            },
+            delivered,
+        ) => (stage, index, error, batch, delivered),
+        (other, _) => panic!("expected a stage error, got {other}"),
+    }
+}
+
 #[test]
 fn a_stage_that_fails_mid_run_has_processed_exactly_the_batches_before() {
     let (host, _dir) = host();
@@ -163,16 +184,7 @@ fn a_stage_that_fails_mid_run_has_processed_exactly_the_batches_before() {
             .unwrap(),
     ];
     let mut pipeline = Pipeline::new(stages);
-    let (err, delivered) = run_to_error(&mut pipeline, 8);
-    let PipelineError::Stage {
-        stage,
-        index,
-        error,
-        batch,
-    } = err
-    else {
-        panic!("expected a stage error, got {err}");
-    };
+    let (stage, index, error, batch, delivered) = run_to_stage_error(&mut pipeline, 8);
     assert_eq!((stage, index, delivered), (1, 3, 3));
     assert!(
         matches!(error, plugbay_host::CallError::Plugin { .. }),
@@ -275,16 +287,7 @@ fn a_stage_that_may_not_process_fails_on_the_first_batch_and_keeps_it() {
         host.start(example("redactor").with_grants(vec![])).unwrap(),
     ];
     let mut pipeline = Pipeline::new(stages);
-    let (err, delivered) = run_to_error(&mut pipeline, 3);
-    let PipelineError::Stage {
-        stage,
-        index,
-        error,
-        batch,
-    } = err
-    else {
-        panic!("expected a stage error, got {err}");
-    };
+    let (stage, index, error, batch, delivered) = run_to_stage_error(&mut pipeline, 3);
     assert_eq!((stage, index, delivered), (1, 0, 0));
     assert!(error.to_string().contains("process:data"), "{error}");
     let records: Vec<Value> = batch.records().unwrap();
