@@ -1657,6 +1657,23 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
 }
 
 #[test]
+fn an_oversized_body_gets_its_413_not_a_reset() {
+    let api = Api::start_with(|options| options.body_limit = 4096);
+    let key = Some(api.keys.all.as_str());
+    // The client is still sending when the server knows its answer: the server reads
+    // the rest before it answers and closes, or the client sees a reset instead.
+    for size in [10_000, 1_000_000, 8_000_000] {
+        for _ in 0..3 {
+            let mut body = vec![b' '; size];
+            body[0] = b'[';
+            body[size - 1] = b']';
+            api.raw(Method::POST, "/plugins/x@1.0.0/process", key, body)
+                .assert_error(413, "payload_too_large");
+        }
+    }
+}
+
+#[test]
 fn errors_are_json_everywhere() {
     let api = Api::start_with(|options| options.body_limit = 4096);
     let key = Some(api.keys.all.as_str());

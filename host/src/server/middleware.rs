@@ -1,13 +1,16 @@
 //! What runs around every handler: the API key check, the per-request deadline, and
 //! the guarantee that every error leaves as a JSON body.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_body::Body as _;
 
 use super::error::{ApiError, ErrorCode};
 use super::routes::Access;
@@ -88,6 +91,48 @@ pub(crate) async fn deadline(
             format!("the request did not finish within the server's request timeout ({limit:?})"),
         )
         .into_response(),
+    }
+}
+
+/// How much more than the body limit a request may declare and still be read (and
+/// discarded) before its 413...
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+/// ...and for how long at most.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Answers 413 to a request whose `Content-Length` is over the body limit, after
+/// reading and discarding its body (up to [`LINGER_BYTES`] over the limit, for
+/// [`LINGER_TIME`] at most). A server that answers and closes with the body unread
+/// makes the kernel reset the connection, and a client still sending its body then
+/// often loses the answer along with the connection: it sees "connection reset"
+/// instead of the 413 that says what to do. Bodies that declare no length are cut
+/// off at the limit by the layers inside.
+pub(crate) async fn refuse_long_bodies(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let limit = app.body_limit as u64;
+    match declared {
+        Some(length) if length > limit => {
+            if length <= limit.saturating_add(LINGER_BYTES) {
+                let mut body = request.into_body();
+                let drain = async {
+                    while let Some(Ok(_)) =
+                        std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                    {
+                    }
+                };
+                let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+            }
+            super::body::too_large(app.body_limit).into_response()
+        }
+        _ => next.run(request).await,
     }
 }
 

@@ -385,6 +385,10 @@ fn router(app: Arc<App>) -> Router {
         .layer(RequestBodyLimitLayer::new(app.body_limit))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
+            middleware::refuse_long_bodies,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
             middleware::deadline,
         ))
         .layer(TraceLayer::new_for_http())
