@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use plugbay_api::abi::PluginBox;
 use plugbay_api::manifest::Hook;
 use serde::Serialize;
@@ -60,7 +60,8 @@ pub enum PipelineError {
         /// What failed.
         #[source]
         error: CallError,
-        /// The batch the stage was given.
+        /// The batch the stage was given (for a stage that could not take batches at
+        /// all, the first input batch).
         batch: Batch,
     },
     /// Reading the input failed.
@@ -128,8 +129,10 @@ impl Pipeline {
     /// input order. Stops at the first error, which says where it happened and
     /// carries the batch that failed; every batch before it has reached `sink`.
     ///
-    /// When a stage fails on batch k, it has processed batches 0 to k − 1 and nothing
-    /// after them, so a stateful plugin can resume at batch k.
+    /// When a stage fails on batch k (an error, a panic or a missed deadline), it has
+    /// processed batches 0 to k − 1 and nothing after them, so a stateful plugin can
+    /// resume at batch k. A panic in `sink` or in the input iterator reaches the
+    /// caller once every stage has left the run; the stages stay usable.
     pub fn run<I, F>(&mut self, input: I, mut sink: F) -> Result<PipelineReport, PipelineError>
     where
         I: IntoIterator<Item = Result<Batch, IoError>>,
@@ -163,14 +166,16 @@ impl Pipeline {
                 output: tx,
                 aborted: aborted.clone(),
                 clock: clock.clone(),
+                timeout: handle.timeout(),
             };
             clocks.push(clock);
             if let Err(error) = handle.open_stream(stream) {
                 // The worker is gone. Nothing has been read yet: stop the stages
                 // before it, and fail on the first batch as above.
                 drop(abort);
+                let grace = Instant::now() + END_GRACE;
                 for opened in &mut self.stages[..stage] {
-                    let _ = opened.close_stream(Instant::now() + END_GRACE);
+                    let _ = opened.close_stream(|| grace);
                 }
                 return self.refuse(input, stage, error);
             }
@@ -181,22 +186,44 @@ impl Pipeline {
 
         std::thread::scope(|scope| {
             let feeder = scope.spawn(move || feed(input, first_tx, aborted));
-            // Deliver the output, and wake for the earliest deadline of a batch in a
-            // plugin: a stage that misses it fails the run.
+            // Deliver the output and watch the deadlines. A stage that misses one on
+            // batch k is failed at once; the batches before k are all past it, and
+            // are delivered before the run stops.
+            let mut stop_at = u64::MAX;
             loop {
-                // A call that starts after this look is due after `now + timeout`.
                 let now = Instant::now();
+                for (stage, (handle, clock)) in self.stages.iter_mut().zip(&clocks).enumerate() {
+                    if !streaming[stage] {
+                        continue;
+                    }
+                    if let Some((index, batch)) = clock.late(handle.timeout(), now) {
+                        streaming[stage] = false;
+                        stop_at = stop_at.min(index);
+                        errors.push(PipelineError::Stage {
+                            stage,
+                            index,
+                            error: handle.time_out(Hook::Process),
+                            batch,
+                        });
+                    }
+                }
+                if delivered >= stop_at {
+                    break;
+                }
+                // A call that starts after this look is due after `now + timeout`.
                 let wake = self
                     .stages
                     .iter()
                     .zip(&clocks)
-                    .map(|(handle, clock)| {
+                    .zip(&streaming)
+                    .filter(|(_, streaming)| **streaming)
+                    .map(|((handle, clock), _)| {
                         clock
                             .deadline(handle.timeout())
                             .unwrap_or(now + handle.timeout())
                     })
                     .min()
-                    .unwrap_or(now);
+                    .unwrap_or(now + END_GRACE);
                 match upstream.recv_deadline(wake) {
                     Ok((index, batch)) => {
                         if let Err(error) = sink(batch) {
@@ -206,54 +233,25 @@ impl Pipeline {
                         delivered += 1;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
-                    Err(RecvTimeoutError::Timeout) => {
-                        let now = Instant::now();
-                        let mut late = false;
-                        for (stage, (handle, clock)) in
-                            self.stages.iter_mut().zip(&clocks).enumerate()
-                        {
-                            let Some((index, batch)) = clock.late(handle.timeout(), now) else {
-                                continue;
-                            };
-                            late = true;
-                            streaming[stage] = false;
-                            errors.push(PipelineError::Stage {
-                                stage,
-                                index,
-                                error: handle.time_out(Hook::Process),
-                                batch,
-                            });
-                        }
-                        if late {
-                            break;
-                        }
-                    }
+                    Err(RecvTimeoutError::Timeout) => {}
                 }
             }
             drop(abort);
             drop(upstream);
 
             for (stage, handle) in self.stages.iter_mut().enumerate() {
-                if !streaming[stage] {
-                    continue;
-                }
-                // A stage still in a call has until that call's deadline to return.
-                let deadline = clocks[stage]
-                    .deadline(handle.timeout())
-                    .unwrap_or_else(Instant::now)
-                    .max(Instant::now() + END_GRACE);
-                match handle.close_stream(deadline) {
-                    Ok(None) => {}
-                    Ok(Some((index, batch, error))) => errors.push(PipelineError::Stage {
-                        stage,
-                        index,
-                        error,
-                        batch,
-                    }),
-                    Err(error) => {
-                        let (index, batch) = clocks[stage]
-                            .current()
-                            .unwrap_or_else(|| (0, Batch::from_json("[]")));
+                let clock = &clocks[stage];
+                if streaming[stage] {
+                    // A stage in a call has until that call's deadline to return;
+                    // one between calls leaves the run at once.
+                    let grace = Instant::now() + END_GRACE;
+                    let timeout = handle.timeout();
+                    let due = || clock.deadline(timeout).unwrap_or(grace);
+                    let failure = match handle.close_stream(due) {
+                        Ok(failure) => failure,
+                        Err(error) => clock.last().map(|(index, batch)| (index, batch, error)),
+                    };
+                    if let Some((index, batch, error)) = failure {
                         errors.push(PipelineError::Stage {
                             stage,
                             index,
@@ -262,9 +260,15 @@ impl Pipeline {
                         });
                     }
                 }
+                let (batches, records_out, busy) = clock.counters();
+                handle.count(batches, records_out, busy);
             }
-            if let Ok(Some(error)) = feeder.join() {
-                errors.push(error);
+            match feeder.join() {
+                Ok(Some(error)) => errors.push(error),
+                Ok(None) => {}
+                // The input iterator panicked: so does the run, now that every
+                // stage has left it.
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         });
         // The earliest failure is the cause; later ones are its echo.
@@ -362,61 +366,96 @@ fn feed<I: Iterator<Item = Result<Batch, IoError>>>(
     None
 }
 
-/// Which batch a stage's plugin is on, and since when: the pipeline's driver reads it
-/// to enforce the stage's deadline.
+/// What a stage's worker tells the pipeline's driver as it goes: the batch it took
+/// last and, while its plugin works on it, since when (for the deadline), and what
+/// it has done so far (the counters survive a worker that never returns).
 #[derive(Default)]
 pub(crate) struct Clock {
-    current: Mutex<Option<(u64, Batch, Instant)>>,
+    state: Mutex<ClockState>,
+}
+
+#[derive(Default)]
+struct ClockState {
+    last: Option<(u64, Batch)>,
+    since: Option<Instant>,
+    batches: u64,
+    records_out: u64,
+    busy: Duration,
 }
 
 impl Clock {
-    fn set(&self, current: Option<(u64, Batch, Instant)>) {
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = current;
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn current(&self) -> Option<(u64, Batch)> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current
-            .as_ref()
-            .map(|(index, batch, _)| (*index, batch.clone()))
+    /// The plugin starts on batch `index`.
+    fn start(&self, index: u64, batch: &Batch) -> Instant {
+        let started = Instant::now();
+        let mut state = self.state();
+        state.last = Some((index, batch.clone()));
+        state.since = Some(started);
+        started
+    }
+
+    /// The plugin returned after `elapsed`, with a batch of `records` records if it
+    /// gave one.
+    fn finish(&self, elapsed: Duration, records: Option<usize>) {
+        let mut state = self.state();
+        state.since = None;
+        state.busy += elapsed;
+        if let Some(records) = records {
+            state.batches += 1;
+            state.records_out += records as u64;
+        }
+    }
+
+    /// The last batch the stage took.
+    fn last(&self) -> Option<(u64, Batch)> {
+        self.state().last.clone()
     }
 
     /// When the batch in the plugin is due, if there is one.
     fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().map(|(_, _, started)| *started + timeout)
+        self.state().since.map(|since| since + timeout)
     }
 
     /// The batch in the plugin, if it is past its deadline at `now`.
     fn late(&self, timeout: Duration, now: Instant) -> Option<(u64, Batch)> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        match current.as_ref() {
-            Some((index, batch, started)) if now >= *started + timeout => {
-                Some((*index, batch.clone()))
-            }
+        let state = self.state();
+        match (&state.last, state.since) {
+            (Some(last), Some(since)) if now >= since + timeout => Some(last.clone()),
             _ => None,
         }
+    }
+
+    /// Batches returned, records in them, and time spent in `process`.
+    fn counters(&self) -> (u64, u64, Duration) {
+        let state = self.state();
+        (state.batches, state.records_out, state.busy)
     }
 }
 
 /// A stage's part of a run, handed to its worker: batches come from `input` and
 /// results go to `output`, until `input` ends, `output` closes, `aborted` is
-/// disconnected or the plugin fails.
+/// disconnected or the plugin fails or returns after `timeout`.
 pub(crate) struct Stream {
     input: Receiver<(u64, Batch)>,
     output: Sender<(u64, Batch)>,
     aborted: Receiver<()>,
     clock: Arc<Clock>,
+    timeout: Duration,
 }
 
-/// What a worker did in a stream.
-pub(crate) struct StreamEnd {
-    pub batches: u64,
-    pub records_out: u64,
-    pub busy: Duration,
-    /// The batch the plugin failed on (its number and the batch), and how.
-    pub failure: Option<(u64, Batch, Outcome)>,
+/// Why a stream stopped on a batch: the plugin failed, or returned after its
+/// deadline (its output is dropped, as a call's would be).
+pub(crate) enum Stopped {
+    Failed(Outcome),
+    Late,
 }
+
+/// Where a stream stopped on a batch (its number and the batch), and why; `None`
+/// when it ended with its input, its output or the run.
+pub(crate) type StreamEnd = Option<(u64, Batch, Stopped)>;
 
 /// Runs a stream on the worker's thread, with its instance.
 pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool) -> StreamEnd {
@@ -425,42 +464,41 @@ pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool)
         output,
         aborted,
         clock,
+        timeout,
     } = stream;
-    let mut end = StreamEnd {
-        batches: 0,
-        records_out: 0,
-        busy: Duration::ZERO,
-        failure: None,
-    };
+    // Once the run is aborted no new batch starts, even one already waiting.
+    let is_aborted = || matches!(aborted.try_recv(), Err(TryRecvError::Disconnected));
     loop {
+        if is_aborted() {
+            return None;
+        }
         let next = select! {
             recv(input) -> next => next.ok(),
             recv(aborted) -> _ => None,
         };
-        let Some((index, batch)) = next else {
-            return end;
-        };
-        let started = Instant::now();
-        clock.set(Some((index, batch.clone(), started)));
+        let (index, batch) = next?;
+        if is_aborted() {
+            return None;
+        }
+        let started = clock.start(index, &batch);
         let result = process_here(instance, &batch, check);
-        clock.set(None);
-        end.busy += started.elapsed();
+        let elapsed = started.elapsed();
+        let records = result.as_ref().ok().map(|output| output.len().unwrap_or(0));
+        clock.finish(elapsed, records);
+        if elapsed > timeout {
+            return Some((index, batch, Stopped::Late));
+        }
         match result {
             Ok(processed) => {
-                end.batches += 1;
-                end.records_out += processed.len().unwrap_or(0) as u64;
                 let sent = select! {
                     send(output, (index, processed)) -> sent => sent.is_ok(),
                     recv(aborted) -> _ => false,
                 };
                 if !sent {
-                    return end;
+                    return None;
                 }
             }
-            Err(outcome) => {
-                end.failure = Some((index, batch, outcome));
-                return end;
-            }
+            Err(outcome) => return Some((index, batch, Stopped::Failed(outcome))),
         }
     }
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::batch::{count_array, Batch};
 use crate::loader::{self, LoadError};
-use crate::pipeline::{self, Stream, StreamEnd};
+use crate::pipeline::{self, Stopped, Stream, StreamEnd};
 use crate::sandbox::{self, Confinement, Policy, Rules, SandboxError, SandboxMode};
 use crate::services::{DataStore, MemoryStore, Services};
 
@@ -668,7 +668,8 @@ pub struct PluginStatus {
     pub batches: u64,
     /// Records returned (counted when the host checks output).
     pub records_out: u64,
-    /// Time spent in `process`, as the caller saw it.
+    /// Time spent in `process`: as the caller saw it for a call, as the worker
+    /// measured it in a pipeline.
     pub busy: Duration,
 }
 
@@ -798,10 +799,17 @@ impl PluginHandle {
     fn call(&mut self, request: Request, hook: Hook) -> Result<Reply, CallError> {
         let sent = self.send(request)?;
         let deadline = sent + self.status.timeout;
-        match self.wait.reply(&self.replies, sent, deadline) {
-            Ok(reply) => Ok(reply),
-            Err(RecvTimeoutError::Timeout) => Err(self.time_out(hook)),
-            Err(RecvTimeoutError::Disconnected) => Err(self.lose_worker("the worker thread ended")),
+        loop {
+            return match self.wait.reply(&self.replies, sent, deadline) {
+                // The end of a pipeline run that stopped without collecting it (its
+                // sink panicked): the worker went on to this request after it.
+                Ok(Reply::Streamed(_)) => continue,
+                Ok(reply) => Ok(reply),
+                Err(RecvTimeoutError::Timeout) => Err(self.time_out(hook)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    Err(self.lose_worker("the worker thread ended"))
+                }
+            };
         }
     }
 
@@ -813,35 +821,44 @@ impl PluginHandle {
         self.send(Request::Stream(stream)).map(drop)
     }
 
-    /// Waits until `deadline` for the worker to leave its stream, and counts what it
-    /// did. Returns where the stream stopped on a failure of the plugin: the batch
-    /// number, the batch, and the caller's error.
+    /// Waits for the worker to leave its stream, until `due()` (asked again after each
+    /// wait, as the worker may be in a call). Returns where the stream stopped on a
+    /// failure of the plugin or a late return: the batch number, the batch, and the
+    /// caller's error.
     pub(crate) fn close_stream(
         &mut self,
-        deadline: Instant,
+        due: impl Fn() -> Instant,
     ) -> Result<Option<(u64, Batch, CallError)>, CallError> {
-        let end = match self.replies.recv_deadline(deadline) {
-            Ok(Reply::Streamed(end)) => end,
-            Ok(_) => return Err(self.lose_worker("answered a stream with another reply")),
-            Err(RecvTimeoutError::Timeout) => return Err(self.time_out(Hook::Process)),
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(self.lose_worker("the worker thread ended"))
+        let end = loop {
+            match self.replies.recv_deadline(due()) {
+                Ok(Reply::Streamed(end)) => break end,
+                Ok(_) => return Err(self.lose_worker("answered a stream with another reply")),
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= due() => {
+                    return Err(self.time_out(Hook::Process))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.lose_worker("the worker thread ended"))
+                }
             }
         };
-        let StreamEnd {
-            batches,
-            records_out,
-            busy,
-            failure,
-        } = end;
-        if batches > 0 {
+        Ok(end.map(|(index, batch, stopped)| {
+            let error = match stopped {
+                Stopped::Failed(outcome) => self.status.process_error(outcome),
+                Stopped::Late => self.time_out(Hook::Process),
+            };
+            (index, batch, error)
+        }))
+    }
+
+    /// Adds what a stream did to the instance's counters.
+    pub(crate) fn count(&mut self, batches: u64, records_out: u64, busy: Duration) {
+        if batches > 0 && self.status.state == State::Initialized {
             self.status.state = State::Running;
         }
         self.status.batches += batches;
         self.status.records_out += records_out;
         self.status.busy += busy;
-        Ok(failure
-            .map(|(index, batch, outcome)| (index, batch, self.status.process_error(outcome))))
     }
 
     /// Whether the instance takes batches now: it may process them, and it has
@@ -1079,7 +1096,7 @@ fn worker(
         let panicked = matches!(
             &reply,
             Reply::Processed(Err(Outcome::Plugin(error)))
-                | Reply::Streamed(StreamEnd { failure: Some((_, _, Outcome::Plugin(error))), .. })
+                | Reply::Streamed(Some((_, _, Stopped::Failed(Outcome::Plugin(error)))))
                 | Reply::CleanedUp(RResult::RErr(error))
                 if error.kind == ErrorKind::PANICKED
         );

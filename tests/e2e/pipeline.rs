@@ -295,3 +295,139 @@ fn a_stage_that_may_not_process_fails_on_the_first_batch_and_keeps_it() {
     assert!(records[0].get("processed").is_none());
     assert_eq!(pipeline.stages()[0].status().batches, 0, "nothing ran");
 }
+
+#[test]
+fn a_timeout_still_delivers_the_batches_before_it() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(
+            fixture("faulty")
+                .with_config(json!({"hang": "process", "after": 1}))
+                .with_timeout(std::time::Duration::from_millis(300)),
+        )
+        .unwrap(),
+        // Still busy with batch 0 when stage 0 misses its deadline on batch 1.
+        host.start(fixture("faulty").with_config(json!({"slow": "process", "ms": 1000})))
+            .unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let (stage, index, error, batch, delivered) = run_to_stage_error(&mut pipeline, 4);
+    assert_eq!((stage, index, delivered), (0, 1, 1));
+    assert!(
+        matches!(error, plugbay_host::CallError::Timeout { .. }),
+        "{error}"
+    );
+    assert_eq!(batch.len(), Some(2));
+    let stages = pipeline.into_stages();
+    assert!(matches!(
+        stages[0].status().state,
+        plugbay_host::State::Failed(_)
+    ));
+    assert_eq!(
+        stages[0].status().batches,
+        1,
+        "a stage that hangs keeps the count of what it did"
+    );
+    assert_eq!(stages[1].status().state, plugbay_host::State::Running);
+    assert_eq!(stages[1].status().batches, 1);
+}
+
+#[test]
+fn a_late_return_fails_its_stage_even_while_the_sink_is_busy() {
+    let (host, _dir) = host();
+    let stages = vec![host
+        .start(
+            fixture("faulty")
+                .with_config(json!({"slow": "process", "ms": 400, "after": 3}))
+                .with_timeout(std::time::Duration::from_millis(300)),
+        )
+        .unwrap()];
+    let mut pipeline = Pipeline::new(stages);
+    let mut delivered = 0;
+    let err = pipeline
+        .run(input(6, 1), |_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            delivered += 1;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            PipelineError::Stage {
+                stage: 0,
+                index: 3,
+                error: plugbay_host::CallError::Timeout { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(delivered, 3);
+    assert!(matches!(
+        pipeline.stages()[0].status().state,
+        plugbay_host::State::Failed(_)
+    ));
+}
+
+#[test]
+fn a_run_stopped_early_leaves_slow_stages_whole() {
+    let (host, _dir) = host();
+    let stages = vec![host
+        .start(fixture("faulty").with_config(json!({"slow": "process", "ms": 150})))
+        .unwrap()];
+    let mut pipeline = Pipeline::new(stages);
+    // Batches wait in the stage's queue when the sink fails: none of them starts
+    // after that, and the stage is not taken for a stage that hangs.
+    for _ in 0..3 {
+        let err = pipeline
+            .run(input(6, 1), |_| Err("disk full".into()))
+            .unwrap_err();
+        assert!(
+            matches!(err, PipelineError::Output { index: 0, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            pipeline.stages()[0].status().state,
+            plugbay_host::State::Running
+        );
+    }
+    let report = pipeline.run(input(2, 1), |_| Ok(())).unwrap();
+    assert_eq!(report.batches, 2);
+}
+
+#[test]
+fn a_panic_in_the_sink_or_the_input_leaves_the_stages_usable() {
+    let (host, _dir) = host();
+    let stages = vec![
+        host.start(example("redactor")).unwrap(),
+        host.start(example("data-processor")).unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let sink_panics = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pipeline.run(input(4, 1), |_| panic!("the sink panics"))
+    }));
+    assert!(sink_panics.is_err(), "the sink's panic reaches the caller");
+    let input_panics = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let failing = input(4, 1).enumerate().map(|(i, batch)| {
+            assert!(i < 2, "the input panics at batch 2");
+            batch
+        });
+        pipeline.run(failing, |_| Ok(()))
+    }));
+    assert!(
+        input_panics.is_err(),
+        "the input's panic reaches the caller"
+    );
+
+    let report = pipeline.run(input(3, 2), |_| Ok(())).unwrap();
+    assert_eq!(report.batches, 3);
+    let mut stages = pipeline.into_stages();
+    let output = stages[1]
+        .process(&Batch::from_json(r#"[{"id": 1}]"#))
+        .unwrap();
+    assert_eq!(output.len(), Some(1));
+    for stage in stages {
+        stage.shutdown().expect("each stage cleans up");
+    }
+}
