@@ -80,6 +80,12 @@ pub enum PipelineError {
         /// What failed.
         error: IoError,
     },
+    /// The thread that reads the input could not be spawned.
+    #[error("cannot spawn the pipeline's input thread: {source}")]
+    Spawn {
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The pipeline has no stages.
     #[error("a pipeline needs at least one plugin")]
     Empty,
@@ -133,10 +139,14 @@ impl Pipeline {
     /// processed batches 0 to k − 1 and nothing after them, so a stateful plugin can
     /// resume at batch k. A panic in `sink` or in the input iterator reaches the
     /// caller once every stage has left the run; the stages stay usable.
+    ///
+    /// The input is read on a thread of its own, which a failed run does not wait
+    /// for: an input that blocks (stdin from a slow producer) does not hold back the
+    /// error, and that thread ends at its next batch.
     pub fn run<I, F>(&mut self, input: I, mut sink: F) -> Result<PipelineReport, PipelineError>
     where
         I: IntoIterator<Item = Result<Batch, IoError>>,
-        I::IntoIter: Send,
+        I::IntoIter: Send + 'static,
         F: FnMut(Batch) -> Result<(), IoError>,
     {
         if self.stages.is_empty() {
@@ -184,85 +194,101 @@ impl Pipeline {
         let mut delivered = 0u64;
         let mut errors = Vec::new();
 
-        std::thread::scope(|scope| {
-            let feeder = scope.spawn(move || feed(input, first_tx, aborted));
-            // Deliver the output and watch the deadlines. A stage that misses one on
-            // batch k is failed at once; the batches before k are all past it, and
-            // are delivered before the run stops.
-            let mut stop_at = u64::MAX;
-            loop {
-                let now = Instant::now();
-                for (stage, (handle, clock)) in self.stages.iter_mut().zip(&clocks).enumerate() {
-                    if !streaming[stage] {
-                        continue;
-                    }
-                    if let Some((index, batch)) = clock.late(handle.timeout(), now) {
-                        streaming[stage] = false;
-                        stop_at = stop_at.min(index);
-                        errors.push(PipelineError::Stage {
-                            stage,
-                            index,
-                            error: handle.time_out(Hook::Process),
-                            batch,
-                        });
-                    }
+        let feeder = match std::thread::Builder::new()
+            .name("plugbay-feeder".to_owned())
+            .spawn(move || feed(input, first_tx, aborted))
+        {
+            Ok(feeder) => feeder,
+            Err(source) => {
+                drop(abort);
+                let grace = Instant::now() + END_GRACE;
+                for opened in &mut self.stages {
+                    let _ = opened.close_stream(|| grace);
                 }
-                if delivered >= stop_at {
-                    break;
+                return Err(PipelineError::Spawn { source });
+            }
+        };
+        // Deliver the output and watch the deadlines. A stage that misses one on
+        // batch k is failed at once; the batches before k are all past it, and
+        // are delivered before the run stops.
+        let mut stop_at = u64::MAX;
+        loop {
+            let now = Instant::now();
+            for (stage, (handle, clock)) in self.stages.iter_mut().zip(&clocks).enumerate() {
+                if !streaming[stage] {
+                    continue;
                 }
-                // A call that starts after this look is due after `now + timeout`.
-                let wake = self
-                    .stages
-                    .iter()
-                    .zip(&clocks)
-                    .zip(&streaming)
-                    .filter(|(_, streaming)| **streaming)
-                    .map(|((handle, clock), _)| {
-                        clock
-                            .deadline(handle.timeout())
-                            .unwrap_or(now + handle.timeout())
-                    })
-                    .min()
-                    .unwrap_or(now + END_GRACE);
-                match upstream.recv_deadline(wake) {
-                    Ok((index, batch)) => {
-                        if let Err(error) = sink(batch) {
-                            errors.push(PipelineError::Output { index, error });
-                            break;
-                        }
-                        delivered += 1;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                    Err(RecvTimeoutError::Timeout) => {}
+                if let Some((index, batch)) = clock.late(handle.timeout(), now) {
+                    streaming[stage] = false;
+                    stop_at = stop_at.min(index);
+                    errors.push(PipelineError::Stage {
+                        stage,
+                        index,
+                        error: handle.time_out(Hook::Process),
+                        batch,
+                    });
                 }
             }
-            drop(abort);
-            drop(upstream);
+            if delivered >= stop_at {
+                break;
+            }
+            // A call that starts after this look is due after `now + timeout`.
+            let wake = self
+                .stages
+                .iter()
+                .zip(&clocks)
+                .zip(&streaming)
+                .filter(|(_, streaming)| **streaming)
+                .map(|((handle, clock), _)| {
+                    clock
+                        .deadline(handle.timeout())
+                        .unwrap_or(now + handle.timeout())
+                })
+                .min()
+                .unwrap_or(now + END_GRACE);
+            match upstream.recv_deadline(wake) {
+                Ok((index, batch)) => {
+                    if let Err(error) = sink(batch) {
+                        errors.push(PipelineError::Output { index, error });
+                        break;
+                    }
+                    delivered += 1;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        drop(abort);
+        drop(upstream);
 
-            for (stage, handle) in self.stages.iter_mut().enumerate() {
-                let clock = &clocks[stage];
-                if streaming[stage] {
-                    // A stage in a call has until that call's deadline to return;
-                    // one between calls leaves the run at once.
-                    let grace = Instant::now() + END_GRACE;
-                    let timeout = handle.timeout();
-                    let due = || clock.deadline(timeout).unwrap_or(grace);
-                    let failure = match handle.close_stream(due) {
-                        Ok(failure) => failure,
-                        Err(error) => clock.last().map(|(index, batch)| (index, batch, error)),
-                    };
-                    if let Some((index, batch, error)) = failure {
-                        errors.push(PipelineError::Stage {
-                            stage,
-                            index,
-                            error,
-                            batch,
-                        });
-                    }
+        for (stage, handle) in self.stages.iter_mut().enumerate() {
+            let clock = &clocks[stage];
+            if streaming[stage] {
+                // A stage in a call has until that call's deadline to return;
+                // one between calls leaves the run at once.
+                let grace = Instant::now() + END_GRACE;
+                let timeout = handle.timeout();
+                let due = || clock.deadline(timeout).unwrap_or(grace);
+                let failure = match handle.close_stream(due) {
+                    Ok(failure) => failure,
+                    Err(error) => clock.last().map(|(index, batch)| (index, batch, error)),
+                };
+                if let Some((index, batch, error)) = failure {
+                    errors.push(PipelineError::Stage {
+                        stage,
+                        index,
+                        error,
+                        batch,
+                    });
                 }
-                let (batches, records_out, busy) = clock.counters();
-                handle.count(batches, records_out, busy);
             }
+            let (batches, records_out, busy) = clock.counters();
+            handle.count(batches, records_out, busy);
+        }
+        // The feeder has ended unless the run stopped early while it waits on its
+        // input (stdin from a slow producer): it is not waited for then, and ends at
+        // its next batch, when it finds the run aborted.
+        if errors.is_empty() || feeder.is_finished() {
             match feeder.join() {
                 Ok(Some(error)) => errors.push(error),
                 Ok(None) => {}
@@ -270,13 +296,13 @@ impl Pipeline {
                 // stage has left it.
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-        });
+        }
         // The earliest failure is the cause; later ones are its echo.
         errors.sort_by_key(|error| match error {
             PipelineError::Stage { index, .. }
             | PipelineError::Input { index, .. }
             | PipelineError::Output { index, .. } => *index,
-            PipelineError::Empty => u64::MAX,
+            PipelineError::Spawn { .. } | PipelineError::Empty => u64::MAX,
         });
         if let Some(error) = errors.into_iter().next() {
             return Err(error);

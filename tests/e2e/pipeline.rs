@@ -431,3 +431,36 @@ fn a_panic_in_the_sink_or_the_input_leaves_the_stages_usable() {
         stage.shutdown().expect("each stage cleans up");
     }
 }
+
+#[test]
+fn a_failed_run_does_not_wait_for_a_slow_input() {
+    let (host, _dir) = host();
+    let stages = vec![host
+        .start(fixture("faulty").with_config(json!({"fail": "process"})))
+        .unwrap()];
+    let mut pipeline = Pipeline::new(stages);
+    // One batch, then an input that takes 5 s to say it has no more (stdin from a
+    // slow producer).
+    let slow = input(1, 2).chain(std::iter::from_fn(|| {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        None
+    }));
+    let started = std::time::Instant::now();
+    let err = pipeline.run(slow, |_| Ok(())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PipelineError::Stage {
+                stage: 0,
+                index: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the failure is reported without waiting for the input ({:?})",
+        started.elapsed()
+    );
+}
