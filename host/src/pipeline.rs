@@ -5,11 +5,12 @@
 //! stages, and the host never parses a batch between them. The thread that runs the
 //! pipeline delivers the output and watches every stage's deadline.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use plugbay_api::abi::PluginBox;
+use plugbay_api::abi::{ErrorKind, PluginBox, PluginError};
 use plugbay_api::manifest::Hook;
 use serde::Serialize;
 
@@ -212,6 +213,7 @@ impl Pipeline {
         // batch k is failed at once; the batches before k are all past it, and
         // are delivered before the run stops.
         let mut stop_at = u64::MAX;
+        let mut raised = None;
         loop {
             let now = Instant::now();
             for (stage, (handle, clock)) in self.stages.iter_mut().zip(&clocks).enumerate() {
@@ -248,11 +250,18 @@ impl Pipeline {
                 .unwrap_or(now + END_GRACE);
             match upstream.recv_deadline(wake) {
                 Ok((index, batch)) => {
-                    if let Err(error) = sink(batch) {
-                        errors.push(PipelineError::Output { index, error });
-                        break;
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| sink(batch))) {
+                        Ok(Ok(())) => delivered += 1,
+                        Ok(Err(error)) => {
+                            errors.push(PipelineError::Output { index, error });
+                            break;
+                        }
+                        // Raised again once every stage has left the run.
+                        Err(panic) => {
+                            raised = Some(panic);
+                            break;
+                        }
                     }
-                    delivered += 1;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -288,14 +297,19 @@ impl Pipeline {
         // The feeder has ended unless the run stopped early while it waits on its
         // input (stdin from a slow producer): it is not waited for then, and ends at
         // its next batch, when it finds the run aborted.
-        if errors.is_empty() || feeder.is_finished() {
+        if (errors.is_empty() && raised.is_none()) || feeder.is_finished() {
             match feeder.join() {
                 Ok(Some(error)) => errors.push(error),
                 Ok(None) => {}
                 // The input iterator panicked: so does the run, now that every
                 // stage has left it.
-                Err(panic) => std::panic::resume_unwind(panic),
+                Err(panic) => {
+                    raised.get_or_insert(panic);
+                }
             }
+        }
+        if let Some(panic) = raised {
+            std::panic::resume_unwind(panic);
         }
         // The earliest failure is the cause; later ones are its echo.
         errors.sort_by_key(|error| match error {
@@ -404,6 +418,8 @@ pub(crate) struct Clock {
 struct ClockState {
     last: Option<(u64, Batch)>,
     since: Option<Instant>,
+    /// The driver found the batch in the plugin past its deadline.
+    timed_out: bool,
     batches: u64,
     records_out: u64,
     busy: Duration,
@@ -415,24 +431,29 @@ impl Clock {
     }
 
     /// The plugin starts on batch `index`.
-    fn start(&self, index: u64, batch: &Batch) -> Instant {
-        let started = Instant::now();
+    fn start(&self, index: u64, batch: &Batch) {
         let mut state = self.state();
         state.last = Some((index, batch.clone()));
-        state.since = Some(started);
-        started
+        state.since = Some(Instant::now());
     }
 
-    /// The plugin returned after `elapsed`, with a batch of `records` records if it
-    /// gave one.
-    fn finish(&self, elapsed: Duration, records: Option<usize>) {
+    /// The plugin returned, with a batch of `records` records if it gave one. Returns
+    /// whether it returned in time: within `timeout`, and before the driver found it
+    /// late (one lock decides, so the driver and the worker never disagree). A late
+    /// batch is not counted: its output is dropped.
+    fn finish(&self, timeout: Duration, records: Option<usize>) -> bool {
         let mut state = self.state();
-        state.since = None;
+        let Some(since) = state.since.take() else {
+            return false;
+        };
+        let elapsed = since.elapsed();
         state.busy += elapsed;
-        if let Some(records) = records {
+        let in_time = !state.timed_out && elapsed < timeout;
+        if let (true, Some(records)) = (in_time, records) {
             state.batches += 1;
             state.records_out += records as u64;
         }
+        in_time
     }
 
     /// The last batch the stage took.
@@ -445,11 +466,16 @@ impl Clock {
         self.state().since.map(|since| since + timeout)
     }
 
-    /// The batch in the plugin, if it is past its deadline at `now`.
+    /// The batch in the plugin, if it is past its deadline at `now` (which the
+    /// worker then learns when its plugin returns).
     fn late(&self, timeout: Duration, now: Instant) -> Option<(u64, Batch)> {
-        let state = self.state();
+        let mut state = self.state();
         match (&state.last, state.since) {
-            (Some(last), Some(since)) if now >= since + timeout => Some(last.clone()),
+            (Some(last), Some(since)) if now >= since + timeout => {
+                let last = last.clone();
+                state.timed_out = true;
+                Some(last)
+            }
             _ => None,
         }
     }
@@ -506,13 +532,20 @@ pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool)
         if is_aborted() {
             return None;
         }
-        let started = clock.start(index, &batch);
+        clock.start(index, &batch);
         let result = process_here(instance, &batch, check);
-        let elapsed = started.elapsed();
         let records = result.as_ref().ok().map(|output| output.len().unwrap_or(0));
-        clock.finish(elapsed, records);
-        if elapsed > timeout {
-            return Some((index, batch, Stopped::Late));
+        let in_time = clock.finish(timeout, records);
+        match result {
+            // A panic is a panic, late or not: the instance is never called again.
+            Err(
+                outcome @ Outcome::Plugin(PluginError {
+                    kind: ErrorKind::PANICKED,
+                    ..
+                }),
+            ) => return Some((index, batch, Stopped::Failed(outcome))),
+            _ if !in_time => return Some((index, batch, Stopped::Late)),
+            _ => {}
         }
         match result {
             Ok(processed) => {

@@ -464,3 +464,91 @@ fn a_failed_run_does_not_wait_for_a_slow_input() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_panicking_sink_waits_for_the_stages_and_the_next_run_is_right() {
+    let (host, _dir) = host();
+    let sink_panics = |pipeline: &mut Pipeline| {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pipeline.run(input(3, 1), |_| panic!("the sink panics"))
+        }));
+        assert!(run.is_err(), "the sink's panic reaches the caller");
+    };
+
+    // A stage that hangs on batch 1: the panic goes on once its deadline has passed
+    // and it is failed, so the next run cannot wait on it.
+    let mut hanging = Pipeline::new(vec![host
+        .start(
+            fixture("faulty")
+                .with_config(json!({"hang": "process", "after": 1}))
+                .with_timeout(std::time::Duration::from_millis(300)),
+        )
+        .unwrap()]);
+    sink_panics(&mut hanging);
+    let status = hanging.stages()[0].status();
+    assert!(
+        matches!(status.state, plugbay_host::State::Failed(_)),
+        "{:?}",
+        status.state
+    );
+    assert_eq!(status.batches, 1);
+    let (stage, index, error, _, _) = run_to_stage_error(&mut hanging, 2);
+    assert_eq!((stage, index), (0, 0));
+    assert!(
+        matches!(error, plugbay_host::CallError::Failed { .. }),
+        "{error}"
+    );
+
+    // A stage that fails from batch 1 on: the next run gets its own answer, not
+    // the one the panicked run left.
+    let mut failing = Pipeline::new(vec![host
+        .start(fixture("faulty").with_config(json!({"fail": "process", "after": 1})))
+        .unwrap()]);
+    sink_panics(&mut failing);
+    assert_eq!(failing.stages()[0].status().batches, 1);
+    let (stage, index, error, _, delivered) = run_to_stage_error(&mut failing, 3);
+    assert_eq!((stage, index, delivered), (0, 0, 0));
+    assert!(
+        matches!(error, plugbay_host::CallError::Plugin { .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_late_batch_is_not_counted() {
+    let (host, _dir) = host();
+    let stages = vec![host
+        .start(
+            fixture("faulty")
+                .with_config(json!({"slow": "process", "ms": 400, "after": 1}))
+                .with_timeout(std::time::Duration::from_millis(300)),
+        )
+        .unwrap()];
+    let mut pipeline = Pipeline::new(stages);
+    let mut delivered = 0;
+    let err = pipeline
+        .run(input(3, 1), |_| {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+            delivered += 1;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            PipelineError::Stage {
+                stage: 0,
+                index: 1,
+                error: plugbay_host::CallError::Timeout { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(delivered, 1);
+    assert_eq!(
+        pipeline.stages()[0].status().batches,
+        1,
+        "batch 1 came back late: its output was dropped, and it is not counted"
+    );
+}
