@@ -164,8 +164,14 @@ impl Pipeline {
         }
         let started = Instant::now();
         let before = self.counters();
-        // Dropping `abort` wakes every stage and the feeder out of their waits.
-        let (abort, aborted) = bounded::<()>(0);
+        // Dropping a stage's sender in `aborts` wakes it out of its waits, and it
+        // starts no other batch; the feeder goes with the first stage.
+        let (mut aborts, abort_receivers): (Vec<_>, Vec<_>) = (0..self.stages.len())
+            .map(|_| {
+                let (abort, aborted) = bounded::<()>(0);
+                (Some(abort), aborted)
+            })
+            .unzip();
         let (first_tx, first_rx) = bounded::<(u64, Batch)>(STAGE_QUEUE);
         let mut upstream = first_rx;
         let mut clocks = Vec::with_capacity(self.stages.len());
@@ -175,7 +181,7 @@ impl Pipeline {
             let stream = Stream {
                 input: std::mem::replace(&mut upstream, rx),
                 output: tx,
-                aborted: aborted.clone(),
+                aborted: abort_receivers[stage].clone(),
                 clock: clock.clone(),
                 timeout: handle.timeout(),
             };
@@ -183,7 +189,7 @@ impl Pipeline {
             if let Err(error) = handle.open_stream(stream) {
                 // The worker is gone. Nothing has been read yet: stop the stages
                 // before it, and fail on the first batch as above.
-                drop(abort);
+                aborts.clear();
                 let grace = Instant::now() + END_GRACE;
                 for opened in &mut self.stages[..stage] {
                     let _ = opened.close_stream(|| grace);
@@ -197,11 +203,13 @@ impl Pipeline {
 
         let feeder = match std::thread::Builder::new()
             .name("plugbay-feeder".to_owned())
-            .spawn(move || feed(input, first_tx, aborted))
-        {
+            .spawn({
+                let aborted = abort_receivers[0].clone();
+                move || feed(input, first_tx, aborted)
+            }) {
             Ok(feeder) => feeder,
             Err(source) => {
-                drop(abort);
+                aborts.clear();
                 let grace = Instant::now() + END_GRACE;
                 for opened in &mut self.stages {
                     let _ = opened.close_stream(|| grace);
@@ -223,6 +231,8 @@ impl Pipeline {
                 if let Some((index, batch)) = clock.late(handle.timeout(), now) {
                     streaming[stage] = false;
                     stop_at = stop_at.min(index);
+                    // What the stages before it do from now on cannot reach the sink.
+                    aborts[..=stage].iter_mut().for_each(|abort| *abort = None);
                     errors.push(PipelineError::Stage {
                         stage,
                         index,
@@ -267,7 +277,7 @@ impl Pipeline {
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
-        drop(abort);
+        aborts.clear();
         drop(upstream);
 
         for (stage, handle) in self.stages.iter_mut().enumerate() {

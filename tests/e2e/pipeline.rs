@@ -552,3 +552,33 @@ fn a_late_batch_is_not_counted() {
         "batch 1 came back late: its output was dropped, and it is not counted"
     );
 }
+
+#[test]
+fn a_timeout_stops_the_stages_before_it_at_once() {
+    let (host, _dir) = host();
+    let ms = |ms| std::time::Duration::from_millis(ms);
+    let stages = vec![
+        host.start(fixture("faulty").with_config(json!({"slow": "process", "ms": 400})))
+            .unwrap(),
+        // Takes batch 1 at about 800 ms and misses its deadline at about 1.3 s.
+        host.start(
+            fixture("faulty")
+                .with_config(json!({"hang": "process", "after": 1}))
+                .with_timeout(ms(500)),
+        )
+        .unwrap(),
+        // Delivers batch 0 at about 2.9 s: the run lasts until then.
+        host.start(
+            fixture("faulty")
+                .with_config(json!({"slow": "process", "ms": 2500}))
+                .with_timeout(ms(10_000)),
+        )
+        .unwrap(),
+    ];
+    let mut pipeline = Pipeline::new(stages);
+    let (stage, index, _, _, delivered) = run_to_stage_error(&mut pipeline, 8);
+    assert_eq!((stage, index, delivered), (1, 1, 1));
+    // Stage 0 was on batch 3 (1.2–1.6 s) when stage 1 missed its deadline: it
+    // finishes that batch and starts no other, though the run goes on to 2.9 s.
+    assert_eq!(pipeline.stages()[0].status().batches, 4);
+}
