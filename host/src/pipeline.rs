@@ -190,10 +190,7 @@ impl Pipeline {
                 // The worker is gone. Nothing has been read yet: stop the stages
                 // before it, and fail on the first batch as above.
                 aborts.clear();
-                let grace = Instant::now() + END_GRACE;
-                for opened in &mut self.stages[..stage] {
-                    let _ = opened.close_stream(|| grace);
-                }
+                leave_unread(&mut self.stages[..stage]);
                 return self.refuse(input, stage, error);
             }
         }
@@ -210,10 +207,7 @@ impl Pipeline {
             Ok(feeder) => feeder,
             Err(source) => {
                 aborts.clear();
-                let grace = Instant::now() + END_GRACE;
-                for opened in &mut self.stages {
-                    let _ = opened.close_stream(|| grace);
-                }
+                leave_unread(&mut self.stages);
                 return Err(PipelineError::Spawn { source });
             }
         };
@@ -393,6 +387,15 @@ impl Pipeline {
 
 /// How long a stage that is not in a call has to leave its stream once the run ends.
 const END_GRACE: Duration = Duration::from_secs(1);
+
+/// Closes the streams of `stages` in a run that was aborted before any batch was
+/// read: none of them has anything to report.
+fn leave_unread(stages: &mut [PluginHandle]) {
+    let grace = Instant::now() + END_GRACE;
+    for stage in stages {
+        let _ = stage.close_stream(|| grace);
+    }
+}
 
 fn feed<I: Iterator<Item = Result<Batch, IoError>>>(
     input: I,
