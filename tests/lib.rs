@@ -20,6 +20,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-not-a-plugin",
     "fixture-prober",
     "fixture-noop",
+    "fixture-fd-scanner",
 ];
 
 /// The workspace's root directory.

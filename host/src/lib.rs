@@ -47,6 +47,7 @@
 
 mod allocator;
 mod batch;
+mod image;
 pub mod loader;
 pub mod local;
 mod pipeline;
@@ -60,7 +61,8 @@ mod services;
 
 pub use allocator::tune_allocator;
 pub use batch::Batch;
-pub use loader::LoadError;
+pub use image::sha256_file;
+pub use loader::{manifest_differences, LoadError, ManifestDifference};
 pub use pipeline::{IoError, Pipeline, PipelineError, PipelineReport, StageReport};
 pub use plugbay_api::abi::{ErrorKind, PluginError};
 pub use plugbay_api::manifest::{self, Hook, Manifest, Permission};

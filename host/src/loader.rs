@@ -2,6 +2,9 @@
 //! the file opens; it exports a root module; abi_stable's layout check passes; the
 //! plugbay-api version is compatible; the embedded manifest matches the one given.
 //!
+//! The bytes checked are the bytes loaded: [`Image`](crate::image) reads and hashes a
+//! library once, and the dynamic loader opens that copy, never the path again.
+//!
 //! Libraries are loaded with `libloading` and never closed: a library that passed
 //! abi_stable's layout check leaves pointers in abi_stable's global caches, and a Rust
 //! cdylib cannot be unloaded soundly anyway (thread-local destructors). "Unloaded"
@@ -12,6 +15,8 @@ use std::path::{Path, PathBuf};
 use abi_stable::library::{AbiHeaderRef, LibraryError, ROOT_MODULE_LOADER_NAME_WITH_NUL};
 use plugbay_api::abi::{PluginModRef, API_VERSION};
 use plugbay_api::manifest::{Manifest, Permission};
+
+use crate::image::Image;
 
 /// Why a library could not be loaded as a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +29,32 @@ pub enum LoadError {
     NotFound {
         /// The path.
         path: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read plugin library {path}: {source}")]
+    Unreadable {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The library's SHA-256 is not the one expected (the one reviewed).
+    #[error("plugin library {path} has sha256 {actual}, not the expected {expected}; it was not loaded (a library that changed since its review must be registered and reviewed again)")]
+    DigestMismatch {
+        /// The path.
+        path: PathBuf,
+        /// The expected SHA-256.
+        expected: String,
+        /// The SHA-256 of the file as read.
+        actual: String,
+    },
+    /// The sealed in-memory copy of the library could not be made.
+    #[error("cannot make a sealed copy of plugin library {path} to load: {source}")]
+    Seal {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
     },
     /// The file is not a loadable library.
     #[error("{path} is not a loadable library: {reason}")]
@@ -123,24 +154,22 @@ pub fn host_api_version() -> semver::Version {
     semver::Version::parse(API_VERSION).expect("plugbay-api's version is semver")
 }
 
-/// Opens `path` and runs every check but the manifest comparison.
+/// Opens `image` and runs every check but the manifest comparison.
 ///
 /// Opening a library runs its initializers: call this only on a confined thread.
-pub(crate) fn open(path: &Path) -> Result<LoadedLibrary, LoadError> {
-    if !path.is_file() {
-        return Err(LoadError::NotFound {
-            path: path.to_owned(),
-        });
-    }
+pub(crate) fn open(image: &Image) -> Result<LoadedLibrary, LoadError> {
+    let path = image.path.as_path();
     // SAFETY: opening a library runs its initializers, which may do anything native
     // code can. That is the premise of in-process plugins: the caller runs this on a
     // thread that landlock has already confined, and the threat model in the README
     // says what confinement does and does not stop.
-    let library =
-        unsafe { libloading::Library::new(path) }.map_err(|err| LoadError::NotALibrary {
+    let library = unsafe { libloading::Library::new(&image.load_path) }.map_err(|err| {
+        LoadError::NotALibrary {
             path: path.to_owned(),
-            reason: error_chain(&err),
-        })?;
+            reason: error_chain(&err)
+                .replace(&*image.load_path.to_string_lossy(), &path.to_string_lossy()),
+        }
+    })?;
     // SAFETY: abi_stable's root module loader symbol is a static `LibHeader` whose first
     // field is an `AbiHeader`; `AbiHeaderRef` is a transparent reference to it, so reading
     // the symbol's address as an `AbiHeaderRef` is what abi_stable's own loader does.
@@ -234,6 +263,86 @@ pub(crate) fn check_manifest(
         ));
     }
     Ok(())
+}
+
+/// One field in which two manifests differ.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ManifestDifference {
+    /// The field (`permissions`, `config`, …).
+    pub field: &'static str,
+    /// Its value in the manifest built into the library, as JSON.
+    pub built_in: String,
+    /// Its value in the manifest given, as JSON.
+    pub given: String,
+}
+
+impl std::fmt::Display for ManifestDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` is {} in the library but {} in the manifest given",
+            self.field, self.built_in, self.given
+        )
+    }
+}
+
+/// Every field in which `given` differs from the manifest `built_in` to a library.
+/// Lists (`hooks`, `permissions`) are compared as sets: their order means nothing.
+pub fn manifest_differences(built_in: &Manifest, given: &Manifest) -> Vec<ManifestDifference> {
+    fn as_set<T: Ord + Clone>(items: &[T]) -> Vec<T> {
+        let mut items = items.to_vec();
+        items.sort();
+        items.dedup();
+        items
+    }
+    let json = |value: serde_json::Value| value.to_string();
+    let mut differences = Vec::new();
+    let mut compare = |field: &'static str, built: serde_json::Value, given: serde_json::Value| {
+        if built != given {
+            differences.push(ManifestDifference {
+                field,
+                built_in: json(built),
+                given: json(given),
+            });
+        }
+    };
+    use serde_json::json;
+    compare("name", json!(built_in.name), json!(given.name));
+    compare(
+        "version",
+        json!(built_in.version.to_string()),
+        json!(given.version.to_string()),
+    );
+    compare(
+        "description",
+        json!(built_in.description),
+        json!(given.description),
+    );
+    compare("author", json!(built_in.author), json!(given.author));
+    compare("website", json!(built_in.website), json!(given.website));
+    compare("main", json!(built_in.main), json!(given.main));
+    compare(
+        "hooks",
+        json!(as_set(&built_in.hooks)),
+        json!(as_set(&given.hooks)),
+    );
+    compare(
+        "permissions",
+        json!(as_set(&built_in.permissions)),
+        json!(as_set(&given.permissions)),
+    );
+    compare(
+        "api_version",
+        json!(built_in.api_version.as_ref().map(ToString::to_string)),
+        json!(given.api_version.as_ref().map(ToString::to_string)),
+    );
+    compare(
+        "timeout_ms",
+        json!(built_in.timeout_ms),
+        json!(given.timeout_ms),
+    );
+    compare("config", json!(built_in.config), json!(given.config));
+    differences
 }
 
 fn join(permissions: &[Permission]) -> String {
@@ -399,7 +508,9 @@ mod tests {
 
     #[test]
     fn missing_files_are_named() {
-        let err = open(Path::new("/nonexistent/libnothing.so")).err().unwrap();
+        let err = Image::open(Path::new("/nonexistent/libnothing.so"), None)
+            .err()
+            .unwrap();
         assert!(
             err.to_string()
                 .contains("/nonexistent/libnothing.so does not exist"),

@@ -111,12 +111,8 @@ impl Host {
 
         let mut plugins = Vec::with_capacity(prepared.len());
         for plugin in prepared {
-            let (instance, api_version) = load_and_init(
-                &plugin.id,
-                &plugin.library,
-                &plugin.manifest,
-                plugin.context,
-            )?;
+            let (instance, api_version) =
+                load_and_init(&plugin.id, &plugin.image, &plugin.manifest, plugin.context)?;
             tracing::debug!(plugin = %plugin.id, %confinement, "local plugin started");
             plugins.push(LocalPlugin {
                 status: PluginStatus {
@@ -125,7 +121,8 @@ impl Host {
                     confinement: confinement.clone(),
                     granted: plugin.granted,
                     api_version: api_version.to_string(),
-                    library: plugin.library,
+                    library: plugin.image.path.clone(),
+                    sha256: plugin.image.sha256.clone(),
                     timeout: std::time::Duration::MAX,
                     batches: 0,
                     records_out: 0,

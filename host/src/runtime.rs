@@ -20,6 +20,7 @@ use plugbay_api::manifest::{Hook, Manifest, Permission};
 use serde::Serialize;
 
 use crate::batch::{count_array, Batch};
+use crate::image::Image;
 use crate::loader::{self, LoadError};
 use crate::pipeline::{self, Stopped, Stream, StreamEnd};
 use crate::sandbox::{self, Confinement, Policy, Rules, SandboxError, SandboxMode};
@@ -134,19 +135,40 @@ impl Host {
 
     /// Reads a library's embedded manifest and versions, on a confined thread that is
     /// granted nothing but reading the library.
+    ///
+    /// The library is read and hashed once; what is inspected is exactly those bytes
+    /// (see [`Inspection::sha256`]).
     pub fn inspect(&self, library: impl AsRef<Path>) -> Result<Inspection, StartError> {
-        let library = absolute(library.as_ref());
+        self.inspect_image(Image::open(library.as_ref(), None)?)
+    }
+
+    /// Inspects the library at `library`, whose SHA-256 must be `sha256`, naming it
+    /// `shown_as` in errors and in the inspection (a stored copy of that file).
+    #[cfg(feature = "registry")]
+    pub(crate) fn inspect_copy(
+        &self,
+        library: &Path,
+        sha256: &str,
+        shown_as: &Path,
+    ) -> Result<Inspection, StartError> {
+        let mut image = Image::open(library, Some(sha256))?;
+        image.path = shown_as.to_owned();
+        self.inspect_image(image)
+    }
+
+    fn inspect_image(&self, image: Image) -> Result<Inspection, StartError> {
+        let library = image.path.clone();
         let rules = Rules::new(&library, &[], Path::new("/"), Path::new("/"));
         let mode = self.sandbox;
         let id = library.display().to_string();
-        let thread_library = library.clone();
         std::thread::Builder::new()
             .name("plugbay-inspect".to_owned())
             .spawn(move || -> Result<Inspection, StartError> {
                 let confinement = sandbox::confine_current_thread(&id, &rules, mode)?;
-                let loaded = loader::open(&thread_library)?;
+                let loaded = loader::open(&image)?;
                 Ok(Inspection {
-                    library: thread_library,
+                    library: image.path,
+                    sha256: image.sha256,
                     manifest: loaded.manifest,
                     api_version: loaded.api_version,
                     confinement,
@@ -178,7 +200,7 @@ impl Host {
         let (ready_tx, ready_rx) = bounded::<Result<Ready, StartError>>(1);
         let setup = Setup {
             id: id.clone(),
-            library: prepared.library.clone(),
+            image: prepared.image.clone(),
             manifest: prepared.manifest,
             rules: prepared.rules,
             mode: self.sandbox,
@@ -213,7 +235,8 @@ impl Host {
                 confinement: ready.confinement,
                 granted: prepared.granted,
                 api_version: ready.api_version.to_string(),
-                library: prepared.library,
+                library: prepared.image.path.clone(),
+                sha256: prepared.image.sha256.clone(),
                 timeout,
                 batches: 0,
                 records_out: 0,
@@ -232,7 +255,9 @@ impl Host {
     pub(crate) fn prepare(&self, spec: PluginSpec) -> Result<Prepared, StartError> {
         let manifest = spec.manifest;
         let id = manifest.id();
-        let library = absolute(&spec.library);
+        // Read and hash the library once: the worker loads these bytes, not the path.
+        let image = Image::open(&spec.library, spec.sha256.as_deref())?;
+        let library = image.path.clone();
         let policy = spec.policy.as_ref().unwrap_or(&self.policy);
         let granted = policy.grant(&manifest.permissions);
         let timeout = spec
@@ -271,7 +296,7 @@ impl Host {
         };
         Ok(Prepared {
             id,
-            library,
+            image,
             manifest,
             granted,
             timeout,
@@ -295,7 +320,8 @@ impl Host {
 /// What [`Host::prepare`] worked out for one instance.
 pub(crate) struct Prepared {
     pub id: String,
-    pub library: PathBuf,
+    /// The library, read and hashed: what the worker loads.
+    pub image: Image,
     pub manifest: Manifest,
     pub granted: Vec<Permission>,
     pub timeout: Duration,
@@ -328,6 +354,8 @@ fn merged_config(
 pub struct Inspection {
     /// The library's path.
     pub library: PathBuf,
+    /// The SHA-256 of the bytes inspected.
+    pub sha256: String,
     /// The manifest embedded at compile time.
     pub manifest: Manifest,
     /// The plugbay-api version the plugin was built against.
@@ -351,6 +379,10 @@ pub struct PluginSpec {
     pub policy: Option<Policy>,
     /// The deadline of each call (the manifest's `timeout_ms`, then the host's, if unset).
     pub timeout: Option<Duration>,
+    /// The SHA-256 the library must have (a reviewed digest), in hex; any if unset.
+    /// The check and the load read the same bytes: a file swapped after the check is
+    /// never loaded.
+    pub sha256: Option<String>,
 }
 
 /// Why a manifest file could not be used.
@@ -387,6 +419,7 @@ impl PluginSpec {
             config: None,
             policy: None,
             timeout: None,
+            sha256: None,
         }
     }
 
@@ -404,6 +437,7 @@ impl PluginSpec {
             config: None,
             policy: None,
             timeout: None,
+            sha256: None,
         })
     }
 
@@ -439,6 +473,13 @@ impl PluginSpec {
     /// The deadline of each call.
     pub fn with_timeout(mut self, timeout: Duration) -> PluginSpec {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Loads the library only if its SHA-256 is `sha256` (hex), as read by the load
+    /// itself: what was reviewed is what runs.
+    pub fn with_sha256(mut self, sha256: impl Into<String>) -> PluginSpec {
+        self.sha256 = Some(sha256.into());
         self
     }
 }
@@ -662,6 +703,8 @@ pub struct PluginStatus {
     pub api_version: String,
     /// Its library.
     pub library: PathBuf,
+    /// The SHA-256 of the library bytes that were loaded.
+    pub sha256: String,
     /// The deadline of each call.
     pub timeout: Duration,
     /// Batches processed.
@@ -1039,7 +1082,7 @@ struct Ready {
 
 struct Setup {
     id: String,
-    library: PathBuf,
+    image: Image,
     manifest: Manifest,
     rules: Rules,
     mode: SandboxMode,
@@ -1058,7 +1101,7 @@ fn worker(
         .map_err(StartError::from)
         .and_then(|confinement| {
             let (instance, api_version) =
-                load_and_init(&setup.id, &setup.library, &setup.manifest, setup.context)?;
+                load_and_init(&setup.id, &setup.image, &setup.manifest, setup.context)?;
             Ok((
                 instance,
                 Ready {
@@ -1134,12 +1177,12 @@ fn next_request(requests: &Receiver<Request>) -> Option<Request> {
 /// confined.
 pub(crate) fn load_and_init(
     id: &str,
-    library: &Path,
+    image: &Image,
     manifest: &Manifest,
     context: PluginContext,
 ) -> Result<(PluginBox, semver::Version), StartError> {
-    let loaded = loader::open(library)?;
-    loader::check_manifest(library, &loaded.manifest, manifest)?;
+    let loaded = loader::open(image)?;
+    loader::check_manifest(&image.path, &loaded.manifest, manifest)?;
     let mut instance = match (loaded.module.new())() {
         RResult::ROk(instance) => instance,
         RResult::RErr(error) => {

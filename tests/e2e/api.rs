@@ -493,7 +493,15 @@ fn the_seeds_registration_request_is_answered_as_documented() {
         "A plugin for processing data"
     );
     assert_eq!(entry["manifest"]["permissions"], json!(["process:data"]));
-    assert_eq!(entry["library"], entry_point.as_str());
+    assert_eq!(entry["source"], entry_point.as_str());
+    let stored = entry["library"].as_str().unwrap();
+    assert!(
+        stored.ends_with(&format!(
+            "/libraries/{}/libdata_processor.so",
+            entry["sha256"].as_str().unwrap()
+        )),
+        "the library is copied into the store: {stored}"
+    );
     assert_eq!(entry["review"]["status"], "pending");
     assert_eq!(entry["enabled"], false);
     assert_eq!(entry["sha256"].as_str().unwrap().len(), 64);
@@ -509,7 +517,7 @@ fn the_seeds_registration_request_is_answered_as_documented() {
     );
     assert_eq!(reply.status, 201, "{reply:?}");
     assert_eq!(
-        reply.body["library"],
+        reply.body["source"],
         library("redactor").display().to_string()
     );
 
@@ -712,7 +720,7 @@ fn a_plugin_json_beside_the_library_is_its_manifest_and_folder() {
 }
 
 #[test]
-fn instances_are_reused_restarted_after_failure_and_rechecked_when_the_library_changes() {
+fn instances_are_reused_restarted_after_failure_and_run_the_reviewed_library() {
     let api = Api::start();
     let process = |id: &str, body: Value| {
         api.call(
@@ -754,7 +762,7 @@ fn instances_are_reused_restarted_after_failure_and_rechecked_when_the_library_c
     configure(&api, &faulty, json!({}));
     assert_eq!(process(&faulty, json!([1, 2])).body, json!([1, 2]));
 
-    // The library swapped on disk under a running instance: the hash is checked again.
+    // A plugin whose library is rebuilt and tampered with while an instance runs.
     let library = plugin_copy(api.dir.path(), "redactor");
     let mut body = seed_body("redactor");
     body["entry_point"] = json!(library.display().to_string());
@@ -777,16 +785,58 @@ fn instances_are_reused_restarted_after_failure_and_rechecked_when_the_library_c
         Some(&api.keys.write),
         None,
     );
-    assert_eq!(process(&redactor, json!([{"a": "x@y.io"}])).status, 200);
+    let redacted = process(&redactor, json!([{"a": "x@y.io"}]));
+    assert_eq!(redacted.status, 200);
+    // The file it was registered from is rebuilt: the reviewed copy in the store runs.
     let next = library.with_extension("so.new");
     std::fs::copy(plugbay_tests::library("dedup"), &next).unwrap();
     std::fs::rename(&next, &library).unwrap();
-    let reply = process(&redactor, json!([{"a": "x@y.io"}]));
+    assert_eq!(
+        process(&redactor, json!([{"a": "x@y.io"}])).body,
+        redacted.body
+    );
+    // The stored copy is tampered with: instances still run the reviewed bytes, and
+    // the plugin cannot be enabled again.
+    let entry = api.call(
+        Method::GET,
+        &format!("/plugins/{redactor}"),
+        Some(&api.keys.read),
+        None,
+    );
+    let stored = std::path::PathBuf::from(entry.body["library"].as_str().unwrap());
+    assert_ne!(stored, library);
+    make_writable(&stored);
+    std::fs::copy(plugbay_tests::library("dedup"), &stored).unwrap();
+    assert_eq!(
+        process(&redactor, json!([{"a": "x@y.io"}])).body,
+        redacted.body
+    );
+    api.call(
+        Method::PUT,
+        &format!("/plugins/{redactor}/disable"),
+        Some(&api.keys.write),
+        None,
+    );
+    let reply = api.call(
+        Method::PUT,
+        &format!("/plugins/{redactor}/enable"),
+        Some(&api.keys.write),
+        None,
+    );
     reply.assert_error(409, "library_changed");
     assert!(
         reply.message().contains("changed since review"),
         "{reply:?}"
     );
+}
+
+/// Makes a stored library and its folder writable again (the store keeps them
+/// read-only), as an attacker with the home's owner's rights could.
+fn make_writable(stored: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = stored.parent().unwrap();
+    std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(stored, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
 #[test]
@@ -1289,7 +1339,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         );
         reply.body["id"].as_str().unwrap().to_owned()
     };
-    // A library swapped after registration (write, then rename, as deployments do).
+    // A stored library tampered with after registration.
     let swapped = {
         let library = plugin_copy(api.dir.path(), "redactor");
         let mut body = seed_body("redactor");
@@ -1301,9 +1351,9 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
             Some(body),
         );
         assert_eq!(reply.status, 201, "{reply:?}");
-        let next = library.with_extension("so.new");
-        std::fs::copy(plugbay_tests::library("dedup"), &next).unwrap();
-        std::fs::rename(&next, &library).unwrap();
+        let stored = std::path::PathBuf::from(reply.body["library"].as_str().unwrap());
+        make_writable(&stored);
+        std::fs::copy(plugbay_tests::library("dedup"), &stored).unwrap();
         reply.body["id"].as_str().unwrap().to_owned()
     };
     let ghost = "ghost@1.0.0";
@@ -2221,4 +2271,49 @@ fn stopping_the_server_cleans_up_running_plugins() {
             .any(|line| line.contains("processed 37 records") && line.contains(&dp)),
         "cleanup ran"
     );
+}
+
+#[test]
+fn registration_refuses_a_manifest_that_differs_from_the_built_in_one() {
+    let api = Api::start();
+    let library = plugin_copy(api.dir.path(), "data-processor");
+    let manifest_path = library.with_file_name("plugin.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["permissions"] = json!(["process:data", "fs:read:/"]);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let mut body = seed_body("data-processor");
+    body["entry_point"] = json!(library.display().to_string());
+    body["permissions"] = json!(["process:data", "fs:read:/"]);
+    let register = |body: &Value| {
+        api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&api.keys.write),
+            Some(body.clone()),
+        )
+    };
+    let reply = register(&body);
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "permissions", "{reply:?}");
+    assert!(
+        reply.message().contains(
+            "`permissions` is [\"process:data\"] in the library but [\"process:data\",\"fs:read:/\"] in the manifest given"
+        ),
+        "{reply:?}"
+    );
+
+    // A description other than the built-in one is a difference too.
+    manifest["permissions"] = json!(["process:data"]);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    body["permissions"] = json!(["process:data"]);
+    body["description"] = json!("Something a reviewer would like to read");
+    let reply = register(&body);
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "description", "{reply:?}");
+    let listed = api.call(Method::GET, "/plugins", Some(&api.keys.read), None);
+    assert_eq!(listed.body["plugins"], json!([]), "nothing registered");
+
+    body["description"] = json!(manifest["description"]);
+    assert_eq!(register(&body).status, 201);
 }

@@ -167,6 +167,11 @@ fn every_registry_command_works_for_people() {
     let folder = plugbay.plugin("enricher");
     let lib = plugbay.lib_of(&folder, "enricher");
     let sha = sha256_file(&lib).unwrap();
+    let stored = plugbay
+        .home()
+        .join("libraries")
+        .join(&sha)
+        .join(lib.file_name().unwrap());
 
     assert_eq!(
         plugbay.ok(&["list"]),
@@ -178,10 +183,12 @@ fn every_registry_command_works_for_people() {
     assert_eq!(
         plugbay.ok(&["register", path(&folder)]),
         format!(
-            "registered enricher@1.0.0 (pending review)\n  library   {}\n  sha256    {sha}\n  \
+            "registered enricher@1.0.0 (pending review)\n  from      {}\n  stored    {}\n  \
+             sha256    {sha}\n  \
              requests  process:data, fs:read:${{plugin_dir}}/lookup.json\n\
              next: plugbay review approve enricher@1.0.0\n",
-            lib.display()
+            lib.display(),
+            stored.display()
         )
     );
     assert_eq!(
@@ -267,7 +274,14 @@ fn every_registry_command_works_for_scripts() {
     let entry = plugbay.json(&["register", path(&folder.join("plugin.json"))]);
     assert_eq!(entry["id"], "dedup@1.0.0");
     assert_eq!(entry["sha256"], sha.as_str());
-    assert_eq!(entry["library"], path(&lib));
+    assert_eq!(entry["source"], path(&lib));
+    let stored = plugbay
+        .home()
+        .join("libraries")
+        .join(&sha)
+        .join(lib.file_name().unwrap());
+    assert_eq!(entry["library"], path(&stored));
+    assert_eq!(sha256_file(&stored).unwrap(), sha);
     assert_eq!(entry["enabled"], false);
     assert_eq!(entry["review"]["status"], "pending");
     assert_eq!(
@@ -522,12 +536,30 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
 
     // A library that embeds another manifest.
     let redactor = library("redactor");
-    assert_eq!(
-        plugbay.fails(&["register", path(&folder), "--library", path(&redactor)], 1),
-        format!(
-            "error: {} embeds a manifest whose name is redactor, but the manifest given says data-processor; rebuild the plugin or register the manifest it was built with\n",
+    let stderr = plugbay.fails(
+        &["register", path(&folder), "--library", path(&redactor)],
+        1,
+    );
+    assert!(
+        stderr.starts_with(&format!(
+            "error: the manifest given for `data-processor@1.0.0` differs from the one built into library {}: \
+             `name` is \"redactor\" in the library but \"data-processor\" in the manifest given; ",
             redactor.display()
-        )
+        )),
+        "{stderr}"
+    );
+    for field in ["description", "main", "config"] {
+        assert!(
+            stderr.contains(&format!("; `{field}` is ")),
+            "{field}: {stderr}"
+        );
+    }
+    assert!(
+        stderr.ends_with(&format!(
+            "; register the manifest the library was built with (`plugbay inspect {}` shows it), or rebuild the plugin\n",
+            redactor.display()
+        )),
+        "{stderr}"
     );
 
     // A library built for another plugbay-api.
@@ -641,22 +673,36 @@ fn the_review_gates_enabling_and_running() {
     let records: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(records[0]["processed"], true);
 
-    // The library is swapped after approval: it no longer runs, nor can be enabled.
+    // The library it was registered from is rebuilt: the reviewed copy still runs.
     let approved = sha256_file(&lib).unwrap();
     std::fs::copy(library("redactor"), &lib).unwrap();
-    let now = sha256_file(&lib).unwrap();
-    let changed = format!(
-        "error: library {} of plugin `data-processor@1.0.0` changed since review (sha256 {approved} then, {now} now); it will not be loaded; unregister, register and review it again\n",
-        lib.display()
-    );
+    let out = plugbay.ok_with(&["run", "data-processor@1.0.0"], Some(r#"[{"id": 2}]"#));
+    let records: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(records[0]["processed"], true, "the reviewed library ran");
+
+    // The stored copy itself is tampered with: it no longer runs, nor can be enabled.
+    let stored = plugbay
+        .home()
+        .join("libraries")
+        .join(&approved)
+        .join(lib.file_name().unwrap());
+    make_writable(&stored);
+    std::fs::copy(library("redactor"), &stored).unwrap();
+    let now = sha256_file(&stored).unwrap();
     assert_eq!(
         plugbay.fails_with(&["run", "data-processor@1.0.0"], Some("[]"), 1),
-        changed
+        format!(
+            "error: plugin library {} has sha256 {now}, not the expected {approved}; it was not loaded (a library that changed since its review must be registered and reviewed again)\n",
+            stored.display()
+        )
     );
     plugbay.ok(&["disable", "data-processor@1.0.0"]);
     assert_eq!(
         plugbay.fails(&["enable", "data-processor@1.0.0"], 1),
-        changed
+        format!(
+            "error: library {} of plugin `data-processor@1.0.0` changed since review (sha256 {approved} then, {now} now); it will not be loaded; unregister, register and review it again\n",
+            stored.display()
+        )
     );
     assert!(plugbay
         .ok(&["show", "data-processor@1.0.0"])
@@ -665,6 +711,15 @@ fn the_review_gates_enabling_and_running() {
         plugbay.json(&["show", "data-processor@1.0.0"])["library_sha256_now"],
         now.as_str()
     );
+}
+
+/// Makes a stored library and its folder writable again (the store keeps them
+/// read-only), as an attacker with the home's owner's rights could.
+fn make_writable(stored: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = stored.parent().unwrap();
+    std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(stored, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
 #[test]
@@ -1274,7 +1329,7 @@ fn serve_answers_the_seeds_registration_request() {
     let body = serde_json::json!({
         "name": "data-processor",
         "version": "1.0.0",
-        "description": "Marks each record as processed, with a timestamp",
+        "description": "A plugin for processing data",
         "entry_point": plugbay.lib_of(&folder, "data-processor"),
         "permissions": ["process:data"],
     });
@@ -1367,4 +1422,106 @@ fn an_interrupted_run_leaves_no_file_behind() {
             "{signal} left {left:?} (the temporary file was {temporary})"
         );
     }
+}
+
+#[test]
+fn a_running_plugin_finds_no_registry_among_the_open_descriptors() {
+    let plugbay = Plugbay::new();
+    let manifest = plugbay_tests::fixture_manifest("fd-scanner");
+    let lib = library("fixture-fd-scanner");
+    plugbay.ok(&["register", path(&manifest), "--library", path(&lib)]);
+    plugbay.ok(&["review", "approve", "fd-scanner@0.1.0"]);
+    plugbay.ok(&["enable", "fd-scanner@0.1.0"]);
+    // The scanner reads the first bytes of every descriptor number with `pread`, which
+    // needs no path: it would find the registry's database if `run` held it open.
+    let out = plugbay.ok_with(&["run", "fd-scanner@0.1.0"], Some("[{}]"));
+    let found: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        found,
+        Vec::<Value>::new(),
+        "descriptors a plugin could rewrite"
+    );
+    // The scanner does find a database that is open, so an empty answer means something.
+    let registry = plugbay.registry();
+    let mut plugin = plugbay_host::Host::new()
+        .start(registry.spec("fd-scanner@0.1.0").unwrap())
+        .unwrap();
+    let found: Vec<Value> = plugin
+        .process(&plugbay_host::Batch::from_json("[{}]"))
+        .unwrap()
+        .records()
+        .unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|fd| fd["kind"] == "sqlite database" && fd["writable"] == true),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn swapping_the_stored_library_during_200_runs_never_runs_unreviewed_code() {
+    let plugbay = Plugbay::new();
+    let folder = plugbay.plugin("data-processor");
+    let lib = plugbay.lib_of(&folder, "data-processor");
+    let reviewed = sha256_file(&lib).unwrap();
+    plugbay.ok(&["register", path(&folder)]);
+    plugbay.ok(&["review", "approve", "data-processor@1.0.0"]);
+    plugbay.ok(&["enable", "data-processor@1.0.0"]);
+
+    // An attacker with the home owner's rights swaps another library in and out of the
+    // stored copy's place, as fast as it can, while the plugin is started again and
+    // again: each start must load the reviewed library or refuse.
+    let stored = plugbay
+        .home()
+        .join("libraries")
+        .join(&reviewed)
+        .join(lib.file_name().unwrap());
+    make_writable(&stored);
+    let good = stored.with_extension("good");
+    let evil = stored.with_extension("evil");
+    std::fs::copy(&stored, &good).unwrap();
+    std::fs::copy(library("redactor"), &evil).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, stored) = (stop.clone(), stored.clone());
+        std::thread::spawn(move || {
+            let (incoming, mut swaps) = (stored.with_extension("incoming"), 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let from = if swaps % 2 == 0 { &evil } else { &good };
+                std::fs::copy(from, &incoming).unwrap();
+                std::fs::rename(&incoming, &stored).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut ran, mut refused) = (0, 0);
+    for run in 0..200 {
+        let output = plugbay.output(&["run", "data-processor@1.0.0"], Some(r#"[{"id": 1}]"#));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stdout.contains("redactor") && !stderr.contains("redactor"),
+            "run {run} loaded the unreviewed library:\n{stdout}\n{stderr}"
+        );
+        if output.status.success() {
+            let records: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(records[0]["processed"], true, "run {run}");
+            ran += 1;
+        } else {
+            assert!(
+                stderr.contains(&format!("not the expected {reviewed}; it was not loaded")),
+                "run {run} failed otherwise:\n{stderr}"
+            );
+            refused += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps >= 200, "only {swaps} swaps");
+    assert!(
+        ran > 0 && refused > 0,
+        "{ran} runs, {refused} refusals: the swap did not race"
+    );
 }

@@ -111,26 +111,87 @@ fn the_whole_lifecycle() {
     );
 }
 
+/// A copy of an example's library with bytes of its own appended (the dynamic loader
+/// ignores them): a SHA-256 no other test loads, so this process has no sealed copy
+/// of it yet and a load must read the file.
+fn unique_library(folder: &std::path::Path, name: &str) -> PathBuf {
+    use std::io::Write;
+    let lib = folder.join(library(name).file_name().unwrap());
+    let mut file = std::fs::OpenOptions::new().append(true).open(&lib).unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    write!(file, "unique {} {nanos}", std::process::id()).unwrap();
+    lib
+}
+
 #[test]
-fn a_library_swapped_after_approval_refuses_to_load() {
+fn the_reviewed_copy_runs_and_a_tampered_one_never_loads() {
     let (dir, mut registry, host) = setup();
     let folder = plugin_copy(dir.path(), "data-processor");
-    let id = registry
+    let source = unique_library(&folder, "data-processor");
+    let entry = registry
         .register(
             &host,
             Registration::from_path(&folder, None).unwrap(),
             "alice",
         )
-        .unwrap()
-        .id;
+        .unwrap();
+    let id = entry.id;
+    assert_eq!(entry.source.as_deref(), Some(source.as_path()));
+    assert_eq!(
+        entry.library,
+        registry
+            .libraries_dir()
+            .join(&entry.sha256)
+            .join("libdata_processor.so")
+    );
     registry.approve(&id, "bob", None).unwrap();
     registry.enable(&id, "alice").unwrap();
-    // Another library in its place, swapped the way deployments do (write, then
-    // rename: overwriting a mapped library in place would corrupt this process).
-    let swapped = folder.join("libdata_processor.so.new");
-    std::fs::copy(library("redactor"), &swapped).unwrap();
-    std::fs::rename(&swapped, folder.join("libdata_processor.so")).unwrap();
-    let err = registry.spec(&id).unwrap_err();
+
+    // The plugin is rebuilt where it was registered from: nothing registered changes.
+    let rebuilt = folder.join("libdata_processor.so.new");
+    std::fs::copy(library("redactor"), &rebuilt).unwrap();
+    std::fs::rename(&rebuilt, &source).unwrap();
+    let mut plugin = host.start(registry.spec(&id).unwrap()).unwrap();
+    assert_eq!(plugin.status().sha256, entry.sha256);
+    let out: Vec<serde_json::Value> = plugin
+        .process(&plugbay_host::Batch::from_json(r#"[{"id": 1}]"#))
+        .unwrap()
+        .records()
+        .unwrap();
+    assert_eq!(out[0]["processed"], true);
+    plugin.shutdown().unwrap();
+
+    // The stored copy is replaced (a process that never loaded it refuses it: see the
+    // CLI's tests); the registry refuses to enable it again.
+    let stored = &entry.library;
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(stored), 0o444, "stored libraries are read-only");
+    assert_eq!(mode(stored.parent().unwrap()), 0o555);
+    std::fs::set_permissions(
+        stored.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let evil = stored.with_extension("evil");
+    std::fs::copy(library("redactor"), &evil).unwrap();
+    std::fs::rename(&evil, stored).unwrap();
+    // This process loaded the reviewed bytes once and keeps their sealed copy: it
+    // runs them, never the file that replaced them.
+    let mut plugin = host.start(registry.spec(&id).unwrap()).unwrap();
+    assert_eq!(plugin.status().sha256, entry.sha256);
+    let out: Vec<serde_json::Value> = plugin
+        .process(&plugbay_host::Batch::from_json(r#"[{"id": 2}]"#))
+        .unwrap()
+        .records()
+        .unwrap();
+    assert_eq!(out[0]["processed"], true);
+    plugin.shutdown().unwrap();
+    let err = registry.enable(&id, "alice").unwrap_err();
     assert!(
         matches!(
             err,
@@ -142,6 +203,57 @@ fn a_library_swapped_after_approval_refuses_to_load() {
         "{err}"
     );
     assert!(err.to_string().contains("changed since review"), "{err}");
+}
+
+#[test]
+fn a_manifest_that_differs_from_the_built_in_one_in_any_field_is_refused() {
+    let (dir, mut registry, host) = setup();
+    let folder = plugin_copy(dir.path(), "data-processor");
+    let manifest_path = folder.join("plugin.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    // What a reviewer would be shown, though the author never built it in.
+    manifest["permissions"] = serde_json::json!(["process:data", "fs:read:/"]);
+    manifest["config"]["field"] = serde_json::json!("reviewed");
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let err = registry
+        .register(
+            &host,
+            Registration::from_path(&folder, None).unwrap(),
+            "alice",
+        )
+        .unwrap_err();
+    let RegistryError::ManifestDiffers { differences, .. } = &err else {
+        panic!("expected a manifest difference, got {err}");
+    };
+    let fields: Vec<&str> = differences.iter().map(|d| d.field).collect();
+    assert_eq!(fields, ["permissions", "config"]);
+    assert_eq!(differences[0].built_in, r#"["process:data"]"#);
+    assert_eq!(differences[0].given, r#"["process:data","fs:read:/"]"#);
+    let text = err.to_string();
+    assert!(text.contains("`permissions` is [\"process:data\"] in the library but [\"process:data\",\"fs:read:/\"] in the manifest given; `config` is "), "{text}");
+    assert!(registry.list().unwrap().is_empty(), "nothing registered");
+    assert!(
+        std::fs::read_dir(registry.libraries_dir())
+            .map(|dir| dir
+                .filter_map(Result::ok)
+                .all(|entry| entry.file_name().to_string_lossy().starts_with('.')))
+            .unwrap_or(true),
+        "nothing left in the store"
+    );
+
+    // The order of a list is not a difference.
+    manifest["permissions"] = serde_json::json!(["process:data"]);
+    manifest["config"]["field"] = serde_json::json!("processed");
+    manifest["hooks"] = serde_json::json!(["cleanup", "process", "init"]);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    registry
+        .register(
+            &host,
+            Registration::from_path(&folder, None).unwrap(),
+            "alice",
+        )
+        .unwrap();
 }
 
 #[test]
@@ -181,8 +293,9 @@ fn a_library_for_another_manifest_is_refused_at_registration() {
         )
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("embeds a manifest whose name is redactor"),
+        err.to_string().contains(
+            "`name` is \"redactor\" in the library but \"data-processor\" in the manifest given"
+        ),
         "{err}"
     );
     assert!(

@@ -15,9 +15,12 @@ Examples:
   plugbay register example-plugins/data-processor --library target/release/libdata_processor.so
   plugbay register my-plugin/plugin.json
 
-The library is inspected on a confined thread (as when it runs): it must load, be built
-against a compatible plugbay-api and embed the same manifest. Its SHA-256 is recorded;
-the plugin is `pending` until `plugbay review approve ID`.")]
+The library is copied into the registry's store (`libraries/<sha256>/` in the home,
+read-only) and that copy is inspected on a confined thread (as when it runs): it must
+load, be built against a compatible plugbay-api and embed exactly the manifest given
+(every differing field is listed). The stored copy is what is reviewed and what runs:
+rebuilding the plugin afterwards changes nothing registered. The plugin is `pending`
+until `plugbay review approve ID`.")]
 pub struct Args {
     /// The plugin's `plugin.json`, or the folder that holds it (its `${plugin_dir}`)
     #[arg(value_name = "MANIFEST|DIR")]
@@ -51,7 +54,10 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "registered {} (pending review)", entry.id)?;
-    writeln!(out, "  library   {}", entry.library.display())?;
+    if let Some(source) = &entry.source {
+        writeln!(out, "  from      {}", source.display())?;
+    }
+    writeln!(out, "  stored    {}", entry.library.display())?;
     writeln!(out, "  sha256    {}", entry.sha256)?;
     writeln!(
         out,

@@ -187,6 +187,9 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         .map(|target| spec(target, registry.as_ref(), &host))
         .collect::<Result<Vec<_>>>()?;
     apply_configs(&mut specs, &configs)?;
+    // Close the registry before any plugin code runs: a plugin could otherwise use
+    // the open descriptor (pread/pwrite need no path) to rewrite its own review.
+    drop(registry);
 
     let progress = Arc::new(Progress::default());
     let batches = input::read_batches(source.clone(), batch_size, progress.clone())?;
@@ -284,7 +287,9 @@ fn spec(target: &Target, registry: Option<&Registry>, host: &Host) -> Result<Plu
         }
         Target::Library(path) => {
             let inspection = super::inspect::inspect(host, path)?;
-            Ok(PluginSpec::new(inspection.library, inspection.manifest))
+            // Run the bytes that were inspected, even if the file changes meanwhile.
+            Ok(PluginSpec::new(inspection.library, inspection.manifest)
+                .with_sha256(inspection.sha256))
         }
     }
 }

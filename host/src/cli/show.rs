@@ -59,6 +59,9 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         field("website", website)?;
     }
     field("library", &entry.library.display().to_string())?;
+    if let Some(source) = &entry.source {
+        field("from", &source.display().to_string())?;
+    }
     let hash_state = if library_sha256_now == entry.sha256 {
         "unchanged since registration".to_owned()
     } else {

@@ -5,11 +5,19 @@
 //! processes and a server on the same registry at once lose nothing and corrupt
 //! nothing. Schema changes are versioned migrations (`PRAGMA user_version`).
 //!
-//! The lifecycle: [`register`](Registry::register) (the library is inspected on a
-//! confined thread and hashed; the entry is `pending`) → [`approve`](Registry::approve)
-//! or [`reject`](Registry::reject) → [`enable`](Registry::enable) (approved only) →
-//! [`spec`](Registry::spec) to run it (the library must still have the SHA-256 that
-//! was approved) → [`disable`](Registry::disable) → [`unregister`](Registry::unregister).
+//! The lifecycle: [`register`](Registry::register) (the library is copied into the
+//! home's content-addressed store, `libraries/<sha256>/<file name>`, read-only, and
+//! that copy is inspected on a confined thread; the entry is `pending`) →
+//! [`approve`](Registry::approve) or [`reject`](Registry::reject) →
+//! [`enable`](Registry::enable) (approved only) → [`spec`](Registry::spec) to run it
+//! (the load reads the stored library once, checks that its SHA-256 is the one
+//! approved, and loads those same bytes) → [`disable`](Registry::disable) →
+//! [`unregister`](Registry::unregister).
+//!
+//! The store decouples an entry from the file it was registered from: rebuilding a
+//! plugin in its `target/` folder changes nothing registered (register the rebuilt
+//! library to review it), and swapping that file, even while plugins start, never
+//! gets unreviewed code loaded.
 
 mod keys;
 mod schema;
@@ -26,7 +34,8 @@ use sha2::{Digest, Sha256};
 
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
 
-use crate::loader;
+use crate::image::hex;
+use crate::loader::{self, ManifestDifference};
 use crate::runtime::{Host, ManifestFileError, PluginSpec, StartError};
 use crate::sandbox::Policy;
 
@@ -35,6 +44,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The registry's file name inside its home.
 pub const DATABASE_FILE: &str = "registry.db";
+
+/// The folder inside the home that holds registered libraries by SHA-256.
+pub const LIBRARIES_DIR: &str = "libraries";
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +143,26 @@ pub enum RegistryError {
         /// The id.
         id: String,
     },
+    /// The manifest given differs from the one built into the library.
+    #[error("the manifest given for `{id}` differs from the one built into library {library}: {}; register the manifest the library was built with (`plugbay inspect {library}` shows it), or rebuild the plugin", join_differences(differences))]
+    ManifestDiffers {
+        /// The plugin id.
+        id: String,
+        /// The library.
+        library: PathBuf,
+        /// Every field that differs.
+        differences: Vec<ManifestDifference>,
+    },
+    /// The library could not be copied into the registry's store.
+    #[error("cannot store library {path} in the registry's library store {store}: {source}")]
+    Store {
+        /// The library.
+        path: PathBuf,
+        /// The store folder.
+        store: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The library could not be read for hashing.
     #[error("cannot read library {path}: {source}")]
     Library {
@@ -207,6 +239,14 @@ pub struct Review {
     pub reason: Option<String>,
 }
 
+fn join_differences(differences: &[ManifestDifference]) -> String {
+    differences
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A registered plugin.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
@@ -214,8 +254,12 @@ pub struct Entry {
     pub id: String,
     /// The manifest.
     pub manifest: Manifest,
-    /// The library file.
+    /// The library: its read-only copy in the registry's store
+    /// (`libraries/<sha256>/<file name>` in the home).
     pub library: PathBuf,
+    /// The file the library was registered from (`None` for entries older than the
+    /// store whose file was gone or changed when the store was made).
+    pub source: Option<PathBuf>,
     /// The library's SHA-256 at registration.
     pub sha256: String,
     /// `${plugin_dir}`: where the manifest was.
@@ -327,17 +371,7 @@ pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// The SHA-256 of a file, in hex.
-pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex(&hasher.finalize()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
+pub use crate::image::sha256_file;
 
 fn check_id(id: &str) -> Result<(), RegistryError> {
     let valid = id
@@ -387,11 +421,13 @@ impl Registry {
                 result => break result?,
             }
         }
-        Ok(Registry {
+        let mut registry = Registry {
             connection,
             path,
             home: home.to_owned(),
-        })
+        };
+        registry.adopt_libraries()?;
+        Ok(registry)
     }
 
     /// The database file.
@@ -423,9 +459,10 @@ impl Registry {
         Ok(value)
     }
 
-    /// Registers a plugin: inspects the library on a confined thread (as loading
-    /// does), checks that its embedded manifest matches, records its SHA-256, and
-    /// leaves it pending review.
+    /// Registers a plugin: copies the library into the store (read once, hashed as
+    /// it is copied), inspects that copy on a confined thread (as loading does),
+    /// checks that the manifest built into it is the one given, field by field, and
+    /// leaves the entry pending review.
     pub fn register(
         &mut self,
         host: &Host,
@@ -434,35 +471,40 @@ impl Registry {
     ) -> Result<Entry, RegistryError> {
         let Registration {
             manifest,
-            library,
+            library: source,
             plugin_dir,
         } = registration;
-        let library = std::path::absolute(&library).unwrap_or(library);
+        let source = std::path::absolute(&source).unwrap_or(source);
         let plugin_dir = std::path::absolute(&plugin_dir).unwrap_or(plugin_dir);
         let id = manifest.id();
         if self.find(&id)?.is_some() {
             return Err(RegistryError::Conflict { id });
         }
-        let sha256 = sha256_file(&library).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                RegistryError::Inspect(StartError::Load(loader::LoadError::NotFound {
-                    path: library.clone(),
-                }))
-            } else {
-                RegistryError::Library {
-                    path: library.clone(),
-                    source,
+        let (library, sha256) = self.store_library(&source)?;
+        let checked = host
+            .inspect_copy(&library, &sha256, &source)
+            .map_err(RegistryError::from)
+            .and_then(|inspection| {
+                let differences = loader::manifest_differences(&inspection.manifest, &manifest);
+                if differences.is_empty() {
+                    Ok(())
+                } else {
+                    Err(RegistryError::ManifestDiffers {
+                        id: id.clone(),
+                        library: source.clone(),
+                        differences,
+                    })
                 }
-            }
-        })?;
-        let inspection = host.inspect(&library)?;
-        loader::check_manifest(&library, &inspection.manifest, &manifest)
-            .map_err(StartError::Load)?;
+            });
+        if let Err(err) = checked {
+            self.release_library(&library)?;
+            return Err(err);
+        }
         let now = now();
         self.write(|tx| {
             let inserted = tx.execute(
-                "INSERT INTO plugins (id, name, version, manifest, library, sha256, plugin_dir, config, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                "INSERT INTO plugins (id, name, version, manifest, library, source, sha256, plugin_dir, config, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
                  ON CONFLICT (id) DO NOTHING",
                 params![
                     id,
@@ -470,6 +512,7 @@ impl Registry {
                     manifest.version.to_string(),
                     manifest.to_json(),
                     library.to_string_lossy(),
+                    source.to_string_lossy(),
                     sha256,
                     plugin_dir.to_string_lossy(),
                     manifest.config.as_ref().map(|c| c.to_string()),
@@ -479,9 +522,164 @@ impl Registry {
             if inserted == 0 {
                 return Err(RegistryError::Conflict { id: id.clone() });
             }
-            audit(tx, actor, "register", Some(&id), Some(&format!("library {} sha256 {sha256}", library.display())))
+            audit(tx, actor, "register", Some(&id), Some(&format!("library {} sha256 {sha256}", source.display())))
         })?;
         self.get(&id)
+    }
+
+    /// The folder of the library store.
+    pub fn libraries_dir(&self) -> PathBuf {
+        self.home.join(LIBRARIES_DIR)
+    }
+
+    /// Copies the library at `source` into the store, reading it once through one
+    /// descriptor and hashing what it copies: `libraries/<sha256>/<file name>`,
+    /// read-only, folder included. Returns the stored path and the SHA-256.
+    fn store_library(&self, source: &Path) -> Result<(PathBuf, String), RegistryError> {
+        let store = self.libraries_dir();
+        let store_error = |source_path: &Path| {
+            let store = store.clone();
+            let path = source_path.to_owned();
+            move |source| RegistryError::Store {
+                path: path.clone(),
+                store: store.clone(),
+                source,
+            }
+        };
+        let mut input = std::fs::File::open(source).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                RegistryError::Inspect(StartError::Load(loader::LoadError::NotFound {
+                    path: source.to_owned(),
+                }))
+            } else {
+                RegistryError::Library {
+                    path: source.to_owned(),
+                    source: err,
+                }
+            }
+        })?;
+        std::fs::create_dir_all(&store).map_err(store_error(source))?;
+        let mut incoming = tempfile::Builder::new()
+            .prefix(".incoming-")
+            .tempfile_in(&store)
+            .map_err(store_error(source))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0; 1 << 16];
+        loop {
+            let read = std::io::Read::read(&mut input, &mut buffer).map_err(|err| {
+                RegistryError::Library {
+                    path: source.to_owned(),
+                    source: err,
+                }
+            })?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            std::io::Write::write_all(&mut incoming, &buffer[..read])
+                .map_err(store_error(source))?;
+        }
+        let sha256 = hex(&hasher.finalize());
+        let file_name = source
+            .file_name()
+            .map(|name| name.to_owned())
+            .unwrap_or_else(|| "library".into());
+        let folder = store.join(&sha256);
+        let stored = folder.join(&file_name);
+        if stored.is_file() && sha256_file(&stored).ok().as_deref() == Some(sha256.as_str()) {
+            return Ok((stored, sha256));
+        }
+        set_mode(&folder, 0o755).ok();
+        std::fs::create_dir_all(&folder).map_err(store_error(source))?;
+        incoming.as_file().sync_all().map_err(store_error(source))?;
+        set_mode(incoming.path(), 0o444).map_err(store_error(source))?;
+        incoming
+            .persist(&stored)
+            .map_err(|err| store_error(source)(err.error))?;
+        set_mode(&folder, 0o555).map_err(store_error(source))?;
+        Ok((stored, sha256))
+    }
+
+    /// Removes a stored library from the store if no entry uses it.
+    fn release_library(&self, library: &Path) -> Result<(), RegistryError> {
+        let store = self.libraries_dir();
+        let Some(folder) = library.parent() else {
+            return Ok(());
+        };
+        if folder.parent() != Some(store.as_path()) {
+            return Ok(());
+        }
+        let users: i64 = self.connection.query_row(
+            "SELECT count(*) FROM plugins WHERE library = ?1",
+            [library.to_string_lossy()],
+            |row| row.get(0),
+        )?;
+        if users > 0 {
+            return Ok(());
+        }
+        let removed = set_mode(folder, 0o755).and_then(|()| std::fs::remove_dir_all(folder));
+        match removed {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(folder = %folder.display(), error = %err, "cannot remove an unused library from the store");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Moves the libraries of entries registered before the store existed into it,
+    /// when the file still has the SHA-256 recorded at registration.
+    fn adopt_libraries(&mut self) -> Result<(), RegistryError> {
+        let store = self.libraries_dir();
+        let outside: Vec<(String, PathBuf, String)> = {
+            let mut statement = self
+                .connection
+                .prepare("SELECT id, library, sha256 FROM plugins WHERE source IS NULL")?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    PathBuf::from(row.get::<_, String>(1)?),
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, library, sha256) in outside {
+            if library.starts_with(&store) {
+                continue;
+            }
+            if sha256_file(&library).ok().as_deref() != Some(sha256.as_str()) {
+                tracing::warn!(plugin = %id, library = %library.display(), "the library changed or is gone since registration; it stays outside the store and will not load");
+                continue;
+            }
+            let (stored, stored_sha256) = match self.store_library(&library) {
+                Ok(stored) => stored,
+                Err(err) => {
+                    tracing::warn!(plugin = %id, error = %err, "cannot move the library into the store");
+                    continue;
+                }
+            };
+            if stored_sha256 != sha256 {
+                continue;
+            }
+            self.write(|tx| {
+                tx.execute(
+                    "UPDATE plugins SET library = ?2, source = ?3 WHERE id = ?1 AND source IS NULL",
+                    params![id, stored.to_string_lossy(), library.to_string_lossy()],
+                )?;
+                audit(
+                    tx,
+                    "plugbay",
+                    "store",
+                    Some(&id),
+                    Some(&format!(
+                        "library {} copied into the store",
+                        library.display()
+                    )),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Every registered plugin, by id.
@@ -659,6 +857,7 @@ impl Registry {
             }
             audit(tx, actor, "unregister", Some(id), None)
         })?;
+        self.release_library(&entry.library)?;
         Ok(entry)
     }
 
@@ -684,15 +883,18 @@ impl Registry {
         self.get(id)
     }
 
-    /// What it takes to run a plugin: it must be approved and enabled, and its
-    /// library must still have the SHA-256 that was approved. The spec grants what
-    /// the review granted.
+    /// What it takes to run a plugin: it must be approved and enabled. The spec
+    /// grants what the review granted, and loads the stored library only if the bytes
+    /// it reads have the SHA-256 that was approved (checked by the load itself, on
+    /// the bytes it loads).
     pub fn spec(&self, id: &str) -> Result<PluginSpec, RegistryError> {
         let entry = self.get(id)?;
-        self.check_runnable(&entry, true)?;
+        check_approved(&entry, true)?;
+        let approved = entry.review.reviewed_sha256.clone().unwrap_or_default();
         let mut spec = PluginSpec::new(&entry.library, entry.manifest.clone())
             .with_plugin_dir(&entry.plugin_dir)
-            .with_policy(Policy::Allow(entry.review.granted.clone()));
+            .with_policy(Policy::Allow(entry.review.granted.clone()))
+            .with_sha256(approved);
         if let Some(config) = entry.config {
             spec = spec.with_config(config);
         }
@@ -700,17 +902,7 @@ impl Registry {
     }
 
     fn check_runnable(&self, entry: &Entry, need_enabled: bool) -> Result<(), RegistryError> {
-        if entry.review.status != ReviewStatus::Approved {
-            return Err(RegistryError::NotApproved {
-                id: entry.id.clone(),
-                status: entry.review.status,
-            });
-        }
-        if need_enabled && !entry.enabled {
-            return Err(RegistryError::Disabled {
-                id: entry.id.clone(),
-            });
-        }
+        check_approved(entry, need_enabled)?;
         let approved = entry.review.reviewed_sha256.clone().unwrap_or_default();
         let actual = self.current_hash(entry)?;
         if actual != approved {
@@ -768,6 +960,35 @@ impl Registry {
     }
 }
 
+/// Refuses an entry that is not approved, or (if `need_enabled`) not enabled.
+fn check_approved(entry: &Entry, need_enabled: bool) -> Result<(), RegistryError> {
+    if entry.review.status != ReviewStatus::Approved {
+        return Err(RegistryError::NotApproved {
+            id: entry.id.clone(),
+            status: entry.review.status,
+        });
+    }
+    if need_enabled && !entry.enabled {
+        return Err(RegistryError::Disabled {
+            id: entry.id.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    let mut permissions = std::fs::metadata(path)?.permissions();
+    permissions.set_readonly(mode & 0o222 == 0);
+    std::fs::set_permissions(path, permissions)
+}
+
 fn list_permissions(permissions: &[Permission]) -> String {
     if permissions.is_empty() {
         return "nothing".to_owned();
@@ -794,7 +1015,7 @@ pub(crate) fn audit(
 }
 
 const SELECT_ENTRY: &str = "SELECT id, manifest, library, sha256, plugin_dir, enabled, review_status, reviewer,
-    reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at FROM plugins";
+    reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at, source FROM plugins";
 
 /// A row, or a description of what in it is corrupt.
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusqlite::Error>> {
@@ -851,6 +1072,7 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusql
         id,
         manifest,
         library: PathBuf::from(row.get::<_, String>(2)?),
+        source: row.get::<_, Option<String>>(15)?.map(PathBuf::from),
         sha256: row.get(3)?,
         plugin_dir: PathBuf::from(row.get::<_, String>(4)?),
         enabled: row.get(5)?,

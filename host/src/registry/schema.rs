@@ -48,6 +48,9 @@ const MIGRATIONS: &[&str] = &[
         revoked_at TEXT
     );
     CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;",
+    // 2: the library store. `library` is the stored copy, `source` the file it was
+    // registered from (NULL until an older entry's library is moved into the store).
+    "ALTER TABLE plugins ADD COLUMN source TEXT;",
 ];
 
 /// The newest schema version this build knows.

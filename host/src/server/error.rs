@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::loader::LoadError;
 use crate::registry::{AuthError, RegistryError};
 use crate::runtime::{CallError, StartError};
 
@@ -299,6 +300,9 @@ impl From<CallError> for ApiError {
 
 impl From<StartError> for ApiError {
     fn from(err: StartError) -> ApiError {
+        if matches!(err, StartError::Load(LoadError::DigestMismatch { .. })) {
+            return ApiError::new(ErrorCode::LibraryChanged, chain(&err));
+        }
         ApiError::new(ErrorCode::PluginStartFailed, chain(&err))
     }
 }

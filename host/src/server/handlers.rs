@@ -222,6 +222,10 @@ fn inspect_error(err: StartError) -> ApiError {
 }
 
 fn registration_error(err: RegistryError) -> ApiError {
+    if let RegistryError::ManifestDiffers { differences, .. } = &err {
+        let field = differences.first().map_or("manifest", |d| d.field);
+        return ApiError::field(field, err.to_string());
+    }
     match err {
         RegistryError::Inspect(err) => inspect_error(err),
         err @ (RegistryError::Library { .. } | RegistryError::Manifest(_)) => {

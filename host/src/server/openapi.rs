@@ -280,12 +280,13 @@ fn schemas() -> Value {
         },
         "Plugin": {
             "type": "object",
-            "required": ["id", "manifest", "library", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at"],
+            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at"],
             "additionalProperties": false,
             "properties": {
                 "id": { "type": "string", "description": "`name@version`" },
                 "manifest": schema("Manifest"),
-                "library": { "type": "string", "description": "the library's absolute path" },
+                "library": { "type": "string", "description": "the library's read-only copy in the registry's store (`libraries/<sha256>/<file name>` in the home): what was reviewed and what runs" },
+                "source": { "type": ["string", "null"], "description": "the file the library was registered from (null for entries registered before the store whose file had changed)" },
                 "sha256": { "type": "string", "description": "the library's SHA-256 at registration" },
                 "plugin_dir": { "type": "string", "description": "`${plugin_dir}`" },
                 "enabled": { "type": "boolean" },

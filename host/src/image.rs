@@ -1,0 +1,251 @@
+//! What was checked is what runs: a plugin library is read once, through one
+//! descriptor, and hashed; the dynamic loader then opens exactly those bytes.
+//!
+//! Loading a library by its path after checking it by its path leaves a window in
+//! which the file can be swapped (time of check ≠ time of use). So, on Linux, the
+//! bytes that were hashed are copied into a sealed memfd (no write, grow, shrink or
+//! further seals: not even this process can change them) and the loader opens that
+//! memfd through `/proc/self/fd/N`. A path on disk is read once and never opened
+//! again for the same load.
+//!
+//! One memfd is kept per distinct library content (by SHA-256) for the life of the
+//! process: a library is never unloaded (see [`loader`](crate::loader)), the dynamic
+//! loader knows it by the memfd's `/proc/self/fd/N` name, and reusing that name is
+//! how a second instance of the same library shares the first one's mapping instead
+//! of mapping another copy. When the caller already knows the digest it wants (a
+//! reviewed plugin) and that content is loaded, the file is not read at all.
+//!
+//! Elsewhere than Linux the file is hashed and then loaded by its path, so the
+//! window remains there; the docs say so.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::loader::LoadError;
+
+/// A plugin library, read and hashed, ready for the dynamic loader.
+#[derive(Debug, Clone)]
+pub(crate) struct Image {
+    /// The file it was read from (for messages and the status).
+    pub path: PathBuf,
+    /// The SHA-256 of the bytes the loader will open, in hex.
+    pub sha256: String,
+    /// What to hand the dynamic loader.
+    pub load_path: PathBuf,
+    /// Keeps the sealed copy open while this image may still be loaded.
+    #[cfg(target_os = "linux")]
+    _sealed: Arc<std::os::fd::OwnedFd>,
+}
+
+/// The sealed copies made so far, by SHA-256.
+#[cfg(target_os = "linux")]
+fn sealed_copies() -> &'static Mutex<HashMap<String, Arc<std::os::fd::OwnedFd>>> {
+    static COPIES: OnceLock<Mutex<HashMap<String, Arc<std::os::fd::OwnedFd>>>> = OnceLock::new();
+    COPIES.get_or_init(Default::default)
+}
+
+impl Image {
+    /// Reads the library at `path` and checks that its SHA-256 is `expected`, if given.
+    pub fn open(path: &Path, expected: Option<&str>) -> Result<Image, LoadError> {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        #[cfg(target_os = "linux")]
+        if let Some(image) = expected.and_then(|digest| Image::already_sealed(&path, digest)) {
+            return Ok(image);
+        }
+        let bytes = read(&path)?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        if let Some(expected) = expected {
+            if !expected.eq_ignore_ascii_case(&sha256) {
+                return Err(LoadError::DigestMismatch {
+                    path,
+                    expected: expected.to_owned(),
+                    actual: sha256,
+                });
+            }
+        }
+        Image::from_bytes(path, sha256, bytes)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn already_sealed(path: &Path, sha256: &str) -> Option<Image> {
+        let copies = sealed_copies().lock().unwrap_or_else(|e| e.into_inner());
+        let sealed = copies.get(&sha256.to_ascii_lowercase())?;
+        Some(Image::with_sealed(
+            path.to_owned(),
+            sha256.to_ascii_lowercase(),
+            sealed.clone(),
+        ))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn with_sealed(path: PathBuf, sha256: String, sealed: Arc<std::os::fd::OwnedFd>) -> Image {
+        use std::os::fd::AsRawFd;
+        Image {
+            path,
+            sha256,
+            load_path: PathBuf::from(format!("/proc/self/fd/{}", sealed.as_raw_fd())),
+            _sealed: sealed,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn from_bytes(path: PathBuf, sha256: String, bytes: Vec<u8>) -> Result<Image, LoadError> {
+        let mut copies = sealed_copies().lock().unwrap_or_else(|e| e.into_inner());
+        let sealed = match copies.get(&sha256) {
+            Some(sealed) => sealed.clone(),
+            None => {
+                let sealed = Arc::new(seal(&path, &bytes).map_err(|source| LoadError::Seal {
+                    path: path.clone(),
+                    source,
+                })?);
+                copies.insert(sha256.clone(), sealed.clone());
+                sealed
+            }
+        };
+        Ok(Image::with_sealed(path, sha256, sealed))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn from_bytes(path: PathBuf, sha256: String, _bytes: Vec<u8>) -> Result<Image, LoadError> {
+        Ok(Image {
+            load_path: path.clone(),
+            path,
+            sha256,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let not_readable = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            LoadError::NotFound {
+                path: path.to_owned(),
+            }
+        } else {
+            LoadError::Unreadable {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    };
+    let mut file = std::fs::File::open(path).map_err(not_readable)?;
+    let metadata = file.metadata().map_err(not_readable)?;
+    if !metadata.is_file() {
+        return Err(LoadError::NotALibrary {
+            path: path.to_owned(),
+            reason: "it is not a regular file".to_owned(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(not_readable)?;
+    Ok(bytes)
+}
+
+/// A memfd holding `bytes`, sealed against any change.
+#[cfg(target_os = "linux")]
+fn seal(path: &Path, bytes: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    let name = format!(
+        "plugbay:{}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    // Ask for an executable memfd where the kernel knows the flag (6.3 and later, where
+    // `vm.memfd_noexec` may otherwise make it non-executable); older kernels refuse the
+    // flag, and their memfds are executable anyway.
+    let fd = match memfd_create(&name, flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => memfd_create(&name, flags)?,
+        other => other?,
+    };
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, bytes)?;
+    fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )?;
+    Ok(file.into())
+}
+
+/// `bytes` in lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The SHA-256 of the file at `path`, in hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_the_bytes_that_were_hashed() {
+        let dir = tempfile_dir();
+        let path = dir.join("libthing.so");
+        std::fs::write(&path, b"first").unwrap();
+        let image = Image::open(&path, None).unwrap();
+        assert_eq!(image.sha256, hex(&Sha256::digest(b"first")));
+        // The file changes on disk: the image does not.
+        std::fs::write(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&image.load_path).unwrap(), b"first");
+        let err = Image::open(&path, Some(&image.sha256)).err();
+        #[cfg(target_os = "linux")]
+        assert!(
+            err.is_none(),
+            "the sealed copy of the expected digest is used"
+        );
+        #[cfg(not(target_os = "linux"))]
+        assert!(matches!(err, Some(LoadError::DigestMismatch { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_digest_is_refused_with_both_digests() {
+        let dir = tempfile_dir();
+        let path = dir.join("libother.so");
+        std::fs::write(&path, b"other bytes").unwrap();
+        let expected = "0".repeat(64);
+        let err = Image::open(&path, Some(&expected)).err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains(&expected), "{text}");
+        assert!(
+            text.contains(&hex(&Sha256::digest(b"other bytes"))),
+            "{text}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_sealed_copy_cannot_be_written() {
+        let dir = tempfile_dir();
+        let path = dir.join("libsealed.so");
+        std::fs::write(&path, b"sealed").unwrap();
+        let image = Image::open(&path, None).unwrap();
+        assert!(std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image.load_path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, b"x"))
+            .is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "plugbay-image-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
