@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use plugbay_host::loader::host_api_version;
-use plugbay_host::registry::sha256_file;
 use plugbay_host::{Host, Inspection, LoadError, StartError};
 use serde::Serialize;
 
@@ -40,7 +39,6 @@ pub fn inspect(host: &Host, library: &Path) -> Result<Inspection, StartError> {
 struct Inspected {
     #[serde(flatten)]
     inspection: Inspection,
-    sha256: String,
     host_api_version: String,
 }
 
@@ -48,10 +46,8 @@ struct Inspected {
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let host = Host::new().with_sandbox(context.sandbox);
     let inspection = inspect(&host, &args.library)?;
-    let sha256 = sha256_file(&inspection.library)?;
     let inspected = Inspected {
         inspection,
-        sha256,
         host_api_version: host_api_version().to_string(),
     };
     if context.json {
@@ -59,14 +55,13 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     }
     let Inspected {
         inspection,
-        sha256,
         host_api_version,
     } = &inspected;
     let manifest = &inspection.manifest;
     let mut out = std::io::stdout().lock();
     let mut field = |name: &str, value: &str| writeln!(out, "{name:<12} {value}");
     field("library", &inspection.library.display().to_string())?;
-    field("sha256", sha256)?;
+    field("sha256", &inspection.sha256)?;
     field("plugin", &format!("{}@{}", manifest.name, manifest.version))?;
     field("description", &manifest.description)?;
     field("author", &manifest.author)?;
