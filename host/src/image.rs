@@ -70,6 +70,20 @@ impl Image {
         Image::from_bytes(path, sha256, bytes)
     }
 
+    /// The sealed copy a host handed a worker process, with the path and digest the
+    /// host read it as.
+    #[cfg(target_os = "linux")]
+    pub fn sealed(path: PathBuf, sha256: String, sealed: std::os::fd::OwnedFd) -> Image {
+        Image::with_sealed(path, sha256, Arc::new(sealed))
+    }
+
+    /// The sealed copy's descriptor (to hand to a worker process).
+    #[cfg(target_os = "linux")]
+    pub fn sealed_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self._sealed.as_fd()
+    }
+
     #[cfg(target_os = "linux")]
     fn already_sealed(path: &Path, sha256: &str) -> Option<Image> {
         let copies = sealed_copies().lock().unwrap_or_else(|e| e.into_inner());

@@ -48,9 +48,12 @@
 mod allocator;
 mod batch;
 mod image;
+mod isolation;
 pub mod loader;
 pub mod local;
 mod pipeline;
+#[cfg(target_os = "linux")]
+mod process;
 #[cfg(feature = "registry")]
 pub mod registry;
 mod runtime;
@@ -62,10 +65,13 @@ mod services;
 pub use allocator::tune_allocator;
 pub use batch::Batch;
 pub use image::sha256_file;
+pub use isolation::Isolation;
 pub use loader::{manifest_differences, LoadError, ManifestDifference};
 pub use pipeline::{IoError, Pipeline, PipelineError, PipelineReport, StageReport};
 pub use plugbay_api::abi::{ErrorKind, PluginError};
 pub use plugbay_api::manifest::{self, Hook, Manifest, Permission};
+#[cfg(target_os = "linux")]
+pub use process::{serve_worker_if_asked, Limits, WORKER_ARG};
 pub use runtime::{
     read_manifest, CallError, Failure, Host, Inspection, ManifestFileError, PluginHandle,
     PluginSpec, PluginStatus, StartError, State, DEFAULT_TIMEOUT,

@@ -21,8 +21,11 @@ use serde::Serialize;
 
 use crate::batch::{count_array, Batch};
 use crate::image::Image;
+use crate::isolation::Isolation;
 use crate::loader::{self, LoadError};
 use crate::pipeline::{self, Stopped, Stream, StreamEnd};
+#[cfg(target_os = "linux")]
+use crate::process::{self, Fault, Limits, ProcessWorker, StartFault};
 use crate::sandbox::{self, Confinement, Policy, Rules, SandboxError, SandboxMode};
 use crate::services::{DataStore, MemoryStore, Services};
 
@@ -53,6 +56,10 @@ pub struct Host {
     data_dir: PathBuf,
     store: Arc<dyn DataStore>,
     check_output: bool,
+    isolation: Isolation,
+    worker_program: Option<PathBuf>,
+    #[cfg(target_os = "linux")]
+    limits: Limits,
 }
 
 impl Default for Host {
@@ -85,7 +92,34 @@ impl Host {
             data_dir: std::env::temp_dir().join("plugbay-data"),
             store: Arc::new(MemoryStore::default()),
             check_output: true,
+            isolation: Isolation::Thread,
+            worker_program: None,
+            #[cfg(target_os = "linux")]
+            limits: Limits::default(),
         }
+    }
+
+    /// Where plugins run when their spec does not say: a worker thread (the default)
+    /// or a worker process of their own (see [`Isolation`]).
+    pub fn with_isolation(mut self, isolation: Isolation) -> Host {
+        self.isolation = isolation;
+        self
+    }
+
+    /// The program worker processes run (with the argument
+    /// [`WORKER_ARG`](crate::WORKER_ARG)); the host's own executable if unset, whose
+    /// `main` must then call [`serve_worker_if_asked`](crate::serve_worker_if_asked)
+    /// first.
+    pub fn with_worker_program(mut self, program: impl Into<PathBuf>) -> Host {
+        self.worker_program = Some(program.into());
+        self
+    }
+
+    /// The resource limits of worker processes.
+    #[cfg(target_os = "linux")]
+    pub fn with_limits(mut self, limits: Limits) -> Host {
+        self.limits = limits;
+        self
     }
 
     /// The deadline of each call for plugins whose manifest sets no `timeout_ms`.
@@ -190,7 +224,11 @@ impl Host {
     /// permissions, opens and checks the library, builds the instance and calls
     /// `init`. Returns when the instance is ready for batches.
     pub fn start(&self, spec: PluginSpec) -> Result<PluginHandle, StartError> {
+        let isolation = spec.isolation.unwrap_or(self.isolation);
         let prepared = self.prepare(spec)?;
+        if isolation == Isolation::Process {
+            return self.start_process(prepared);
+        }
         let id = prepared.id.clone();
         let timeout = prepared.timeout;
         let thread_name = format!("plugbay-{}", prepared.manifest.name);
@@ -241,12 +279,132 @@ impl Host {
                 batches: 0,
                 records_out: 0,
                 busy: Duration::ZERO,
+                isolation: Isolation::Thread,
+                pid: None,
+                namespaces: Vec::new(),
             },
             may_process: prepared.may_process,
             requests: Some(request_tx),
             replies: reply_rx,
             thread: Some(thread),
             wait: ReplyWait::default(),
+            #[cfg(target_os = "linux")]
+            process: None,
+        })
+    }
+
+    /// Starts an instance in a worker process (see [`Isolation::Process`]).
+    #[cfg(target_os = "linux")]
+    fn start_process(&self, prepared: Prepared) -> Result<PluginHandle, StartError> {
+        let id = prepared.id.clone();
+        let program = match &self.worker_program {
+            Some(program) => program.clone(),
+            None => std::env::current_exe().map_err(|source| StartError::Spawn {
+                id: id.clone(),
+                source,
+            })?,
+        };
+        let network = prepared.granted.iter().any(|permission| {
+            matches!(
+                permission,
+                Permission::NetConnect(_) | Permission::NetBind(_)
+            )
+        });
+        let setup = process::Setup {
+            id: id.clone(),
+            library: prepared.image.path.clone(),
+            sha256: prepared.image.sha256.clone(),
+            manifest: prepared.manifest.to_json(),
+            granted: prepared.granted.iter().map(ToString::to_string).collect(),
+            plugin_dir: PathBuf::from(prepared.context.plugin_dir.as_str()),
+            data_dir: PathBuf::from(prepared.context.data_dir.as_str()),
+            config: prepared.context.config.to_string(),
+            sandbox: self.sandbox,
+            host_pid: std::process::id(),
+            limits: self.limits,
+            network,
+        };
+        let services = Arc::new(Services::new(
+            id.clone(),
+            &prepared.granted,
+            self.store.clone(),
+        ));
+        let timeout = prepared.timeout;
+        let (worker, ready) = ProcessWorker::start(
+            &program,
+            setup,
+            prepared.image.sealed_fd(),
+            services,
+            Some(timeout),
+        )
+        .map_err(|fault| match fault {
+            StartFault::Spawn(source) => StartError::Spawn {
+                id: id.clone(),
+                source,
+            },
+            StartFault::Failed {
+                stage,
+                message,
+                plugin_error,
+            } => match (stage.as_str(), plugin_error) {
+                ("init", Some(error)) => StartError::Init {
+                    id: id.clone(),
+                    error,
+                },
+                ("constructor", Some(error)) => StartError::Constructor {
+                    id: id.clone(),
+                    error,
+                },
+                _ => StartError::Worker {
+                    id: id.clone(),
+                    stage,
+                    message,
+                },
+            },
+            StartFault::Timeout => StartError::Timeout {
+                id: id.clone(),
+                timeout,
+            },
+            StartFault::Crashed(cause) => StartError::WorkerCrashed {
+                id: id.clone(),
+                cause,
+            },
+        })?;
+        tracing::debug!(plugin = %id, pid = worker.pid(), confinement = %ready.confinement, "plugin started in a worker process");
+        let (_, replies) = bounded::<Reply>(1);
+        Ok(PluginHandle {
+            status: PluginStatus {
+                id,
+                state: State::Initialized,
+                confinement: ready.confinement,
+                granted: prepared.granted,
+                api_version: ready.api_version.to_string(),
+                library: prepared.image.path.clone(),
+                sha256: prepared.image.sha256.clone(),
+                timeout,
+                batches: 0,
+                records_out: 0,
+                busy: Duration::ZERO,
+                isolation: Isolation::Process,
+                pid: Some(worker.pid()),
+                namespaces: ready.namespaces,
+            },
+            may_process: prepared.may_process,
+            requests: None,
+            replies,
+            thread: None,
+            wait: ReplyWait::default(),
+            process: Some(worker),
+        })
+    }
+
+    /// Process isolation needs Linux.
+    #[cfg(not(target_os = "linux"))]
+    fn start_process(&self, prepared: Prepared) -> Result<PluginHandle, StartError> {
+        Err(StartError::Worker {
+            id: prepared.id,
+            stage: "start".to_owned(),
+            message: "process isolation needs Linux; use `Isolation::Thread`".to_owned(),
         })
     }
 
@@ -383,6 +541,8 @@ pub struct PluginSpec {
     /// The check and the load read the same bytes: a file swapped after the check is
     /// never loaded.
     pub sha256: Option<String>,
+    /// Where the instance runs (the host's choice if unset).
+    pub isolation: Option<Isolation>,
 }
 
 /// Why a manifest file could not be used.
@@ -420,6 +580,7 @@ impl PluginSpec {
             policy: None,
             timeout: None,
             sha256: None,
+            isolation: None,
         }
     }
 
@@ -438,6 +599,7 @@ impl PluginSpec {
             policy: None,
             timeout: None,
             sha256: None,
+            isolation: None,
         })
     }
 
@@ -480,6 +642,12 @@ impl PluginSpec {
     /// itself: what was reviewed is what runs.
     pub fn with_sha256(mut self, sha256: impl Into<String>) -> PluginSpec {
         self.sha256 = Some(sha256.into());
+        self
+    }
+
+    /// Runs the instance on a worker thread or in a worker process.
+    pub fn with_isolation(mut self, isolation: Isolation) -> PluginSpec {
+        self.isolation = Some(isolation);
         self
     }
 }
@@ -539,6 +707,24 @@ pub enum StartError {
         id: String,
         /// The deadline.
         timeout: Duration,
+    },
+    /// The worker process could not load or confine the plugin.
+    #[error("plugin {id}'s worker process failed at {stage}: {message}")]
+    Worker {
+        /// The plugin.
+        id: String,
+        /// What it was doing (`sandbox`, `load`, …).
+        stage: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The worker process ended before the plugin was ready.
+    #[error("plugin {id}'s worker process ended while starting: {cause}")]
+    WorkerCrashed {
+        /// The plugin.
+        id: String,
+        /// How it ended.
+        cause: String,
     },
     /// The worker thread ended without answering.
     #[error("plugin {id}'s worker thread ended while starting")]
@@ -606,6 +792,19 @@ pub enum CallError {
         /// The deadline.
         timeout: Duration,
     },
+    /// The worker process ended during the call (a crash, an abort, `exit()`, running
+    /// out of memory); the instance is marked failed.
+    #[error(
+        "plugin {id}'s worker process ended in {hook}: {cause}; the instance is marked failed"
+    )]
+    Crashed {
+        /// The plugin.
+        id: String,
+        /// The hook.
+        hook: Hook,
+        /// How the process ended.
+        cause: String,
+    },
     /// The plugin returned bytes that are not one JSON array.
     #[error("plugin {id} returned invalid output from process: {reason}")]
     InvalidOutput {
@@ -648,6 +847,8 @@ pub enum Failure {
     Timeout(String),
     /// The worker thread ended unexpectedly.
     WorkerLost(String),
+    /// The worker process ended (a crash, an abort, `exit()`, out of memory).
+    Crashed(String),
 }
 
 impl fmt::Display for Failure {
@@ -656,6 +857,7 @@ impl fmt::Display for Failure {
             Failure::Panic(message) => write!(f, "panic: {message}"),
             Failure::Timeout(message) => write!(f, "timeout: {message}"),
             Failure::WorkerLost(message) => write!(f, "worker lost: {message}"),
+            Failure::Crashed(message) => write!(f, "crashed: {message}"),
         }
     }
 }
@@ -714,6 +916,13 @@ pub struct PluginStatus {
     /// Time spent in `process`: as the caller saw it for a call, as the worker
     /// measured it in a pipeline.
     pub busy: Duration,
+    /// Whether it runs on a worker thread or in a worker process.
+    pub isolation: Isolation,
+    /// The worker process's id (process isolation).
+    pub pid: Option<u32>,
+    /// The namespaces the worker process entered (`user`, `net`), where the kernel
+    /// allowed them.
+    pub namespaces: Vec<String>,
 }
 
 impl PluginStatus {
@@ -785,6 +994,9 @@ pub struct PluginHandle {
     replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
     wait: ReplyWait,
+    /// The worker process, for process isolation.
+    #[cfg(target_os = "linux")]
+    process: Option<ProcessWorker>,
 }
 
 impl fmt::Debug for PluginHandle {
@@ -811,6 +1023,12 @@ impl PluginHandle {
     pub fn process(&mut self, batch: &Batch) -> Result<Batch, CallError> {
         self.status.permit(self.may_process)?;
         let started = Instant::now();
+        #[cfg(target_os = "linux")]
+        if self.process.is_some() {
+            let result = self.process_in_worker(batch);
+            self.status.busy += started.elapsed();
+            return result;
+        }
         let reply = self.call(Request::Process(batch.clone()), Hook::Process)?;
         self.status.busy += started.elapsed();
         let Reply::Processed(result) = reply else {
@@ -828,6 +1046,10 @@ impl PluginHandle {
 
     /// Runs the plugin's `cleanup` hook; the instance takes no more calls after it.
     pub fn cleanup(&mut self) -> Result<(), CallError> {
+        #[cfg(target_os = "linux")]
+        if self.process.is_some() {
+            return self.cleanup_in_worker();
+        }
         let reply = self.call(Request::Cleanup, Hook::Cleanup)?;
         let Reply::CleanedUp(result) = reply else {
             return Err(self.lose_worker("answered cleanup with another reply"));
@@ -836,6 +1058,57 @@ impl PluginHandle {
         match result {
             RResult::ROk(()) => Ok(()),
             RResult::RErr(error) => Err(self.status.hook_error(Hook::Cleanup, error)),
+        }
+    }
+
+    /// `process` in the worker process.
+    #[cfg(target_os = "linux")]
+    fn process_in_worker(&mut self, batch: &Batch) -> Result<Batch, CallError> {
+        self.live()?;
+        let deadline = Instant::now().checked_add(self.status.timeout);
+        let worker = self.process.as_mut().expect("a process worker");
+        match worker.process(batch, deadline) {
+            Ok(Ok(bytes)) => {
+                let checked = check_output(RVec::from(bytes), true);
+                self.status.processed(checked)
+            }
+            Ok(Err(error)) => self.status.processed(Err(Outcome::Plugin(error))),
+            Err(fault) => Err(self.worker_fault(fault, Hook::Process)),
+        }
+    }
+
+    /// `cleanup` in the worker process.
+    #[cfg(target_os = "linux")]
+    fn cleanup_in_worker(&mut self) -> Result<(), CallError> {
+        self.live()?;
+        let deadline = Instant::now().checked_add(self.status.timeout);
+        let worker = self.process.as_mut().expect("a process worker");
+        match worker.cleanup(deadline) {
+            Ok(result) => {
+                self.status.state = State::CleanedUp;
+                match result {
+                    RResult::ROk(()) => Ok(()),
+                    RResult::RErr(error) => Err(self.status.hook_error(Hook::Cleanup, error)),
+                }
+            }
+            Err(fault) => Err(self.worker_fault(fault, Hook::Cleanup)),
+        }
+    }
+
+    /// The caller's error for a worker process that timed out (it was killed) or
+    /// ended; the instance is marked failed.
+    #[cfg(target_os = "linux")]
+    fn worker_fault(&mut self, fault: Fault, hook: Hook) -> CallError {
+        match fault {
+            Fault::Timeout => self.time_out(hook),
+            Fault::Crashed(cause) => {
+                self.status.fail(Failure::Crashed(cause.clone()));
+                CallError::Crashed {
+                    id: self.status.id.clone(),
+                    hook,
+                    cause,
+                }
+            }
         }
     }
 
@@ -972,6 +1245,16 @@ impl PluginHandle {
         self.requests = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(mut worker) = self.process.take() {
+            // A worker process is told to drop the instance and exit, with the call
+            // deadline; a failed one is killed at once. Either way it is gone after.
+            if matches!(self.status.state, State::Failed(_)) {
+                worker.kill();
+            } else {
+                worker.stop(Instant::now().checked_add(self.status.timeout));
+            }
         }
         if !matches!(self.status.state, State::Failed(_)) {
             self.status.state = State::Unloaded;

@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use plugbay_api::manifest::Permission;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The landlock ABI the ruleset is written for (and tested on).
 pub const LANDLOCK_ABI: u8 = 6;
@@ -48,7 +48,7 @@ impl Policy {
 }
 
 /// Whether a plugin may start without full confinement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxMode {
     /// Fail closed: a plugin starts only under the full ruleset.
@@ -59,7 +59,7 @@ pub enum SandboxMode {
 }
 
 /// How much of the ruleset the kernel enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConfinementLevel {
     /// Every rule is enforced.
@@ -81,7 +81,7 @@ impl fmt::Display for ConfinementLevel {
 }
 
 /// A plugin's confinement, as enforced on its worker thread.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confinement {
     /// How much is enforced.
     pub level: ConfinementLevel,

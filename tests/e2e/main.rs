@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod isolation;
 mod loader;
 mod local;
 mod pipeline;

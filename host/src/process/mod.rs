@@ -1,0 +1,658 @@
+//! Process isolation: a plugin instance in a worker process of its own.
+//!
+//! The worker is the host's own executable (or the program given with
+//! [`Host::with_worker_program`](crate::Host::with_worker_program)), started with the
+//! argument [`WORKER_ARG`] and an empty environment. Its `main` must call
+//! [`serve_worker_if_asked`] first: the `plugbay` binary does. The host hands it three
+//! descriptors at fixed numbers: the control socket ([`wire`]), the shared memory the
+//! batches cross ([`shm`]) and the sealed copy of the library the host hashed (so the
+//! worker loads exactly the reviewed bytes, as a worker thread does). The worker then
+//! confines itself as a whole process ([`child`]) before it opens the library.
+//!
+//! What a worker process adds to a worker thread's confinement: the plugin cannot
+//! read or write the host's memory or use the host's descriptors; a crash, an abort,
+//! `exit()` or an allocation past its memory limit ends only the worker, and the
+//! caller gets an error naming the cause; a call past its deadline gets the worker
+//! killed (`SIGKILL`), so it uses no CPU after; its threads end with it; it has no
+//! network at all unless a `net:` grant needs it (a network namespace of its own,
+//! where the kernel allows one unprivileged).
+
+pub(crate) mod child;
+mod shm;
+mod wire;
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RResult, RSlice, RStr};
+use plugbay_api::abi::{ErrorKind, HostServices, LogLevel, PluginError};
+use serde::{Deserialize, Serialize};
+
+use self::shm::Shared;
+use self::wire::{Message, PluginErrorWire, ReplyKind, RequestKind};
+use crate::batch::Batch;
+use crate::sandbox::{Confinement, SandboxMode};
+use crate::services::Services;
+
+/// The argument that makes a program serve as a Plugbay worker process.
+pub const WORKER_ARG: &str = "__plugbay-worker";
+
+/// Where the worker finds its control socket.
+const CONTROL_FD: i32 = 3;
+/// Where the worker finds the shared memory.
+const SHARED_FD: i32 = 4;
+/// Where the worker finds the sealed library.
+const LIBRARY_FD: i32 = 5;
+
+/// Serves as a worker process if this process was started as one (its first
+/// argument is [`WORKER_ARG`]), and then exits; returns at once otherwise.
+///
+/// Call it first thing in `main` of any program that starts plugins with
+/// [`Isolation::Process`](crate::Isolation::Process): the host starts its worker
+/// processes from its own executable.
+///
+/// # Examples
+///
+/// ```no_run
+/// // First thing in `main`:
+/// plugbay_host::serve_worker_if_asked();
+/// // … then the program itself.
+/// ```
+pub fn serve_worker_if_asked() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == WORKER_ARG)
+    {
+        let code = child::serve();
+        std::process::exit(if code == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            70
+        });
+    }
+}
+
+/// Resource limits of a worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Address space, in bytes (`RLIMIT_AS`): an allocation past it fails, and the
+    /// worker ends.
+    pub memory_bytes: Option<u64>,
+    /// Open descriptors (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+    /// CPU seconds over the worker's whole life (`RLIMIT_CPU`); the deadline of each
+    /// call is enforced separately.
+    pub cpu_seconds: Option<u64>,
+    /// Processes of the worker's user (`RLIMIT_NPROC`; not enforced for root, which
+    /// the worker's seccomp filter covers by refusing new processes).
+    pub processes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: Some(4 << 30),
+            open_files: Some(256),
+            cpu_seconds: None,
+            processes: None,
+        }
+    }
+}
+
+/// What the host tells a worker process to load and how to confine it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Setup {
+    pub id: String,
+    pub library: PathBuf,
+    pub sha256: String,
+    pub manifest: String,
+    pub granted: Vec<String>,
+    pub plugin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub config: String,
+    pub sandbox: SandboxMode,
+    pub host_pid: u32,
+    pub limits: Limits,
+    /// Whether the plugin needs the host's network (a `net:` grant).
+    pub network: bool,
+}
+
+/// What a started worker process reported.
+pub(crate) struct Ready {
+    pub api_version: semver::Version,
+    pub confinement: Confinement,
+    pub namespaces: Vec<String>,
+}
+
+/// Why a call to a worker process gave no reply.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    /// The deadline passed; the worker was killed.
+    Timeout,
+    /// The worker ended: how, in words.
+    Crashed(String),
+}
+
+/// Why a worker process did not start.
+#[derive(Debug)]
+pub(crate) enum StartFault {
+    /// The host could not start it.
+    Spawn(std::io::Error),
+    /// It said it failed: at which stage, why, and the plugin's error if it was one.
+    Failed {
+        stage: String,
+        message: String,
+        plugin_error: Option<PluginError>,
+    },
+    /// It did not answer before the deadline (it was killed).
+    Timeout,
+    /// It ended before it answered.
+    Crashed(String),
+}
+
+/// A worker process, from the host's side.
+pub(crate) struct ProcessWorker {
+    id: String,
+    child: Child,
+    shared: Shared,
+    /// Set when the control socket closes: the worker is gone.
+    gone: Arc<AtomicBool>,
+    /// The last lines the worker wrote to stderr, for a crash's cause.
+    last_words: Arc<Mutex<VecDeque<String>>>,
+    threads: Vec<JoinHandle<()>>,
+    exited: Option<std::process::ExitStatus>,
+}
+
+impl std::fmt::Debug for ProcessWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessWorker")
+            .field("id", &self.id)
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Duplicates `fd` above the descriptor numbers the worker uses, so moving it into
+/// place in the child cannot overwrite another of them.
+fn above_channel(fd: impl AsFd) -> std::io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 10)?)
+}
+
+impl ProcessWorker {
+    /// Starts a worker process for `setup`, loading the sealed library `library`,
+    /// with `services` answering its host-service calls. Returns once `init` ran.
+    pub fn start(
+        program: &std::path::Path,
+        setup: Setup,
+        library: std::os::fd::BorrowedFd<'_>,
+        services: Arc<Services>,
+        timeout: Option<Duration>,
+    ) -> Result<(ProcessWorker, Ready), StartFault> {
+        let id = setup.id.clone();
+        let (host_end, worker_end) = UnixStream::pair().map_err(StartFault::Spawn)?;
+        let shared = Shared::create(1 << 16).map_err(StartFault::Spawn)?;
+        let fds = [
+            above_channel(&worker_end).map_err(StartFault::Spawn)?,
+            above_channel(shared.fd()).map_err(StartFault::Spawn)?,
+            above_channel(library).map_err(StartFault::Spawn)?,
+        ];
+        let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut command = Command::new(program);
+        command
+            .arg(WORKER_ARG)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // `dup2`, which is async-signal-safe. The sources are open descriptors above
+        // 9 (see `above_channel`) and the targets are 3, 4 and 5, so no move
+        // overwrites a source still to be moved; `dup2` leaves the new descriptors
+        // without close-on-exec, so exactly these three reach the worker.
+        unsafe {
+            command.pre_exec(move || {
+                for (source, target) in raw.iter().zip([CONTROL_FD, SHARED_FD, LIBRARY_FD]) {
+                    if libc::dup2(*source, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(StartFault::Spawn)?;
+        drop(fds);
+        drop(worker_end);
+
+        let gone = Arc::new(AtomicBool::new(false));
+        let last_words = Arc::new(Mutex::new(VecDeque::new()));
+        let mut threads = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            threads.push(relay_output(id.clone(), "stdout", stdout, None));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            threads.push(relay_output(
+                id.clone(),
+                "stderr",
+                stderr,
+                Some(last_words.clone()),
+            ));
+        }
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let mut writer = host_end.try_clone().map_err(StartFault::Spawn)?;
+        if let Err(err) = wire::send(&mut writer, &Message::Setup(Box::new(setup)), &[]) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(StartFault::Spawn(err));
+        }
+        threads.push(serve_services(
+            id.clone(),
+            host_end,
+            writer,
+            services,
+            gone.clone(),
+            ready_tx,
+        ));
+        let mut worker = ProcessWorker {
+            id,
+            child,
+            shared,
+            gone,
+            last_words,
+            threads,
+            exited: None,
+        };
+        let ready = match timeout.and_then(|t| Instant::now().checked_add(t)) {
+            Some(deadline) => ready_rx
+                .recv_deadline(deadline)
+                .map_err(|err| err.is_timeout()),
+            None => ready_rx.recv().map_err(|_| false),
+        };
+        match ready {
+            Ok(Ok(ready)) => Ok((worker, ready)),
+            Ok(Err(fault)) => {
+                worker.reap(Duration::from_secs(1));
+                Err(fault)
+            }
+            Err(true) => {
+                worker.kill();
+                Err(StartFault::Timeout)
+            }
+            Err(false) => {
+                let cause = worker.reap(Duration::from_secs(1));
+                Err(StartFault::Crashed(cause))
+            }
+        }
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `batch` through `process`, until `deadline`.
+    pub fn process(
+        &mut self,
+        batch: &Batch,
+        deadline: Option<Instant>,
+    ) -> Result<Result<Vec<u8>, PluginError>, Fault> {
+        let (kind, bytes) = self.call(RequestKind::Process, batch.as_bytes(), deadline)?;
+        match kind {
+            Some(ReplyKind::Batch) => Ok(Ok(bytes)),
+            Some(ReplyKind::Error) => Ok(Err(plugin_error(&bytes))),
+            _ => Err(self.broken("answered process with another reply")),
+        }
+    }
+
+    /// Runs `cleanup`, until `deadline`.
+    pub fn cleanup(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<RResult<(), PluginError>, Fault> {
+        let (kind, bytes) = self.call(RequestKind::Cleanup, &[], deadline)?;
+        match kind {
+            Some(ReplyKind::Done) => Ok(RResult::ROk(())),
+            Some(ReplyKind::Error) => Ok(RResult::RErr(plugin_error(&bytes))),
+            _ => Err(self.broken("answered cleanup with another reply")),
+        }
+    }
+
+    /// Tells the worker to drop the instance and exit, and waits for it until
+    /// `deadline`; kills it past that.
+    pub fn stop(&mut self, deadline: Option<Instant>) {
+        if self.exited.is_some() {
+            return;
+        }
+        if !self.gone.load(Ordering::Acquire) {
+            let header = self.shared.header();
+            header
+                .request_kind
+                .store(RequestKind::Stop as u32, Ordering::Release);
+            shm::ring(&header.request_seq, &header.worker_sleeps);
+        }
+        let wait = deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(5));
+        self.reap(wait);
+    }
+
+    /// Kills the worker (`SIGKILL`) and reaps it.
+    pub fn kill(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            self.reap(Duration::from_secs(5));
+        }
+    }
+
+    fn broken(&mut self, why: &str) -> Fault {
+        self.kill();
+        Fault::Crashed(format!("the worker process {why}"))
+    }
+
+    fn call(
+        &mut self,
+        kind: RequestKind,
+        bytes: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(Option<ReplyKind>, Vec<u8>), Fault> {
+        if self.gone.load(Ordering::Acquire) {
+            return Err(Fault::Crashed(self.reap(Duration::from_secs(1))));
+        }
+        if let Err(err) = self.shared.write(bytes) {
+            return Err(self.broken(&format!("could not be given the batch: {err}")));
+        }
+        let header = self.shared.header();
+        header
+            .request_len
+            .store(bytes.len() as u64, Ordering::Release);
+        header.request_kind.store(kind as u32, Ordering::Release);
+        let seen = header.reply_seq.load(Ordering::Acquire);
+        shm::ring(&header.request_seq, &header.worker_sleeps);
+        let gone = self.gone.clone();
+        let replied = shm::wait(
+            &header.reply_seq,
+            seen,
+            &header.host_sleeps,
+            deadline,
+            Duration::from_millis(10),
+            || gone.load(Ordering::Acquire),
+        );
+        if !replied {
+            if self.gone.load(Ordering::Acquire) {
+                return Err(Fault::Crashed(self.reap(Duration::from_secs(1))));
+            }
+            self.kill();
+            return Err(Fault::Timeout);
+        }
+        let header = self.shared.header();
+        let kind = ReplyKind::from_u32(header.reply_kind.load(Ordering::Acquire));
+        let len = header.reply_len.load(Ordering::Acquire);
+        match self.shared.read(len) {
+            Ok(bytes) => Ok((kind, bytes)),
+            Err(err) => Err(self.broken(&format!("wrote a reply that cannot be read: {err}"))),
+        }
+    }
+
+    /// Waits up to `wait` for the worker to exit (killing it after that), and says
+    /// how it ended.
+    fn reap(&mut self, wait: Duration) -> String {
+        let status = match self.exited {
+            Some(status) => status,
+            None => {
+                let until = Instant::now() + wait;
+                let status = loop {
+                    match self.child.try_wait() {
+                        Ok(Some(status)) => break Some(status),
+                        Ok(None) if Instant::now() < until => {
+                            std::thread::sleep(Duration::from_millis(2))
+                        }
+                        Ok(None) => {
+                            let _ = self.child.kill();
+                            break self.child.wait().ok();
+                        }
+                        Err(_) => break None,
+                    }
+                };
+                let Some(status) = status else {
+                    return "the worker process could not be waited for".to_owned();
+                };
+                self.exited = Some(status);
+                for thread in self.threads.drain(..) {
+                    let _ = thread.join();
+                }
+                status
+            }
+        };
+        let mut cause = describe(status);
+        let words = self.last_words.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(line) = words.iter().rev().find(|line| !line.trim().is_empty()) {
+            cause.push_str(&format!(" (its last words: {})", line.trim()));
+        }
+        cause
+    }
+}
+
+impl Drop for ProcessWorker {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn plugin_error(bytes: &[u8]) -> PluginError {
+    match serde_json::from_slice::<PluginErrorWire>(bytes) {
+        Ok(error) => PluginError::new(ErrorKind(error.kind), error.message),
+        Err(err) => PluginError::new(
+            ErrorKind::FAILED,
+            format!("the worker process sent an unreadable error: {err}"),
+        ),
+    }
+}
+
+/// How a worker process ended, in words.
+fn describe(status: std::process::ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let name = match signal {
+            libc::SIGSEGV => "SIGSEGV (a segmentation fault)",
+            libc::SIGABRT => "SIGABRT (it aborted)",
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGBUS => "SIGBUS (a bus error)",
+            libc::SIGILL => "SIGILL (an illegal instruction)",
+            libc::SIGFPE => "SIGFPE (an arithmetic fault)",
+            libc::SIGXCPU => "SIGXCPU (it used up its CPU time)",
+            libc::SIGSYS => "SIGSYS (a forbidden system call)",
+            _ => return format!("the worker process was killed by signal {signal}"),
+        };
+        return format!("the worker process was killed by {name}");
+    }
+    match status.code() {
+        Some(code) => format!("the worker process exited with status {code}"),
+        None => "the worker process ended".to_owned(),
+    }
+}
+
+/// Answers the worker's host-service calls (checked against its permissions by
+/// `services`), logs what it logs, and passes on its ready or failed message.
+fn serve_services(
+    id: String,
+    mut reader: UnixStream,
+    mut writer: UnixStream,
+    services: Arc<Services>,
+    gone: Arc<AtomicBool>,
+    ready: crossbeam_channel::Sender<Result<Ready, StartFault>>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("plugbay-services-{id}"))
+        .spawn(move || {
+            loop {
+                let (message, body) = match wire::receive(&mut reader) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::warn!(plugin = %id, error = %err, "the worker process broke its control channel");
+                        break;
+                    }
+                };
+                let reply = match message {
+                    Message::Ready {
+                        api_version,
+                        confinement,
+                        namespaces,
+                    } => {
+                        let api_version = semver::Version::parse(&api_version)
+                            .unwrap_or_else(|_| semver::Version::new(0, 0, 0));
+                        let _ = ready.try_send(Ok(Ready {
+                            api_version,
+                            confinement,
+                            namespaces,
+                        }));
+                        continue;
+                    }
+                    Message::Failed {
+                        stage,
+                        message,
+                        plugin_error,
+                    } => {
+                        let plugin_error = plugin_error
+                            .map(|error| PluginError::new(ErrorKind(error.kind), error.message));
+                        let _ = ready.try_send(Err(StartFault::Failed {
+                            stage,
+                            message,
+                            plugin_error,
+                        }));
+                        continue;
+                    }
+                    Message::Log { level, message } => {
+                        let level = match level {
+                            0 => LogLevel::Trace,
+                            1 => LogLevel::Debug,
+                            2 => LogLevel::Info,
+                            3 => LogLevel::Warn,
+                            _ => LogLevel::Error,
+                        };
+                        services.log(level, RStr::from_str(&message));
+                        continue;
+                    }
+                    Message::StoreGet { key } => match services.store_get(RStr::from_str(&key)) {
+                        RResult::ROk(value) => match value.into_option() {
+                            Some(value) => (Message::Value { found: true }, value.into_vec()),
+                            None => (Message::Value { found: false }, Vec::new()),
+                        },
+                        RResult::RErr(error) => denied(error),
+                    },
+                    Message::StorePut { key } => {
+                        match services.store_put(RStr::from_str(&key), RSlice::from_slice(&body)) {
+                            RResult::ROk(()) => (Message::Done, Vec::new()),
+                            RResult::RErr(error) => denied(error),
+                        }
+                    }
+                    Message::StoreDelete { key } => {
+                        match services.store_delete(RStr::from_str(&key)) {
+                            RResult::ROk(existed) => (Message::Removed { existed }, Vec::new()),
+                            RResult::RErr(error) => denied(error),
+                        }
+                    }
+                    other => {
+                        tracing::warn!(plugin = %id, message = ?other, "the worker process sent a message only the host sends");
+                        break;
+                    }
+                };
+                if wire::send(&mut writer, &reply.0, &reply.1).is_err() {
+                    break;
+                }
+            }
+            gone.store(true, Ordering::Release);
+            let _ = ready.try_send(Err(StartFault::Crashed(String::new())));
+        })
+        .expect("a thread can be spawned for a worker's services")
+}
+
+fn denied(error: PluginError) -> (Message, Vec<u8>) {
+    (
+        Message::Denied {
+            error: PluginErrorWire {
+                kind: error.kind.0,
+                message: error.message.into(),
+            },
+        },
+        Vec::new(),
+    )
+}
+
+/// How many lines of a worker's output reach the log per second; the rest are
+/// counted and reported.
+const LINES_PER_SECOND: u32 = 100;
+/// The longest line logged; the rest of a longer one is cut.
+const MAX_LINE: usize = 1024;
+
+/// Logs what a worker writes to `stream`, tagged with the plugin id, rate-limited.
+fn relay_output(
+    id: String,
+    stream: &'static str,
+    mut pipe: impl Read + Send + 'static,
+    last_words: Option<Arc<Mutex<VecDeque<String>>>>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("plugbay-{stream}-{id}"))
+        .spawn(move || {
+            let mut buffer = vec![0u8; 64 * 1024];
+            let mut line = Vec::new();
+            let (mut window, mut logged, mut dropped) = (Instant::now(), 0u32, 0u64);
+            let mut emit = |line: &[u8]| {
+                let text = String::from_utf8_lossy(line).into_owned();
+                if let Some(words) = &last_words {
+                    let mut words = words.lock().unwrap_or_else(|e| e.into_inner());
+                    if words.len() == 4 {
+                        words.pop_front();
+                    }
+                    words.push_back(text.clone());
+                }
+                if window.elapsed() >= Duration::from_secs(1) {
+                    if dropped > 0 {
+                        tracing::warn!(plugin = %id, stream, dropped, "plugin output lines dropped (more than {LINES_PER_SECOND} a second)");
+                    }
+                    (window, logged, dropped) = (Instant::now(), 0, 0);
+                }
+                if logged < LINES_PER_SECOND {
+                    logged += 1;
+                    tracing::info!(plugin = %id, stream, "{text}");
+                } else {
+                    dropped += 1;
+                }
+            };
+            loop {
+                let read = match pipe.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                for chunk in buffer[..read].split_inclusive(|byte| *byte == b'\n') {
+                    if line.len() < MAX_LINE {
+                        let room = MAX_LINE - line.len();
+                        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    if chunk.ends_with(b"\n") {
+                        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                        emit(text);
+                        line.clear();
+                    }
+                }
+            }
+            if !line.is_empty() {
+                emit(&line);
+            }
+            if dropped > 0 {
+                tracing::warn!(plugin = %id, stream, dropped, "plugin output lines dropped (more than {LINES_PER_SECOND} a second)");
+            }
+        })
+        .expect("a thread can be spawned for a worker's output")
+}

@@ -1,0 +1,138 @@
+//! The control channel between a host and its worker process: a unix socket pair
+//! carrying frames, each a JSON header and an optional body of raw bytes.
+//!
+//! It carries the start (the host's setup, the worker's ready or failure) and the
+//! host services the plugin calls (log, data store), which the host answers after
+//! checking the plugin's permissions. Batches do not cross here: they go through
+//! shared memory (see `shm`).
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The largest frame either side accepts (headers are small; bodies are data store
+/// values).
+const MAX_FRAME: u32 = 64 << 20;
+
+/// What a request in shared memory asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum RequestKind {
+    /// Run `process` on the batch in the data area.
+    Process = 1,
+    /// Run `cleanup`.
+    Cleanup = 2,
+    /// Drop the instance and exit.
+    Stop = 3,
+}
+
+impl RequestKind {
+    pub fn from_u32(value: u32) -> Option<RequestKind> {
+        match value {
+            1 => Some(RequestKind::Process),
+            2 => Some(RequestKind::Cleanup),
+            3 => Some(RequestKind::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// What a reply in shared memory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum ReplyKind {
+    /// The data area holds the batch `process` returned.
+    Batch = 1,
+    /// The data area holds a [`PluginErrorWire`] as JSON.
+    Error = 2,
+    /// The hook (cleanup) returned without error; no data.
+    Done = 3,
+}
+
+impl ReplyKind {
+    pub fn from_u32(value: u32) -> Option<ReplyKind> {
+        match value {
+            1 => Some(ReplyKind::Batch),
+            2 => Some(ReplyKind::Error),
+            3 => Some(ReplyKind::Done),
+            _ => None,
+        }
+    }
+}
+
+/// A plugin's error, as it crosses the channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PluginErrorWire {
+    pub kind: u32,
+    pub message: String,
+}
+
+/// A message on the control channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Message {
+    /// Host → worker, first: what to load and how to confine it.
+    Setup(Box<super::Setup>),
+    /// Worker → host: the instance is initialized.
+    Ready {
+        api_version: String,
+        confinement: crate::sandbox::Confinement,
+        namespaces: Vec<String>,
+    },
+    /// Worker → host: the instance did not start.
+    Failed {
+        stage: String,
+        message: String,
+        plugin_error: Option<PluginErrorWire>,
+    },
+    /// Worker → host: a log line from the plugin.
+    Log { level: u8, message: String },
+    /// Worker → host: a data store read (the reply is `Value`).
+    StoreGet { key: String },
+    /// Worker → host: a data store write, the value in the body (the reply is `Done`).
+    StorePut { key: String },
+    /// Worker → host: a data store removal (the reply is `Removed`).
+    StoreDelete { key: String },
+    /// Host → worker: the value read, in the body, if any.
+    Value { found: bool },
+    /// Host → worker: a write went through.
+    Done,
+    /// Host → worker: whether a removed key was there.
+    Removed { existed: bool },
+    /// Host → worker: a service refused the call.
+    Denied { error: PluginErrorWire },
+}
+
+/// Writes one frame.
+pub(crate) fn send(out: &mut impl Write, message: &Message, body: &[u8]) -> std::io::Result<()> {
+    let header = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(8 + header.len() + body.len());
+    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(body);
+    out.write_all(&frame)
+}
+
+/// Reads one frame; `None` at the end of the stream.
+pub(crate) fn receive(input: &mut impl Read) -> std::io::Result<Option<(Message, Vec<u8>)>> {
+    let mut lengths = [0u8; 8];
+    match input.read_exact(&mut lengths) {
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        other => other?,
+    }
+    let header_len = u32::from_le_bytes(lengths[..4].try_into().expect("4 bytes"));
+    let body_len = u32::from_le_bytes(lengths[4..].try_into().expect("4 bytes"));
+    if header_len > MAX_FRAME || body_len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "a control frame of {header_len} + {body_len} bytes is larger than {MAX_FRAME}"
+        )));
+    }
+    let mut header = vec![0; header_len as usize];
+    input.read_exact(&mut header)?;
+    let mut body = vec![0; body_len as usize];
+    input.read_exact(&mut body)?;
+    let message = serde_json::from_slice(&header)
+        .map_err(|err| std::io::Error::other(format!("a control frame is not valid: {err}")))?;
+    Ok(Some((message, body)))
+}

@@ -1,0 +1,57 @@
+//! Process isolation: the same plugins in a worker process of their own, and the
+//! faults that end only that process.
+
+use plugbay_host::{Batch, CallError, Host, Isolation};
+use serde_json::{json, Value};
+
+use crate::{example, fixture};
+
+/// A host whose plugins run in worker processes of the `plugbay` binary.
+pub fn process_host() -> (Host, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new()
+        .with_isolation(Isolation::Process)
+        .with_worker_program(plugbay_tests::plugbay_bin())
+        .with_data_dir(dir.path().join("data"));
+    (host, dir)
+}
+
+#[test]
+fn a_plugin_runs_in_a_worker_process_of_its_own() {
+    let (host, _dir) = process_host();
+    let mut plugin = host.start(example("data-processor")).unwrap();
+    let status = plugin.status().clone();
+    assert_eq!(status.isolation, Isolation::Process);
+    let pid = status.pid.expect("a worker process");
+    assert_ne!(pid, std::process::id());
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let out: Vec<Value> = plugin
+        .process(&Batch::from_records(&[json!({"id": 1}), json!({"id": 2})]).unwrap())
+        .unwrap()
+        .records()
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0]["processed"], true);
+    // Batches larger than the first shared memory grow it.
+    let big: Vec<Value> = (0..20_000)
+        .map(|id| json!({"id": id, "text": "x".repeat(20)}))
+        .collect();
+    let out = plugin.process(&Batch::from_records(&big).unwrap()).unwrap();
+    assert_eq!(out.len(), Some(20_000));
+    plugin.shutdown().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/exe")).exists(),
+        "the worker process is gone after shutdown"
+    );
+}
+
+#[test]
+fn a_panic_in_a_worker_process_is_an_error_and_the_host_goes_on() {
+    let (host, _dir) = process_host();
+    let mut spec = fixture("faulty");
+    spec.config = Some(json!({"panic": "process"}));
+    let mut plugin = host.start(spec).unwrap();
+    let err = plugin.process(&Batch::from_json("[1]")).unwrap_err();
+    assert!(matches!(err, CallError::Panicked { .. }), "{err}");
+}
