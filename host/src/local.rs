@@ -89,18 +89,19 @@ impl Host {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
+        let ids = specs
+            .iter()
+            .map(|spec| spec.manifest.id())
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A confined thread can no longer read libraries: refuse before trying.
+        if let Some(running) = CONFINED_FOR.with(|confined| confined.borrow().clone()) {
+            return Err(StartError::AlreadyConfined { ids, running });
+        }
         let prepared = specs
             .into_iter()
             .map(|spec| self.prepare(spec))
             .collect::<Result<Vec<Prepared>, StartError>>()?;
-        let ids = prepared
-            .iter()
-            .map(|plugin| plugin.id.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Some(running) = CONFINED_FOR.with(|confined| confined.borrow().clone()) {
-            return Err(StartError::AlreadyConfined { ids, running });
-        }
         let (rules, prepared): (Vec<Rules>, Vec<_>) = prepared
             .into_iter()
             .map(|mut plugin| (std::mem::take(&mut plugin.rules), plugin))
