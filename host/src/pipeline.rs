@@ -524,6 +524,16 @@ pub(crate) type StreamEnd = Option<(u64, Batch, Stopped)>;
 
 /// Runs a stream on the worker's thread, with its instance.
 pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool) -> StreamEnd {
+    stream_with(stream, |batch| process_here(instance, batch, check))
+}
+
+/// Runs a stream, calling `process` on each batch (on a worker thread, the instance;
+/// for a worker process, a call into it). An `Outcome::Crashed` stops the stream like
+/// a panic; `None` from `process` means the call missed its deadline.
+pub(crate) fn stream_with(
+    stream: Stream,
+    mut process: impl FnMut(&Batch) -> Result<Batch, Outcome>,
+) -> StreamEnd {
     let Stream {
         input,
         output,
@@ -546,17 +556,19 @@ pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool)
             return None;
         }
         clock.start(index, &batch);
-        let result = process_here(instance, &batch, check);
+        let result = process(&batch);
         let records = result.as_ref().ok().map(|output| output.len().unwrap_or(0));
         let in_time = clock.finish(timeout, records);
         match result {
             // A panic is a panic, late or not: the instance is never called again.
             Err(
-                outcome @ Outcome::Plugin(PluginError {
+                outcome @ (Outcome::Plugin(PluginError {
                     kind: ErrorKind::PANICKED,
                     ..
-                }),
+                })
+                | Outcome::Crashed(_)),
             ) => return Some((index, batch, Stopped::Failed(outcome))),
+            Err(Outcome::Late) => return Some((index, batch, Stopped::Late)),
             _ if !in_time => return Some((index, batch, Stopped::Late)),
             _ => {}
         }

@@ -290,6 +290,8 @@ impl Host {
             wait: ReplyWait::default(),
             #[cfg(target_os = "linux")]
             process: None,
+            #[cfg(target_os = "linux")]
+            relay: None,
         })
     }
 
@@ -395,6 +397,7 @@ impl Host {
             thread: None,
             wait: ReplyWait::default(),
             process: Some(worker),
+            relay: None,
         })
     }
 
@@ -956,6 +959,25 @@ impl PluginStatus {
                 id: self.id.clone(),
                 reason,
             },
+            Outcome::Crashed(cause) => {
+                self.fail(Failure::Crashed(cause.clone()));
+                CallError::Crashed {
+                    id: self.id.clone(),
+                    hook: Hook::Process,
+                    cause,
+                }
+            }
+            Outcome::Late => {
+                let timeout = self.timeout;
+                self.fail(Failure::Timeout(format!(
+                    "process did not return within {timeout:?}"
+                )));
+                CallError::Timeout {
+                    id: self.id.clone(),
+                    hook: Hook::Process,
+                    timeout,
+                }
+            }
         }
     }
 
@@ -997,6 +1019,10 @@ pub struct PluginHandle {
     /// The worker process, for process isolation.
     #[cfg(target_os = "linux")]
     process: Option<ProcessWorker>,
+    /// The thread relaying a pipeline stream to the worker process, which it gives
+    /// back when the stream ends.
+    #[cfg(target_os = "linux")]
+    relay: Option<JoinHandle<ProcessWorker>>,
 }
 
 impl fmt::Debug for PluginHandle {
@@ -1134,7 +1160,47 @@ impl PluginHandle {
     /// output closes, the run is aborted or the plugin fails. Returns at once.
     pub(crate) fn open_stream(&mut self, stream: Stream) -> Result<(), CallError> {
         self.takes_batches()?;
+        #[cfg(target_os = "linux")]
+        if let Some(worker) = self.process.take() {
+            return self.stream_in_worker(worker, stream);
+        }
         self.send(Request::Stream(stream)).map(drop)
+    }
+
+    /// A pipeline stage in a worker process: a relay thread of the host takes the
+    /// stage's batches to the worker and its results on, and gives the worker back
+    /// when the stream ends (see `close_stream`).
+    #[cfg(target_os = "linux")]
+    fn stream_in_worker(
+        &mut self,
+        mut worker: ProcessWorker,
+        stream: Stream,
+    ) -> Result<(), CallError> {
+        let (reply_tx, reply_rx) = bounded::<Reply>(1);
+        let timeout = self.status.timeout;
+        let relay = std::thread::Builder::new()
+            .name(format!("plugbay-relay-{}", self.status.id))
+            .spawn(move || {
+                let end = pipeline::stream_with(stream, |batch| {
+                    let deadline = Instant::now().checked_add(timeout);
+                    match worker.process(batch, deadline) {
+                        Ok(Ok(bytes)) => check_output(RVec::from(bytes), true),
+                        Ok(Err(error)) => Err(Outcome::Plugin(error)),
+                        Err(Fault::Timeout) => Err(Outcome::Late),
+                        Err(Fault::Crashed(cause)) => Err(Outcome::Crashed(cause)),
+                    }
+                });
+                let _ = reply_tx.send(Reply::Streamed(end));
+                worker
+            });
+        match relay {
+            Ok(relay) => {
+                self.replies = reply_rx;
+                self.relay = Some(relay);
+                Ok(())
+            }
+            Err(err) => Err(self.lose_worker(&format!("cannot start a relay thread: {err}"))),
+        }
     }
 
     /// Waits for the worker to leave its stream, until `due()` (asked again after each
@@ -1147,7 +1213,14 @@ impl PluginHandle {
     ) -> Result<Option<(u64, Batch, CallError)>, CallError> {
         let end = loop {
             match self.replies.recv_deadline(due()) {
-                Ok(Reply::Streamed(end)) => break end,
+                Ok(Reply::Streamed(end)) => {
+                    #[cfg(target_os = "linux")]
+                    if let Some(relay) = self.relay.take() {
+                        // The relay sent its last reply: it returns the worker now.
+                        self.process = relay.join().ok();
+                    }
+                    break end;
+                }
                 Ok(_) => return Err(self.lose_worker("answered a stream with another reply")),
                 Err(RecvTimeoutError::Timeout) if Instant::now() >= due() => {
                     return Err(self.time_out(Hook::Process))
@@ -1245,6 +1318,15 @@ impl PluginHandle {
         self.requests = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(relay) = self.relay.take() {
+            // A stream that was never closed: its relay ends at the worker's deadline
+            // at the latest (the worker is killed then), unless the instance failed,
+            // which is never waited for; the worker process dies with the relay.
+            if !matches!(self.status.state, State::Failed(_)) {
+                self.process = relay.join().ok();
+            }
         }
         #[cfg(target_os = "linux")]
         if let Some(mut worker) = self.process.take() {
@@ -1350,6 +1432,10 @@ enum Request {
 pub(crate) enum Outcome {
     Plugin(PluginError),
     InvalidOutput(String),
+    /// The worker process ended (and is gone).
+    Crashed(String),
+    /// The worker process missed the deadline (and was killed).
+    Late,
 }
 
 enum Reply {

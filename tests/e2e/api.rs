@@ -110,6 +110,9 @@ struct Api {
 fn options(home: &Path) -> ServeOptions {
     let mut options = ServeOptions::new(home);
     options.addr = "127.0.0.1:0".parse().unwrap();
+    // Plugins approved for process isolation run in worker processes of the
+    // `plugbay` binary (this test binary cannot serve as one).
+    options.worker_program = Some(plugbay_tests::plugbay_bin().to_owned());
     options
 }
 

@@ -209,7 +209,7 @@ fn every_registry_command_works_for_people() {
              PERMISSION                         DECISION\n  \
              process:data                       granted\n  \
              fs:read:${{plugin_dir}}/lookup.json  not granted\n\
-             approved enricher@1.0.0 by tester: granted process:data (library sha256 {sha})\n\
+             approved enricher@1.0.0 by tester: granted process:data, isolation process (library sha256 {sha})\n\
              next: plugbay enable enricher@1.0.0\n"
         )
     );
@@ -224,6 +224,7 @@ fn every_registry_command_works_for_people() {
         format!("plugin dir   {}\n", folder.display()),
         "requests     process:data, fs:read:${plugin_dir}/lookup.json\n".to_owned(),
         "granted      process:data\n".to_owned(),
+        "isolation    process\n".to_owned(),
         "enabled      yes\n".to_owned(),
     ] {
         assert!(shown.contains(&line), "`show` lacks {line:?}:\n{shown}");
@@ -1444,7 +1445,12 @@ fn a_running_plugin_finds_no_registry_among_the_open_descriptors() {
     // The scanner does find a database that is open, so an empty answer means something.
     let registry = plugbay.registry();
     let mut plugin = plugbay_host::Host::new()
-        .start(registry.spec("fd-scanner@0.1.0").unwrap())
+        .start(
+            registry
+                .spec("fd-scanner@0.1.0")
+                .unwrap()
+                .with_isolation(plugbay_host::Isolation::Thread),
+        )
         .unwrap();
     let found: Vec<Value> = plugin
         .process(&plugbay_host::Batch::from_json("[{}]"))

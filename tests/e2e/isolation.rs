@@ -55,3 +55,57 @@ fn a_panic_in_a_worker_process_is_an_error_and_the_host_goes_on() {
     let err = plugin.process(&Batch::from_json("[1]")).unwrap_err();
     assert!(matches!(err, CallError::Panicked { .. }), "{err}");
 }
+
+#[test]
+fn a_pipeline_mixes_thread_and_process_stages() {
+    let (host, _dir) = process_host();
+    let redactor = host
+        .start(example("redactor").with_isolation(Isolation::Thread))
+        .unwrap();
+    let processor = host.start(example("data-processor")).unwrap();
+    assert_eq!(processor.status().isolation, Isolation::Process);
+    let mut pipeline = plugbay_host::Pipeline::new(vec![redactor, processor]);
+    let input = (0..20).map(|i| {
+        Ok(
+            Batch::from_records(&[json!({"id": i, "email": format!("user{i}@example.com")})])
+                .unwrap(),
+        )
+    });
+    let mut out = Vec::new();
+    let report = pipeline
+        .run(input, |batch| {
+            out.extend(batch.records::<Value>().unwrap());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(report.batches, 20);
+    assert_eq!(out.len(), 20);
+    for (i, record) in out.iter().enumerate() {
+        assert_eq!(record["id"], i);
+        assert_eq!(record["processed"], true);
+        assert_ne!(record["email"], format!("user{i}@example.com"), "redacted");
+    }
+    // The stages are usable again after the run.
+    let mut stages = pipeline.into_stages();
+    let again = stages[1]
+        .process(&Batch::from_json(r#"[{"id": 99}]"#))
+        .unwrap();
+    assert_eq!(again.len(), Some(1));
+    for stage in stages {
+        stage.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_program_that_does_not_serve_as_a_worker_is_named() {
+    let host = Host::new()
+        .with_isolation(Isolation::Process)
+        .with_worker_program("/bin/true");
+    let err = host.start(example("data-processor")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("/bin/true did not serve as a worker")
+            && text.contains("serve_worker_if_asked"),
+        "{text}"
+    );
+}

@@ -20,7 +20,9 @@ fn plugin_copy(dir: &std::path::Path, name: &str) -> PathBuf {
 fn setup() -> (tempfile::TempDir, Registry, Host) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path().join("home")).unwrap();
-    let host = Host::new().with_data_dir(registry.data_dir());
+    let host = Host::new()
+        .with_data_dir(registry.data_dir())
+        .with_worker_program(plugbay_tests::plugbay_bin());
     (dir, registry, host)
 }
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use plugbay_host::Permission;
+use plugbay_host::{Isolation, Permission};
 
 use super::table::Table;
 use super::{permission_list, print_json, Context};
@@ -17,10 +17,14 @@ Examples:
   plugbay review approve data-processor@1.0.0
   plugbay review approve enricher@1.0.0 --grant process:data
   plugbay review approve x@1.0.0 --grant process:data --grant 'fs:read:${plugin_dir}/x.json'
+  plugbay review approve my-own@1.0.0 --isolation thread
 
 Without `--grant`, every requested permission is granted. A grant the manifest does not
-request is an error. The approval records the reviewer, the time and the library's
-SHA-256: if the library changes afterwards, the plugin will not run.")]
+request is an error. The plugin runs in a worker process of its own unless
+`--isolation thread` is given: a worker thread of the host is faster for tiny batches
+but shares the host's memory and descriptors, so approve it only for code you trust.
+The approval records the reviewer, the time, the isolation and the library's SHA-256:
+if the library changes afterwards, the plugin will not run.")]
     Approve(ApproveArgs),
     /// Reject a plugin, with a reason; it is disabled and cannot be enabled
     #[command(after_help = "\
@@ -41,6 +45,11 @@ pub struct ApproveArgs {
     /// Who reviewed it [default: $USER]
     #[arg(long, value_name = "NAME")]
     pub reviewer: Option<String>,
+    /// Where it runs: `process` (a worker process of its own: for any plugin you do
+    /// not trust as your own code) or `thread` (a worker thread of the host: faster
+    /// for tiny batches, for trusted plugins only)
+    #[arg(long, value_name = "ISOLATION", default_value = "process")]
+    pub isolation: Isolation,
 }
 
 /// `review reject`.
@@ -68,7 +77,7 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
     let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
     let grants = (!args.grants.is_empty()).then_some(args.grants);
-    let entry = registry.approve(&args.id, reviewer, grants)?;
+    let entry = registry.approve_with_isolation(&args.id, reviewer, grants, args.isolation)?;
     if context.json {
         return print_json(&entry);
     }
@@ -85,9 +94,10 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     table.write(&mut out)?;
     writeln!(
         out,
-        "approved {} by {reviewer}: granted {} (library sha256 {})",
+        "approved {} by {reviewer}: granted {}, isolation {} (library sha256 {})",
         entry.id,
         permission_list(&entry.review.granted),
+        args.isolation,
         entry.review.reviewed_sha256.as_deref().unwrap_or("unknown")
     )?;
     if !entry.enabled {

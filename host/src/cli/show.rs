@@ -93,6 +93,8 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     field("review", &review_text)?;
     if review.status == ReviewStatus::Approved {
         field("granted", &permission_list(&review.granted))?;
+        let isolation = review.isolation.unwrap_or(plugbay_host::Isolation::Process);
+        field("isolation", isolation.as_str())?;
     }
     field("enabled", if entry.enabled { "yes" } else { "no" })?;
     if let Some(config) = &entry.config {

@@ -129,6 +129,11 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
             return Err(fail(stage, err.to_string(), plugin_error));
         }
     };
+    // Map the shared memory and note the doorbell before saying ready: the host may
+    // ring it the moment it hears so.
+    let mut shared =
+        Shared::open(shared).map_err(|e| format!("cannot map the shared memory: {e}"))?;
+    let mut seen = shared.header().request_seq.load(Ordering::Acquire);
     {
         let mut out = control.lock().unwrap_or_else(|e| e.into_inner());
         wire::send(
@@ -143,9 +148,6 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
         .map_err(|e| format!("cannot say it is ready: {e}"))?;
     }
 
-    let mut shared =
-        Shared::open(shared).map_err(|e| format!("cannot map the shared memory: {e}"))?;
-    let mut seen = shared.header().request_seq.load(Ordering::Acquire);
     loop {
         let header = shared.header();
         let rang = shm::wait(

@@ -278,6 +278,10 @@ impl ProcessWorker {
         };
         match ready {
             Ok(Ok(ready)) => Ok((worker, ready)),
+            Ok(Err(StartFault::Crashed(_))) | Err(false) => {
+                // The control channel closed before the worker said it was ready.
+                Err(StartFault::Crashed(worker.exit_cause(program)))
+            }
             Ok(Err(fault)) => {
                 worker.reap(Duration::from_secs(1));
                 Err(fault)
@@ -286,11 +290,20 @@ impl ProcessWorker {
                 worker.kill();
                 Err(StartFault::Timeout)
             }
-            Err(false) => {
-                let cause = worker.reap(Duration::from_secs(1));
-                Err(StartFault::Crashed(cause))
-            }
         }
+    }
+
+    /// How a worker that ended before it was ready ended, with a hint when the
+    /// program exited cleanly without serving (it is not a worker program).
+    fn exit_cause(&mut self, program: &std::path::Path) -> String {
+        let mut cause = self.reap(Duration::from_secs(1));
+        if self.exited.and_then(|status| status.code()) == Some(0) {
+            cause.push_str(&format!(
+                "; {} did not serve as a worker: its `main` must call `plugbay_host::serve_worker_if_asked()` first, or give the host a program that does (`Host::with_worker_program`)",
+                program.display()
+            ));
+        }
+        cause
     }
 
     /// The worker's process id.

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
 
 use crate::image::hex;
+use crate::isolation::Isolation;
 use crate::loader::{self, ManifestDifference};
 use crate::runtime::{Host, ManifestFileError, PluginSpec, StartError};
 use crate::sandbox::Policy;
@@ -237,6 +238,9 @@ pub struct Review {
     pub granted: Vec<Permission>,
     /// Why it was rejected.
     pub reason: Option<String>,
+    /// Where the reviewer decided it runs (approved plugins): a worker thread, for
+    /// trusted plugins, or a worker process of its own.
+    pub isolation: Option<Isolation>,
 }
 
 fn join_differences(differences: &[ManifestDifference]) -> String {
@@ -708,13 +712,26 @@ impl Registry {
     }
 
     /// Approves a plugin after review, granting `grants` (every requested permission
-    /// if `None`). Records the reviewer, the time and the library's SHA-256, which
-    /// must still be the one registered.
+    /// if `None`), to run in a worker process of its own. See
+    /// [`approve_with_isolation`](Registry::approve_with_isolation).
     pub fn approve(
         &mut self,
         id: &str,
         reviewer: &str,
         grants: Option<Vec<Permission>>,
+    ) -> Result<Entry, RegistryError> {
+        self.approve_with_isolation(id, reviewer, grants, Isolation::Process)
+    }
+
+    /// Approves a plugin after review, granting `grants` (every requested permission
+    /// if `None`), to run with `isolation`. Records the reviewer, the time and the
+    /// library's SHA-256, which must still be the one registered.
+    pub fn approve_with_isolation(
+        &mut self,
+        id: &str,
+        reviewer: &str,
+        grants: Option<Vec<Permission>>,
+        isolation: Isolation,
     ) -> Result<Entry, RegistryError> {
         let entry = self.get(id)?;
         let requested = &entry.manifest.permissions;
@@ -750,9 +767,10 @@ impl Registry {
         self.write(|tx| {
             let changed = tx.execute(
                 "UPDATE plugins SET review_status = 'approved', reviewer = ?2, reviewed_at = ?3,
-                 reviewed_sha256 = ?4, granted = ?5, review_reason = NULL, updated_at = ?3
+                 reviewed_sha256 = ?4, granted = ?5, review_reason = NULL, isolation = ?6,
+                 updated_at = ?3
                  WHERE id = ?1 AND sha256 = ?4",
-                params![id, reviewer, now, actual, granted_json],
+                params![id, reviewer, now, actual, granted_json, isolation.as_str()],
             )?;
             if changed == 0 {
                 return Err(RegistryError::NotFound { id: id.to_owned() });
@@ -762,7 +780,10 @@ impl Registry {
                 reviewer,
                 "approve",
                 Some(id),
-                Some(&format!("granted {}", list_permissions(&granted))),
+                Some(&format!(
+                    "granted {}; isolation {isolation}",
+                    list_permissions(&granted)
+                )),
             )
         })?;
         self.get(id)
@@ -783,7 +804,8 @@ impl Registry {
         self.write(|tx| {
             let changed = tx.execute(
                 "UPDATE plugins SET review_status = 'rejected', reviewer = ?2, reviewed_at = ?3,
-                 reviewed_sha256 = NULL, granted = NULL, review_reason = ?4, enabled = 0, updated_at = ?3
+                 reviewed_sha256 = NULL, granted = NULL, review_reason = ?4, isolation = NULL, enabled = 0,
+                 updated_at = ?3
                  WHERE id = ?1",
                 params![id, reviewer, now, reason],
             )?;
@@ -894,7 +916,8 @@ impl Registry {
         let mut spec = PluginSpec::new(&entry.library, entry.manifest.clone())
             .with_plugin_dir(&entry.plugin_dir)
             .with_policy(Policy::Allow(entry.review.granted.clone()))
-            .with_sha256(approved);
+            .with_sha256(approved)
+            .with_isolation(entry.review.isolation.unwrap_or(Isolation::Process));
         if let Some(config) = entry.config {
             spec = spec.with_config(config);
         }
@@ -1015,7 +1038,8 @@ pub(crate) fn audit(
 }
 
 const SELECT_ENTRY: &str = "SELECT id, manifest, library, sha256, plugin_dir, enabled, review_status, reviewer,
-    reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at, source FROM plugins";
+    reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at, source, isolation
+    FROM plugins";
 
 /// A row, or a description of what in it is corrupt.
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusqlite::Error>> {
@@ -1083,6 +1107,13 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusql
             reviewed_sha256: row.get(9)?,
             granted,
             reason: row.get(11)?,
+            isolation: match row.get::<_, Option<String>>(16)? {
+                None => None,
+                Some(text) => match text.parse() {
+                    Ok(isolation) => Some(isolation),
+                    Err(err) => return Ok(Err(corrupt(16, err))),
+                },
+            },
         },
         config,
         created_at: row.get(13)?,

@@ -51,6 +51,10 @@ const MIGRATIONS: &[&str] = &[
     // 2: the library store. `library` is the stored copy, `source` the file it was
     // registered from (NULL until an older entry's library is moved into the store).
     "ALTER TABLE plugins ADD COLUMN source TEXT;",
+    // 3: where an approved plugin runs, as its reviewer decided (NULL: not approved,
+    // or approved before isolation existed, which means a worker process).
+    "ALTER TABLE plugins ADD COLUMN isolation TEXT
+        CHECK (isolation IS NULL OR isolation IN ('thread', 'process'));",
 ];
 
 /// The newest schema version this build knows.

@@ -159,6 +159,8 @@ pub(crate) struct ReviewBody {
     pub permissions: Option<Vec<String>>,
     #[serde(default)]
     pub reason: Option<String>,
+    #[serde(default)]
+    pub isolation: Option<String>,
 }
 
 /// What a review decided.

@@ -21,6 +21,7 @@ use crate::manifest::{Manifest, Permission};
 use crate::registry::{ApiKey, Registration, RegistryError};
 use crate::runtime::{read_manifest, Host, StartError};
 use crate::Batch;
+use crate::Isolation;
 
 /// Runs blocking work (SQLite, plugin calls) off the async workers.
 async fn blocking<T: Send + 'static>(
@@ -311,15 +312,27 @@ pub(crate) async fn review_plugin(
                     Some(grants)
                 }
             };
-            Ok(app
-                .registries
-                .with(|registry| registry.approve(&id, &reviewer, grants))?)
+            let isolation = match body.isolation.as_deref() {
+                None => Isolation::Process,
+                Some(text) => text.parse::<Isolation>().map_err(|err| {
+                    ApiError::field("isolation", format!("`isolation`: {err}"))
+                })?,
+            };
+            Ok(app.registries.with(|registry| {
+                registry.approve_with_isolation(&id, &reviewer, grants, isolation)
+            })?)
         }
         Decision::Reject => {
             if body.permissions.is_some() {
                 return Err(ApiError::field(
                     "permissions",
                     "`permissions` are only for `\"decision\": \"approve\"`; a rejection grants nothing",
+                ));
+            }
+            if body.isolation.is_some() {
+                return Err(ApiError::field(
+                    "isolation",
+                    "`isolation` is only for `\"decision\": \"approve\"`; a rejected plugin does not run",
                 ));
             }
             let reason = body.reason.unwrap_or_default();

@@ -85,6 +85,11 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// How long a request may take; longer ones get 503 `request_timeout`.
     pub request_timeout: Duration,
+    /// The program plugins' worker processes run (process isolation); this
+    /// executable if unset, whose `main` must call
+    /// [`serve_worker_if_asked`](crate::serve_worker_if_asked) (the `plugbay` binary
+    /// does).
+    pub worker_program: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -96,6 +101,7 @@ impl ServeOptions {
             allow_unconfined: false,
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            worker_program: None,
         }
     }
 }
@@ -163,9 +169,12 @@ impl Server {
         } else {
             SandboxMode::Enforce
         };
-        let host = Host::new()
+        let mut host = Host::new()
             .with_data_dir(registry.data_dir())
             .with_sandbox(sandbox);
+        if let Some(program) = &options.worker_program {
+            host = host.with_worker_program(program);
+        }
         let bind_error = |source| ServerError::Bind {
             addr: options.addr,
             source,

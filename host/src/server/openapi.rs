@@ -267,7 +267,7 @@ fn schemas() -> Value {
         },
         "Review": {
             "type": "object",
-            "required": ["status", "reviewer", "reviewed_at", "reviewed_sha256", "granted", "reason"],
+            "required": ["status", "reviewer", "reviewed_at", "reviewed_sha256", "granted", "reason", "isolation"],
             "additionalProperties": false,
             "properties": {
                 "status": { "type": "string", "enum": ["pending", "approved", "rejected"] },
@@ -276,6 +276,7 @@ fn schemas() -> Value {
                 "reviewed_sha256": nullable("string"),
                 "granted": { "type": "array", "items": schema("Permission") },
                 "reason": nullable("string"),
+                "isolation": { "type": ["string", "null"], "enum": ["thread", "process", null], "description": "where the approved plugin runs: `process` (a worker process of its own) or `thread` (a worker thread of the server, for trusted plugins)" },
             },
         },
         "Plugin": {
@@ -331,6 +332,7 @@ fn schemas() -> Value {
                     "properties": {
                         "decision": { "type": "string", "enum": ["approve"] },
                         "permissions": { "type": "array", "items": schema("Permission"), "description": "what to grant, each requested by the manifest (every requested permission if left out)" },
+                        "isolation": { "type": "string", "enum": ["process", "thread"], "description": "where the plugin runs: `process` (the default: a worker process of its own) or `thread` (a worker thread of the server; for trusted plugins only)" },
                     },
                 },
                 {
