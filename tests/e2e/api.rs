@@ -2320,3 +2320,43 @@ fn registration_refuses_a_manifest_that_differs_from_the_built_in_one() {
     body["description"] = json!(manifest["description"]);
     assert_eq!(register(&body).status, 201);
 }
+
+#[test]
+fn a_process_isolated_plugin_finds_no_descriptor_of_the_server() {
+    let api = Api::start();
+    let id = api.ready("fixture-fd-scanner");
+    assert_eq!(
+        api.registry().get(&id).unwrap().review.isolation,
+        Some(plugbay_host::Isolation::Process)
+    );
+    let process = |id: &str| {
+        api.call(
+            Method::POST,
+            &format!("/plugins/{id}/process"),
+            Some(&api.keys.execute),
+            Some(json!([{}])),
+        )
+    };
+    // The server holds the registry open for good; the worker process inherited no
+    // descriptor of it (nor of anything else the server has open).
+    let reply = process(&id);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, json!([]), "descriptors the plugin could rewrite");
+
+    // Approved for a worker thread instead, the same plugin finds the open registry:
+    // the threat model says so, and this proves the scanner would see it.
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/review"),
+        Some(&api.keys.review),
+        Some(json!({"decision": "approve", "isolation": "thread"})),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["review"]["isolation"], "thread");
+    let reply = process(&id);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.as_array().unwrap().iter().any(|fd| fd["kind"] == "sqlite database"),
+        "{reply:?}"
+    );
+}
