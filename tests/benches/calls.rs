@@ -5,6 +5,8 @@
 //!   the host's output check. Target: median ≤ 50 ns.
 //! - `call/worker_round_trip`: the same call sent to the plugin's worker thread and
 //!   answered ([`PluginHandle::process`]). Target: median ≤ 10 µs.
+//! - `call/process_round_trip`: the same call sent to a worker process through shared
+//!   memory and answered (process isolation). Target: median ≤ 10 µs.
 //!
 //! [`LocalPlugin`]: plugbay_host::local::LocalPlugin
 //! [`PluginHandle::process`]: plugbay_host::PluginHandle::process
@@ -17,7 +19,7 @@ use std::time::Instant;
 use criterion::{criterion_group, Criterion};
 use plugbay_host::Batch;
 
-use common::{estimate, fixture, host, print_table, time, LocalThread};
+use common::{estimate, fixture, host, print_table, process_host, time, LocalThread};
 
 fn calls(c: &mut Criterion) {
     let host = host();
@@ -52,6 +54,19 @@ fn calls(c: &mut Criterion) {
             b.iter(|| black_box(plugin.process(black_box(batch)).expect("noop processes")))
         });
     }
+    plugin.shutdown().expect("noop shuts down");
+
+    let mut plugin = process_host()
+        .start(fixture("noop"))
+        .expect("noop starts in a worker process");
+    for (name, batch) in [
+        ("process_round_trip", &empty),
+        ("process_round_trip_one_record", &one),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(plugin.process(black_box(batch)).expect("noop processes")))
+        });
+    }
     group.finish();
     plugin.shutdown().expect("noop shuts down");
 }
@@ -68,6 +83,16 @@ fn summary() {
         (
             "worker_round_trip_one_record",
             "worker round trip, 1 record",
+            f64::NAN,
+        ),
+        (
+            "process_round_trip",
+            "worker process round trip, empty batch",
+            10_000.0,
+        ),
+        (
+            "process_round_trip_one_record",
+            "worker process round trip, 1 record",
             f64::NAN,
         ),
     ]

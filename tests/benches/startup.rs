@@ -4,6 +4,9 @@
 //! - `start/worker`: [`Host::start`] of `data-processor` (spawns and confines its
 //!   worker, then waits for `init`). Target: median ≤ 5 ms.
 //! - `start/local`: [`Host::start_local`] of `data-processor` on a fresh thread.
+//! - `start/process`: [`Host::start`] of `data-processor` in a worker process of its
+//!   own (spawn the `plugbay` binary as the worker, confine it, load, `init`). Target:
+//!   median ≤ 5 ms.
 //!
 //! Both load a library this process has already opened (the first load of a library
 //! maps it and checks its layout once; the `footprint` bench measures that cold
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 
-use common::{estimate, example, host, print_table, time};
+use common::{estimate, example, host, print_table, process_host, time};
 
 fn start(c: &mut Criterion) {
     let host = host();
@@ -54,6 +57,21 @@ fn start(c: &mut Criterion) {
             total
         })
     });
+    let process_host = process_host();
+    group.bench_function("process", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                let plugin = process_host
+                    .start(spec.clone())
+                    .expect("data-processor starts in a worker process");
+                total += started.elapsed();
+                plugin.shutdown().expect("data-processor shuts down");
+            }
+            total
+        })
+    });
     group.finish();
 }
 
@@ -65,6 +83,11 @@ fn summary() {
             5e6,
         ),
         ("local", "start (local thread)", 5e6),
+        (
+            "process",
+            "start (worker process): spawn + confine + load + checks + init",
+            5e6,
+        ),
     ]
     .into_iter()
     .filter_map(|(function, what, target)| {

@@ -2341,7 +2341,11 @@ fn a_process_isolated_plugin_finds_no_descriptor_of_the_server() {
     // descriptor of it (nor of anything else the server has open).
     let reply = process(&id);
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.body, json!([]), "descriptors the plugin could rewrite");
+    assert_eq!(
+        reply.body,
+        json!([]),
+        "descriptors the plugin could rewrite"
+    );
 
     // Approved for a worker thread instead, the same plugin finds the open registry:
     // the threat model says so, and this proves the scanner would see it.
@@ -2356,7 +2360,12 @@ fn a_process_isolated_plugin_finds_no_descriptor_of_the_server() {
     let reply = process(&id);
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(
-        reply.body.as_array().unwrap().iter().any(|fd| fd["kind"] == "sqlite database"),
+        reply
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|fd| fd["kind"] == "sqlite database"),
         "{reply:?}"
     );
 }

@@ -61,6 +61,14 @@ pub fn host() -> Host {
     Host::new().with_data_dir(std::env::temp_dir().join("plugbay-bench-data"))
 }
 
+/// [`host`], with plugins in worker processes of the `plugbay` binary (built in this
+/// bench's profile).
+pub fn process_host() -> Host {
+    host()
+        .with_isolation(plugbay_host::Isolation::Process)
+        .with_worker_program(plugbay_tests::plugbay_bin())
+}
+
 /// `n` records of the kind the examples process (about 150 bytes of JSON each):
 /// an id, a name, an e-mail and a phone number to redact, a country to enrich.
 pub fn records(n: usize) -> Batch {
