@@ -136,9 +136,9 @@ impl Host {
     /// granted nothing but reading the library.
     pub fn inspect(&self, library: impl AsRef<Path>) -> Result<Inspection, StartError> {
         let library = absolute(library.as_ref());
-        let rules = Rules::new(&library, &[], Path::new("/"), Path::new("/"));
-        let mode = self.sandbox;
         let id = library.display().to_string();
+        let rules = Rules::new(&id, &library, &[], Path::new("/"), Path::new("/"))?;
+        let mode = self.sandbox;
         let thread_library = library.clone();
         std::thread::Builder::new()
             .name("plugbay-inspect".to_owned())
@@ -249,7 +249,7 @@ impl Host {
                 source,
             })?;
         }
-        let rules = Rules::new(&library, &granted, &plugin_dir, &data_dir);
+        let rules = Rules::new(&id, &library, &granted, &plugin_dir, &data_dir)?;
         let config = merged_config(manifest.config.as_ref(), spec.config);
         let services = Services::new(id.clone(), &granted, self.store.clone());
         let may_process = if !manifest.has_hook(Hook::Process) {

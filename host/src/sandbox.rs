@@ -1,23 +1,34 @@
-//! Permissions → landlock: what a plugin is granted, and the confinement of its
-//! worker thread.
+//! Permissions → landlock and seccomp: what a plugin is granted, and the
+//! confinement of its worker thread.
 //!
 //! Granted = requested ∩ what the host's [`Policy`] allows. Each worker thread
-//! confines itself with landlock **before** it opens the library, so no plugin code
-//! (not even the library's initializers) ever runs unconfined. Confinement is per
-//! thread and inherited by the threads the plugin spawns; host threads stay free.
+//! confines itself with landlock and a seccomp filter **before** it opens the library,
+//! so no plugin code (not even the library's initializers) ever runs unconfined.
+//! Confinement is per thread and inherited by the threads the plugin spawns; host
+//! threads stay free.
 //!
 //! The ruleset is pinned to landlock ABI 6: every filesystem right is handled and
 //! denied but read access to the library, the system library directories and the
-//! granted `fs:` paths; TCP bind and connect are denied but on granted ports; signals
-//! and abstract unix sockets are scoped to the plugin's own domain. Where the kernel
-//! cannot enforce all of it, the plugin does not start, unless the host allows
-//! degraded confinement ([`SandboxMode::AllowDegraded`]); the status says which.
+//! granted `fs:` paths (where `fs:write:` gives every right but making character and
+//! block devices); TCP bind and connect are denied but on granted ports; signals and
+//! abstract unix sockets are scoped to the plugin's own domain. The seccomp filter
+//! refuses what landlock does not cover: changing file metadata, unix sockets,
+//! device nodes, and the kernel interfaces that reach around a sandbox (see the
+//! `seccomp` module). Where the kernel cannot enforce all of it, the plugin does not
+//! start, unless the host allows degraded confinement ([`SandboxMode::AllowDegraded`]);
+//! the status says which.
+//!
+//! A granted path that starts with a placeholder must stay inside the placeholder's
+//! folder once symlinks are resolved ([`SandboxError::PathEscapes`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use plugbay_api::manifest::Permission;
 use serde::Serialize;
+
+#[cfg(target_os = "linux")]
+mod seccomp;
 
 /// The landlock ABI the ruleset is written for (and tested on).
 pub const LANDLOCK_ABI: u8 = 6;
@@ -87,6 +98,8 @@ pub struct Confinement {
     pub level: ConfinementLevel,
     /// The landlock ABI of the ruleset, when landlock is in use.
     pub landlock_abi: Option<u8>,
+    /// Whether the seccomp filter is installed.
+    pub seccomp: bool,
     /// Granted paths that did not exist when the plugin started (and so grant nothing).
     pub missing_paths: Vec<PathBuf>,
 }
@@ -94,9 +107,14 @@ pub struct Confinement {
 impl fmt::Display for Confinement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.landlock_abi {
-            Some(abi) => write!(f, "{} (landlock ABI {abi})", self.level),
-            None => write!(f, "{} (no landlock)", self.level),
+            Some(abi) => write!(f, "{} (landlock ABI {abi}", self.level)?,
+            None => write!(f, "{} (no landlock", self.level)?,
         }
+        f.write_str(if self.seccomp {
+            ", seccomp)"
+        } else {
+            ", no seccomp)"
+        })
     }
 }
 
@@ -119,6 +137,19 @@ pub enum SandboxError {
         id: String,
         /// What failed.
         reason: String,
+    },
+    /// A granted path under a placeholder resolves (through a symlink) outside the
+    /// placeholder's folder.
+    #[error("cannot confine plugin {id}: permission `{permission}` resolves to `{resolved}`, outside its folder `{folder}`; the plugin did not start (remove the symlink, or grant its target with an absolute path)", resolved = resolved.display(), folder = folder.display())]
+    PathEscapes {
+        /// The plugin.
+        id: String,
+        /// The permission, as granted.
+        permission: String,
+        /// Where its path leads, symlinks resolved.
+        resolved: PathBuf,
+        /// The placeholder's folder, symlinks resolved.
+        folder: PathBuf,
     },
 }
 
@@ -148,13 +179,20 @@ const SYSTEM_LIBRARY_PATHS: &[&str] = &[
 ];
 
 impl Rules {
-    /// The rules for a plugin whose library is `library`, with `granted` permissions.
+    /// The rules for plugin `id`, whose library is `library`, with `granted`
+    /// permissions.
+    ///
+    /// A path under `${plugin_dir}` or `${data_dir}` is resolved through its symlinks
+    /// and must stay inside that folder ([`SandboxError::PathEscapes`] otherwise); the
+    /// rule then names the resolved path. A path that does not exist is kept as
+    /// written (it grants nothing; see [`Confinement::missing_paths`]).
     pub fn new(
+        id: &str,
         library: &Path,
         granted: &[Permission],
         plugin_dir: &Path,
         data_dir: &Path,
-    ) -> Rules {
+    ) -> Result<Rules, SandboxError> {
         let mut rules = Rules {
             read: vec![library.to_owned()],
             ..Rules::default()
@@ -165,22 +203,54 @@ impl Rules {
                 .map(PathBuf::from)
                 .filter(|path| path.exists()),
         );
-        let (plugin_dir, data_dir) = (plugin_dir.to_string_lossy(), data_dir.to_string_lossy());
         for permission in granted {
             match permission {
-                Permission::FsRead(path) => {
-                    rules.read.push(path.resolve(&plugin_dir, &data_dir).into())
+                Permission::FsRead(_) | Permission::FsWrite(_) => {
+                    let path = granted_path(id, permission, plugin_dir, data_dir)?;
+                    match permission {
+                        Permission::FsRead(_) => rules.read.push(path),
+                        _ => rules.write.push(path),
+                    }
                 }
-                Permission::FsWrite(path) => rules
-                    .write
-                    .push(path.resolve(&plugin_dir, &data_dir).into()),
                 Permission::NetConnect(port) => rules.connect.push(*port),
                 Permission::NetBind(port) => rules.bind.push(*port),
                 _ => {}
             }
         }
-        rules
+        Ok(rules)
     }
+}
+
+/// The path an `fs:` permission grants: as written when absolute; resolved through
+/// its symlinks, and refused if that leaves the folder, when it starts with a
+/// placeholder.
+fn granted_path(
+    id: &str,
+    permission: &Permission,
+    plugin_dir: &Path,
+    data_dir: &Path,
+) -> Result<PathBuf, SandboxError> {
+    let Some(path) = permission.fs_path() else {
+        unreachable!("only fs permissions have paths")
+    };
+    let written = path.resolve_in(plugin_dir, data_dir);
+    let folder = match path.placeholder() {
+        None => return Ok(written),
+        Some("${plugin_dir}") => plugin_dir,
+        Some(_) => data_dir,
+    };
+    let (Ok(resolved), Ok(folder)) = (written.canonicalize(), folder.canonicalize()) else {
+        return Ok(written);
+    };
+    if !resolved.starts_with(&folder) {
+        return Err(SandboxError::PathEscapes {
+            id: id.to_owned(),
+            permission: permission.to_string(),
+            resolved,
+            folder,
+        });
+    }
+    Ok(resolved)
 }
 
 impl Rules {
@@ -204,13 +274,52 @@ impl Rules {
     }
 }
 
-/// Confines the calling thread (and the threads it will spawn) to `rules`.
+/// Confines the calling thread (and the threads it will spawn) to `rules`: landlock
+/// first, then the seccomp filter.
 #[cfg(target_os = "linux")]
 pub(crate) fn confine_current_thread(
     id: &str,
     rules: &Rules,
     mode: SandboxMode,
 ) -> Result<Confinement, SandboxError> {
+    let (landlock, missing_paths) = restrict_with_landlock(id, rules, mode)?;
+    let seccomp = match seccomp::confine_current_thread() {
+        Ok(()) => true,
+        Err(err) if mode == SandboxMode::Enforce => {
+            return Err(SandboxError::Unsupported {
+                id: id.to_owned(),
+                reason: err.to_string(),
+            })
+        }
+        Err(err) => {
+            tracing::warn!(plugin = id, error = %err, "plugin runs without its seccomp filter");
+            false
+        }
+    };
+    let level = match (landlock, seccomp) {
+        (ConfinementLevel::Full, true) => ConfinementLevel::Full,
+        (ConfinementLevel::None, false) => ConfinementLevel::None,
+        _ => ConfinementLevel::Partial,
+    };
+    if level != ConfinementLevel::Full {
+        tracing::warn!(plugin = id, confinement = %level, "plugin runs with degraded confinement");
+    }
+    Ok(Confinement {
+        level,
+        landlock_abi: (landlock != ConfinementLevel::None).then_some(LANDLOCK_ABI),
+        seccomp,
+        missing_paths,
+    })
+}
+
+/// Applies the landlock ruleset to the calling thread; returns how much the kernel
+/// enforces and the granted paths that do not exist.
+#[cfg(target_os = "linux")]
+fn restrict_with_landlock(
+    id: &str,
+    rules: &Rules,
+    mode: SandboxMode,
+) -> Result<(ConfinementLevel, Vec<PathBuf>), SandboxError> {
     use landlock::{
         path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset,
         RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
@@ -253,7 +362,10 @@ pub(crate) fn confine_current_thread(
             ruleset.add_rules(path_beneath_rules(readable, AccessFs::from_read(abi)))
         })
         .and_then(|ruleset| {
-            ruleset.add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))
+            ruleset.add_rules(path_beneath_rules(
+                writable,
+                AccessFs::from_all(abi) & !(AccessFs::MakeChar | AccessFs::MakeBlock),
+            ))
         })
         .and_then(|ruleset| {
             ruleset.add_rules(rules.connect.iter().map(|port| {
@@ -268,25 +380,18 @@ pub(crate) fn confine_current_thread(
         .and_then(|ruleset| ruleset.restrict_self())
         .map_err(failure)?;
 
-    let level = match status.ruleset {
+    let landlock = match status.ruleset {
         RulesetStatus::FullyEnforced => ConfinementLevel::Full,
         RulesetStatus::PartiallyEnforced => ConfinementLevel::Partial,
         RulesetStatus::NotEnforced => ConfinementLevel::None,
     };
-    if level != ConfinementLevel::Full && mode == SandboxMode::Enforce {
+    if landlock != ConfinementLevel::Full && mode == SandboxMode::Enforce {
         return Err(SandboxError::Unsupported {
             id: id.to_owned(),
-            reason: format!("the kernel enforces the landlock ruleset only {level}ly"),
+            reason: format!("the kernel enforces the landlock ruleset only {landlock}ly"),
         });
     }
-    if level != ConfinementLevel::Full {
-        tracing::warn!(plugin = id, confinement = %level, "plugin runs with degraded confinement");
-    }
-    Ok(Confinement {
-        level,
-        landlock_abi: (level != ConfinementLevel::None).then_some(LANDLOCK_ABI),
-        missing_paths,
-    })
+    Ok((landlock, missing_paths))
 }
 
 /// Confines the calling thread: without landlock there is nothing to enforce, so this
@@ -300,16 +405,17 @@ pub(crate) fn confine_current_thread(
     match mode {
         SandboxMode::Enforce => Err(SandboxError::Unsupported {
             id: id.to_owned(),
-            reason: "landlock exists only on Linux".to_owned(),
+            reason: "landlock and seccomp exist only on Linux".to_owned(),
         }),
         SandboxMode::AllowDegraded => {
             tracing::warn!(
                 plugin = id,
-                "plugin runs unconfined: landlock exists only on Linux"
+                "plugin runs unconfined: landlock and seccomp exist only on Linux"
             );
             Ok(Confinement {
                 level: ConfinementLevel::None,
                 landlock_abi: None,
+                seccomp: false,
                 missing_paths: Vec::new(),
             })
         }
@@ -319,21 +425,19 @@ pub(crate) fn confine_current_thread(
 /// The confinement this kernel can give a plugin: confines a short-lived thread with
 /// an empty grant and reports what was enforced.
 pub fn probe() -> Confinement {
-    std::thread::spawn(|| {
-        confine_current_thread("probe", &Rules::default(), SandboxMode::AllowDegraded).unwrap_or(
-            Confinement {
-                level: ConfinementLevel::None,
-                landlock_abi: None,
-                missing_paths: Vec::new(),
-            },
-        )
-    })
-    .join()
-    .unwrap_or(Confinement {
+    let nothing = Confinement {
         level: ConfinementLevel::None,
         landlock_abi: None,
+        seccomp: false,
         missing_paths: Vec::new(),
+    };
+    let fallback = nothing.clone();
+    std::thread::spawn(|| {
+        confine_current_thread("probe", &Rules::default(), SandboxMode::AllowDegraded)
+            .unwrap_or(fallback)
     })
+    .join()
+    .unwrap_or(nothing)
 }
 
 #[cfg(test)]
@@ -368,11 +472,13 @@ mod tests {
         .map(|p| p.parse().unwrap())
         .collect();
         let rules = Rules::new(
+            "test",
             Path::new("/p/lib.so"),
             &granted,
             Path::new("/p"),
             Path::new("/d"),
-        );
+        )
+        .unwrap();
         assert!(rules.read.contains(&PathBuf::from("/p/lookup.json")));
         assert_eq!(rules.write, vec![PathBuf::from("/d")]);
         assert_eq!(rules.bind, vec![9000]);
@@ -381,14 +487,23 @@ mod tests {
 
     #[test]
     fn a_union_of_rules_allows_what_any_allows_once() {
-        let first = Rules::new(Path::new("/p/a.so"), &[], Path::new("/p"), Path::new("/d"));
+        let first = Rules::new(
+            "a",
+            Path::new("/p/a.so"),
+            &[],
+            Path::new("/p"),
+            Path::new("/d"),
+        )
+        .unwrap();
         let granted: Vec<Permission> = vec!["net:connect:80".parse().unwrap()];
         let second = Rules::new(
+            "b",
             Path::new("/p/b.so"),
             &granted,
             Path::new("/p"),
             Path::new("/d"),
-        );
+        )
+        .unwrap();
         let union = Rules::union([first.clone(), second]);
         assert!(union.read.contains(&PathBuf::from("/p/a.so")));
         assert!(union.read.contains(&PathBuf::from("/p/b.so")));
@@ -412,5 +527,110 @@ mod tests {
             std::fs::read_dir("/etc").is_ok(),
             "the host thread stays free"
         );
+    }
+
+    fn rules_for(plugin_dir: &Path, grants: &[&str]) -> Result<Rules, SandboxError> {
+        let granted: Vec<Permission> = grants.iter().map(|p| p.parse().unwrap()).collect();
+        Rules::new(
+            "linker@1.0.0",
+            &plugin_dir.join("lib.so"),
+            &granted,
+            plugin_dir,
+            &plugin_dir.join("data"),
+        )
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_out_of_the_placeholder_folder_is_refused() {
+        let dir = std::env::temp_dir().join(format!("plugbay-rules-{}", std::process::id()));
+        let plugin_dir = dir.join("plugin");
+        std::fs::create_dir_all(plugin_dir.join("inside")).unwrap();
+        std::os::unix::fs::symlink("/", plugin_dir.join("root")).unwrap();
+        std::os::unix::fs::symlink("inside", plugin_dir.join("near")).unwrap();
+
+        let err = rules_for(&plugin_dir, &["fs:read:${plugin_dir}/root"]).unwrap_err();
+        let SandboxError::PathEscapes {
+            permission,
+            resolved,
+            ..
+        } = &err
+        else {
+            panic!("expected PathEscapes, got {err:?}");
+        };
+        assert_eq!(permission, "fs:read:${plugin_dir}/root");
+        assert_eq!(resolved, Path::new("/"));
+        assert!(
+            err.to_string()
+                .contains("permission `fs:read:${plugin_dir}/root` resolves to `/`"),
+            "{err}"
+        );
+
+        // A symlink that stays inside is granted by its target; the plugin folder
+        // itself may be reached through a symlink; absolute grants are the
+        // operator's own and are taken as written.
+        let canonical = plugin_dir.canonicalize().unwrap();
+        let rules = rules_for(&plugin_dir, &["fs:write:${plugin_dir}/near"]).unwrap();
+        assert_eq!(rules.write, [canonical.join("inside")]);
+        std::os::unix::fs::symlink(&plugin_dir, dir.join("alias")).unwrap();
+        let rules = rules_for(&dir.join("alias"), &["fs:read:${plugin_dir}"]).unwrap();
+        assert!(rules.read.contains(&canonical));
+        let rules = rules_for(
+            &plugin_dir,
+            &[&format!("fs:read:{}/root", plugin_dir.display())],
+        )
+        .unwrap();
+        assert!(rules.read.contains(&plugin_dir.join("root")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Landlock on its own (without the seccomp filter) refuses device nodes beneath
+    /// an `fs:write:` grant, and still allows files and fifos there.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_write_grant_does_not_make_devices() {
+        use std::os::unix::ffi::OsStrExt;
+
+        let dir = std::env::temp_dir().join(format!("plugbay-devices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = Rules {
+            write: vec![dir.clone()],
+            ..Rules::default()
+        };
+        let node = |name: &str, kind: libc::mode_t, dev: libc::dev_t| {
+            let path = std::ffi::CString::new(dir.join(name).as_os_str().as_bytes()).unwrap();
+            // SAFETY: `path` is a valid NUL-terminated string.
+            match unsafe { libc::mknod(path.as_ptr(), kind | 0o600, dev) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error().raw_os_error()),
+            }
+        };
+        let kmsg = libc::makedev(1, 11);
+        let confined = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let (level, _) =
+                        restrict_with_landlock("test", &rules, SandboxMode::Enforce).unwrap();
+                    assert_eq!(level, ConfinementLevel::Full);
+                    (
+                        node("char", libc::S_IFCHR, kmsg),
+                        node("block", libc::S_IFBLK, libc::makedev(7, 0)),
+                        node("fifo", libc::S_IFIFO, 0),
+                        std::fs::write(dir.join("file"), "x").is_ok(),
+                    )
+                })
+                .join()
+                .unwrap()
+        });
+        assert_eq!(
+            confined,
+            (
+                Err(Some(libc::EACCES)),
+                Err(Some(libc::EACCES)),
+                Ok(()),
+                true
+            )
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
