@@ -197,14 +197,23 @@ fn every_registry_command_works_for_people() {
             "--grant",
             "process:data"
         ]),
-        format!(
-            "enricher@1.0.0 requests:\n  \
-             PERMISSION                         DECISION\n  \
-             process:data                       granted\n  \
-             fs:read:${{plugin_dir}}/lookup.json  not granted\n\
-             approved enricher@1.0.0 by tester: granted process:data (library sha256 {sha})\n\
-             next: plugbay enable enricher@1.0.0\n"
-        )
+        {
+            // The reviewer sees where the placeholder path leads.
+            let lookup = format!(
+                "fs:read:${{plugin_dir}}/lookup.json ({})",
+                folder.join("lookup.json").display()
+            );
+            let width = lookup.len();
+            format!(
+                "enricher@1.0.0 requests:\n  \
+                 {:width$}  DECISION\n  \
+                 {:width$}  granted\n  \
+                 {lookup}  not granted\n\
+                 approved enricher@1.0.0 by tester: granted process:data (library sha256 {sha})\n\
+                 next: plugbay enable enricher@1.0.0\n",
+                "PERMISSION", "process:data"
+            )
+        }
     );
     assert_eq!(
         plugbay.ok(&["enable", "enricher@1.0.0"]),
@@ -215,7 +224,10 @@ fn every_registry_command_works_for_people() {
         "id           enricher@1.0.0\n".to_owned(),
         format!("sha256       {sha} (unchanged since registration)\n"),
         format!("plugin dir   {}\n", folder.display()),
-        "requests     process:data, fs:read:${plugin_dir}/lookup.json\n".to_owned(),
+        format!(
+            "requests     process:data, fs:read:${{plugin_dir}}/lookup.json ({})\n",
+            folder.join("lookup.json").display()
+        ),
         "granted      process:data\n".to_owned(),
         "enabled      yes\n".to_owned(),
     ] {
