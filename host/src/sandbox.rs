@@ -138,6 +138,16 @@ pub enum SandboxError {
         /// What failed.
         reason: String,
     },
+    /// A granted path was replaced between its check and the confinement.
+    #[error("cannot confine plugin {id}: the path of permission `{permission}` (`{path}`) was replaced after it was checked; the plugin did not start (start it again; if this repeats, something is swapping the plugin's files)", path = path.display())]
+    PathChanged {
+        /// The plugin.
+        id: String,
+        /// The permission, as granted.
+        permission: String,
+        /// The path as checked.
+        path: PathBuf,
+    },
     /// A granted path under a placeholder resolves (through a symlink) outside the
     /// placeholder's folder.
     #[error("cannot confine plugin {id}: permission `{permission}` resolves to `{resolved}`, outside its folder `{folder}`; the plugin did not start (remove the symlink, or grant its target with an absolute path)", resolved = resolved.display(), folder = folder.display())]
@@ -164,6 +174,20 @@ pub(crate) struct Rules {
     pub connect: Vec<u16>,
     /// Ports to bind.
     pub bind: Vec<u16>,
+    /// Paths checked to stay inside their placeholder's folder, with what they were
+    /// then: confinement refuses to start if one has been replaced since.
+    pub checked: Vec<Checked>,
+}
+
+/// A granted path under a placeholder, as [`Rules::new`] checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// The permission, as granted.
+    pub permission: String,
+    /// The resolved path (no symlinks in it when it was checked).
+    pub path: PathBuf,
+    /// Its device and inode when it was checked.
+    pub file: (u64, u64),
 }
 
 /// Directories the dynamic loader reads when it opens a plugin's dependencies.
@@ -197,6 +221,7 @@ impl Rules {
             read: vec![library.to_owned()],
             ..Rules::default()
         };
+        let mut checked = Vec::new();
         rules.read.extend(
             SYSTEM_LIBRARY_PATHS
                 .iter()
@@ -206,7 +231,7 @@ impl Rules {
         for permission in granted {
             match permission {
                 Permission::FsRead(_) | Permission::FsWrite(_) => {
-                    let path = granted_path(id, permission, plugin_dir, data_dir)?;
+                    let path = granted_path(id, permission, plugin_dir, data_dir, &mut checked)?;
                     match permission {
                         Permission::FsRead(_) => rules.read.push(path),
                         _ => rules.write.push(path),
@@ -217,6 +242,7 @@ impl Rules {
                 _ => {}
             }
         }
+        rules.checked = checked;
         Ok(rules)
     }
 }
@@ -229,6 +255,7 @@ fn granted_path(
     permission: &Permission,
     plugin_dir: &Path,
     data_dir: &Path,
+    checked: &mut Vec<Checked>,
 ) -> Result<PathBuf, SandboxError> {
     let Some(path) = permission.fs_path() else {
         unreachable!("only fs permissions have paths")
@@ -250,7 +277,28 @@ fn granted_path(
             folder,
         });
     }
+    if let Some(file) = file_id(&resolved) {
+        checked.push(Checked {
+            permission: permission.to_string(),
+            path: resolved.clone(),
+            file,
+        });
+    }
     Ok(resolved)
+}
+
+/// The device and inode of what `path` names now.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 impl Rules {
@@ -269,9 +317,21 @@ impl Rules {
             add(&mut union.write, rules.write);
             add(&mut union.connect, rules.connect);
             add(&mut union.bind, rules.bind);
+            add(&mut union.checked, rules.checked);
         }
         union
     }
+}
+
+/// Opens `path` for landlock: `O_PATH`, following symlinks, as landlock's own
+/// `PathFd` does.
+#[cfg(target_os = "linux")]
+fn open_path(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
 }
 
 /// Confines the calling thread (and the threads it will spawn) to `rules`: landlock
@@ -321,7 +381,7 @@ fn restrict_with_landlock(
     mode: SandboxMode,
 ) -> Result<(ConfinementLevel, Vec<PathBuf>), SandboxError> {
     use landlock::{
-        path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset,
+        Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, Ruleset,
         RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
     };
 
@@ -330,17 +390,58 @@ fn restrict_with_landlock(
         SandboxMode::Enforce => CompatLevel::HardRequirement,
         SandboxMode::AllowDegraded => CompatLevel::BestEffort,
     };
-    let (present, missing): (Vec<&PathBuf>, Vec<&PathBuf>) = rules
-        .read
-        .iter()
-        .chain(&rules.write)
-        .partition(|path| path.exists());
-    let missing_paths: Vec<PathBuf> = missing.into_iter().cloned().collect();
-    for path in &missing_paths {
-        tracing::warn!(plugin = id, path = %path.display(), "granted path does not exist; it grants nothing");
+    // Each path is opened once; the rule is made from that descriptor, which must
+    // still be the file a placeholder path was checked as.
+    let mut missing_paths = Vec::new();
+    let mut open = |paths: &[PathBuf]| -> Result<Vec<std::fs::File>, SandboxError> {
+        // (A file takes only the rights that apply to files, as landlock's own
+        // `path_beneath_rules` does.)
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            match open_path(path) {
+                Ok(file) => files.push(file),
+                Err(err) => {
+                    tracing::warn!(plugin = id, path = %path.display(), error = %err, "granted path cannot be opened; it grants nothing");
+                    missing_paths.push(path.clone());
+                    continue;
+                }
+            }
+            if let Some(checked) = rules.checked.iter().find(|checked| &checked.path == path) {
+                let file = files.last().and_then(|file| file.metadata().ok());
+                let same = file.is_some_and(|meta| {
+                    use std::os::unix::fs::MetadataExt;
+                    (meta.dev(), meta.ino()) == checked.file
+                });
+                if !same {
+                    return Err(SandboxError::PathChanged {
+                        id: id.to_owned(),
+                        permission: checked.permission.clone(),
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        Ok(files)
+    };
+    let readable = open(&rules.read)?;
+    let writable = open(&rules.write)?;
+    fn beneath(
+        files: &[std::fs::File],
+        access: landlock::BitFlags<AccessFs>,
+        abi: ABI,
+    ) -> Vec<Result<PathBeneath<&std::fs::File>, landlock::RulesetError>> {
+        let file_access = access & AccessFs::from_file(abi);
+        files
+            .iter()
+            .map(|file| {
+                let is_dir = file.metadata().is_ok_and(|meta| meta.is_dir());
+                Ok(PathBeneath::new(
+                    file,
+                    if is_dir { access } else { file_access },
+                ))
+            })
+            .collect()
     }
-    let readable = rules.read.iter().filter(|path| present.contains(path));
-    let writable = rules.write.iter().filter(|path| present.contains(path));
 
     let failure = |err: landlock::RulesetError| match mode {
         SandboxMode::Enforce => SandboxError::Unsupported {
@@ -358,13 +459,12 @@ fn restrict_with_landlock(
         .and_then(|ruleset| ruleset.handle_access(AccessNet::from_all(abi)))
         .and_then(|ruleset| ruleset.scope(Scope::from_all(abi)))
         .and_then(|ruleset| ruleset.create())
+        .and_then(|ruleset| ruleset.add_rules(beneath(&readable, AccessFs::from_read(abi), abi)))
         .and_then(|ruleset| {
-            ruleset.add_rules(path_beneath_rules(readable, AccessFs::from_read(abi)))
-        })
-        .and_then(|ruleset| {
-            ruleset.add_rules(path_beneath_rules(
-                writable,
+            ruleset.add_rules(beneath(
+                &writable,
                 AccessFs::from_all(abi) & !(AccessFs::MakeChar | AccessFs::MakeBlock),
+                abi,
             ))
         })
         .and_then(|ruleset| {
@@ -581,6 +681,35 @@ mod tests {
         )
         .unwrap();
         assert!(rules.read.contains(&plugin_dir.join("root")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A checked path swapped for a symlink before the worker confines itself (the
+    /// window between the host's check and landlock's open) stops the start.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_path_replaced_after_its_check_is_refused() {
+        let dir = std::env::temp_dir().join(format!("plugbay-swap-{}", std::process::id()));
+        let plugin_dir = dir.join("plugin");
+        std::fs::create_dir_all(plugin_dir.join("data")).unwrap();
+        let rules = rules_for(&plugin_dir, &["fs:write:${plugin_dir}/data"]).unwrap();
+        assert_eq!(rules.checked.len(), 1);
+
+        let confine = |rules: Rules| {
+            std::thread::spawn(move || {
+                restrict_with_landlock("linker@1.0.0", &rules, SandboxMode::Enforce).map(drop)
+            })
+            .join()
+            .unwrap()
+        };
+        confine(rules.clone()).unwrap();
+        std::fs::rename(plugin_dir.join("data"), dir.join("moved")).unwrap();
+        std::os::unix::fs::symlink("/", plugin_dir.join("data")).unwrap();
+        let err = confine(rules).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::PathChanged { permission, .. } if permission == "fs:write:${plugin_dir}/data"),
+            "{err:?}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
