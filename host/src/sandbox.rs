@@ -181,6 +181,7 @@ pub(crate) struct Rules {
 
 /// A granted path under a placeholder, as [`Rules::new`] checked it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) struct Checked {
     /// The permission, as granted.
     pub permission: String,
