@@ -33,7 +33,7 @@
 //! In-process confinement protects against buggy and overreaching plugins, not
 //! malicious ones: native code can read and write host memory, use descriptors the
 //! host already has open, and an `abort()` or segfault ends the host. The README's
-//! threat model says exactly what landlock stops.
+//! threat model says exactly what landlock and the seccomp filter stop.
 //!
 //! A Rust library cannot be unloaded soundly: a stopped plugin runs no more code and
 //! its memory is freed, but its mapped code stays until the process exits.
@@ -42,7 +42,8 @@
 //!
 //! Plugins built against any semver-compatible plugbay-api load (same major; for 0.x
 //! the same minor). Confinement needs Linux with landlock ABI 6 (kernel 6.12 or
-//! later); elsewhere plugins start only with [`SandboxMode::AllowDegraded`].
+//! later) and seccomp on x86_64, aarch64 or riscv64; elsewhere plugins start only
+//! with [`SandboxMode::AllowDegraded`].
 #![deny(missing_docs)]
 
 mod allocator;

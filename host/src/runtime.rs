@@ -192,9 +192,9 @@ impl Host {
 
     fn inspect_image(&self, image: Image) -> Result<Inspection, StartError> {
         let library = image.path.clone();
-        let rules = Rules::new(&library, &[], Path::new("/"), Path::new("/"));
-        let mode = self.sandbox;
         let id = library.display().to_string();
+        let rules = Rules::new(&id, &library, &[], Path::new("/"), Path::new("/"))?;
+        let mode = self.sandbox;
         std::thread::Builder::new()
             .name("plugbay-inspect".to_owned())
             .spawn(move || -> Result<Inspection, StartError> {
@@ -435,7 +435,7 @@ impl Host {
                 source,
             })?;
         }
-        let rules = Rules::new(&library, &granted, &plugin_dir, &data_dir);
+        let rules = Rules::new(&id, &library, &granted, &plugin_dir, &data_dir)?;
         let config = merged_config(manifest.config.as_ref(), spec.config);
         let services = Services::new(id.clone(), &granted, self.store.clone());
         let may_process = if !manifest.has_hook(Hook::Process) {
@@ -736,7 +736,7 @@ pub enum StartError {
         id: String,
     },
     /// The worker thread could not be spawned.
-    #[error("cannot spawn a worker thread for plugin {id}: {source}")]
+    #[error("cannot spawn a worker for plugin {id}: {source}")]
     Spawn {
         /// The plugin.
         id: String,

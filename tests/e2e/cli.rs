@@ -204,14 +204,23 @@ fn every_registry_command_works_for_people() {
             "--grant",
             "process:data"
         ]),
-        format!(
-            "enricher@1.0.0 requests:\n  \
-             PERMISSION                         DECISION\n  \
-             process:data                       granted\n  \
-             fs:read:${{plugin_dir}}/lookup.json  not granted\n\
-             approved enricher@1.0.0 by tester: granted process:data, isolation process (library sha256 {sha})\n\
-             next: plugbay enable enricher@1.0.0\n"
-        )
+        {
+            // The reviewer sees where the placeholder path leads.
+            let lookup = format!(
+                "fs:read:${{plugin_dir}}/lookup.json ({})",
+                folder.join("lookup.json").display()
+            );
+            let width = lookup.len();
+            format!(
+                "enricher@1.0.0 requests:\n  \
+                 {:width$}  DECISION\n  \
+                 {:width$}  granted\n  \
+                 {lookup}  not granted\n\
+                 approved enricher@1.0.0 by tester: granted process:data, isolation process (library sha256 {sha})\n\
+                 next: plugbay enable enricher@1.0.0\n",
+                "PERMISSION", "process:data"
+            )
+        }
     );
     assert_eq!(
         plugbay.ok(&["enable", "enricher@1.0.0"]),
@@ -222,7 +231,10 @@ fn every_registry_command_works_for_people() {
         "id           enricher@1.0.0\n".to_owned(),
         format!("sha256       {sha} (unchanged since registration)\n"),
         format!("plugin dir   {}\n", folder.display()),
-        "requests     process:data, fs:read:${plugin_dir}/lookup.json\n".to_owned(),
+        format!(
+            "requests     process:data, fs:read:${{plugin_dir}}/lookup.json ({})\n",
+            folder.join("lookup.json").display()
+        ),
         "granted      process:data\n".to_owned(),
         "isolation    process\n".to_owned(),
         "enabled      yes\n".to_owned(),
@@ -341,7 +353,7 @@ fn inspect_shows_the_embedded_manifest_and_the_confinement() {
         "plugbay-api  0.1.0 (this host: 0.1.0, compatible)\n".to_owned(),
         "hooks        init, process, cleanup\n".to_owned(),
         "requests     process:data\n".to_owned(),
-        "confinement  full (landlock ABI 6)\n".to_owned(),
+        "confinement  full (landlock ABI 6, seccomp)\n".to_owned(),
     ] {
         assert!(text.contains(&line), "`inspect` lacks {line:?}:\n{text}");
     }
@@ -801,7 +813,7 @@ fn run_chains_registered_plugins_and_libraries() {
             summary
                 .lines()
                 .any(|line| line.trim_start().starts_with(plugin)
-                    && line.contains("full (landlock ABI 6)")
+                    && line.contains("full (landlock ABI 6, seccomp)")
                     && line.ends_with("unloaded")),
             "{plugin} has no summary line: {summary}"
         );
@@ -852,7 +864,7 @@ fn run_refuses_bad_input_and_faulty_plugins_with_clear_errors() {
     let (_, id) = plugbay.ready("data-processor");
     let run = |input: &str| plugbay.fails_with(&["run", &id], Some(input), 1);
     let started =
-        "started data-processor@1.0.0: confinement full (landlock ABI 6), granted process:data\n";
+        "started data-processor@1.0.0: confinement full (landlock ABI 6, seccomp), granted process:data\n";
 
     assert_eq!(
         run("[{\"id\": 1}, {\"id\": ]"),
@@ -968,7 +980,7 @@ fn the_demo_walks_the_whole_lifecycle() {
         "   denied        enricher@1.0.0        landlock stopped the read, so init failed: plugin enricher@1.0.0 failed to initialize: ",
         "Permission denied",
         "   re-approved   enricher@1.0.0        granted process:data, fs:read:${plugin_dir}/lookup.json",
-        "   initialized   dedup@1.0.0           confinement full (landlock ABI 6), granted process:data, write:data",
+        "   initialized   dedup@1.0.0           confinement full (landlock ABI 6, seccomp), granted process:data, write:data",
         "   processed     2,000 records in ",
         ": 2,000 in, 1,800 out",
         "\"country_name\":\"France\"",

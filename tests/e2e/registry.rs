@@ -307,6 +307,37 @@ fn a_library_for_another_manifest_is_refused_at_registration() {
 }
 
 #[test]
+fn a_permission_path_that_climbs_out_of_its_folder_is_refused_at_registration() {
+    let (dir, registry, _host) = setup();
+    let folder = plugin_copy(dir.path(), "data-processor");
+    let manifest = folder.join("plugin.json");
+    let with_permissions = |permissions: &str| {
+        let text = std::fs::read_to_string(example_manifest("data-processor")).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["permissions"] = serde_json::from_str(permissions).unwrap();
+        std::fs::write(&manifest, json.to_string()).unwrap();
+    };
+
+    with_permissions(r#"["process:data", "fs:read:${plugin_dir}/../../../../.."]"#);
+    let err = Registration::from_path(&folder, None).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "permission `fs:read:${plugin_dir}/../../../../..` leaves `${plugin_dir}` through `..`"
+        ),
+        "{err}"
+    );
+    assert!(registry.list().unwrap().is_empty());
+
+    // Inside the folder, `..` is folded away before anyone reviews it.
+    with_permissions(r#"["process:data", "fs:read:${plugin_dir}/x/../lookup.json"]"#);
+    let registration = Registration::from_path(&folder, None).unwrap();
+    assert_eq!(
+        registration.manifest.permissions[1].to_string(),
+        "fs:read:${plugin_dir}/lookup.json"
+    );
+}
+
+#[test]
 fn unknown_and_malformed_ids_are_named() {
     let (_dir, mut registry, _host) = setup();
     let err = registry.enable("nope@1.0.0", "alice").unwrap_err();

@@ -267,6 +267,42 @@ pub fn permission_list(permissions: &[Permission]) -> String {
         .join(", ")
 }
 
+/// A permission as written and, when its path starts with a placeholder, the path it
+/// grants: `fs:read:${plugin_dir}/x.json (/srv/x/x.json)`. Reviewers see both.
+pub fn permission_with_path(
+    permission: &Permission,
+    plugin_dir: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> String {
+    match permission
+        .fs_path()
+        .filter(|path| path.placeholder().is_some())
+    {
+        Some(path) => format!(
+            "{permission} ({})",
+            path.resolve_in(plugin_dir, data_dir).display()
+        ),
+        None => permission.to_string(),
+    }
+}
+
+/// [`permission_list`] with each placeholder path resolved beside it
+/// ([`permission_with_path`]).
+pub fn permission_list_with_paths(
+    permissions: &[Permission],
+    plugin_dir: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> String {
+    if permissions.is_empty() {
+        return "nothing".to_owned();
+    }
+    permissions
+        .iter()
+        .map(|permission| permission_with_path(permission, plugin_dir, data_dir))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `init, process, cleanup`.
 pub fn hook_list(hooks: &[plugbay_host::Hook]) -> String {
     hooks

@@ -6,7 +6,7 @@ use anyhow::Result;
 use plugbay_host::{Isolation, Permission};
 
 use super::table::Table;
-use super::{permission_list, print_json, Context};
+use super::{permission_list, permission_with_path, print_json, Context};
 
 /// Review a plugin.
 #[derive(Debug, clap::Subcommand)]
@@ -19,12 +19,13 @@ Examples:
   plugbay review approve x@1.0.0 --grant process:data --grant 'fs:read:${plugin_dir}/x.json'
   plugbay review approve my-own@1.0.0 --isolation thread
 
-Without `--grant`, every requested permission is granted. A grant the manifest does not
-request is an error. The plugin runs in a worker process of its own unless
-`--isolation thread` is given: a worker thread of the host is faster for tiny batches
-but shares the host's memory and descriptors, so approve it only for code you trust.
-The approval records the reviewer, the time, the isolation and the library's SHA-256:
-if the library changes afterwards, the plugin will not run.")]
+A permission whose path starts with `${plugin_dir}` or `${data_dir}` is shown with the
+path it grants. Without `--grant`, every requested permission is granted. A grant the
+manifest does not request is an error. The plugin runs in a worker process of its own
+unless `--isolation thread` is given: a worker thread of the host is faster for tiny
+batches but shares the host's memory and descriptors, so approve it only for code you
+trust. The approval records the reviewer, the time, the isolation and the library's
+SHA-256: if the library changes afterwards, the plugin will not run.")]
     Approve(ApproveArgs),
     /// Reject a plugin, with a reason; it is disabled and cannot be enabled
     #[command(after_help = "\
@@ -81,13 +82,14 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     if context.json {
         return print_json(&entry);
     }
+    let data_dir = registry.data_dir().join(&entry.manifest.name);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{} requests:", entry.id)?;
     let mut table = Table::new(&["PERMISSION", "DECISION"]).indent(2);
     for permission in &entry.manifest.permissions {
         let granted = entry.review.granted.contains(permission);
         table.row(vec![
-            permission.to_string(),
+            permission_with_path(permission, &entry.plugin_dir, &data_dir),
             if granted { "granted" } else { "not granted" }.to_owned(),
         ]);
     }

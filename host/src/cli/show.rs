@@ -7,7 +7,7 @@ use plugbay_host::registry::{sha256_file, AuditEvent, Entry, ReviewStatus};
 use serde::Serialize;
 
 use super::table::Table;
-use super::{hook_list, permission_list, print_json, Context};
+use super::{hook_list, permission_list_with_paths, print_json, Context};
 
 /// Show one plugin.
 #[derive(Debug, clap::Args)]
@@ -17,7 +17,8 @@ Examples:
   plugbay --json show data-processor@1.0.0 | jq .review
 
 `library_sha256_now` is the library's hash as it is now (`missing` if the file is
-gone): a plugin whose library changed since its review will not run.")]
+gone): a plugin whose library changed since its review will not run. A permission whose
+path starts with `${plugin_dir}` or `${data_dir}` is followed by the path it grants.")]
 pub struct Args {
     /// The plugin's id, `name@version`
     pub id: String,
@@ -50,6 +51,8 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         });
     }
     let manifest = &entry.manifest;
+    let data_dir = registry.data_dir().join(&manifest.name);
+    let permissions = |list| permission_list_with_paths(list, &entry.plugin_dir, &data_dir);
     let mut out = std::io::stdout().lock();
     let mut field = |name: &str, value: &str| writeln!(out, "{name:<12} {value}");
     field("id", &entry.id)?;
@@ -76,7 +79,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     if let Some(timeout) = manifest.timeout_ms {
         field("timeout", &format!("{timeout} ms per call"))?;
     }
-    field("requests", &permission_list(&manifest.permissions))?;
+    field("requests", &permissions(&manifest.permissions))?;
     let review = &entry.review;
     let reviewed = match (&review.reviewer, &review.reviewed_at) {
         (Some(reviewer), Some(at)) => format!(" by {reviewer} at {at}"),
@@ -92,7 +95,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     };
     field("review", &review_text)?;
     if review.status == ReviewStatus::Approved {
-        field("granted", &permission_list(&review.granted))?;
+        field("granted", &permissions(&review.granted))?;
         let isolation = review.isolation.unwrap_or(plugbay_host::Isolation::Process);
         field("isolation", isolation.as_str())?;
     }

@@ -91,7 +91,14 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
         .map(|p| p.parse())
         .collect::<Result<_, _>>()
         .map_err(|e: plugbay_api::manifest::PermissionError| fail("setup", e.to_string(), None))?;
-    let rules = Rules::new(&setup.library, &granted, &setup.plugin_dir, &setup.data_dir);
+    let rules = Rules::new(
+        &setup.id,
+        &setup.library,
+        &granted,
+        &setup.plugin_dir,
+        &setup.data_dir,
+    )
+    .map_err(|e| fail("sandbox", e.to_string(), None))?;
     let confinement = sandbox::confine_current_thread(&setup.id, &rules, setup.sandbox)
         .map_err(|e| fail("sandbox", e.to_string(), None))?;
 

@@ -248,11 +248,7 @@ impl ProcessWorker {
         }
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let mut writer = host_end.try_clone().map_err(StartFault::Spawn)?;
-        if let Err(err) = wire::send(&mut writer, &Message::Setup(Box::new(setup)), &[]) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(StartFault::Spawn(err));
-        }
+        let sent = wire::send(&mut writer, &Message::Setup(Box::new(setup)), &[]);
         threads.push(serve_services(
             id.clone(),
             host_end,
@@ -270,6 +266,10 @@ impl ProcessWorker {
             threads,
             exited: None,
         };
+        if sent.is_err() {
+            // The worker closed its end before it read its setup: it is gone.
+            return Err(StartFault::Crashed(worker.exit_cause(program)));
+        }
         let ready = match timeout.and_then(|t| Instant::now().checked_add(t)) {
             Some(deadline) => ready_rx
                 .recv_deadline(deadline)

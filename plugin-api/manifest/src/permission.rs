@@ -1,6 +1,7 @@
 //! Permissions a plugin asks for in its manifest.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -18,22 +19,52 @@ const KNOWN: &[&str] = &[
     "net:bind:PORT",
 ];
 
-/// A filesystem path in a permission, as written: absolute, or starting with one of
+/// A filesystem path in a permission: absolute, or starting with one of
 /// [`PLACEHOLDERS`]. The host resolves placeholders when it confines the plugin.
+///
+/// The path is normalised lexically when it is parsed: `.` and empty segments are
+/// dropped and `..` removes the segment before it, so `/a/./b/../c` becomes `/a/c` and
+/// `${plugin_dir}/x/../y` becomes `${plugin_dir}/y`. A `..` above `/` stays at `/`; a `..`
+/// above a placeholder's folder is refused ([`PermissionError::EscapesFolder`]), so a
+/// placeholder path always names something inside its folder (as written; symlinks are
+/// the host's to check when it resolves the path).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FsPath(String);
 
 impl FsPath {
-    /// The path as written.
+    /// The normalised path, placeholders unresolved.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The placeholder the path starts with (`${plugin_dir}` or `${data_dir}`), if any.
+    pub fn placeholder(&self) -> Option<&'static str> {
+        PLACEHOLDERS
+            .iter()
+            .copied()
+            .find(|placeholder| self.0.starts_with(placeholder))
+    }
+
     /// The path with `${plugin_dir}` and `${data_dir}` replaced.
     pub fn resolve(&self, plugin_dir: &str, data_dir: &str) -> String {
-        self.0
-            .replace("${plugin_dir}", plugin_dir)
-            .replace("${data_dir}", data_dir)
+        self.resolve_in(Path::new(plugin_dir), Path::new(data_dir))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The path with its placeholder replaced by `plugin_dir` or `data_dir` (an
+    /// absolute path is returned as it is): what the host grants, and what a reviewer
+    /// should be shown beside the written path.
+    pub fn resolve_in(&self, plugin_dir: &Path, data_dir: &Path) -> PathBuf {
+        let (folder, rest) = match self.placeholder() {
+            Some("${plugin_dir}") => (plugin_dir, &self.0["${plugin_dir}".len()..]),
+            Some(placeholder) => (data_dir, &self.0[placeholder.len()..]),
+            None => return PathBuf::from(&self.0),
+        };
+        match rest.trim_start_matches('/') {
+            "" => folder.to_owned(),
+            rest => folder.join(rest),
+        }
     }
 }
 
@@ -80,6 +111,22 @@ pub enum PermissionError {
         /// The placeholder.
         placeholder: String,
     },
+    /// A placeholder that does not stand alone at the start of the path.
+    #[error("permission `{permission}` uses `{placeholder}` inside its path; a placeholder may only start a path, followed by `/` or nothing (`{placeholder}/file`)")]
+    MisplacedPlaceholder {
+        /// The whole permission.
+        permission: String,
+        /// The placeholder.
+        placeholder: String,
+    },
+    /// A placeholder path whose `..` segments climb above the placeholder's folder.
+    #[error("permission `{permission}` leaves `{placeholder}` through `..`; a path that starts with a placeholder must stay inside its folder (name a path inside it, or write an absolute path)")]
+    EscapesFolder {
+        /// The whole permission.
+        permission: String,
+        /// The placeholder whose folder it leaves.
+        placeholder: String,
+    },
     /// A network permission whose port is not a number from 1 to 65535.
     #[error("permission `{permission}` has port `{port}`; expected a number from 1 to 65535")]
     BadPort {
@@ -105,6 +152,23 @@ impl Permission {
             self,
             Permission::ProcessData | Permission::ReadData | Permission::WriteData
         )
+    }
+}
+
+impl Permission {
+    /// The path of an `fs:read:` or `fs:write:` permission.
+    pub fn fs_path(&self) -> Option<&FsPath> {
+        match self {
+            Permission::FsRead(path) | Permission::FsWrite(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The path an `fs:` permission grants, its placeholder replaced by `plugin_dir`
+    /// or `data_dir` (see [`FsPath::resolve_in`]); `None` for other permissions.
+    pub fn resolved_path(&self, plugin_dir: &Path, data_dir: &Path) -> Option<PathBuf> {
+        self.fs_path()
+            .map(|path| path.resolve_in(plugin_dir, data_dir))
     }
 }
 
@@ -169,17 +233,55 @@ fn parse_path(permission: &str, path: &str) -> Result<FsPath, PermissionError> {
         }
         rest = &rest[end..];
     }
-    let anchored = path.starts_with('/')
-        || PLACEHOLDERS
-            .iter()
-            .any(|placeholder| path.starts_with(placeholder));
-    if !anchored {
+    let leading = PLACEHOLDERS
+        .iter()
+        .copied()
+        .find(|placeholder| path.starts_with(placeholder));
+    if leading.is_none() && !path.starts_with('/') {
         return Err(PermissionError::RelativePath {
             permission: permission.to_owned(),
             path: path.to_owned(),
         });
     }
-    Ok(FsPath(path.to_owned()))
+    let root = leading.unwrap_or("");
+    let below = &path[root.len()..];
+    let misplaced = PLACEHOLDERS
+        .iter()
+        .copied()
+        .find(|placeholder| below.contains(placeholder))
+        .or(leading.filter(|_| !below.is_empty() && !below.starts_with('/')));
+    if let Some(placeholder) = misplaced {
+        return Err(PermissionError::MisplacedPlaceholder {
+            permission: permission.to_owned(),
+            placeholder: placeholder.to_owned(),
+        });
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in below.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    if let Some(placeholder) = leading {
+                        return Err(PermissionError::EscapesFolder {
+                            permission: permission.to_owned(),
+                            placeholder: placeholder.to_owned(),
+                        });
+                    }
+                }
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let mut normalised = root.to_owned();
+    if segments.is_empty() && leading.is_none() {
+        normalised.push('/');
+    }
+    for segment in segments {
+        normalised.push('/');
+        normalised.push_str(segment);
+    }
+    Ok(FsPath(normalised))
 }
 
 impl fmt::Display for Permission {
@@ -244,6 +346,103 @@ mod tests {
             assert!(
                 err.contains(expected),
                 "{err:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    fn path_of(text: &str) -> String {
+        text.parse::<Permission>()
+            .unwrap_or_else(|err| panic!("{text}: {err}"))
+            .fs_path()
+            .expect("an fs permission")
+            .as_str()
+            .to_owned()
+    }
+
+    #[test]
+    fn paths_are_normalised_lexically() {
+        for (written, normalised) in [
+            ("fs:read:/a/./b", "/a/b"),
+            ("fs:read:/a/../b", "/b"),
+            ("fs:read:/a//b/", "/a/b"),
+            ("fs:read:/..", "/"),
+            ("fs:read:/../../etc", "/etc"),
+            ("fs:read:/", "/"),
+            ("fs:read:${plugin_dir}/x/../y", "${plugin_dir}/y"),
+            ("fs:write:${data_dir}/./out/", "${data_dir}/out"),
+            ("fs:read:${plugin_dir}/x/..", "${plugin_dir}"),
+            ("fs:read:${plugin_dir}/", "${plugin_dir}"),
+            ("fs:read:${plugin_dir}", "${plugin_dir}"),
+        ] {
+            assert_eq!(path_of(written), normalised, "{written}");
+        }
+        let permission: Permission = "fs:read:${plugin_dir}/x/../y".parse().unwrap();
+        assert_eq!(permission.to_string(), "fs:read:${plugin_dir}/y");
+        assert_eq!(
+            permission,
+            "fs:read:${plugin_dir}/y".parse::<Permission>().unwrap(),
+            "the same grant, however it is written"
+        );
+    }
+
+    #[test]
+    fn paths_that_leave_their_placeholder_are_refused() {
+        for (text, placeholder) in [
+            ("fs:read:${plugin_dir}/..", "${plugin_dir}"),
+            ("fs:write:${data_dir}/../x", "${data_dir}"),
+            ("fs:read:${plugin_dir}/../../../../..", "${plugin_dir}"),
+            ("fs:read:${plugin_dir}/a/../../b", "${plugin_dir}"),
+        ] {
+            let err = text.parse::<Permission>().unwrap_err();
+            assert_eq!(
+                err,
+                PermissionError::EscapesFolder {
+                    permission: text.to_owned(),
+                    placeholder: placeholder.to_owned(),
+                }
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("permission `{text}` leaves `{placeholder}`")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn placeholders_may_only_start_a_path() {
+        for (text, placeholder) in [
+            ("fs:read:${plugin_dir}x", "${plugin_dir}"),
+            ("fs:read:/x/${data_dir}", "${data_dir}"),
+            ("fs:read:${plugin_dir}/${data_dir}", "${data_dir}"),
+        ] {
+            let err = text.parse::<Permission>().unwrap_err();
+            assert_eq!(
+                err,
+                PermissionError::MisplacedPlaceholder {
+                    permission: text.to_owned(),
+                    placeholder: placeholder.to_owned(),
+                },
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn resolved_paths_for_display() {
+        let (plugin_dir, data_dir) = (Path::new("/p"), Path::new("/d/name"));
+        for (text, resolved) in [
+            ("fs:read:${plugin_dir}/lookup.json", Some("/p/lookup.json")),
+            ("fs:read:${plugin_dir}", Some("/p")),
+            ("fs:write:${data_dir}/out", Some("/d/name/out")),
+            ("fs:read:/etc/../etc/hostname", Some("/etc/hostname")),
+            ("net:connect:80", None),
+        ] {
+            let permission: Permission = text.parse().unwrap();
+            assert_eq!(
+                permission.resolved_path(plugin_dir, data_dir),
+                resolved.map(PathBuf::from),
+                "{text}"
             );
         }
     }
