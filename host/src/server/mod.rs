@@ -32,7 +32,12 @@
 //! # Limitations
 //!
 //! Plugin instances run in the server's process (confined per thread with landlock,
-//! as everywhere in Plugbay): a plugin that aborts or segfaults ends the server.
+//! as everywhere in Plugbay): a plugin that aborts or segfaults ends the server. A
+//! plugin that hangs costs a worker thread that is abandoned at its deadline and may
+//! never return; failed instances are restarted with a backoff and at most
+//! [`RestartPolicy::max_abandoned`] stuck workers per plugin, so the number of such
+//! threads stays bounded. `GET /plugins/{id}` shows a plugin's restarts, last
+//! failure and abandoned workers.
 
 mod body;
 mod error;
@@ -59,6 +64,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::runtime::Host;
 use crate::sandbox::SandboxMode;
 use instances::Instances;
+pub use instances::RestartPolicy;
 use pool::Registries;
 use routes::{Access, Operation, ROUTES};
 
@@ -85,6 +91,8 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// How long a request may take; longer ones get 503 `request_timeout`.
     pub request_timeout: Duration,
+    /// When a failed plugin instance is started again.
+    pub restarts: RestartPolicy,
 }
 
 impl ServeOptions {
@@ -96,6 +104,7 @@ impl ServeOptions {
             allow_unconfined: false,
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            restarts: RestartPolicy::default(),
         }
     }
 }
@@ -182,7 +191,7 @@ impl Server {
             app: Arc::new(App {
                 registries: Registries::new(registry),
                 host,
-                instances: Instances::default(),
+                instances: Instances::new(options.restarts),
                 body_limit: options.body_limit,
                 request_timeout: options.request_timeout,
                 openapi: openapi::document(),
