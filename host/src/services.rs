@@ -176,8 +176,9 @@ impl Revoker {
 
 impl HostServices for Services {
     fn log(&self, level: LogLevel, message: RStr<'_>) {
-        let store = self.store();
-        if store.is_none() {
+        // Not held while logging: a log line may wait on the host's output, and
+        // revocation must not wait for it.
+        if self.store().is_none() {
             // A stopped plugin's lines are dropped (calls after revocation are
             // reported once, by the store calls).
             return;

@@ -185,8 +185,11 @@ impl History {
             ..ApiError::new(
                 ErrorCode::PluginBackoff,
                 format!(
-                    "plugin {id} failed {} times within {}, so its next instance starts no earlier than {} (in {seconds} s){last}; fix the plugin or its config, or disable and enable it to retry now",
-                    self.failures.len(),
+                    "plugin {id} failed {} within {}, so its next instance starts no earlier than {} (in {seconds} s){last}; fix the plugin or its config, or disable and enable it to retry now",
+                    match self.failures.len() {
+                        1 => "once".to_owned(),
+                        n => format!("{n} times"),
+                    },
                     humantime::format_duration(policy.window),
                     rfc3339(at),
                 ),
@@ -353,13 +356,17 @@ impl Instances {
         let running = match &mut *slot {
             Some(running) => running,
             empty => {
-                let mut history = lock(&slot_arc.history);
-                history.about(&fingerprint);
-                self.permit_start(host, id, &history)?;
+                {
+                    let mut history = lock(&slot_arc.history);
+                    history.about(&fingerprint);
+                    self.permit_start(host, id, &history)?;
+                }
                 // `spec` checks approval, enablement and the library's SHA-256.
                 let spec = registries.with(|registry| registry.spec(id))?;
                 let library = LibraryStamp::of(&spec.library);
-                let handle = match host.start(spec) {
+                let started = host.start(spec);
+                let mut history = lock(&slot_arc.history);
+                let handle = match started {
                     Ok(handle) => handle,
                     Err(err) => {
                         history.fail(&self.policy, format!("start failed: {err}"));
@@ -445,5 +452,60 @@ fn stop(id: &str, running: Option<Running>) {
         Err(err) => {
             tracing::warn!(plugin = %id, error = %err, "plugin cleanup failed; instance stopped")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_wait_longer_after_each_failure_beyond_the_immediate_ones() {
+        let policy = RestartPolicy::default();
+        let delays: Vec<_> = (1..=14).map(|failures| policy.delay(failures)).collect();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(&delays[..3], &[None, None, None]);
+        assert_eq!(
+            &delays[3..],
+            &[
+                secs(1),
+                secs(2),
+                secs(4),
+                secs(8),
+                secs(16),
+                secs(32),
+                secs(64),
+                secs(128),
+                secs(256),
+                secs(300),
+                secs(300)
+            ]
+        );
+        assert_eq!(policy.delay(usize::MAX), secs(300));
+    }
+
+    #[test]
+    fn a_delayed_restart_says_when_it_may_happen() {
+        let policy = RestartPolicy {
+            immediate: 0,
+            ..RestartPolicy::default()
+        };
+        let mut history = History::default();
+        history.about("entry");
+        history.fail(&policy, "panic: boom".to_owned());
+        let err = history.permit("p@1.0.0", &policy).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PluginBackoff);
+        assert_eq!(err.retry_after, Some(1));
+        assert!(
+            err.message
+                .contains("plugin p@1.0.0 failed once within 10m")
+                && err.message.contains("no earlier than 20")
+                && err.message.contains("last failure: panic: boom"),
+            "{}",
+            err.message
+        );
+        // Another entry (a new config) forgets the failures.
+        history.about("changed");
+        assert!(history.permit("p@1.0.0", &policy).is_ok());
     }
 }
