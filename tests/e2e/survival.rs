@@ -495,6 +495,10 @@ fn abandoned_workers_cost_the_host_no_cpu() {
             let (before, started) = (cpu_time(), Instant::now());
             std::thread::sleep(Duration::from_secs(1));
             let used = cpu_time() - before;
+            eprintln!(
+                "5 abandoned workers: {used:?} of CPU in {:?}",
+                started.elapsed()
+            );
             assert!(
                 used < started.elapsed() / 10,
                 "5 abandoned workers cost {used:?} of CPU in {:?}",
@@ -542,6 +546,7 @@ fn a_stuck_pipeline_stage_releases_the_batches_queued_for_it() {
             // The stuck plugin keeps what it may still read: the batch it was given
             // and its own copy of the record. The batches queued behind it are gone.
             let held = resident().saturating_sub(baseline);
+            eprintln!("one stuck stage holds {} MiB", held >> 20);
             assert!(
                 held < 5 * SIZE as u64 / 2,
                 "the host holds {} MiB for one stuck stage",
