@@ -17,6 +17,7 @@ pub const EXAMPLES: &[&str] = &["data-processor", "redactor", "dedup", "enricher
 pub const FIXTURES: &[&str] = &[
     "fixture-faulty",
     "fixture-raw-output",
+    "fixture-raw-services",
     "fixture-not-a-plugin",
     "fixture-prober",
     "fixture-noop",

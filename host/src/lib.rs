@@ -35,8 +35,11 @@
 //! host already has open, and an `abort()` or segfault ends the host. The README's
 //! threat model says exactly what landlock and the seccomp filter stop.
 //!
-//! A Rust library cannot be unloaded soundly: a stopped plugin runs no more code and
-//! its memory is freed, but its mapped code stays until the process exits.
+//! A Rust library cannot be unloaded soundly: the host calls no code of a stopped
+//! plugin again and revokes its host services, but threads the plugin started itself
+//! run on (only process isolation ends them), and its mapped code stays until the
+//! process exits. A worker that misses a deadline (in a hook, or while its instance
+//! is dropped) is abandoned and counted ([`Host::abandoned_workers`]), never waited for.
 //!
 //! # Compatibility
 //!

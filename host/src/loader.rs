@@ -8,7 +8,9 @@
 //! Libraries are loaded with `libloading` and never closed: a library that passed
 //! abi_stable's layout check leaves pointers in abi_stable's global caches, and a Rust
 //! cdylib cannot be unloaded soundly anyway (thread-local destructors). "Unloaded"
-//! means no code of it runs again; its mapped code stays until the process exits.
+//! means the host calls no code of it again and its host services are revoked;
+//! threads the plugin started run on (only process isolation ends them), and its
+//! mapped code and statics stay until the process exits.
 
 use std::path::{Path, PathBuf};
 

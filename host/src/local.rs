@@ -18,7 +18,8 @@
 //! # Limitations
 //!
 //! A local call has no deadline: nothing can interrupt the calling thread while the
-//! plugin runs, so a plugin that hangs hangs the caller. A [`LocalPlugin`] cannot be
+//! plugin runs, so a plugin that hangs hangs the caller, and so does one whose
+//! `Drop` blocks when the [`LocalPlugin`] is dropped. A [`LocalPlugin`] cannot be
 //! sent to another thread (it would run unconfined there). Use [`Host::start`] and
 //! [`PluginHandle`](crate::PluginHandle) unless you need the last nanoseconds per call
 //! (see BENCHMARKS.md: a worker round trip costs microseconds, a local call tens of
@@ -38,6 +39,7 @@ use crate::runtime::{
     StartError, State,
 };
 use crate::sandbox::{self, Rules};
+use crate::services::Revoker;
 
 thread_local! {
     /// The ids of the local plugins this thread was confined for, if any.
@@ -112,8 +114,10 @@ impl Host {
 
         let mut plugins = Vec::with_capacity(prepared.len());
         for plugin in prepared {
+            let services = plugin.services;
             let (instance, api_version) =
-                load_and_init(&plugin.id, &plugin.image, &plugin.manifest, plugin.context)?;
+                load_and_init(&plugin.id, &plugin.image, &plugin.manifest, plugin.context)
+                    .inspect_err(|_| services.revoke())?;
             tracing::debug!(plugin = %plugin.id, %confinement, "local plugin started");
             plugins.push(LocalPlugin {
                 status: PluginStatus {
@@ -131,10 +135,12 @@ impl Host {
                     isolation: crate::Isolation::Thread,
                     pid: None,
                     namespaces: Vec::new(),
+                    abandoned: false,
                 },
                 may_process: plugin.may_process,
                 check_output: self.checks_output(),
                 instance: Some(instance),
+                services,
                 _confined_thread: PhantomData,
             });
         }
@@ -159,6 +165,8 @@ pub struct LocalPlugin {
     check_output: bool,
     /// `None` once the instance is dropped, or forgotten after a panic.
     instance: Option<PluginBox>,
+    /// Revoked when `cleanup` returns and when the instance goes.
+    services: Revoker,
     /// Keeps the plugin on its confined thread.
     _confined_thread: PhantomData<*const ()>,
 }
@@ -197,6 +205,7 @@ impl LocalPlugin {
     /// Runs the plugin's `cleanup` hook; the instance takes no more calls after it.
     pub fn cleanup(&mut self) -> Result<(), CallError> {
         let result = self.instance_for_call()?.cleanup();
+        self.services.revoke();
         self.status.state = State::CleanedUp;
         match result {
             RResult::ROk(()) => Ok(()),
@@ -237,11 +246,14 @@ impl LocalPlugin {
     /// After a panic the instance's state is unknown: never call or drop it again.
     fn forget_instance(&mut self) {
         std::mem::forget(self.instance.take());
+        self.services.revoke();
     }
 
-    /// Drops the instance (its code runs no more).
+    /// Drops the instance: the host calls its code no more, and its host services
+    /// end (threads the plugin started run on).
     fn unload(&mut self) {
         drop(self.instance.take());
+        self.services.revoke();
         if !matches!(self.status.state, State::Failed(_)) {
             self.status.state = State::Unloaded;
         }

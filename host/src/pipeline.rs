@@ -15,7 +15,7 @@ use plugbay_api::manifest::Hook;
 use serde::Serialize;
 
 use crate::batch::Batch;
-use crate::runtime::{process_here, CallError, Outcome, PluginHandle};
+use crate::runtime::{process_here, recv_by, CallError, Outcome, PluginHandle};
 
 /// Batches waiting between two stages (back-pressure beyond that).
 const STAGE_QUEUE: usize = 2;
@@ -175,9 +175,13 @@ impl Pipeline {
         let (first_tx, first_rx) = bounded::<(u64, Batch)>(STAGE_QUEUE);
         let mut upstream = first_rx;
         let mut clocks = Vec::with_capacity(self.stages.len());
+        // Each stage's input queue, to empty it if its worker is abandoned: a worker
+        // that never returns never takes the batches waiting there.
+        let mut queues = Vec::with_capacity(self.stages.len());
         for (stage, handle) in self.stages.iter_mut().enumerate() {
             let (tx, rx) = bounded::<(u64, Batch)>(STAGE_QUEUE);
             let clock = Arc::new(Clock::default());
+            queues.push(upstream.clone());
             let stream = Stream {
                 input: std::mem::replace(&mut upstream, rx),
                 output: tx,
@@ -233,26 +237,29 @@ impl Pipeline {
                         error: handle.time_out(Hook::Process),
                         batch,
                     });
+                    empty(&queues[stage]);
                 }
             }
             if delivered >= stop_at {
                 break;
             }
-            // A call that starts after this look is due after `now + timeout`.
-            let wake = self
-                .stages
-                .iter()
-                .zip(&clocks)
-                .zip(&streaming)
-                .filter(|(_, streaming)| **streaming)
-                .map(|((handle, clock), _)| {
-                    clock
-                        .deadline(handle.timeout())
-                        .unwrap_or(now + handle.timeout())
-                })
-                .min()
-                .unwrap_or(now + END_GRACE);
-            match upstream.recv_deadline(wake) {
+            // A call that starts after this look is due after `now + timeout`; a
+            // stage without a deadline (`Duration::MAX`) is never late.
+            let wake = if streaming.contains(&true) {
+                self.stages
+                    .iter()
+                    .zip(&clocks)
+                    .zip(&streaming)
+                    .filter(|(_, streaming)| **streaming)
+                    .filter_map(|((handle, clock), _)| {
+                        let timeout = handle.timeout();
+                        clock.due(timeout, now.checked_add(timeout))
+                    })
+                    .min()
+            } else {
+                Some(now + END_GRACE)
+            };
+            match recv_by(&upstream, wake) {
                 Ok((index, batch)) => {
                     match std::panic::catch_unwind(AssertUnwindSafe(|| sink(batch))) {
                         Ok(Ok(())) => delivered += 1,
@@ -281,10 +288,13 @@ impl Pipeline {
                 // one between calls leaves the run at once.
                 let grace = Instant::now() + END_GRACE;
                 let timeout = handle.timeout();
-                let due = || clock.deadline(timeout).unwrap_or(grace);
+                let due = || clock.due(timeout, Some(grace));
                 let failure = match handle.close_stream(due) {
                     Ok(failure) => failure,
-                    Err(error) => clock.last().map(|(index, batch)| (index, batch, error)),
+                    Err(error) => {
+                        empty(&queues[stage]);
+                        clock.last().map(|(index, batch)| (index, batch, error))
+                    }
                 };
                 if let Some((index, batch, error)) = failure {
                     errors.push(PipelineError::Stage {
@@ -393,8 +403,13 @@ const END_GRACE: Duration = Duration::from_secs(1);
 fn leave_unread(stages: &mut [PluginHandle]) {
     let grace = Instant::now() + END_GRACE;
     for stage in stages {
-        let _ = stage.close_stream(|| grace);
+        let _ = stage.close_stream(|| Some(grace));
     }
+}
+
+/// Drops the batches waiting in an abandoned stage's input queue.
+fn empty(queue: &Receiver<(u64, Batch)>) {
+    while queue.try_recv().is_ok() {}
 }
 
 fn feed<I: Iterator<Item = Result<Batch, IoError>>>(
@@ -474,17 +489,22 @@ impl Clock {
         self.state().last.clone()
     }
 
-    /// When the batch in the plugin is due, if there is one.
-    fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        self.state().since.map(|since| since + timeout)
+    /// When the batch in the plugin is due, or `idle` if the plugin is not in a
+    /// call; `None`: no deadline (one too far to represent).
+    fn due(&self, timeout: Duration, idle: Option<Instant>) -> Option<Instant> {
+        match self.state().since {
+            Some(since) => since.checked_add(timeout),
+            None => idle,
+        }
     }
 
     /// The batch in the plugin, if it is past its deadline at `now` (which the
     /// worker then learns when its plugin returns).
     fn late(&self, timeout: Duration, now: Instant) -> Option<(u64, Batch)> {
         let mut state = self.state();
+        let past_due = |since: Instant| since.checked_add(timeout).is_some_and(|due| now >= due);
         match (&state.last, state.since) {
-            (Some(last), Some(since)) if now >= since + timeout => {
+            (Some(last), Some(since)) if past_due(since) => {
                 let last = last.clone();
                 state.timed_out = true;
                 Some(last)

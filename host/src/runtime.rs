@@ -6,16 +6,29 @@
 //! deadline: on timeout the caller gets an error at once, the worker is abandoned
 //! and the instance is marked failed. A panic in a hook comes back as an error and
 //! marks the instance failed; the host and the other plugins go on.
+//!
+//! Stopping has a deadline too: the worker drops the instance (the plugin's `Drop`
+//! runs there), and the handle waits for that at most one call's deadline before it
+//! abandons the worker. A deadline too far to represent (`Duration::MAX`) means no
+//! deadline.
+//!
+//! An abandoned worker may never return from the plugin. The host revokes its host
+//! services, never waits for it again, and counts it
+//! ([`Host::abandoned_workers`]) until its thread ends. What the stuck plugin may
+//! still read stays allocated (the batch it was given, its own memory): freeing it
+//! under a running plugin would be a use-after-free. Only process isolation
+//! (planned) takes such a worker away for good.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use plugbay_api::abi::{mark, ErrorKind, HostServices_TO, PluginBox, PluginContext, PluginError};
+use plugbay_api::abi::{mark, ErrorKind, PluginBox, PluginContext, PluginError};
 use plugbay_api::manifest::{Hook, Manifest, Permission};
 use serde::Serialize;
 
@@ -27,7 +40,7 @@ use crate::pipeline::{self, Stopped, Stream, StreamEnd};
 #[cfg(target_os = "linux")]
 use crate::process::{self, Fault, Limits, ProcessWorker, StartFault};
 use crate::sandbox::{self, Confinement, Policy, Rules, SandboxError, SandboxMode};
-use crate::services::{DataStore, MemoryStore, Services};
+use crate::services::{DataStore, MemoryStore, Revoker, Services};
 
 /// The deadline of a call when neither the manifest nor the spec sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,6 +73,8 @@ pub struct Host {
     worker_program: Option<PathBuf>,
     #[cfg(target_os = "linux")]
     limits: Limits,
+    /// Shared by the host's clones: the workers they abandoned that still run.
+    census: Arc<Census>,
 }
 
 impl Default for Host {
@@ -96,6 +111,7 @@ impl Host {
             worker_program: None,
             #[cfg(target_os = "linux")]
             limits: Limits::default(),
+            census: Arc::default(),
         }
     }
 
@@ -123,6 +139,8 @@ impl Host {
     }
 
     /// The deadline of each call for plugins whose manifest sets no `timeout_ms`.
+    /// A deadline too far to represent ([`Duration::MAX`]) means none: calls wait
+    /// for as long as the plugin takes.
     pub fn with_timeout(mut self, timeout: Duration) -> Host {
         self.timeout = timeout;
         self
@@ -165,6 +183,20 @@ impl Host {
     /// The data store plugins reach through host services.
     pub fn store(&self) -> &Arc<dyn DataStore> {
         &self.store
+    }
+
+    /// How many worker threads this host (or a clone of it) abandoned that still run:
+    /// each missed a deadline (in a hook, while starting or while dropping its
+    /// instance) and may never return. Each keeps its thread, the plugin's memory and
+    /// the batch it was given until it returns or the process exits; a worker that
+    /// returns late leaves the count.
+    pub fn abandoned_workers(&self) -> usize {
+        self.census.total()
+    }
+
+    /// [`abandoned_workers`](Host::abandoned_workers) of plugin `id` (`name@version`).
+    pub fn abandoned_workers_of(&self, id: &str) -> usize {
+        self.census.of(id)
     }
 
     /// Reads a library's embedded manifest and versions, on a confined thread that is
@@ -236,6 +268,12 @@ impl Host {
         let (request_tx, request_rx) = bounded::<Request>(1);
         let (reply_tx, reply_rx) = bounded::<Reply>(1);
         let (ready_tx, ready_rx) = bounded::<Result<Ready, StartError>>(1);
+        let services = prepared.services;
+        let life = Arc::new(WorkerLife {
+            id: id.clone(),
+            life: Mutex::new(Life::Serving),
+            census: self.census.clone(),
+        });
         let setup = Setup {
             id: id.clone(),
             image: prepared.image.clone(),
@@ -244,6 +282,8 @@ impl Host {
             mode: self.sandbox,
             context: prepared.context,
             check_output: self.check_output,
+            services: services.clone(),
+            life: life.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(thread_name)
@@ -253,15 +293,20 @@ impl Host {
                 source,
             })?;
 
-        let ready = match ready_rx.recv_timeout(timeout) {
+        let deadline = deadline_after(Instant::now(), timeout);
+        let ready = match recv_by(&ready_rx, deadline) {
             Ok(Ok(ready)) => ready,
             Ok(Err(err)) => {
-                let _ = thread.join();
+                join_by(thread, &life, deadline);
                 return Err(err);
             }
-            Err(RecvTimeoutError::Timeout) => return Err(StartError::Timeout { id, timeout }),
+            Err(RecvTimeoutError::Timeout) => {
+                services.revoke();
+                life.abandon();
+                return Err(StartError::Timeout { id, timeout });
+            }
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = thread.join();
+                join_by(thread, &life, deadline);
                 return Err(StartError::Crashed { id });
             }
         };
@@ -282,12 +327,15 @@ impl Host {
                 isolation: Isolation::Thread,
                 pid: None,
                 namespaces: Vec::new(),
+                abandoned: false,
             },
             may_process: prepared.may_process,
             requests: Some(request_tx),
             replies: reply_rx,
             thread: Some(thread),
             wait: ReplyWait::default(),
+            services,
+            life,
             #[cfg(target_os = "linux")]
             process: None,
             #[cfg(target_os = "linux")]
@@ -326,20 +374,19 @@ impl Host {
             limits: self.limits,
             network,
         };
-        let services = Arc::new(Services::new(
-            id.clone(),
-            &prepared.granted,
-            self.store.clone(),
-        ));
         let timeout = prepared.timeout;
-        let (worker, ready) = ProcessWorker::start(
+        let services = prepared.services;
+        let started = ProcessWorker::start(
             &program,
             setup,
             prepared.image.sealed_fd(),
-            services,
+            prepared.context.services,
             Some(timeout),
-        )
-        .map_err(|fault| match fault {
+        );
+        if started.is_err() {
+            services.revoke();
+        }
+        let (worker, ready) = started.map_err(|fault| match fault {
             StartFault::Spawn(source) => StartError::Spawn {
                 id: id.clone(),
                 source,
@@ -390,12 +437,20 @@ impl Host {
                 isolation: Isolation::Process,
                 pid: Some(worker.pid()),
                 namespaces: ready.namespaces,
+                abandoned: false,
             },
             may_process: prepared.may_process,
             requests: None,
             replies,
             thread: None,
             wait: ReplyWait::default(),
+            services,
+            // A worker process is killed, never abandoned: it never joins the census.
+            life: Arc::new(WorkerLife {
+                id: prepared.id,
+                life: Mutex::new(Life::Serving),
+                census: self.census.clone(),
+            }),
             process: Some(worker),
             relay: None,
         })
@@ -437,7 +492,7 @@ impl Host {
         }
         let rules = Rules::new(&id, &library, &granted, &plugin_dir, &data_dir)?;
         let config = merged_config(manifest.config.as_ref(), spec.config);
-        let services = Services::new(id.clone(), &granted, self.store.clone());
+        let (services, revoker) = Services::create(id.clone(), &granted, self.store.clone());
         let may_process = if !manifest.has_hook(Hook::Process) {
             Err("its manifest does not declare the `process` hook")
         } else if !granted.contains(&Permission::ProcessData) {
@@ -450,10 +505,7 @@ impl Host {
             config: RString::from(config.to_string()),
             plugin_dir: RString::from(plugin_dir.to_string_lossy().as_ref()),
             data_dir: RString::from(data_dir.to_string_lossy().as_ref()),
-            services: HostServices_TO::from_ptr(
-                abi_stable::std_types::RArc::new(services),
-                abi_stable::sabi_trait::TD_Opaque,
-            ),
+            services,
         };
         Ok(Prepared {
             id,
@@ -463,6 +515,7 @@ impl Host {
             timeout,
             rules,
             context,
+            services: revoker,
             may_process,
         })
     }
@@ -488,6 +541,8 @@ pub(crate) struct Prepared {
     pub timeout: Duration,
     pub rules: Rules,
     pub context: PluginContext,
+    /// The host's hold on the services in `context`.
+    pub services: Revoker,
     /// Whether the instance may receive batches, or why not.
     pub may_process: Result<(), &'static str>,
 }
@@ -635,7 +690,7 @@ impl PluginSpec {
         self.with_policy(Policy::Allow(permissions))
     }
 
-    /// The deadline of each call.
+    /// The deadline of each call ([`Duration::MAX`]: none).
     pub fn with_timeout(mut self, timeout: Duration) -> PluginSpec {
         self.timeout = Some(timeout);
         self
@@ -838,6 +893,15 @@ pub enum CallError {
         /// The plugin.
         id: String,
     },
+    /// Dropping the instance (the plugin's `Drop`) did not finish within the
+    /// deadline; the worker was abandoned.
+    #[error("plugin {id}'s instance did not finish dropping within {timeout:?}; its worker thread was abandoned and may still run plugin code")]
+    DropTimeout {
+        /// The plugin.
+        id: String,
+        /// The deadline.
+        timeout: Duration,
+    },
 }
 
 /// Why an instance failed.
@@ -875,7 +939,10 @@ pub enum State {
     Running,
     /// `cleanup` ran; no more calls.
     CleanedUp,
-    /// The worker stopped; no code of the plugin runs again.
+    /// The worker stopped and the instance was dropped: the host calls no code of
+    /// the plugin again and its host services are revoked. Threads the plugin
+    /// started itself run on (only process isolation ends them), and its code and
+    /// statics stay mapped until the process exits.
     Unloaded,
     /// Failed; no more calls.
     Failed(Failure),
@@ -926,6 +993,10 @@ pub struct PluginStatus {
     /// The namespaces the worker process entered (`user`, `net`), where the kernel
     /// allowed them.
     pub namespaces: Vec<String>,
+    /// Whether the host abandoned the instance's worker after a missed deadline: the
+    /// thread may still be running plugin code ([`Host::abandoned_workers`] counts
+    /// those that do).
+    pub abandoned: bool,
 }
 
 impl PluginStatus {
@@ -1008,7 +1079,8 @@ impl PluginStatus {
 /// # Thread-safety
 ///
 /// The handle is `Send`: it can move to another thread. Dropping it cleans the
-/// instance up (with its deadline) and stops the worker.
+/// instance up and stops the worker, each with the call deadline: a worker that
+/// misses one is abandoned, never waited for.
 pub struct PluginHandle {
     status: PluginStatus,
     may_process: Result<(), &'static str>,
@@ -1016,6 +1088,8 @@ pub struct PluginHandle {
     replies: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
     wait: ReplyWait,
+    services: Revoker,
+    life: Arc<WorkerLife>,
     /// The worker process, for process isolation.
     #[cfg(target_os = "linux")]
     process: Option<ProcessWorker>,
@@ -1063,11 +1137,12 @@ impl PluginHandle {
         self.status.processed(result)
     }
 
-    /// Runs `cleanup` and stops the worker. Returns the final status.
+    /// Runs `cleanup` and stops the worker, which drops the instance; each has the
+    /// call deadline. Returns the final status.
     pub fn shutdown(mut self) -> Result<PluginStatus, CallError> {
-        let result = self.cleanup();
-        self.stop();
-        result.map(|()| self.status.clone())
+        let cleaned = self.cleanup();
+        let stopped = self.stop();
+        cleaned.and(stopped).map(|()| self.status.clone())
     }
 
     /// Runs the plugin's `cleanup` hook; the instance takes no more calls after it.
@@ -1140,7 +1215,7 @@ impl PluginHandle {
 
     fn call(&mut self, request: Request, hook: Hook) -> Result<Reply, CallError> {
         let sent = self.send(request)?;
-        let deadline = sent + self.status.timeout;
+        let deadline = deadline_after(sent, self.status.timeout);
         loop {
             return match self.wait.reply(&self.replies, sent, deadline) {
                 // The end of a pipeline run that stopped without collecting it (its
@@ -1204,15 +1279,15 @@ impl PluginHandle {
     }
 
     /// Waits for the worker to leave its stream, until `due()` (asked again after each
-    /// wait, as the worker may be in a call). Returns where the stream stopped on a
-    /// failure of the plugin or a late return: the batch number, the batch, and the
-    /// caller's error.
+    /// wait, as the worker may be in a call; `None`: no deadline). Returns where the
+    /// stream stopped on a failure of the plugin or a late return: the batch number,
+    /// the batch, and the caller's error.
     pub(crate) fn close_stream(
         &mut self,
-        due: impl Fn() -> Instant,
+        due: impl Fn() -> Option<Instant>,
     ) -> Result<Option<(u64, Batch, CallError)>, CallError> {
         let end = loop {
-            match self.replies.recv_deadline(due()) {
+            match recv_by(&self.replies, due()) {
                 Ok(Reply::Streamed(end)) => {
                     #[cfg(target_os = "linux")]
                     if let Some(relay) = self.relay.take() {
@@ -1222,7 +1297,9 @@ impl PluginHandle {
                     break end;
                 }
                 Ok(_) => return Err(self.lose_worker("answered a stream with another reply")),
-                Err(RecvTimeoutError::Timeout) if Instant::now() >= due() => {
+                Err(RecvTimeoutError::Timeout)
+                    if due().is_some_and(|due| Instant::now() >= due) =>
+                {
                     return Err(self.time_out(Hook::Process))
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -1291,13 +1368,35 @@ impl PluginHandle {
         self.status.fail(Failure::Timeout(format!(
             "{hook} did not return within {timeout:?}"
         )));
-        self.requests = None;
-        self.thread = None;
+        self.abandon();
         CallError::Timeout {
             id: self.status.id.clone(),
             hook,
             timeout,
         }
+    }
+
+    /// Gives up on the worker: it is never sent, waited for or joined again, its
+    /// host services end now, and the host counts it until its thread ends. What the
+    /// plugin may still read (its instance, the batch it was given) stays allocated;
+    /// the allocator gives back what is free.
+    fn abandon(&mut self) {
+        self.requests = None;
+        self.services.revoke();
+        #[cfg(target_os = "linux")]
+        if self.status.isolation == Isolation::Process {
+            // A worker process is not left running: it is killed (its relay, if a
+            // stream was open, ends with it), and nothing of it stays in the host.
+            if let Some(mut worker) = self.process.take() {
+                worker.kill();
+            }
+            self.relay = None;
+            return;
+        }
+        self.thread = None;
+        self.life.abandon();
+        self.status.abandoned = true;
+        crate::allocator::release_free_memory();
     }
 
     /// The deadline of each call.
@@ -1313,11 +1412,35 @@ impl PluginHandle {
         }
     }
 
-    /// Closes the request channel and waits for the worker, unless it was abandoned.
-    fn stop(&mut self) {
+    /// Closes the request channel, so that the worker drops the instance and ends,
+    /// and waits for that until the call deadline; past it the worker is abandoned.
+    fn stop(&mut self) -> Result<(), CallError> {
         self.requests = None;
+        let mut result = Ok(());
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let deadline = deadline_after(Instant::now(), self.status.timeout);
+            // The worker drops its end of the reply channel once the instance is gone.
+            let dropped = loop {
+                match recv_by(&self.replies, deadline) {
+                    // A reply nobody collected (a pipeline run whose sink panicked).
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break true,
+                    Err(RecvTimeoutError::Timeout) => break false,
+                }
+            };
+            if dropped {
+                join_by(thread, &self.life, deadline);
+            } else {
+                let timeout = self.status.timeout;
+                self.status.fail(Failure::Timeout(format!(
+                    "dropping the instance did not finish within {timeout:?}"
+                )));
+                self.abandon();
+                result = Err(CallError::DropTimeout {
+                    id: self.status.id.clone(),
+                    timeout,
+                });
+            }
         }
         #[cfg(target_os = "linux")]
         if let Some(relay) = self.relay.take() {
@@ -1338,9 +1461,11 @@ impl PluginHandle {
                 worker.stop(Instant::now().checked_add(self.status.timeout));
             }
         }
+        self.services.revoke();
         if !matches!(self.status.state, State::Failed(_)) {
             self.status.state = State::Unloaded;
         }
+        result
     }
 }
 
@@ -1352,11 +1477,130 @@ impl Drop for PluginHandle {
             }
         }
         if matches!(self.status.state, State::Failed(_)) {
-            // A failed worker may be stuck in plugin code: never wait for it.
+            // A failed worker may be stuck in plugin code, or has forgotten its
+            // instance after a panic: never wait for it.
             self.requests = None;
             self.thread = None;
         }
-        self.stop();
+        if let Err(err) = self.stop() {
+            tracing::warn!(plugin = %self.status.id, error = %err, "stopping the plugin failed while dropping it");
+        }
+    }
+}
+
+/// When a call of `timeout` that starts at `start` is due; `None` when that is too
+/// far to represent (as for [`Duration::MAX`]): no deadline.
+pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Option<Instant> {
+    start.checked_add(timeout)
+}
+
+/// Receives from `channel`, waiting until `deadline` (for ever without one).
+pub(crate) fn recv_by<T>(
+    channel: &Receiver<T>,
+    deadline: Option<Instant>,
+) -> Result<T, RecvTimeoutError> {
+    match deadline {
+        Some(deadline) => channel.recv_deadline(deadline),
+        None => channel.recv().map_err(RecvTimeoutError::from),
+    }
+}
+
+/// Joins a worker thread that has left its loop, if it ends by `deadline` (its
+/// plugin's thread-local destructors still run after that); else abandons it.
+fn join_by(thread: JoinHandle<()>, life: &WorkerLife, deadline: Option<Instant>) {
+    let mut pause = Duration::from_micros(20);
+    while !thread.is_finished() {
+        let now = Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            life.abandon();
+            return;
+        }
+        let left = deadline.map_or(pause, |deadline| deadline - now);
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    let _ = thread.join();
+}
+
+/// The workers a host abandoned whose threads still run, per plugin id.
+#[derive(Debug, Default)]
+struct Census {
+    running: Mutex<HashMap<String, usize>>,
+}
+
+impl Census {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn total(&self) -> usize {
+        self.counts().values().sum()
+    }
+
+    fn of(&self, id: &str) -> usize {
+        self.counts().get(id).copied().unwrap_or(0)
+    }
+}
+
+/// Where a worker thread is in its life, as its handle and the thread see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Starting, serving calls, or dropping its instance, for a handle that waits.
+    Serving,
+    /// The host gave up waiting for it after a missed deadline: it may never return.
+    Abandoned,
+    /// The thread has left its function.
+    Ended,
+}
+
+/// One worker's [`Life`], shared by its handle and its thread. The transitions:
+/// `Serving → Abandoned` ([`abandon`](WorkerLife::abandon), the host), and
+/// `Serving | Abandoned → Ended` ([`end`](WorkerLife::end), the thread). The host's
+/// [`Census`] counts the workers in `Abandoned`.
+struct WorkerLife {
+    id: String,
+    life: Mutex<Life>,
+    census: Arc<Census>,
+}
+
+impl WorkerLife {
+    fn life(&self) -> std::sync::MutexGuard<'_, Life> {
+        self.life.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The host gives up on the worker; a worker that has ended stays ended.
+    fn abandon(&self) {
+        let mut life = self.life();
+        if *life == Life::Serving {
+            *life = Life::Abandoned;
+            *self.census.counts().entry(self.id.clone()).or_default() += 1;
+            tracing::warn!(plugin = %self.id, "worker thread abandoned; it may never return from the plugin");
+        }
+    }
+
+    /// The worker thread ends; an abandoned one leaves the census.
+    fn end(&self) {
+        let mut life = self.life();
+        if *life == Life::Abandoned {
+            let mut counts = self.census.counts();
+            if let Some(count) = counts.get_mut(&self.id) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&self.id);
+                }
+            }
+            tracing::info!(plugin = %self.id, "an abandoned worker thread returned from the plugin and ended");
+        }
+        *life = Life::Ended;
+    }
+}
+
+/// Ends the worker's [`Life`] when the worker's function returns or unwinds.
+struct Ending(Arc<WorkerLife>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -1386,7 +1630,7 @@ impl ReplyWait {
         &mut self,
         replies: &Receiver<Reply>,
         sent: Instant,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Reply, RecvTimeoutError> {
         let result = self.wait(replies, sent, deadline);
         if result.is_ok() {
@@ -1399,15 +1643,16 @@ impl ReplyWait {
         &self,
         replies: &Receiver<Reply>,
         sent: Instant,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Reply, RecvTimeoutError> {
+        let by_deadline = |instant: Instant| deadline.map_or(instant, |due| due.min(instant));
         if let Some(sleep) = self.expected.checked_sub(WAKE_AHEAD) {
-            match replies.recv_deadline(deadline.min(sent + sleep)) {
+            match replies.recv_deadline(by_deadline(sent + sleep)) {
                 Err(RecvTimeoutError::Timeout) => {}
                 other => return other,
             }
         }
-        let spin_until = deadline.min(Instant::now() + self.expected.min(WAKE_AHEAD) + WAKE_AHEAD);
+        let spin_until = by_deadline(Instant::now() + self.expected.min(WAKE_AHEAD) + WAKE_AHEAD);
         loop {
             match replies.try_recv() {
                 Ok(reply) => return Ok(reply),
@@ -1415,7 +1660,7 @@ impl ReplyWait {
                 Err(TryRecvError::Empty) => {}
             }
             if Instant::now() >= spin_until {
-                return replies.recv_deadline(deadline);
+                return recv_by(replies, deadline);
             }
             std::thread::yield_now();
         }
@@ -1457,15 +1702,21 @@ struct Setup {
     mode: SandboxMode,
     context: PluginContext,
     check_output: bool,
+    services: Revoker,
+    life: Arc<WorkerLife>,
 }
 
-/// The worker thread: confine, load, construct, init, then serve requests.
+/// The worker thread: confine, load, construct, init, then serve requests; at the
+/// end drop the instance (the handle waits for that with a deadline) and revoke its
+/// host services. They are revoked as soon as `cleanup` returns, too.
 fn worker(
     setup: Setup,
     ready: Sender<Result<Ready, StartError>>,
     requests: Receiver<Request>,
     replies: Sender<Reply>,
 ) {
+    let _ending = Ending(setup.life.clone());
+    let services = setup.services.clone();
     let started = sandbox::confine_current_thread(&setup.id, &setup.rules, setup.mode)
         .map_err(StartError::from)
         .and_then(|confinement| {
@@ -1483,11 +1734,14 @@ fn worker(
         Ok((instance, ready_message)) => {
             if ready.send(Ok(ready_message)).is_err() {
                 // The caller gave up waiting (timeout): nobody will call us.
+                services.revoke();
+                drop(instance);
                 return;
             }
             instance
         }
         Err(err) => {
+            services.revoke();
             let _ = ready.send(Err(err));
             return;
         }
@@ -1503,7 +1757,12 @@ fn worker(
                 stream,
                 setup.check_output,
             )),
-            Request::Cleanup => Reply::CleanedUp(instance.cleanup()),
+            Request::Cleanup => {
+                let result = instance.cleanup();
+                // Nothing the plugin does from now on reaches the host's services.
+                services.revoke();
+                Reply::CleanedUp(result)
+            }
         };
         let panicked = matches!(
             &reply,
@@ -1512,12 +1771,23 @@ fn worker(
                 | Reply::CleanedUp(RResult::RErr(error))
                 if error.kind == ErrorKind::PANICKED
         );
-        if replies.send(reply).is_err() || panicked {
+        if panicked {
             // After a panic the instance's state is unknown: never call or drop it again.
             std::mem::forget(instance);
+            services.revoke();
+            let _ = replies.send(reply);
             return;
         }
+        if replies.send(reply).is_err() {
+            // The handle is gone (it abandoned this worker, which returned late).
+            break;
+        }
     }
+    // The SDK runs the plugin's `Drop` under `catch_unwind`; the handle waits for
+    // this with the call deadline, and abandons the worker past it.
+    drop(instance);
+    services.revoke();
+    // Dropping `replies` (with the function's arguments) tells the handle.
 }
 
 /// How long a worker keeps looking for the next request after a reply before it

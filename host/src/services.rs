@@ -5,12 +5,41 @@
 //!
 //! Services run on the plugin's worker thread, which landlock confines: a
 //! [`DataStore`] must not open files or sockets per call (open them up front).
+//!
+//! # Services end with the instance
+//!
+//! A plugin can keep calling its services after the host is done with it: from a
+//! thread it started and left running, through a clone of its context, or (native
+//! code can do anything) through a bitwise copy of the services object that skips
+//! its reference count. So, in this order:
+//!
+//! 1. The host **revokes** an instance's services when `cleanup` returns, when the
+//!    instance is dropped or forgotten, and when the host abandons its worker (a
+//!    missed deadline). Revoking drops the services' reference to the data store,
+//!    after waiting for the calls in flight: once it returns, no call of that
+//!    instance reaches the store again. Every later `store_get`, `store_put` and
+//!    `store_delete` returns a `DENIED` error that says the plugin was stopped, and
+//!    `log` lines are dropped.
+//! 2. The services object itself is **never freed**: the host leaks one reference
+//!    to it on purpose. A copy without a reference count (or one that outlived every
+//!    count) still points at a live object whose calls are denied, never at freed
+//!    memory. The cost is one small object per instance started (the plugin's id and
+//!    a few words, about 100 bytes), kept until the process exits; the store and
+//!    everything else are released at revocation.
+//!
+//! Revocation is the host's side of "a stopped plugin gets no more services"; it
+//! does not stop the plugin's threads, which run on until the process exits (only
+//! process isolation ends them).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
-use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSlice, RStr, RVec};
-use plugbay_api::abi::{ErrorKind, HostServices, LogLevel, PluginError};
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RArc, RErr, ROk, ROption, RResult, RSlice, RStr, RVec};
+use plugbay_api::abi::{
+    ErrorKind, HostServices, HostServicesBox, HostServices_TO, LogLevel, PluginError,
+};
 use plugbay_api::manifest::Permission;
 
 /// The data store plugins with `read:data` / `write:data` reach.
@@ -55,22 +84,47 @@ impl DataStore for MemoryStore {
     }
 }
 
-/// One plugin's view of the host services.
+/// One plugin instance's view of the host services.
 pub(crate) struct Services {
-    pub plugin_id: String,
-    pub read: bool,
-    pub write: bool,
-    pub store: Arc<dyn DataStore>,
+    plugin_id: String,
+    read: bool,
+    write: bool,
+    /// The data store until the services are revoked, then `None`. Calls hold the
+    /// read lock for their whole length, so revoking waits for the calls in flight.
+    store: RwLock<Option<Arc<dyn DataStore>>>,
+    /// Whether a call after revocation was logged (once per instance, not per call).
+    reported: AtomicBool,
 }
 
+/// The host's hold on an instance's services, to revoke them.
+#[derive(Clone)]
+pub(crate) struct Revoker(RArc<Services>);
+
 impl Services {
-    pub fn new(plugin_id: String, granted: &[Permission], store: Arc<dyn DataStore>) -> Self {
-        Services {
+    /// The services of plugin `plugin_id` with `granted` permissions, as the object
+    /// the plugin receives, and the host's hold on them.
+    pub fn create(
+        plugin_id: String,
+        granted: &[Permission],
+        store: Arc<dyn DataStore>,
+    ) -> (HostServicesBox, Revoker) {
+        let services = RArc::new(Services {
             plugin_id,
             read: granted.contains(&Permission::ReadData),
             write: granted.contains(&Permission::WriteData),
-            store,
-        }
+            store: RwLock::new(Some(store)),
+            reported: AtomicBool::new(false),
+        });
+        // The leak that keeps the object alive for good (see the module docs).
+        std::mem::forget(services.clone());
+        let object = HostServices_TO::from_ptr(services.clone(), TD_Opaque);
+        (object, Revoker(services))
+    }
+
+    /// The store, or `None` once revoked; the guard keeps revocation waiting.
+    fn store(&self) -> RwLockReadGuard<'_, Option<Arc<dyn DataStore>>> {
+        // A panic in a store call leaves the store as consistent as the store is.
+        self.store.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn denied(&self, call: &str, permission: &str) -> PluginError {
@@ -83,10 +137,52 @@ impl Services {
             ),
         )
     }
+
+    fn stopped(&self, call: &str) -> PluginError {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            tracing::warn!(plugin = %self.plugin_id, call, "a stopped plugin called host services (a thread it left running?); denied, and not logged again");
+        }
+        PluginError::new(
+            ErrorKind::DENIED,
+            format!(
+                "{call} denied: plugin {} was stopped, and its host services ended with it",
+                self.plugin_id
+            ),
+        )
+    }
+}
+
+impl Revoker {
+    /// Ends the services: waits for the calls in flight, then every later call is
+    /// denied. Revoking twice is harmless.
+    pub fn revoke(&self) {
+        let store = self
+            .0
+            .store
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if store.is_some() {
+            tracing::debug!(plugin = %self.0.plugin_id, "host services revoked");
+        }
+    }
+
+    /// Whether the services were revoked.
+    #[cfg(test)]
+    fn is_revoked(&self) -> bool {
+        self.0.store().is_none()
+    }
 }
 
 impl HostServices for Services {
     fn log(&self, level: LogLevel, message: RStr<'_>) {
+        // Not held while logging: a log line may wait on the host's output, and
+        // revocation must not wait for it.
+        if self.store().is_none() {
+            // A stopped plugin's lines are dropped (calls after revocation are
+            // reported once, by the store calls).
+            return;
+        }
         let plugin = self.plugin_id.as_str();
         let message = message.as_str();
         match level {
@@ -99,24 +195,85 @@ impl HostServices for Services {
     }
 
     fn store_get(&self, key: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError> {
+        let store = self.store();
+        let Some(store) = store.as_ref() else {
+            return RErr(self.stopped("store_get"));
+        };
         if !self.read {
             return RErr(self.denied("store_get", "read:data"));
         }
-        ROk(self.store.get(key.as_str()).map(RVec::from).into())
+        ROk(store.get(key.as_str()).map(RVec::from).into())
     }
 
     fn store_put(&self, key: RStr<'_>, value: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        let store = self.store();
+        let Some(store) = store.as_ref() else {
+            return RErr(self.stopped("store_put"));
+        };
         if !self.write {
             return RErr(self.denied("store_put", "write:data"));
         }
-        self.store.put(key.as_str(), value.as_slice());
+        store.put(key.as_str(), value.as_slice());
         ROk(())
     }
 
     fn store_delete(&self, key: RStr<'_>) -> RResult<bool, PluginError> {
+        let store = self.store();
+        let Some(store) = store.as_ref() else {
+            return RErr(self.stopped("store_delete"));
+        };
         if !self.write {
             return RErr(self.denied("store_delete", "write:data"));
         }
-        ROk(self.store.delete(key.as_str()))
+        ROk(store.delete(key.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_services_deny_every_call_and_release_the_store() {
+        let store: Arc<dyn DataStore> = Arc::new(MemoryStore::default());
+        let granted = [Permission::ReadData, Permission::WriteData];
+        let (object, revoker) = Services::create("p@1.0.0".to_owned(), &granted, store.clone());
+        assert!(object
+            .store_put(RStr::from_str("k"), RSlice::from_slice(b"v"))
+            .is_ok());
+        assert_eq!(Arc::strong_count(&store), 2);
+        revoker.revoke();
+        assert!(revoker.is_revoked());
+        assert_eq!(Arc::strong_count(&store), 1, "the store is released");
+        for result in [
+            object
+                .store_put(RStr::from_str("k"), RSlice::from_slice(b"w"))
+                .map(drop),
+            object.store_get(RStr::from_str("k")).map(drop),
+            object.store_delete(RStr::from_str("k")).map(drop),
+        ] {
+            let RErr(error) = result else {
+                panic!("a call after revocation went through")
+            };
+            assert_eq!(error.kind, ErrorKind::DENIED);
+            assert!(error.message.contains("p@1.0.0 was stopped"), "{error}");
+        }
+        object.log(LogLevel::Info, RStr::from_str("dropped"));
+        assert_eq!(store.get("k"), Some(b"v".to_vec()));
+        revoker.revoke();
+    }
+
+    #[test]
+    fn the_services_object_outlives_every_counted_reference() {
+        let (object, revoker) = Services::create(
+            "p@1.0.0".to_owned(),
+            &[Permission::WriteData],
+            Arc::new(MemoryStore::default()),
+        );
+        let services = revoker.0.clone();
+        drop(object);
+        drop(revoker);
+        // The object and the host's revoker are gone; the leaked reference remains.
+        assert_eq!(RArc::strong_count(&services), 2);
     }
 }

@@ -120,12 +120,30 @@ pub type Level = LogLevel;
 /// Every hook receives it. Host services are permission-checked by the host: without
 /// `read:data` a [`store_get`](Context::store_get) returns an error for which
 /// [`Error::is_denied`] is true.
+///
+/// A clone shares the same host services and may move into a thread the plugin
+/// starts. The services end with the instance: once the host has run `cleanup` (or
+/// given up on the instance), every call through any clone returns an error for
+/// which [`Error::is_denied`] is true, and log lines are dropped.
 pub struct Context {
     plugin_id: String,
     config: serde_json::Value,
     plugin_dir: PathBuf,
     data_dir: PathBuf,
     services: HostServicesBox,
+}
+
+impl Clone for Context {
+    fn clone(&self) -> Self {
+        Context {
+            plugin_id: self.plugin_id.clone(),
+            config: self.config.clone(),
+            plugin_dir: self.plugin_dir.clone(),
+            data_dir: self.data_dir.clone(),
+            // Another reference to the host's services object (its count goes up).
+            services: HostServicesBox::from_sabi(self.services.obj.shallow_clone()),
+        }
+    }
 }
 
 impl Context {
@@ -246,7 +264,7 @@ extern "C" fn new_instance<P: Export + Plugin>() -> RResult<PluginBox, PluginErr
     guard("the constructor", || {
         Ok(PluginInstance_TO::from_value(
             Adapter::<P> {
-                plugin: P::default(),
+                plugin: Some(P::default()),
                 context: None,
             },
             TD_Opaque,
@@ -255,13 +273,34 @@ extern "C" fn new_instance<P: Export + Plugin>() -> RResult<PluginBox, PluginErr
 }
 
 /// Runs `body`, turning a panic into a [`PluginError`] of kind `PANICKED`.
+///
+/// Nothing the plugin's code does may unwind out of here: the caller is an
+/// `extern "C"` function, and a panic leaving one ends the host. So the panic's
+/// payload is dropped under `catch_unwind` too (a payload's own `Drop` may panic).
 fn guard<T>(hook: &str, body: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result.into(),
-        Err(payload) => RErr(PluginError::new(
-            ErrorKind::PANICKED,
-            format!("{hook} panicked: {}", panic_message(payload.as_ref())),
-        )),
+        Err(payload) => {
+            let error = PluginError::new(
+                ErrorKind::PANICKED,
+                format!("{hook} panicked: {}", panic_message(payload.as_ref())),
+            );
+            drop_contained(payload);
+            RErr(error)
+        }
+    }
+}
+
+/// Drops `value` where a panic in its `Drop` cannot escape: if dropping it panics,
+/// that panic's payload is leaked rather than dropped (its `Drop` could panic in
+/// turn, without end).
+fn drop_contained<T>(value: T) -> bool {
+    match catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        Ok(()) => true,
+        Err(payload) => {
+            std::mem::forget(payload);
+            false
+        }
     }
 }
 
@@ -282,8 +321,26 @@ fn is_empty_batch(bytes: &[u8]) -> bool {
 }
 
 struct Adapter<P> {
-    plugin: P,
+    /// `None` only while the adapter is being dropped.
+    plugin: Option<P>,
     context: Option<Context>,
+}
+
+/// The plugin of an adapter that is not being dropped.
+fn live<P>(plugin: &mut Option<P>) -> Result<&mut P, PluginError> {
+    plugin
+        .as_mut()
+        .ok_or_else(|| PluginError::new(ErrorKind::FAILED, "the plugin was dropped"))
+}
+
+/// The host drops the instance through an `extern "C"` function of abi_stable's, which
+/// ends the process if a panic leaves it: the plugin's own `Drop` runs under
+/// `catch_unwind`, and whatever a panic in it left undropped is leaked.
+impl<P> Drop for Adapter<P> {
+    fn drop(&mut self) {
+        drop_contained(self.plugin.take());
+        drop_contained(self.context.take());
+    }
 }
 
 fn initialized<'a>(context: &'a Option<Context>, hook: &str) -> Result<&'a Context, PluginError> {
@@ -312,7 +369,9 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
                 data_dir: PathBuf::from(context.data_dir.as_str()),
                 services: context.services,
             });
-            self.plugin.init(context).map_err(Error::into_abi)
+            live(&mut self.plugin)?
+                .init(context)
+                .map_err(Error::into_abi)
         })
     }
 
@@ -330,8 +389,7 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
                     )
                 })?
             };
-            let output = self
-                .plugin
+            let output = live(&mut self.plugin)?
                 .process(context, records)
                 .map_err(Error::into_abi)?;
             if output.is_empty() {
@@ -355,7 +413,9 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
     fn cleanup(&mut self) -> RResult<(), PluginError> {
         guard("cleanup", || {
             let context = initialized(&self.context, "cleanup")?;
-            self.plugin.cleanup(context).map_err(Error::into_abi)
+            live(&mut self.plugin)?
+                .cleanup(context)
+                .map_err(Error::into_abi)
         })
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use plugbay_host::registry::{Registry, Scope};
-use plugbay_host::server::{RunningServer, ServeOptions, Server};
+use plugbay_host::server::{RestartPolicy, RunningServer, ServeOptions, Server};
 use plugbay_tests::{example_manifest, fixture_manifest, library};
 use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
@@ -840,6 +840,98 @@ fn make_writable(stored: &std::path::Path) {
     let folder = stored.parent().unwrap();
     std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(stored, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn failed_instances_restart_with_a_growing_delay_and_stuck_workers_are_capped() {
+    let api = Api::start_with(|options| {
+        options.restarts = RestartPolicy {
+            immediate: 1,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            window: Duration::from_secs(600),
+            max_abandoned: 2,
+        };
+    });
+    let process = |id: &str| {
+        api.call(
+            Method::POST,
+            &format!("/plugins/{id}/process"),
+            Some(&api.keys.execute),
+            Some(json!([1])),
+        )
+    };
+    let runtime = |id: &str| {
+        let reply = api.call(
+            Method::GET,
+            &format!("/plugins/{id}"),
+            Some(&api.keys.read),
+            None,
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body["runtime"].clone()
+    };
+    let faulty = api.ready("fixture-faulty");
+    assert_eq!(runtime(&faulty)["restarts"], 0);
+    configure(&api, &faulty, json!({"panic": "process"}));
+    // The first failure is followed by a fresh instance at once...
+    process(&faulty).assert_error(500, "plugin_panicked");
+    process(&faulty).assert_error(500, "plugin_panicked");
+    // ... the second delays the next one by 1 s.
+    let refused = process(&faulty);
+    refused.assert_error(503, "plugin_backoff");
+    assert_eq!(refused.header("retry-after"), "1", "{refused:?}");
+    assert!(
+        refused.message().contains("failed 2 times within 10m")
+            && refused.message().contains("no earlier than")
+            && refused.message().contains("deliberate panic in process"),
+        "{refused:?}"
+    );
+    let report = runtime(&faulty);
+    assert_eq!(report["restarts"], 1, "{report}");
+    assert_eq!(report["recent_failures"], 2, "{report}");
+    assert_eq!(report["running"], false, "{report}");
+    assert!(
+        report["last_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate panic in process"),
+        "{report}"
+    );
+    assert!(report["next_start_at"].is_string(), "{report}");
+    std::thread::sleep(Duration::from_millis(1100));
+    process(&faulty).assert_error(500, "plugin_panicked");
+    // The third failure doubles the delay.
+    let refused = process(&faulty);
+    refused.assert_error(503, "plugin_backoff");
+    assert_eq!(refused.header("retry-after"), "2", "{refused:?}");
+    assert_eq!(runtime(&faulty)["restarts"], 2);
+
+    // A new config forgets the failures. Hangs abandon their workers, which are
+    // counted, and at the limit no instance starts at all.
+    configure(&api, &faulty, json!({"hang": "process"}));
+    process(&faulty).assert_error(504, "plugin_timeout");
+    process(&faulty).assert_error(504, "plugin_timeout");
+    std::thread::sleep(Duration::from_millis(1100));
+    let refused = process(&faulty);
+    refused.assert_error(503, "plugin_backoff");
+    assert!(
+        refused
+            .message()
+            .contains("has 2 worker threads stuck in plugin code"),
+        "{refused:?}"
+    );
+    let report = runtime(&faulty);
+    assert_eq!(report["abandoned_workers"], 2, "{report}");
+    assert!(
+        report["last_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("process did not return within 2s"),
+        "{report}"
+    );
+    let health = api.call(Method::GET, "/health", None, None);
+    assert_eq!(health.body["abandoned_workers"], 2, "{health:?}");
 }
 
 #[test]

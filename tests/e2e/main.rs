@@ -11,6 +11,7 @@ mod readme;
 mod registry;
 mod runtime;
 mod sandbox;
+mod survival;
 
 use plugbay_host::{Host, PluginSpec};
 use plugbay_tests::{example_manifest, fixture_manifest, library};

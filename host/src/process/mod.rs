@@ -34,14 +34,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
-use plugbay_api::abi::{ErrorKind, HostServices, LogLevel, PluginError};
+use plugbay_api::abi::{ErrorKind, HostServicesBox, LogLevel, PluginError};
 use serde::{Deserialize, Serialize};
 
 use self::shm::Shared;
 use self::wire::{Message, PluginErrorWire, ReplyKind, RequestKind};
 use crate::batch::Batch;
 use crate::sandbox::{Confinement, SandboxMode};
-use crate::services::Services;
 
 /// The argument that makes a program serve as a Plugbay worker process.
 pub const WORKER_ARG: &str = "__plugbay-worker";
@@ -194,7 +193,7 @@ impl ProcessWorker {
         program: &std::path::Path,
         setup: Setup,
         library: std::os::fd::BorrowedFd<'_>,
-        services: Arc<Services>,
+        services: HostServicesBox,
         timeout: Option<Duration>,
     ) -> Result<(ProcessWorker, Ready), StartFault> {
         let id = setup.id.clone();
@@ -500,7 +499,7 @@ fn serve_services(
     id: String,
     mut reader: UnixStream,
     mut writer: UnixStream,
-    services: Arc<Services>,
+    services: HostServicesBox,
     gone: Arc<AtomicBool>,
     ready: crossbeam_channel::Sender<Result<Ready, StartFault>>,
 ) -> JoinHandle<()> {

@@ -54,6 +54,8 @@ pub(crate) enum ErrorCode {
     PluginTimeout,
     /// The request missed the server's deadline.
     RequestTimeout,
+    /// The plugin's instance failed too often: the next one starts later.
+    PluginBackoff,
     /// Anything else on the server's side.
     Internal,
 }
@@ -81,6 +83,7 @@ impl ErrorCode {
         ErrorCode::InvalidPluginOutput,
         ErrorCode::PluginTimeout,
         ErrorCode::RequestTimeout,
+        ErrorCode::PluginBackoff,
         ErrorCode::Internal,
     ];
 
@@ -106,6 +109,7 @@ impl ErrorCode {
             ErrorCode::InvalidPluginOutput => "invalid_plugin_output",
             ErrorCode::PluginTimeout => "plugin_timeout",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::PluginBackoff => "plugin_backoff",
             ErrorCode::Internal => "internal",
         }
     }
@@ -130,7 +134,7 @@ impl ErrorCode {
             | ErrorCode::PluginStartFailed
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::InvalidPluginOutput => StatusCode::BAD_GATEWAY,
-            ErrorCode::RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RequestTimeout | ErrorCode::PluginBackoff => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -166,6 +170,8 @@ pub(crate) struct ApiError {
     pub field: Option<String>,
     /// `WWW-Authenticate`, for 401 and 403.
     pub challenge: Option<String>,
+    /// `Retry-After`, in seconds, for a 503 that knows when to come back.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -175,6 +181,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -229,6 +236,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(challenge) = self
             .challenge

@@ -42,6 +42,7 @@ pub(crate) async fn health(State(app): State<Arc<App>>) -> Json<Value> {
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "instances": app.instances.running(),
+        "abandoned_workers": app.host.abandoned_workers(),
     }))
 }
 
@@ -58,8 +59,17 @@ pub(crate) async fn get_plugin(
     State(app): State<Arc<App>>,
     PluginId(id): PluginId,
 ) -> Result<Response, ApiError> {
-    let entry = blocking(move || Ok(app.registries.with(|registry| registry.get(&id))?)).await?;
-    Ok(Json(entry).into_response())
+    let plugin = blocking(move || {
+        let entry = app.registries.with(|registry| registry.get(&id))?;
+        let mut plugin = serde_json::to_value(entry)
+            .map_err(|err| ApiError::internal(format!("cannot write plugin {id}: {err}")))?;
+        let runtime = serde_json::to_value(app.instances.report(&app.host, &id))
+            .map_err(|err| ApiError::internal(format!("cannot write plugin {id}: {err}")))?;
+        plugin["runtime"] = runtime;
+        Ok(plugin)
+    })
+    .await?;
+    Ok(Json(plugin).into_response())
 }
 
 pub(crate) async fn register_plugin(

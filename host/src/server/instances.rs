@@ -1,27 +1,201 @@
 //! Running plugin instances for `POST /plugins/{id}/process`: started on the first
 //! batch, reused by later ones, one batch at a time per plugin, drained and cleaned
-//! up on disable, unregister and server shutdown, and started afresh after a failure.
+//! up on disable, unregister and server shutdown, and started afresh after a failure
+//! — at once for the first few failures, then after a delay that doubles with each
+//! further one (see [`RestartPolicy`]), and not at all while too many of the
+//! plugin's workers are stuck in plugin code. What a client can make a plugin do
+//! (hang, say) thus costs the server a bounded number of threads, not one per
+//! request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use super::error::ApiError;
+use serde::Serialize;
+
+use super::error::{ApiError, ErrorCode};
 use super::pool::Registries;
 use crate::registry::{Entry, RegistryError, ReviewStatus};
 use crate::runtime::{Host, PluginHandle, State};
 use crate::Batch;
 
+/// When the server starts a fresh instance of a plugin whose instance failed (a
+/// panic, a missed deadline, a failed start).
+///
+/// The first [`immediate`](Self::immediate) failures within [`window`](Self::window)
+/// are each followed by a fresh instance on the next batch. After each further one
+/// the next instance waits [`backoff`](Self::backoff), doubled for every failure
+/// beyond the first delayed one, up to [`max_backoff`](Self::max_backoff); batches
+/// in the meantime get 503 `plugin_backoff` with `Retry-After`. A plugin with
+/// [`max_abandoned`](Self::max_abandoned) workers still stuck in plugin code starts
+/// no instance until one of them returns. A changed registry entry (config, library,
+/// review), or disabling and enabling the plugin, forgets the failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Failures within the window after which an instance starts again at once.
+    pub immediate: u32,
+    /// The delay before the next instance after the first failure beyond those.
+    pub backoff: Duration,
+    /// The longest delay.
+    pub max_backoff: Duration,
+    /// How long a failure counts.
+    pub window: Duration,
+    /// Abandoned workers of one plugin that still run, at which no instance of it
+    /// starts.
+    pub max_abandoned: usize,
+}
+
+impl Default for RestartPolicy {
+    /// 3 immediate restarts per 10 minutes, then 1 s, 2 s, 4 s, … up to 5 minutes;
+    /// at most 4 stuck workers per plugin.
+    fn default() -> Self {
+        RestartPolicy {
+            immediate: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            window: Duration::from_secs(600),
+            max_abandoned: 4,
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before the next instance after `failures` failures in the window.
+    fn delay(&self, failures: usize) -> Option<Duration> {
+        let beyond = u32::try_from(failures)
+            .unwrap_or(u32::MAX)
+            .checked_sub(self.immediate)?
+            .checked_sub(1)?;
+        let factor = 2u32.checked_pow(beyond).unwrap_or(u32::MAX);
+        Some(
+            self.backoff
+                .checked_mul(factor)
+                .unwrap_or(self.max_backoff)
+                .min(self.max_backoff),
+        )
+    }
+}
+
 /// The running instances, one slot per plugin id.
 #[derive(Default)]
 pub(crate) struct Instances {
-    slots: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    policy: RestartPolicy,
 }
 
 #[derive(Default)]
 struct Slot {
-    running: Option<Running>,
+    running: Mutex<Option<Running>>,
+    /// Apart from `running`, so that a report never waits for a batch in flight.
+    history: Mutex<History>,
+}
+
+/// A plugin's failures and restarts, in this server.
+#[derive(Default)]
+struct History {
+    /// The entry the failures are about: a changed entry forgets them.
+    fingerprint: Option<String>,
+    /// Instances started after a failed one.
+    restarts: u64,
+    /// Whether the last instance failed (so the next start is a restart).
+    failed: bool,
+    /// When the failures within the policy's window happened.
+    failures: VecDeque<Instant>,
+    last_failure: Option<LastFailure>,
+    /// No instance starts before this.
+    not_before: Option<(Instant, SystemTime)>,
+}
+
+/// The last failure of a plugin's instance.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct LastFailure {
+    /// When (RFC 3339).
+    pub at: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// What `GET /plugins/{id}` shows of a plugin's instances in this server.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RuntimeReport {
+    /// Whether an instance runs (or is starting, or busy with a batch).
+    pub running: bool,
+    /// Instances started after a failed one.
+    pub restarts: u64,
+    /// Failures within the restart policy's window.
+    pub recent_failures: usize,
+    /// The last failure.
+    pub last_failure: Option<LastFailure>,
+    /// Workers of this plugin that missed a deadline and still run plugin code.
+    pub abandoned_workers: usize,
+    /// No instance starts before this (RFC 3339), if a failure delayed the next one.
+    pub next_start_at: Option<String>,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+impl History {
+    /// Forgets the failures if they were about another entry.
+    fn about(&mut self, fingerprint: &str) {
+        if self.fingerprint.as_deref() != Some(fingerprint) {
+            self.fingerprint = Some(fingerprint.to_owned());
+            self.failures.clear();
+            self.not_before = None;
+        }
+    }
+
+    /// Records a failure now, and when the next instance may start.
+    fn fail(&mut self, policy: &RestartPolicy, reason: String) {
+        let now = Instant::now();
+        while self
+            .failures
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > policy.window)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+        self.failed = true;
+        self.last_failure = Some(LastFailure {
+            at: rfc3339(SystemTime::now()),
+            reason,
+        });
+        self.not_before = policy
+            .delay(self.failures.len())
+            .map(|delay| (now + delay, SystemTime::now() + delay));
+    }
+
+    /// Refuses a start while the failures delay it.
+    fn permit(&self, id: &str, policy: &RestartPolicy) -> Result<(), ApiError> {
+        let Some((not_before, at)) = self.not_before else {
+            return Ok(());
+        };
+        let Some(wait) = not_before.checked_duration_since(Instant::now()) else {
+            return Ok(());
+        };
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let last = self.last_failure.as_ref().map_or_else(String::new, |last| {
+            format!("; last failure: {}", last.reason)
+        });
+        Err(ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(
+                ErrorCode::PluginBackoff,
+                format!(
+                    "plugin {id} failed {} within {}, so its next instance starts no earlier than {} (in {seconds} s){last}; fix the plugin or its config, or disable and enable it to retry now",
+                    match self.failures.len() {
+                        1 => "once".to_owned(),
+                        n => format!("{n} times"),
+                    },
+                    humantime::format_duration(policy.window),
+                    rfc3339(at),
+                ),
+            )
+        })
+    }
 }
 
 struct Running {
@@ -74,8 +248,66 @@ fn fingerprint(entry: &Entry) -> String {
 }
 
 impl Instances {
-    fn slot(&self, id: &str) -> Arc<Mutex<Slot>> {
+    /// No instances yet; failed ones restart as `policy` says.
+    pub(crate) fn new(policy: RestartPolicy) -> Instances {
+        Instances {
+            slots: Mutex::default(),
+            policy,
+        }
+    }
+
+    fn slot(&self, id: &str) -> Arc<Slot> {
         lock(&self.slots).entry(id.to_owned()).or_default().clone()
+    }
+
+    /// What this server knows of plugin `id`'s instances.
+    pub(crate) fn report(&self, host: &Host, id: &str) -> RuntimeReport {
+        let slot = lock(&self.slots).get(id).cloned();
+        let running = slot.as_ref().is_some_and(|slot| {
+            slot.running
+                .try_lock()
+                .map_or(true, |running| running.is_some())
+        });
+        let history = slot.as_ref().map(|slot| lock(&slot.history));
+        let history = history.as_deref();
+        RuntimeReport {
+            running,
+            restarts: history.map_or(0, |history| history.restarts),
+            recent_failures: history.map_or(0, |history| {
+                history
+                    .failures
+                    .iter()
+                    .filter(|at| at.elapsed() <= self.policy.window)
+                    .count()
+            }),
+            last_failure: history.and_then(|history| history.last_failure.clone()),
+            abandoned_workers: host.abandoned_workers_of(id),
+            next_start_at: history
+                .and_then(|history| history.not_before)
+                .filter(|(not_before, _)| *not_before > Instant::now())
+                .map(|(_, at)| rfc3339(at)),
+        }
+    }
+
+    /// Refuses to start an instance of `id` while too many of its workers are stuck.
+    fn permit_start(&self, host: &Host, id: &str, history: &History) -> Result<(), ApiError> {
+        let stuck = host.abandoned_workers_of(id);
+        if stuck >= self.policy.max_abandoned {
+            let last = history
+                .last_failure
+                .as_ref()
+                .map_or_else(String::new, |last| {
+                    format!("; last failure: {}", last.reason)
+                });
+            return Err(ApiError::new(
+                ErrorCode::PluginBackoff,
+                format!(
+                    "plugin {id} has {stuck} worker threads stuck in plugin code (abandoned after missed deadlines; the limit is {}), so no instance of it starts until one of them returns or the server restarts{last}",
+                    self.policy.max_abandoned
+                ),
+            ));
+        }
+        history.permit(id, &self.policy)
     }
 
     /// Sends `batch` through plugin `id`, starting an instance if none runs. The
@@ -91,18 +323,18 @@ impl Instances {
         // Refuse unknown ids before a slot exists for them.
         registries.with(|registry| registry.get(id))?;
         let slot_arc = self.slot(id);
-        let mut slot = lock(&slot_arc);
+        let mut slot = lock(&slot_arc.running);
         let entry = match registries.with(|registry| registry.get(id)) {
             Ok(entry) => entry,
             Err(err) => {
-                stop(id, slot.running.take());
+                stop(id, slot.take());
                 drop(slot);
                 self.forget(id, &slot_arc);
                 return Err(err.into());
             }
         };
         if entry.review.status != ReviewStatus::Approved {
-            stop(id, slot.running.take());
+            stop(id, slot.take());
             return Err(RegistryError::NotApproved {
                 id: entry.id,
                 status: entry.review.status,
@@ -110,24 +342,41 @@ impl Instances {
             .into());
         }
         if !entry.enabled {
-            stop(id, slot.running.take());
+            stop(id, slot.take());
             return Err(RegistryError::Disabled { id: entry.id }.into());
         }
         let fingerprint = fingerprint(&entry);
-        let stale = slot.running.as_ref().is_some_and(|running| {
+        let stale = slot.as_ref().is_some_and(|running| {
             running.fingerprint != fingerprint
                 || LibraryStamp::of(&entry.library).as_ref() != Some(&running.library)
         });
         if stale {
-            stop(id, slot.running.take());
+            stop(id, slot.take());
         }
-        let running = match &mut slot.running {
+        let running = match &mut *slot {
             Some(running) => running,
             empty => {
+                {
+                    let mut history = lock(&slot_arc.history);
+                    history.about(&fingerprint);
+                    self.permit_start(host, id, &history)?;
+                }
                 // `spec` checks approval, enablement and the library's SHA-256.
                 let spec = registries.with(|registry| registry.spec(id))?;
                 let library = LibraryStamp::of(&spec.library);
-                let handle = host.start(spec)?;
+                let started = host.start(spec);
+                let mut history = lock(&slot_arc.history);
+                let handle = match started {
+                    Ok(handle) => handle,
+                    Err(err) => {
+                        history.fail(&self.policy, format!("start failed: {err}"));
+                        return Err(err.into());
+                    }
+                };
+                if std::mem::take(&mut history.failed) {
+                    history.restarts += 1;
+                }
+                drop(history);
                 tracing::info!(plugin = %id, confinement = %handle.status().confinement, "plugin instance started");
                 empty.insert(Running {
                     handle,
@@ -142,14 +391,16 @@ impl Instances {
             }
         };
         let result = running.handle.process(batch);
-        if matches!(running.handle.status().state, State::Failed(_)) {
-            // A failed instance takes no more batches: the next call starts a fresh one.
-            slot.running = None;
+        if let State::Failed(failure) = &running.handle.status().state {
+            // A failed instance takes no more batches: the next call starts a fresh
+            // one, when the restart policy allows.
+            lock(&slot_arc.history).fail(&self.policy, failure.to_string());
+            *slot = None;
         }
         Ok(result?)
     }
 
-    fn forget(&self, id: &str, slot: &Arc<Mutex<Slot>>) {
+    fn forget(&self, id: &str, slot: &Arc<Slot>) {
         let mut slots = lock(&self.slots);
         if slots
             .get(id)
@@ -164,7 +415,7 @@ impl Instances {
     pub(crate) fn stop(&self, id: &str) {
         let slot = lock(&self.slots).remove(id);
         if let Some(slot) = slot {
-            let running = lock(&slot).running.take();
+            let running = lock(&slot.running).take();
             stop(id, running);
         }
     }
@@ -173,7 +424,7 @@ impl Instances {
     pub(crate) fn stop_all(&self) {
         let slots: Vec<_> = lock(&self.slots).drain().collect();
         for (id, slot) in slots {
-            let running = lock(&slot).running.take();
+            let running = lock(&slot.running).take();
             stop(&id, running);
         }
     }
@@ -183,7 +434,11 @@ impl Instances {
         let slots: Vec<_> = lock(&self.slots).values().cloned().collect();
         slots
             .iter()
-            .filter(|slot| slot.try_lock().map_or(true, |slot| slot.running.is_some()))
+            .filter(|slot| {
+                slot.running
+                    .try_lock()
+                    .map_or(true, |running| running.is_some())
+            })
             .count()
     }
 }
@@ -197,5 +452,60 @@ fn stop(id: &str, running: Option<Running>) {
         Err(err) => {
             tracing::warn!(plugin = %id, error = %err, "plugin cleanup failed; instance stopped")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_wait_longer_after_each_failure_beyond_the_immediate_ones() {
+        let policy = RestartPolicy::default();
+        let delays: Vec<_> = (1..=14).map(|failures| policy.delay(failures)).collect();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(&delays[..3], &[None, None, None]);
+        assert_eq!(
+            &delays[3..],
+            &[
+                secs(1),
+                secs(2),
+                secs(4),
+                secs(8),
+                secs(16),
+                secs(32),
+                secs(64),
+                secs(128),
+                secs(256),
+                secs(300),
+                secs(300)
+            ]
+        );
+        assert_eq!(policy.delay(usize::MAX), secs(300));
+    }
+
+    #[test]
+    fn a_delayed_restart_says_when_it_may_happen() {
+        let policy = RestartPolicy {
+            immediate: 0,
+            ..RestartPolicy::default()
+        };
+        let mut history = History::default();
+        history.about("entry");
+        history.fail(&policy, "panic: boom".to_owned());
+        let err = history.permit("p@1.0.0", &policy).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PluginBackoff);
+        assert_eq!(err.retry_after, Some(1));
+        assert!(
+            err.message
+                .contains("plugin p@1.0.0 failed once within 10m")
+                && err.message.contains("no earlier than 20")
+                && err.message.contains("last failure: panic: boom"),
+            "{}",
+            err.message
+        );
+        // Another entry (a new config) forgets the failures.
+        history.about("changed");
+        assert!(history.permit("p@1.0.0", &policy).is_ok());
     }
 }

@@ -32,7 +32,12 @@
 //! # Limitations
 //!
 //! Plugin instances run in the server's process (confined per thread with landlock,
-//! as everywhere in Plugbay): a plugin that aborts or segfaults ends the server.
+//! as everywhere in Plugbay): a plugin that aborts or segfaults ends the server. A
+//! plugin that hangs costs a worker thread that is abandoned at its deadline and may
+//! never return; failed instances are restarted with a backoff and at most
+//! [`RestartPolicy::max_abandoned`] stuck workers per plugin, so the number of such
+//! threads stays bounded. `GET /plugins/{id}` shows a plugin's restarts, last
+//! failure and abandoned workers.
 
 mod body;
 mod error;
@@ -59,6 +64,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::runtime::Host;
 use crate::sandbox::SandboxMode;
 use instances::Instances;
+pub use instances::RestartPolicy;
 use pool::Registries;
 use routes::{Access, Operation, ROUTES};
 
@@ -90,6 +96,8 @@ pub struct ServeOptions {
     /// [`serve_worker_if_asked`](crate::serve_worker_if_asked) (the `plugbay` binary
     /// does).
     pub worker_program: Option<PathBuf>,
+    /// When a failed plugin instance is started again.
+    pub restarts: RestartPolicy,
 }
 
 impl ServeOptions {
@@ -102,6 +110,7 @@ impl ServeOptions {
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             worker_program: None,
+            restarts: RestartPolicy::default(),
         }
     }
 }
@@ -191,7 +200,7 @@ impl Server {
             app: Arc::new(App {
                 registries: Registries::new(registry),
                 host,
-                instances: Instances::default(),
+                instances: Instances::new(options.restarts),
                 body_limit: options.body_limit,
                 request_timeout: options.request_timeout,
                 openapi: openapi::document(),

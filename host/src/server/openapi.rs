@@ -59,7 +59,7 @@ fn doc_of(operation: Operation) -> Doc {
         Operation::GetPlugin => Doc {
             operation_id: "getPlugin",
             summary: "Show one plugin",
-            description: "Its manifest, library, SHA-256, review and state.",
+            description: "Its manifest, library, SHA-256, review and state, and `runtime`: what this server's instances of it did (restarts, the last failure, workers abandoned after missed deadlines, and when a delayed restart may happen).",
             request: None,
             success: schema("Plugin"),
         },
@@ -246,12 +246,13 @@ fn schemas() -> Value {
         },
         "Health": {
             "type": "object",
-            "required": ["status", "version", "instances"],
+            "required": ["status", "version", "instances", "abandoned_workers"],
             "additionalProperties": false,
             "properties": {
                 "status": { "type": "string", "enum": ["ok"] },
                 "version": { "type": "string" },
                 "instances": { "type": "integer", "minimum": 0, "description": "plugin instances running in this server" },
+                "abandoned_workers": { "type": "integer", "minimum": 0, "description": "worker threads abandoned after a missed deadline that still run plugin code" },
             },
         },
         "Permission": {
@@ -295,6 +296,29 @@ fn schemas() -> Value {
                 "config": { "description": "the config passed to `init` (any JSON), null when unset" },
                 "created_at": { "type": "string", "description": "RFC 3339" },
                 "updated_at": { "type": "string", "description": "RFC 3339" },
+                "runtime": schema("Runtime"),
+            },
+        },
+        "Runtime": {
+            "type": "object",
+            "description": "what this server's instances of the plugin did (in `GET /plugins/{id}` only)",
+            "required": ["running", "restarts", "recent_failures", "last_failure", "abandoned_workers", "next_start_at"],
+            "additionalProperties": false,
+            "properties": {
+                "running": { "type": "boolean", "description": "an instance runs" },
+                "restarts": { "type": "integer", "minimum": 0, "description": "instances started after a failed one" },
+                "recent_failures": { "type": "integer", "minimum": 0, "description": "failures (panics, missed deadlines, failed starts) within the restart window" },
+                "last_failure": {
+                    "type": ["object", "null"],
+                    "required": ["at", "reason"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "at": { "type": "string", "description": "RFC 3339" },
+                        "reason": { "type": "string" },
+                    },
+                },
+                "abandoned_workers": { "type": "integer", "minimum": 0, "description": "worker threads abandoned after a missed deadline that still run plugin code" },
+                "next_start_at": { "type": ["string", "null"], "description": "RFC 3339: batches before then get 503 `plugin_backoff`" },
             },
         },
         "PluginList": {

@@ -218,8 +218,11 @@ impl Operation {
                     "`plugin_panicked`, `plugin_failed` or `plugin_start_failed`: the instance failed or could not start; the next batch starts a fresh one",
                 ),
                 (502, "`invalid_plugin_output`: the plugin returned something that is not a JSON array"),
-                (503, "`request_timeout`: the request did not finish within the server's request timeout"),
-                (504, "`plugin_timeout`: the plugin missed its deadline (`timeout_ms`); the next batch starts a fresh instance"),
+                (
+                    503,
+                    "`request_timeout`: the request did not finish within the server's request timeout; `plugin_backoff`: the plugin's instances failed too often, so the next one starts later (`Retry-After` says in how many seconds, the message at what time), or too many of its workers are stuck in plugin code",
+                ),
+                (504, "`plugin_timeout`: the plugin missed its deadline (`timeout_ms`); the next batch starts a fresh instance, at once for the first failures and later with a growing delay"),
             ],
         }
     }
