@@ -294,13 +294,9 @@ fn guard<T>(hook: &str, body: impl FnOnce() -> Result<T, PluginError>) -> RResul
 /// Drops `value` where a panic in its `Drop` cannot escape: if dropping it panics,
 /// that panic's payload is leaked rather than dropped (its `Drop` could panic in
 /// turn, without end).
-fn drop_contained<T>(value: T) -> bool {
-    match catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        Ok(()) => true,
-        Err(payload) => {
-            std::mem::forget(payload);
-            false
-        }
+fn drop_contained<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        std::mem::forget(payload);
     }
 }
 
