@@ -129,6 +129,11 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
             return Err(fail(stage, err.to_string(), plugin_error));
         }
     };
+    // Read the request doorbell before saying ready: the host may ring it as soon as
+    // it hears, and a ring read as the starting point would never be answered.
+    let mut shared =
+        Shared::open(shared).map_err(|e| format!("cannot map the shared memory: {e}"))?;
+    let mut seen = shared.header().request_seq.load(Ordering::Acquire);
     {
         let mut out = control.lock().unwrap_or_else(|e| e.into_inner());
         wire::send(
@@ -143,9 +148,6 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
         .map_err(|e| format!("cannot say it is ready: {e}"))?;
     }
 
-    let mut shared =
-        Shared::open(shared).map_err(|e| format!("cannot map the shared memory: {e}"))?;
-    let mut seen = shared.header().request_seq.load(Ordering::Acquire);
     loop {
         let header = shared.header();
         let rang = shm::wait(
