@@ -198,6 +198,8 @@ fn a_stack_overflow_ends_only_the_worker_and_says_so() {
     let outcome = fault_in_process(json!({"fault": "stack_overflow"}), Duration::from_secs(5));
     let cause = crash_cause(&outcome);
     assert!(cause.contains("overflowed its stack"), "{cause}");
+    let cause = fault_in_init("stack_overflow");
+    assert!(cause.contains("overflowed its stack"), "{cause}");
 }
 
 #[test]
@@ -213,6 +215,8 @@ fn exit_ends_only_the_worker_and_names_its_status() {
 fn allocating_past_the_memory_limit_ends_only_the_worker_and_names_memory() {
     let outcome = fault_in_process(json!({"fault": "oom"}), Duration::from_secs(10));
     let cause = crash_cause(&outcome);
+    assert!(cause.contains("memory allocation"), "{cause}");
+    let cause = fault_in_init("oom");
     assert!(cause.contains("memory allocation"), "{cause}");
 }
 
@@ -232,6 +236,18 @@ fn an_endless_loop_is_killed_at_the_deadline_and_uses_no_cpu_after() {
     // `fault_in_process` proved the process gone (`/proc/PID` absent): it was killed
     // and reaped, so it uses no CPU.
     assert!(started.elapsed() < Duration::from_secs(30));
+
+    // In `init`, the start fails at the deadline (and the worker is killed the same
+    // way).
+    let (host, _dir) = faults_host();
+    let mut bystanders = Bystanders::start(&host);
+    let started = Instant::now();
+    let err = host
+        .start(crasher(json!({"fault": "spin", "hook": "init"}), timeout))
+        .unwrap_err();
+    assert!(matches!(err, StartError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < timeout + Duration::from_secs(2));
+    bystanders.serve();
 }
 
 /// Of `pids`, those still there (zombies included) after up to a second.
