@@ -22,6 +22,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-prober",
     "fixture-noop",
     "fixture-fd-scanner",
+    "fixture-crasher",
 ];
 
 /// The workspace's root directory.

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 /// Everything the server logged in this process (plugbay, tower-http and axum, at
 /// every level), to prove what it logs and what it never does.
-fn logs() -> String {
+pub(crate) fn logs() -> String {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     let buffer = LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod isolation;
+mod isolation_faults;
 mod loader;
 mod local;
 mod pipeline;

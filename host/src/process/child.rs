@@ -5,7 +5,8 @@
 //! the host reads; it dies with its parent (a parent-death signal, then a check that
 //! the parent is still the host); it applies its resource limits; it enters new user
 //! and network namespaces where the kernel lets it (no network namespace if a `net:`
-//! grant needs the host's network); and it confines its one thread with landlock and
+//! grant needs the host's network); it refuses itself new processes (a seccomp
+//! filter, see [`refuse_new_processes`]); and it confines its one thread with landlock and
 //! seccomp, which every thread it starts later inherits, so the whole process is
 //! confined. Its environment was emptied by the host when it was spawned.
 //!
@@ -33,7 +34,7 @@ use super::wire::{self, Message, PluginErrorWire, ReplyKind, RequestKind};
 use super::{Setup, CONTROL_FD, LIBRARY_FD, SHARED_FD};
 use crate::image::Image;
 use crate::runtime::{load_and_init, StartError};
-use crate::sandbox::{self, Rules};
+use crate::sandbox::{self, Rules, SandboxMode};
 
 /// Runs the worker on the descriptors the host gave it. Never returns to `main`'s
 /// caller code: its result is the process's exit code.
@@ -136,8 +137,8 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
             return Err(fail(stage, err.to_string(), plugin_error));
         }
     };
-    // Map the shared memory and note the doorbell before saying ready: the host may
-    // ring it the moment it hears so.
+    // Read the request doorbell before saying ready: the host may ring it as soon as
+    // it hears, and a ring read as the starting point would never be answered.
     let mut shared =
         Shared::open(shared).map_err(|e| format!("cannot map the shared memory: {e}"))?;
     let mut seen = shared.header().request_seq.load(Ordering::Acquire);
@@ -281,7 +282,79 @@ fn confine_process(setup: &Setup) -> Result<Vec<String>, String> {
         }
     }
     rustix::thread::set_no_new_privs(true).map_err(|e| format!("cannot set no_new_privs: {e}"))?;
-    Ok(enter_namespaces(setup.network))
+    let namespaces = enter_namespaces(setup.network);
+    if let Err(message) = refuse_new_processes() {
+        if setup.sandbox == SandboxMode::Enforce {
+            return Err(message);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "plugbay worker: {message}; going on without it (sandbox mode allows degraded)"
+        );
+    }
+    Ok(namespaces)
+}
+
+/// Refuses the whole worker process new processes, with a seccomp filter that every
+/// thread shares: `fork`, `vfork` and `clone` without `CLONE_THREAD` fail with
+/// `EPERM`; `clone3`, whose flags a filter cannot read, fails with `ENOSYS`, so libc
+/// makes threads with `clone` instead. Threads are made as before.
+///
+/// Why: a forked child does not inherit the parent-death signal, so it would outlive
+/// the worker, as root no `RLIMIT_NPROC` bounds how many there are, and each holds
+/// the worker's control socket and output pipes open. So a fork bomb is refused at
+/// its first fork, and nothing the plugin runs outlives its worker.
+fn refuse_new_processes() -> Result<(), String> {
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    use std::collections::BTreeMap;
+
+    fn failed(e: impl std::fmt::Display) -> String {
+        format!("cannot refuse new processes: {e}")
+    }
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(failed)?;
+    let without_thread = SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+        0,
+    )
+    .map_err(failed)?])
+    .map_err(failed)?;
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    refused.insert(libc::SYS_clone, vec![without_thread]);
+    let mut absent: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    absent.insert(libc::SYS_clone3, Vec::new());
+    #[cfg(target_arch = "x86_64")]
+    {
+        refused.insert(libc::SYS_fork, Vec::new());
+        refused.insert(libc::SYS_vfork, Vec::new());
+        // The same calls through the x32 ABI's numbers, which the filters would
+        // otherwise not see as these calls.
+        const X32: i64 = 0x4000_0000;
+        for call in [
+            libc::SYS_clone,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_clone3,
+        ] {
+            refused.insert(X32 | call, Vec::new());
+        }
+    }
+    for (rules, errno) in [(refused, libc::EPERM), (absent, libc::ENOSYS)] {
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch,
+        )
+        .map_err(failed)?;
+        let program = BpfProgram::try_from(filter).map_err(failed)?;
+        seccompiler::apply_filter_all_threads(&program).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Enters a new user namespace (mapping this process's user and group to

@@ -13,16 +13,16 @@
 //! read or write the host's memory or use the host's descriptors; a crash, an abort,
 //! `exit()` or an allocation past its memory limit ends only the worker, and the
 //! caller gets an error naming the cause; a call past its deadline gets the worker
-//! killed (`SIGKILL`), so it uses no CPU after; its threads end with it; it has no
-//! network at all unless a `net:` grant needs it (a network namespace of its own,
-//! where the kernel allows one unprivileged).
+//! killed (`SIGKILL`), so it uses no CPU after; its threads end with it, and it
+//! cannot make processes (which would outlive it); its output reaches the host's log
+//! rate-limited ([`output`]); it has no network at all unless a `net:` grant needs
+//! it (a network namespace of its own, where the kernel allows one unprivileged).
 
 pub(crate) mod child;
+mod output;
 mod shm;
 mod wire;
 
-use std::collections::VecDeque;
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -132,6 +132,13 @@ pub(crate) struct Ready {
     pub namespaces: Vec<String>,
 }
 
+/// How many of a worker's last lines on stderr a crash's cause quotes (Rust's own
+/// last words take two: a stack overflow's, for one).
+const LAST_WORDS: usize = 2;
+
+/// How long the host waits, after a worker process ended, for what it wrote last.
+const LAST_WORDS_WAIT: Duration = Duration::from_millis(200);
+
 /// Why a call to a worker process gave no reply.
 #[derive(Debug)]
 pub(crate) enum Fault {
@@ -165,8 +172,8 @@ pub(crate) struct ProcessWorker {
     shared: Shared,
     /// Set when the control socket closes: the worker is gone.
     gone: Arc<AtomicBool>,
-    /// The last lines the worker wrote to stderr, for a crash's cause.
-    last_words: Arc<Mutex<VecDeque<String>>>,
+    /// The last bytes the worker wrote to stderr, for a crash's cause.
+    last_words: Arc<Mutex<output::Tail>>,
     threads: Vec<JoinHandle<()>>,
     exited: Option<std::process::ExitStatus>,
 }
@@ -232,13 +239,13 @@ impl ProcessWorker {
         drop(worker_end);
 
         let gone = Arc::new(AtomicBool::new(false));
-        let last_words = Arc::new(Mutex::new(VecDeque::new()));
+        let last_words = Arc::new(Mutex::new(output::Tail::default()));
         let mut threads = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            threads.push(relay_output(id.clone(), "stdout", stdout, None));
+            threads.push(output::relay(id.clone(), "stdout", stdout, None));
         }
         if let Some(stderr) = child.stderr.take() {
-            threads.push(relay_output(
+            threads.push(output::relay(
                 id.clone(),
                 "stderr",
                 stderr,
@@ -437,16 +444,30 @@ impl ProcessWorker {
                     return "the worker process could not be waited for".to_owned();
                 };
                 self.exited = Some(status);
+                // The output and service threads end when the worker's end of their
+                // pipes and socket closes. Something else may hold them open (a
+                // process the worker made where new processes were not refused): do
+                // not wait for it; the threads end when it does.
+                let until = Instant::now() + LAST_WORDS_WAIT;
+                while Instant::now() < until && !self.threads.iter().all(|t| t.is_finished()) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 for thread in self.threads.drain(..) {
-                    let _ = thread.join();
+                    if thread.is_finished() {
+                        let _ = thread.join();
+                    }
                 }
                 status
             }
         };
         let mut cause = describe(status);
-        let words = self.last_words.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(line) = words.iter().rev().find(|line| !line.trim().is_empty()) {
-            cause.push_str(&format!(" (its last words: {})", line.trim()));
+        let words = self
+            .last_words
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_lines(LAST_WORDS);
+        if !words.is_empty() {
+            cause.push_str(&format!(" (its last words: {})", words.join(" / ")));
         }
         cause
     }
@@ -599,72 +620,4 @@ fn denied(error: PluginError) -> (Message, Vec<u8>) {
         },
         Vec::new(),
     )
-}
-
-/// How many lines of a worker's output reach the log per second; the rest are
-/// counted and reported.
-const LINES_PER_SECOND: u32 = 100;
-/// The longest line logged; the rest of a longer one is cut.
-const MAX_LINE: usize = 1024;
-
-/// Logs what a worker writes to `stream`, tagged with the plugin id, rate-limited.
-fn relay_output(
-    id: String,
-    stream: &'static str,
-    mut pipe: impl Read + Send + 'static,
-    last_words: Option<Arc<Mutex<VecDeque<String>>>>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(format!("plugbay-{stream}-{id}"))
-        .spawn(move || {
-            let mut buffer = vec![0u8; 64 * 1024];
-            let mut line = Vec::new();
-            let (mut window, mut logged, mut dropped) = (Instant::now(), 0u32, 0u64);
-            let mut emit = |line: &[u8]| {
-                let text = String::from_utf8_lossy(line).into_owned();
-                if let Some(words) = &last_words {
-                    let mut words = words.lock().unwrap_or_else(|e| e.into_inner());
-                    if words.len() == 4 {
-                        words.pop_front();
-                    }
-                    words.push_back(text.clone());
-                }
-                if window.elapsed() >= Duration::from_secs(1) {
-                    if dropped > 0 {
-                        tracing::warn!(plugin = %id, stream, dropped, "plugin output lines dropped (more than {LINES_PER_SECOND} a second)");
-                    }
-                    (window, logged, dropped) = (Instant::now(), 0, 0);
-                }
-                if logged < LINES_PER_SECOND {
-                    logged += 1;
-                    tracing::info!(plugin = %id, stream, "{text}");
-                } else {
-                    dropped += 1;
-                }
-            };
-            loop {
-                let read = match pipe.read(&mut buffer) {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => read,
-                };
-                for chunk in buffer[..read].split_inclusive(|byte| *byte == b'\n') {
-                    if line.len() < MAX_LINE {
-                        let room = MAX_LINE - line.len();
-                        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    }
-                    if chunk.ends_with(b"\n") {
-                        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                        emit(text);
-                        line.clear();
-                    }
-                }
-            }
-            if !line.is_empty() {
-                emit(&line);
-            }
-            if dropped > 0 {
-                tracing::warn!(plugin = %id, stream, dropped, "plugin output lines dropped (more than {LINES_PER_SECOND} a second)");
-            }
-        })
-        .expect("a thread can be spawned for a worker's output")
 }
