@@ -24,7 +24,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use plugbay_api::manifest::Permission;
+use plugbay_api::manifest::{FsPath, Permission};
 use serde::{Deserialize, Serialize};
 
 #[cfg(target_os = "linux")]
@@ -187,8 +187,9 @@ pub(crate) struct Checked {
     pub permission: String,
     /// The resolved path (no symlinks in it when it was checked).
     pub path: PathBuf,
-    /// Its device and inode when it was checked.
-    pub file: (u64, u64),
+    /// Its device and inode when it was checked; `None` if it did not exist then
+    /// (and so must not exist when the worker confines itself either).
+    pub file: Option<(u64, u64)>,
 }
 
 /// Directories the dynamic loader reads when it opens a plugin's dependencies.
@@ -210,7 +211,9 @@ impl Rules {
     /// A path under `${plugin_dir}` or `${data_dir}` is resolved through its symlinks
     /// and must stay inside that folder ([`SandboxError::PathEscapes`] otherwise); the
     /// rule then names the resolved path. A path that does not exist is kept as
-    /// written (it grants nothing; see [`Confinement::missing_paths`]).
+    /// written (it grants nothing; see [`Confinement::missing_paths`]). The worker
+    /// refuses to start if a checked path was replaced, or appeared, since
+    /// ([`SandboxError::PathChanged`]).
     pub fn new(
         id: &str,
         library: &Path,
@@ -231,13 +234,20 @@ impl Rules {
         );
         for permission in granted {
             match permission {
-                Permission::FsRead(_) | Permission::FsWrite(_) => {
-                    let path = granted_path(id, permission, plugin_dir, data_dir, &mut checked)?;
-                    match permission {
-                        Permission::FsRead(_) => rules.read.push(path),
-                        _ => rules.write.push(path),
-                    }
-                }
+                Permission::FsRead(path) => rules.read.push(granted_path(
+                    id,
+                    permission,
+                    path,
+                    (plugin_dir, data_dir),
+                    &mut checked,
+                )?),
+                Permission::FsWrite(path) => rules.write.push(granted_path(
+                    id,
+                    permission,
+                    path,
+                    (plugin_dir, data_dir),
+                    &mut checked,
+                )?),
                 Permission::NetConnect(port) => rules.connect.push(*port),
                 Permission::NetBind(port) => rules.bind.push(*port),
                 _ => {}
@@ -248,19 +258,16 @@ impl Rules {
     }
 }
 
-/// The path an `fs:` permission grants: as written when absolute; resolved through
-/// its symlinks, and refused if that leaves the folder, when it starts with a
-/// placeholder.
+/// The path `permission` (whose path is `path`) grants: as written when absolute;
+/// resolved through its symlinks, and refused if that leaves the folder, when it
+/// starts with a placeholder. What was checked goes into `checked`.
 fn granted_path(
     id: &str,
     permission: &Permission,
-    plugin_dir: &Path,
-    data_dir: &Path,
+    path: &FsPath,
+    (plugin_dir, data_dir): (&Path, &Path),
     checked: &mut Vec<Checked>,
 ) -> Result<PathBuf, SandboxError> {
-    let Some(path) = permission.fs_path() else {
-        unreachable!("only fs permissions have paths")
-    };
     let written = path.resolve_in(plugin_dir, data_dir);
     let folder = match path.placeholder() {
         None => return Ok(written),
@@ -268,6 +275,11 @@ fn granted_path(
         Some(_) => data_dir,
     };
     let (Ok(resolved), Ok(folder)) = (written.canonicalize(), folder.canonicalize()) else {
+        checked.push(Checked {
+            permission: permission.to_string(),
+            path: written.clone(),
+            file: None,
+        });
         return Ok(written);
     };
     if !resolved.starts_with(&folder) {
@@ -282,7 +294,7 @@ fn granted_path(
         checked.push(Checked {
             permission: permission.to_string(),
             path: resolved.clone(),
-            file,
+            file: Some(file),
         });
     }
     Ok(resolved)
@@ -392,28 +404,25 @@ fn restrict_with_landlock(
         SandboxMode::AllowDegraded => CompatLevel::BestEffort,
     };
     // Each path is opened once; the rule is made from that descriptor, which must
-    // still be the file a placeholder path was checked as.
+    // still be the file a placeholder path was checked as (or still be missing).
     let mut missing_paths = Vec::new();
     let mut open = |paths: &[PathBuf]| -> Result<Vec<std::fs::File>, SandboxError> {
-        // (A file takes only the rights that apply to files, as landlock's own
-        // `path_beneath_rules` does.)
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
-            match open_path(path) {
-                Ok(file) => files.push(file),
+            let file = match open_path(path) {
+                Ok(file) => file,
                 Err(err) => {
                     tracing::warn!(plugin = id, path = %path.display(), error = %err, "granted path cannot be opened; it grants nothing");
                     missing_paths.push(path.clone());
                     continue;
                 }
-            }
+            };
             if let Some(checked) = rules.checked.iter().find(|checked| &checked.path == path) {
-                let file = files.last().and_then(|file| file.metadata().ok());
-                let same = file.is_some_and(|meta| {
+                let now = file.metadata().ok().map(|meta| {
                     use std::os::unix::fs::MetadataExt;
-                    (meta.dev(), meta.ino()) == checked.file
+                    (meta.dev(), meta.ino())
                 });
-                if !same {
+                if now.is_none() || now != checked.file {
                     return Err(SandboxError::PathChanged {
                         id: id.to_owned(),
                         permission: checked.permission.clone(),
@@ -421,11 +430,14 @@ fn restrict_with_landlock(
                     });
                 }
             }
+            files.push(file);
         }
         Ok(files)
     };
     let readable = open(&rules.read)?;
     let writable = open(&rules.write)?;
+    /// A file takes only the rights that apply to files, as in landlock's own
+    /// `path_beneath_rules`.
     fn beneath(
         files: &[std::fs::File],
         access: landlock::BitFlags<AccessFs>,
@@ -709,6 +721,16 @@ mod tests {
         let err = confine(rules).unwrap_err();
         assert!(
             matches!(&err, SandboxError::PathChanged { permission, .. } if permission == "fs:write:${plugin_dir}/data"),
+            "{err:?}"
+        );
+
+        // A path that did not exist when it was checked must not appear meanwhile.
+        let rules = rules_for(&plugin_dir, &["fs:read:${plugin_dir}/later"]).unwrap();
+        assert_eq!(rules.checked[0].file, None);
+        std::os::unix::fs::symlink("/", plugin_dir.join("later")).unwrap();
+        let err = confine(rules).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::PathChanged { permission, .. } if permission == "fs:read:${plugin_dir}/later"),
             "{err:?}"
         );
         std::fs::remove_dir_all(dir).unwrap();
