@@ -872,6 +872,15 @@ fn failed_instances_restart_with_a_growing_delay_and_stuck_workers_are_capped() 
         reply.body["runtime"].clone()
     };
     let faulty = api.ready("fixture-faulty");
+    // On worker threads of the server, whose hangs leave stuck threads behind (a
+    // worker process would be killed at the deadline instead).
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{faulty}/review"),
+        Some(&api.keys.review),
+        Some(json!({"decision": "approve", "isolation": "thread"})),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(runtime(&faulty)["restarts"], 0);
     configure(&api, &faulty, json!({"panic": "process"}));
     // The first failure is followed by a fresh instance at once...

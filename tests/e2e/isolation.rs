@@ -109,3 +109,49 @@ fn a_program_that_does_not_serve_as_a_worker_is_named() {
         "{text}"
     );
 }
+
+#[test]
+fn udp_is_refused_in_a_worker_process_without_a_net_grant() {
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let send = |plugin: &mut plugbay_host::PluginHandle| -> Vec<Value> {
+        let probes = [
+            json!({"op": "udp", "port": port}),
+            json!({"op": "udp", "port": port, "thread": true}),
+        ];
+        plugin
+            .process(&Batch::from_records(&probes).unwrap())
+            .unwrap()
+            .records()
+            .unwrap()
+    };
+    let mut buffer = [0u8; 16];
+
+    // A worker thread shares the host's network: landlock does not cover UDP, and the
+    // threat model says so.
+    let (thread_host, _dir) = crate::host();
+    let mut threaded = thread_host.start(fixture("prober")).unwrap();
+    let out = send(&mut threaded);
+    assert_eq!(out[0]["ok"], true, "{out:?}");
+    assert!(receiver.recv(&mut buffer).is_ok(), "the datagram arrived");
+    while receiver.recv(&mut buffer).is_ok() {}
+
+    // A worker process has a network namespace of its own, with no interface up.
+    let (host, _dir) = process_host();
+    let mut isolated = host.start(fixture("prober")).unwrap();
+    let namespaces = &isolated.status().namespaces;
+    if !namespaces.iter().any(|ns| ns == "net") {
+        eprintln!("this kernel gives unprivileged processes no network namespace; skipping");
+        return;
+    }
+    let out = send(&mut isolated);
+    assert_eq!(
+        (out[0]["ok"].clone(), out[1]["ok"].clone()),
+        (json!(false), json!(false)),
+        "{out:?}"
+    );
+    assert!(receiver.recv(&mut buffer).is_err(), "no datagram arrived");
+}

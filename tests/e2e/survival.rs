@@ -354,7 +354,10 @@ fn server_stops_despite_a_blocking_drop() {
         let entry = registry
             .register(&Host::new(), registration, "test")
             .unwrap();
-        registry.approve(&entry.id, "test", None).unwrap();
+        // On a worker thread of the server: a worker process would be killed instead.
+        registry
+            .approve_with_isolation(&entry.id, "test", None, plugbay_host::Isolation::Thread)
+            .unwrap();
         registry.enable(&entry.id, "test").unwrap();
         registry
             .configure(&entry.id, &json!({"drop": "hang"}), "test")

@@ -1,14 +1,12 @@
-//! Landlock and seccomp confinement on this kernel, proven both ways: each access is
-//! denied without its grant and works with it (or, for what no grant allows, is
-//! denied to the plugin), from the hook and from a thread the plugin spawns, while
-//! the host's own threads can do all of it.
+// The sandbox suite, included by `mod.rs` once per isolation, where `host()` is
+// defined. No inner attributes or doc comments: it is included into a module.
 
 use std::net::TcpListener;
 
 use plugbay_host::{Batch, ConfinementLevel, Permission, PluginHandle, PluginSpec};
 use serde_json::{json, Value};
 
-use crate::{example, fixture, host};
+use crate::{example, fixture};
 
 fn prober(extra: &[String]) -> PluginSpec {
     let mut spec = fixture("prober");
