@@ -155,3 +155,23 @@ fn udp_is_refused_in_a_worker_process_without_a_net_grant() {
     );
     assert!(receiver.recv(&mut buffer).is_err(), "no datagram arrived");
 }
+
+#[test]
+fn a_reply_larger_than_the_limit_ends_the_worker_not_the_host() {
+    let (host, _dir) = process_host();
+    let host = host.with_limits(plugbay_host::Limits {
+        reply_bytes: 1024,
+        ..Default::default()
+    });
+    let mut plugin = host.start(fixture("noop")).unwrap();
+    let small = Batch::from_json(r#"[{"id": 1}]"#);
+    assert_eq!(plugin.process(&small).unwrap().len(), Some(1));
+    let big = Batch::from_records(&[json!({"text": "x".repeat(4096)})]).unwrap();
+    let err = plugin.process(&big).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Crashed { cause, .. } if cause.contains("more than the limit of 1024 bytes")),
+        "{err}"
+    );
+    let mut again = host.start(fixture("noop")).unwrap();
+    assert_eq!(again.process(&small).unwrap().len(), Some(1));
+}

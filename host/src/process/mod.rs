@@ -94,6 +94,9 @@ pub struct Limits {
     /// Processes of the worker's user (`RLIMIT_NPROC`; not enforced for root, which
     /// the worker's seccomp filter covers by refusing new processes).
     pub processes: Option<u64>,
+    /// The largest reply the host accepts from the worker, in bytes: a worker that
+    /// claims more is killed, so it cannot make the host copy gigabytes.
+    pub reply_bytes: u64,
 }
 
 impl Default for Limits {
@@ -103,6 +106,7 @@ impl Default for Limits {
             open_files: Some(256),
             cpu_seconds: None,
             processes: None,
+            reply_bytes: 1 << 30,
         }
     }
 }
@@ -176,6 +180,8 @@ pub(crate) struct ProcessWorker {
     last_words: Arc<Mutex<output::Tail>>,
     threads: Vec<JoinHandle<()>>,
     exited: Option<std::process::ExitStatus>,
+    /// The largest reply accepted (`Limits::reply_bytes`).
+    reply_limit: u64,
 }
 
 impl std::fmt::Debug for ProcessWorker {
@@ -204,6 +210,7 @@ impl ProcessWorker {
         timeout: Option<Duration>,
     ) -> Result<(ProcessWorker, Ready), StartFault> {
         let id = setup.id.clone();
+        let reply_limit = setup.limits.reply_bytes;
         let (host_end, worker_end) = UnixStream::pair().map_err(StartFault::Spawn)?;
         let shared = Shared::create(1 << 16).map_err(StartFault::Spawn)?;
         let fds = [
@@ -271,6 +278,7 @@ impl ProcessWorker {
             last_words,
             threads,
             exited: None,
+            reply_limit,
         };
         if sent.is_err() {
             // The worker closed its end before it read its setup: it is gone.
@@ -414,6 +422,12 @@ impl ProcessWorker {
         let header = self.shared.header();
         let kind = ReplyKind::from_u32(header.reply_kind.load(Ordering::Acquire));
         let len = header.reply_len.load(Ordering::Acquire);
+        if len > self.reply_limit {
+            let limit = self.reply_limit;
+            return Err(self.broken(&format!(
+                "claimed a reply of {len} bytes, more than the limit of {limit} bytes (`Limits::reply_bytes`)"
+            )));
+        }
         match self.shared.read(len) {
             Ok(bytes) => Ok((kind, bytes)),
             Err(err) => Err(self.broken(&format!("wrote a reply that cannot be read: {err}"))),
