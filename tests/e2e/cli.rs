@@ -864,7 +864,7 @@ fn run_refuses_bad_input_and_faulty_plugins_with_clear_errors() {
     let (_, id) = plugbay.ready("data-processor");
     let run = |input: &str| plugbay.fails_with(&["run", &id], Some(input), 1);
     let started =
-        "started data-processor@1.0.0: confinement full (landlock ABI 6, seccomp), granted process:data\n";
+        "started data-processor@1.0.0 in a worker process: confinement full (landlock ABI 6, seccomp), granted process:data\n";
 
     assert_eq!(
         run("[{\"id\": 1}, {\"id\": ]"),
@@ -1541,5 +1541,28 @@ fn swapping_the_stored_library_during_200_runs_never_runs_unreviewed_code() {
     assert!(
         ran > 0 && refused > 0,
         "{ran} runs, {refused} refusals: the swap did not race"
+    );
+}
+
+#[test]
+fn a_library_runs_in_a_worker_process_when_asked() {
+    let plugbay = Plugbay::new();
+    let lib = library("data-processor");
+    let output = plugbay.output(
+        &["run", path(&lib), "--isolation", "process"],
+        Some(r#"[{"id": 1}]"#),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("started data-processor@1.0.0 in a worker process: confinement full"),
+        "{stderr}"
+    );
+    let records: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(records[0]["processed"], true);
+    let stderr = plugbay.fails_with(&["run", path(&lib), "--isolation", "proces"], Some("[]"), 2);
+    assert!(
+        stderr.contains("unknown isolation `proces`; expected `thread` or `process`"),
+        "{stderr}"
     );
 }

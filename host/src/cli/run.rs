@@ -33,9 +33,10 @@ Examples:
   plugbay run target/release/libdedup.so --config '{\"key\": \"id\"}' -i records.json
 
 A registered plugin must be approved and enabled, and runs with what its review
-granted. A library file (a plugin author's own build) is inspected first and runs
-confined to what its embedded manifest requests; its `${plugin_dir}` is the library's
-folder.
+granted, where its review put it (a worker process of its own unless approved for a
+thread). A library file (a plugin author's own build) is inspected first and runs
+confined to what its embedded manifest requests, on a worker thread unless
+`--isolation process` is given; its `${plugin_dir}` is the library's folder.
 
 Input: a JSON array of records, or JSON Lines (one object per line). Output: one JSON
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
@@ -61,6 +62,10 @@ pub struct Args {
     /// NAME=JSON for the plugin with that name or id (repeatable)
     #[arg(long, value_name = "JSON|NAME=JSON")]
     pub config: Vec<String>,
+    /// Where plugin library files run: `thread` or `process` (registered plugins run
+    /// where their review put them)
+    #[arg(long, value_name = "ISOLATION", default_value = "thread")]
+    pub isolation: plugbay_host::Isolation,
 }
 
 /// A plugin to run, as named on the command line.
@@ -184,7 +189,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     };
     let mut specs = targets
         .iter()
-        .map(|target| spec(target, registry.as_ref(), &host))
+        .map(|target| spec(target, registry.as_ref(), &host, args.isolation))
         .collect::<Result<Vec<_>>>()?;
     apply_configs(&mut specs, &configs)?;
     // Close the registry before any plugin code runs: a plugin could otherwise use
@@ -200,8 +205,12 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         if !context.json {
             let status = handle.status();
             eprintln!(
-                "started {}: confinement {}, granted {}",
+                "started {}{}: confinement {}, granted {}",
                 status.id,
+                match status.isolation {
+                    plugbay_host::Isolation::Process => " in a worker process",
+                    plugbay_host::Isolation::Thread => " on a worker thread",
+                },
                 status.confinement,
                 permission_list(&status.granted)
             );
@@ -279,7 +288,12 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
 
 /// The spec of one target: from the registry (approved, enabled, unchanged), or
 /// from the library's embedded manifest.
-fn spec(target: &Target, registry: Option<&Registry>, host: &Host) -> Result<PluginSpec> {
+fn spec(
+    target: &Target,
+    registry: Option<&Registry>,
+    host: &Host,
+    isolation: plugbay_host::Isolation,
+) -> Result<PluginSpec> {
     match target {
         Target::Registered(id) => {
             let registry = registry.expect("the registry is open when an id is given");
@@ -289,7 +303,8 @@ fn spec(target: &Target, registry: Option<&Registry>, host: &Host) -> Result<Plu
             let inspection = super::inspect::inspect(host, path)?;
             // Run the bytes that were inspected, even if the file changes meanwhile.
             Ok(PluginSpec::new(inspection.library, inspection.manifest)
-                .with_sha256(inspection.sha256))
+                .with_sha256(inspection.sha256)
+                .with_isolation(isolation))
         }
     }
 }
