@@ -22,6 +22,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-prober",
     "fixture-noop",
     "fixture-fd-scanner",
+    "fixture-ctor-abort",
     "fixture-crasher",
 ];
 

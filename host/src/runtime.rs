@@ -223,6 +223,10 @@ impl Host {
     }
 
     fn inspect_image(&self, image: Image) -> Result<Inspection, StartError> {
+        #[cfg(target_os = "linux")]
+        if self.isolation == Isolation::Process {
+            return self.inspect_in_worker(image);
+        }
         let library = image.path.clone();
         let id = library.display().to_string();
         let rules = Rules::new(&id, &library, &[], Path::new("/"), Path::new("/"))?;
@@ -347,13 +351,7 @@ impl Host {
     #[cfg(target_os = "linux")]
     fn start_process(&self, prepared: Prepared) -> Result<PluginHandle, StartError> {
         let id = prepared.id.clone();
-        let program = match &self.worker_program {
-            Some(program) => program.clone(),
-            None => std::env::current_exe().map_err(|source| StartError::Spawn {
-                id: id.clone(),
-                source,
-            })?,
-        };
+        let program = self.worker_program(&id)?;
         let network = prepared.granted.iter().any(|permission| {
             matches!(
                 permission,
@@ -373,6 +371,7 @@ impl Host {
             host_pid: std::process::id(),
             limits: self.limits,
             network,
+            inspect: false,
         };
         let timeout = prepared.timeout;
         let services = prepared.services;
@@ -386,39 +385,7 @@ impl Host {
         if started.is_err() {
             services.revoke();
         }
-        let (worker, ready) = started.map_err(|fault| match fault {
-            StartFault::Spawn(source) => StartError::Spawn {
-                id: id.clone(),
-                source,
-            },
-            StartFault::Failed {
-                stage,
-                message,
-                plugin_error,
-            } => match (stage.as_str(), plugin_error) {
-                ("init", Some(error)) => StartError::Init {
-                    id: id.clone(),
-                    error,
-                },
-                ("constructor", Some(error)) => StartError::Constructor {
-                    id: id.clone(),
-                    error,
-                },
-                _ => StartError::Worker {
-                    id: id.clone(),
-                    stage,
-                    message,
-                },
-            },
-            StartFault::Timeout => StartError::Timeout {
-                id: id.clone(),
-                timeout,
-            },
-            StartFault::Crashed(cause) => StartError::WorkerCrashed {
-                id: id.clone(),
-                cause,
-            },
-        })?;
+        let (worker, ready) = started.map_err(|fault| start_error(&id, timeout, fault))?;
         tracing::debug!(plugin = %id, pid = worker.pid(), confinement = %ready.confinement, "plugin started in a worker process");
         let (_, replies) = bounded::<Reply>(1);
         Ok(PluginHandle {
@@ -453,6 +420,64 @@ impl Host {
             }),
             process: Some(worker),
             relay: None,
+        })
+    }
+
+    /// The program worker processes run.
+    #[cfg(target_os = "linux")]
+    fn worker_program(&self, id: &str) -> Result<PathBuf, StartError> {
+        match &self.worker_program {
+            Some(program) => Ok(program.clone()),
+            None => std::env::current_exe().map_err(|source| StartError::Spawn {
+                id: id.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Inspects a library in a worker process that only opens it (its initializers
+    /// run there, confined, never in the host) and reports what it embeds.
+    #[cfg(target_os = "linux")]
+    fn inspect_in_worker(&self, image: Image) -> Result<Inspection, StartError> {
+        let id = image.path.display().to_string();
+        let program = self.worker_program(&id)?;
+        let setup = process::Setup {
+            id: id.clone(),
+            library: image.path.clone(),
+            sha256: image.sha256.clone(),
+            manifest: String::new(),
+            granted: Vec::new(),
+            plugin_dir: PathBuf::from("/"),
+            data_dir: PathBuf::from("/"),
+            config: String::new(),
+            sandbox: self.sandbox,
+            host_pid: std::process::id(),
+            limits: self.limits,
+            network: false,
+            inspect: true,
+        };
+        let (services, revoker) = Services::create(id.clone(), &[], self.store.clone());
+        let started = ProcessWorker::start(
+            &program,
+            setup,
+            image.sealed_fd(),
+            services,
+            Some(self.timeout),
+        );
+        revoker.revoke();
+        let (mut worker, ready) = started.map_err(|fault| start_error(&id, self.timeout, fault))?;
+        worker.stop(Instant::now().checked_add(Duration::from_secs(5)));
+        let manifest = ready.manifest.unwrap_or_default();
+        let manifest = Manifest::parse(&manifest).map_err(|err| LoadError::EmbeddedManifest {
+            path: image.path.clone(),
+            reason: err.to_string(),
+        })?;
+        Ok(Inspection {
+            library: image.path,
+            sha256: image.sha256,
+            manifest,
+            api_version: ready.api_version,
+            confinement: ready.confinement,
         })
     }
 
@@ -528,6 +553,28 @@ impl Host {
     /// Whether the host checks (and counts) each batch a plugin returns.
     pub(crate) fn checks_output(&self) -> bool {
         self.check_output
+    }
+}
+
+/// The start error for a worker process that did not start.
+#[cfg(target_os = "linux")]
+fn start_error(id: &str, timeout: Duration, fault: StartFault) -> StartError {
+    let id = id.to_owned();
+    match fault {
+        StartFault::Spawn(source) => StartError::Spawn { id, source },
+        StartFault::Failed {
+            stage,
+            message,
+            plugin_error,
+        } => match (stage.as_str(), plugin_error) {
+            ("init", Some(error)) => StartError::Init { id, error },
+            ("constructor", Some(error)) => StartError::Constructor { id, error },
+            // The loader's own error, which names the library and what to do.
+            ("load", None) => StartError::WorkerLoad { message },
+            _ => StartError::Worker { id, stage, message },
+        },
+        StartFault::Timeout => StartError::Timeout { id, timeout },
+        StartFault::Crashed(cause) => StartError::WorkerCrashed { id, cause },
     }
 }
 
@@ -774,6 +821,13 @@ pub enum StartError {
         /// What it was doing (`sandbox`, `load`, …).
         stage: String,
         /// What went wrong.
+        message: String,
+    },
+    /// The worker process could not load the library (the loader's error, which
+    /// names the library).
+    #[error("{message}")]
+    WorkerLoad {
+        /// What the loader said.
         message: String,
     },
     /// The worker process ended before the plugin was ready.

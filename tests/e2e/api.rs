@@ -2470,3 +2470,27 @@ fn a_process_isolated_plugin_finds_no_descriptor_of_the_server() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn a_library_that_aborts_when_opened_is_inspected_in_a_worker_not_the_server() {
+    let api = Api::start();
+    // Run in the server's process, this library's initializer would abort it.
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(json!({
+            "name": "ctor-abort",
+            "version": "0.1.0",
+            "entry_point": library("fixture-ctor-abort").display().to_string(),
+            "permissions": ["process:data"],
+        })),
+    );
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        reply.message().contains("SIGABRT"),
+        "the inspection's worker process aborted: {reply:?}"
+    );
+    let health = api.call(Method::GET, "/health", None, None);
+    assert_eq!(health.status, 200, "the server goes on: {health:?}");
+}

@@ -44,7 +44,10 @@ struct Inspected {
 
 /// Prints what the library embeds.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
-    let host = Host::new().with_sandbox(context.sandbox);
+    // The library is untrusted: it is opened in a worker process, never here.
+    let host = Host::new()
+        .with_sandbox(context.sandbox)
+        .with_isolation(plugbay_host::Isolation::Process);
     let inspection = inspect(&host, &args.library)?;
     let inspected = Inspected {
         inspection,

@@ -187,9 +187,12 @@ impl Context {
 
     /// A host for `registry`'s plugins, with this command line's sandbox mode.
     pub fn host(&self, registry: &Registry) -> Host {
+        // Registered plugins are untrusted until reviewed: inspect them in worker
+        // processes, and run them where their review says (a spec's own isolation).
         Host::new()
             .with_data_dir(registry.data_dir())
             .with_sandbox(self.sandbox)
+            .with_isolation(plugbay_host::Isolation::Process)
     }
 
     /// Who is acting, for the audit log: `$USER`, else `operator`.

@@ -33,6 +33,7 @@ use super::shm::{self, Shared};
 use super::wire::{self, Message, PluginErrorWire, ReplyKind, RequestKind};
 use super::{Setup, CONTROL_FD, LIBRARY_FD, SHARED_FD};
 use crate::image::Image;
+use crate::loader;
 use crate::runtime::{load_and_init, StartError};
 use crate::sandbox::{self, Rules, SandboxMode};
 
@@ -84,8 +85,6 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
         Ok(namespaces) => namespaces,
         Err(message) => return Err(fail("sandbox", message, None)),
     };
-    let manifest =
-        Manifest::parse(&setup.manifest).map_err(|e| fail("setup", e.to_string(), None))?;
     let granted: Vec<Permission> = setup
         .granted
         .iter()
@@ -104,6 +103,26 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
         .map_err(|e| fail("sandbox", e.to_string(), None))?;
 
     let image = Image::sealed(setup.library.clone(), setup.sha256.clone(), library);
+    if setup.inspect {
+        // Only read what the library embeds: its initializers run (confined, here),
+        // its constructor and `init` do not.
+        let loaded = loader::open(&image).map_err(|e| fail("load", e.to_string(), None))?;
+        let mut out = control.lock().unwrap_or_else(|e| e.into_inner());
+        wire::send(
+            &mut *out,
+            &Message::Ready {
+                api_version: loaded.api_version.to_string(),
+                confinement,
+                namespaces,
+                manifest: Some(loaded.manifest.to_json()),
+            },
+            &[],
+        )
+        .map_err(|e| format!("cannot report the inspection: {e}"))?;
+        return Ok(());
+    }
+    let manifest =
+        Manifest::parse(&setup.manifest).map_err(|e| fail("setup", e.to_string(), None))?;
     let services = ChildServices {
         control: control.clone(),
     };
@@ -150,6 +169,7 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
                 api_version: api_version.to_string(),
                 confinement,
                 namespaces,
+                manifest: None,
             },
             &[],
         )

@@ -127,6 +127,10 @@ pub(crate) struct Setup {
     pub limits: Limits,
     /// Whether the plugin needs the host's network (a `net:` grant).
     pub network: bool,
+    /// Only open the library and report its embedded manifest (no constructor, no
+    /// `init`), then exit.
+    #[serde(default)]
+    pub inspect: bool,
 }
 
 /// What a started worker process reported.
@@ -134,6 +138,8 @@ pub(crate) struct Ready {
     pub api_version: semver::Version,
     pub confinement: Confinement,
     pub namespaces: Vec<String>,
+    /// The embedded manifest (an inspection).
+    pub manifest: Option<String>,
 }
 
 /// How many of a worker's last lines on stderr a crash's cause quotes (Rust's own
@@ -555,6 +561,7 @@ fn serve_services(
                         api_version,
                         confinement,
                         namespaces,
+                        manifest,
                     } => {
                         let api_version = semver::Version::parse(&api_version)
                             .unwrap_or_else(|_| semver::Version::new(0, 0, 0));
@@ -562,6 +569,7 @@ fn serve_services(
                             api_version,
                             confinement,
                             namespaces,
+                            manifest,
                         }));
                         continue;
                     }

@@ -78,6 +78,8 @@ pub(crate) enum Message {
         api_version: String,
         confinement: crate::sandbox::Confinement,
         namespaces: Vec<String>,
+        /// The embedded manifest, when the worker was asked only to inspect.
+        manifest: Option<String>,
     },
     /// Worker → host: the instance did not start.
     Failed {

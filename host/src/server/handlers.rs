@@ -228,6 +228,11 @@ fn inspect_error(err: StartError) -> ApiError {
             "entry_point",
             format!("`entry_point` cannot be loaded: {}", chain(&err)),
         ),
+        // The same, from the worker process that opened the library.
+        StartError::WorkerLoad { message } => ApiError::field(
+            "entry_point",
+            format!("`entry_point` cannot be loaded: {message}"),
+        ),
         other => other.into(),
     }
 }

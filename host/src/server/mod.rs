@@ -178,9 +178,12 @@ impl Server {
         } else {
             SandboxMode::Enforce
         };
+        // Libraries registered over the API are inspected in worker processes, never
+        // opened in the server; instances run where their review says.
         let mut host = Host::new()
             .with_data_dir(registry.data_dir())
-            .with_sandbox(sandbox);
+            .with_sandbox(sandbox)
+            .with_isolation(crate::Isolation::Process);
         if let Some(program) = &options.worker_program {
             host = host.with_worker_program(program);
         }
