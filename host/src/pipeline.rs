@@ -99,7 +99,7 @@ pub struct StageReport {
     pub plugin: String,
     /// Batches processed.
     pub batches: u64,
-    /// Records returned (when the host checks output).
+    /// Records returned (the host counts every batch a plugin returns).
     pub records_out: u64,
     /// Time spent waiting on the plugin.
     pub busy: Duration,
@@ -523,7 +523,7 @@ pub(crate) enum Stopped {
 pub(crate) type StreamEnd = Option<(u64, Batch, Stopped)>;
 
 /// Runs a stream on the worker's thread, with its instance.
-pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool) -> StreamEnd {
+pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream) -> StreamEnd {
     let Stream {
         input,
         output,
@@ -546,7 +546,7 @@ pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool)
             return None;
         }
         clock.start(index, &batch);
-        let result = process_here(instance, &batch, check);
+        let result = process_here(instance, &batch);
         let records = result.as_ref().ok().map(|output| output.len().unwrap_or(0));
         let in_time = clock.finish(timeout, records);
         match result {
