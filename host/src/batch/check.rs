@@ -134,7 +134,12 @@ impl Scan<'_> {
             self.skip_space();
             self.eat(b':')?;
             self.skip_space();
-            self.value(depth)?;
+            // Most values are strings: no dispatch for them.
+            if self.eat(b'"').is_some() {
+                self.string()?;
+            } else {
+                self.value(depth)?;
+            }
             self.skip_space();
             match self.peek()? {
                 b',' => {
@@ -208,9 +213,19 @@ impl Scan<'_> {
         }
     }
 
+    /// Skips a run of ASCII digits, eight bytes at a time; returns its length.
     #[inline]
     fn digits(&mut self) -> usize {
         let start = self.at;
+        while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            let others = non_digits(word);
+            if others != 0 {
+                self.at += (others.trailing_zeros() / 8) as usize;
+                return self.at - start;
+            }
+            self.at += 8;
+        }
         while let Some(b'0'..=b'9') = self.peek() {
             self.at += 1;
         }
@@ -260,6 +275,15 @@ impl Scan<'_> {
         }
         (self.at - start <= MAX_NUMBER_LEN).then_some(())
     }
+}
+
+/// The high bit of each byte of `word` that is not an ASCII digit (exact).
+fn non_digits(word: u64) -> u64 {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Digits become 0..=9; `+ 0x76` sets the high bit of the 7-bit part of every
+    // byte from 10 up, without carrying into the next byte.
+    let offset = word ^ 0x3030_3030_3030_3030;
+    ((offset & !HIGH).wrapping_add(0x7676_7676_7676_7676) | offset) & HIGH
 }
 
 /// The high bit of each byte of `word` (read little-endian) that is `"`, `\\` or
@@ -358,7 +382,7 @@ impl<'de> Visitor<'de> for Checked {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_array, count_plain, count_strict};
+    use super::{count_array, count_plain, count_strict, non_digits, string_specials};
 
     #[test]
     fn counts_arrays_and_refuses_the_rest() {
@@ -539,6 +563,32 @@ mod tests {
                     let piece = PIECES[rng.below(PIECES.len())];
                     bytes.splice(at..at, piece.iter().copied());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_word_masks_find_the_first_byte_of_interest() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let interesting = [
+            b'"', b'\\', 0x00, 0x1f, 0x20, b'0', b'9', b'/', b':', 0x7f, 0x80, 0xff,
+        ];
+        for _ in 0..100_000 {
+            let mut bytes = rng.next().to_le_bytes();
+            for byte in &mut bytes {
+                if rng.below(2) == 0 {
+                    *byte = interesting[rng.below(interesting.len())];
+                }
+            }
+            let word = u64::from_le_bytes(bytes);
+            let first = |mask: u64| (mask != 0).then(|| mask.trailing_zeros() as usize / 8);
+            let special = bytes
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20);
+            assert_eq!(first(string_specials(word)), special, "{bytes:?}");
+            for (at, byte) in bytes.iter().enumerate() {
+                let flagged = non_digits(word) >> (at * 8 + 7) & 1 == 1;
+                assert_eq!(flagged, !byte.is_ascii_digit(), "{bytes:?}");
             }
         }
     }
