@@ -19,7 +19,9 @@ pub(crate) use check::count_array;
 /// next plugin without parsing it.
 #[derive(Clone)]
 pub struct Batch {
-    bytes: Arc<Bytes>,
+    /// `None` for an empty array a plugin returned: the host validated it, frees the
+    /// plugin's buffer at once and holds `[]` without an allocation.
+    bytes: Option<Arc<Bytes>>,
     records: Option<usize>,
 }
 
@@ -34,7 +36,7 @@ impl Batch {
     /// plugin refuses a batch it cannot read.
     pub fn from_json(bytes: impl Into<Vec<u8>>) -> Batch {
         Batch {
-            bytes: Arc::new(Bytes::Host(bytes.into())),
+            bytes: Some(Arc::new(Bytes::Host(bytes.into()))),
             records: None,
         }
     }
@@ -52,7 +54,7 @@ impl Batch {
     /// ```
     pub fn from_records<T: Serialize>(records: &[T]) -> Result<Batch, serde_json::Error> {
         Ok(Batch {
-            bytes: Arc::new(Bytes::Host(serde_json::to_vec(records)?)),
+            bytes: Some(Arc::new(Bytes::Host(serde_json::to_vec(records)?))),
             records: Some(records.len()),
         })
     }
@@ -61,16 +63,17 @@ impl Batch {
     /// `records` records.
     pub(crate) fn from_plugin(bytes: RVec<u8>, records: usize) -> Batch {
         Batch {
-            bytes: Arc::new(Bytes::Plugin(bytes)),
+            bytes: (records > 0).then(|| Arc::new(Bytes::Plugin(bytes))),
             records: Some(records),
         }
     }
 
     /// The JSON bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        match &*self.bytes {
-            Bytes::Host(bytes) => bytes,
-            Bytes::Plugin(bytes) => bytes.as_slice(),
+        match self.bytes.as_deref() {
+            None => b"[]",
+            Some(Bytes::Host(bytes)) => bytes,
+            Some(Bytes::Plugin(bytes)) => bytes.as_slice(),
         }
     }
 
@@ -114,6 +117,16 @@ impl fmt::Debug for Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_array_from_a_plugin_is_held_without_its_buffer() {
+        let batch = Batch::from_plugin(RVec::from(b" [ ] ".to_vec()), 0);
+        assert_eq!(batch.as_bytes(), b"[]");
+        assert_eq!(batch.len(), Some(0));
+        assert!(batch.is_empty());
+        let batch = Batch::from_plugin(RVec::from(b"[1]".to_vec()), 1);
+        assert_eq!(batch.as_bytes(), b"[1]");
+    }
 
     #[test]
     fn inner_json_strips_the_brackets() {

@@ -341,11 +341,10 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
                 .process(context, records)
                 .map_err(Error::into_abi)?;
             // One JSON array, `[]` for no records (see `PluginInstance::process`).
-            let mut bytes = Vec::with_capacity(if output.is_empty() {
-                2
-            } else {
-                batch.len() + batch.len() / 4 + 2
-            });
+            if output.is_empty() {
+                return Ok(RVec::from(b"[]".to_vec()));
+            }
+            let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2);
             serde_json::to_writer(&mut bytes, &output).map_err(|err| {
                 PluginError::new(
                     ErrorKind::INVALID_OUTPUT,

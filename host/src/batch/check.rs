@@ -31,6 +31,9 @@ pub(crate) fn count_array(bytes: &[u8]) -> Result<usize, String> {
             "no bytes, where a JSON array was expected (an empty batch is `[]`)".to_owned(),
         );
     }
+    if bytes == b"[]" {
+        return Ok(0);
+    }
     match count_plain(bytes) {
         Some(count) => Ok(count),
         None => count_strict(bytes),
