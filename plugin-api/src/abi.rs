@@ -81,12 +81,13 @@ pub trait PluginInstance: Send {
     ///
     /// Both ways, the bytes are the UTF-8 text of exactly one JSON array (RFC 8259,
     /// whitespace allowed around it), and nothing else: an empty batch is `[]`, never
-    /// zero bytes, and nothing may follow the array. The input is one the host
-    /// checked or built. The output is validated by the host before anything else
-    /// sees it: it must be what `serde_json` parses as one array (well-formed, valid
-    /// UTF-8 in and outside strings, no lone surrogate escapes, numbers in range, at
-    /// most 128 levels deep), and the host counts its records itself. Anything else,
-    /// zero bytes included, is refused as invalid output, naming the plugin.
+    /// zero bytes, and nothing may follow the array. A plugin refuses input it
+    /// cannot read (the SDK: as invalid input). The output is validated by the host
+    /// before anything else sees it: it must be what `serde_json` parses as one
+    /// array (well-formed, valid UTF-8 in and outside strings, no lone surrogate
+    /// escapes, numbers in range, at most 128 levels deep), and the host counts its
+    /// records itself. Anything else, zero bytes included, is refused as invalid
+    /// output, naming the plugin.
     ///
     /// The output vector is allocated by the plugin and freed through its own vtable,
     /// on whichever side drops it.
