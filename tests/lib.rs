@@ -24,6 +24,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-fd-scanner",
     "fixture-ctor-abort",
     "fixture-crasher",
+    "fixture-raw-value",
 ];
 
 /// The workspace's root directory.
@@ -135,6 +136,9 @@ pub struct AbiFixtures {
     pub layout: PathBuf,
     /// Built against plugbay-api 0.9.0.
     pub api_version: PathBuf,
+    /// Same plugbay-api version and layout, but plugin ABI 0.1.0: the ABI before
+    /// batches became plain JSON arrays both ways.
+    pub abi_version: PathBuf,
 }
 
 /// Builds the [`AbiFixtures`] (once per process).
@@ -147,9 +151,19 @@ pub fn abi_fixtures() -> &'static AbiFixtures {
             .expect("target folder")
             .join("plugbay-abi-fixtures");
         let target = root.join("target");
-        let layout = write_abi_fixture(&root.join("layout"), "0.1.0", true);
-        let api_version = write_abi_fixture(&root.join("api-version"), "0.9.0", false);
-        for dir in [&layout, &api_version] {
+        let layout = write_abi_fixture(&root.join("layout"), "0.1.0", |text| {
+            text.replace("pub panic_unwind: bool,", "pub panic_unwind: u32,")
+                .replace(
+                    "panic_unwind: cfg!(panic = \"unwind\"),",
+                    "panic_unwind: 1,",
+                )
+        });
+        let api_version = write_abi_fixture(&root.join("api-version"), "0.9.0", |text| text);
+        let abi_version = write_abi_fixture(&root.join("abi-version"), "0.1.0", |text| {
+            let current = format!("ABI_VERSION: &str = \"{}\";", plugbay_api::abi::ABI_VERSION);
+            text.replace(&current, "ABI_VERSION: &str = \"0.1.0\";")
+        });
+        for dir in [&layout, &api_version, &abi_version] {
             let mut command = cargo();
             command
                 .arg("build")
@@ -167,40 +181,36 @@ pub fn abi_fixtures() -> &'static AbiFixtures {
         AbiFixtures {
             layout: lib("layout"),
             api_version: lib("api_version"),
+            abi_version: lib("abi_version"),
         }
     })
 }
 
-/// Writes a small workspace: a copy of plugbay-api at `version` (with the root
-/// module's `panic_unwind` as a `u32` if `change_layout`) and a plugin built on it.
-fn write_abi_fixture(dir: &Path, version: &str, change_layout: bool) -> PathBuf {
+/// Writes a small workspace: a copy of plugbay-api at `version` (its sources passed
+/// through `edit`) and a plugin built on it.
+fn write_abi_fixture(dir: &Path, version: &str, edit: fn(String) -> String) -> PathBuf {
     let workspace = workspace_root();
     let variant = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
-    let api_src = dir.join("api/src");
+    // Each copy of plugbay-api sits in a folder named for its variant: cargo names a
+    // workspace member's artifacts by its path relative to the workspace, so copies at
+    // the same relative path would share (and reuse) one build in the shared target.
+    let api_dir = format!("api-{variant}");
+    let api_src = dir.join(&api_dir).join("src");
     let plugin_src = dir.join("plugin/src");
     std::fs::create_dir_all(&api_src).unwrap();
     std::fs::create_dir_all(&plugin_src).unwrap();
     for file in ["lib.rs", "abi.rs", "sdk.rs"] {
-        let mut text =
-            std::fs::read_to_string(workspace.join("plugin-api/src").join(file)).unwrap();
-        if change_layout {
-            text = text
-                .replace("pub panic_unwind: bool,", "pub panic_unwind: u32,")
-                .replace(
-                    "panic_unwind: cfg!(panic = \"unwind\"),",
-                    "panic_unwind: 1,",
-                );
-        }
-        std::fs::write(api_src.join(file), text).unwrap();
+        let text = std::fs::read_to_string(workspace.join("plugin-api/src").join(file)).unwrap();
+        std::fs::write(api_src.join(file), edit(text)).unwrap();
     }
     let path = |relative: &str| workspace.join(relative).display().to_string();
     let files = [
         (
-            "Cargo.toml",
-            "[workspace]\nresolver = \"2\"\nmembers = [\"api\", \"plugin\"]\n".to_owned(),
+            "Cargo.toml".to_owned(),
+            format!("[workspace]\nresolver = \"2\"\nmembers = [\"{api_dir}\", \"plugin\"]\n"),
         ),
         (
-            "api/Cargo.toml",
+            format!("{api_dir}/Cargo.toml"),
             format!(
                 "[package]\nname = \"plugbay-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\n\
                  [dependencies]\nabi_stable = \"0.11.3\"\nserde = \"1\"\nserde_json = \"1\"\n\
@@ -210,14 +220,14 @@ fn write_abi_fixture(dir: &Path, version: &str, change_layout: bool) -> PathBuf 
             ),
         ),
         (
-            "plugin/Cargo.toml",
+            "plugin/Cargo.toml".to_owned(),
             format!(
                 "[package]\nname = \"abi-fixture-{variant}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-                 [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nplugbay-api = {{ path = \"../api\" }}\n"
+                 [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nplugbay-api = {{ path = \"../{api_dir}\" }}\n"
             ),
         ),
         (
-            "plugin/plugin.json",
+            "plugin/plugin.json".to_owned(),
             format!(
                 r#"{{"name": "abi-fixture", "version": "0.1.0", "description": "built against another plugbay-api",
                     "author": "Plugbay tests", "main": "abi_fixture_{variant}", "hooks": ["process"],
@@ -225,7 +235,7 @@ fn write_abi_fixture(dir: &Path, version: &str, change_layout: bool) -> PathBuf 
             ),
         ),
         (
-            "plugin/src/lib.rs",
+            "plugin/src/lib.rs".to_owned(),
             "use plugbay_api::prelude::*;\n\n#[derive(Default)]\n#[plugbay_api::plugin]\npub struct Echo;\n\n\
              impl Plugin for Echo {\n    type Input = serde_json::Value;\n    type Output = serde_json::Value;\n\n    \
              fn process(&mut self, _: &Context, batch: Vec<Self::Input>) -> Result<Vec<Self::Output>, Error> {\n        \

@@ -4,8 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use abi_stable::std_types::RVec;
-use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+mod check;
+
+pub(crate) use check::count_array;
 
 /// A batch of records: the bytes of a JSON array.
 ///
@@ -15,20 +19,16 @@ use serde::Serialize;
 /// next plugin without parsing it.
 #[derive(Clone)]
 pub struct Batch {
-    /// `None` for an empty batch a plugin returned as no bytes (which reads as `[]`):
-    /// the empty batch costs no allocation.
+    /// `None` for an empty array a plugin returned: the host validated it, frees the
+    /// plugin's buffer at once and holds `[]` without an allocation.
     bytes: Option<Arc<Bytes>>,
     records: Option<usize>,
 }
 
 enum Bytes {
     Host(Vec<u8>),
-    /// A plugin's buffer, of which the first `json` bytes are the batch (the rest is
-    /// the SDK's mark, if any).
-    Plugin {
-        bytes: RVec<u8>,
-        json: usize,
-    },
+    /// A plugin's buffer, freed by the plugin's allocator.
+    Plugin(RVec<u8>),
 }
 
 impl Batch {
@@ -59,27 +59,11 @@ impl Batch {
         })
     }
 
-    /// A plugin's output. No bytes at all stand for the empty batch `[]` (see
-    /// `PluginInstance::process` in plugbay-api), kept without an allocation.
-    pub(crate) fn from_plugin(bytes: RVec<u8>, records: Option<usize>) -> Batch {
-        if bytes.is_empty() {
-            return Batch {
-                bytes: None,
-                records: Some(0),
-            };
-        }
-        let json = bytes.len();
+    /// A plugin's output, which [`count_array`] found to be one JSON array of
+    /// `records` records.
+    pub(crate) fn from_plugin(bytes: RVec<u8>, records: usize) -> Batch {
         Batch {
-            bytes: Some(Arc::new(Bytes::Plugin { bytes, json })),
-            records,
-        }
-    }
-
-    /// A plugin's output whose first `json` bytes are a JSON array of `records`
-    /// records (the SDK's mark follows them).
-    pub(crate) fn from_marked_plugin(bytes: RVec<u8>, json: usize, records: usize) -> Batch {
-        Batch {
-            bytes: Some(Arc::new(Bytes::Plugin { bytes, json })),
+            bytes: (records > 0).then(|| Arc::new(Bytes::Plugin(bytes))),
             records: Some(records),
         }
     }
@@ -89,12 +73,12 @@ impl Batch {
         match self.bytes.as_deref() {
             None => b"[]",
             Some(Bytes::Host(bytes)) => bytes,
-            Some(Bytes::Plugin { bytes, json }) => &bytes.as_slice()[..*json],
+            Some(Bytes::Plugin(bytes)) => bytes.as_slice(),
         }
     }
 
-    /// The number of records, when known (batches built from records, and plugin
-    /// output the host checked).
+    /// The number of records, when known (batches built from records, and every
+    /// batch a plugin returned: the host validates and counts each one).
     pub fn len(&self) -> Option<usize> {
         self.records
     }
@@ -130,52 +114,18 @@ impl fmt::Debug for Batch {
     }
 }
 
-/// Checks that `bytes` is one JSON array, and counts its elements, without building
-/// the records.
-pub(crate) fn count_array(bytes: &[u8]) -> Result<usize, String> {
-    struct Counter;
-    impl<'de> Visitor<'de> for Counter {
-        type Value = usize;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON array of records")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-            let mut count = 0;
-            while seq.next_element::<IgnoredAny>()?.is_some() {
-                count += 1;
-            }
-            Ok(count)
-        }
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let count = serde::Deserializer::deserialize_seq(&mut deserializer, Counter)
-        .map_err(|err| err.to_string())?;
-    deserializer.end().map_err(|err| err.to_string())?;
-    Ok(count)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn counts_arrays_and_refuses_the_rest() {
-        assert_eq!(count_array(b"[]"), Ok(0));
-        assert_eq!(count_array(br#" [{"a":[1,2]}, 3, "x"] "#), Ok(3));
-        assert!(count_array(b"{}")
-            .unwrap_err()
-            .contains("expected a JSON array"));
-        assert!(count_array(b"[1,").is_err());
-        assert!(count_array(b"[1] [2]").is_err());
-    }
-
-    #[test]
-    fn no_bytes_from_a_plugin_is_the_empty_batch() {
-        let batch = Batch::from_plugin(RVec::new(), None);
+    fn an_empty_array_from_a_plugin_is_held_without_its_buffer() {
+        let batch = Batch::from_plugin(RVec::from(b" [ ] ".to_vec()), 0);
         assert_eq!(batch.as_bytes(), b"[]");
         assert_eq!(batch.len(), Some(0));
         assert!(batch.is_empty());
-        assert_eq!(batch.records::<u8>().unwrap(), Vec::<u8>::new());
+        let batch = Batch::from_plugin(RVec::from(b"[1]".to_vec()), 1);
+        assert_eq!(batch.as_bytes(), b"[1]");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{AbiHeaderRef, LibraryError, ROOT_MODULE_LOADER_NAME_WITH_NUL};
-use plugbay_api::abi::{PluginModRef, API_VERSION};
+use plugbay_api::abi::{PluginModRef, ABI_VERSION, API_VERSION};
 use plugbay_api::manifest::{Manifest, Permission};
 
 use crate::image::Image;
@@ -79,6 +79,17 @@ pub enum LoadError {
         path: PathBuf,
         /// What abi_stable said.
         reason: String,
+    },
+    /// The library speaks another version of the plugin ABI (the types and the
+    /// contract of the bytes that cross the boundary).
+    #[error("{path} was built for plugin ABI {plugin}, but this host speaks plugin ABI {host}; rebuild it against plugbay-api {API_VERSION}")]
+    AbiVersion {
+        /// The path.
+        path: PathBuf,
+        /// The library's ABI version.
+        plugin: String,
+        /// The host's ABI version.
+        host: &'static str,
     },
     /// The types the library was compiled with do not have the host's layout.
     #[error("{path} has a different ABI layout than this host: {summary}; rebuild it against plugbay-api {API_VERSION}")]
@@ -377,6 +388,11 @@ fn library_error(path: &Path, err: LibraryError) -> LoadError {
                 summary: mismatch.to_string(),
             }
         }
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => LoadError::AbiVersion {
+            path: path.to_owned(),
+            plugin: actual_version.to_string(),
+            host: ABI_VERSION,
+        },
         other => LoadError::IncompatibleAbi {
             path: path.to_owned(),
             reason: first_line(&other.to_string()),

@@ -138,7 +138,6 @@ impl Host {
                     abandoned: false,
                 },
                 may_process: plugin.may_process,
-                check_output: self.checks_output(),
                 instance: Some(instance),
                 services,
                 _confined_thread: PhantomData,
@@ -162,7 +161,6 @@ impl Host {
 pub struct LocalPlugin {
     status: PluginStatus,
     may_process: Result<(), &'static str>,
-    check_output: bool,
     /// `None` once the instance is dropped, or forgotten after a panic.
     instance: Option<PluginBox>,
     /// Revoked when `cleanup` returns and when the instance goes.
@@ -194,8 +192,7 @@ impl LocalPlugin {
     /// whatever happens. There is no deadline.
     pub fn process(&mut self, batch: &Batch) -> Result<Batch, CallError> {
         self.status.permit(self.may_process)?;
-        let check_output = self.check_output;
-        let result = process_here(self.instance_for_call()?, batch, check_output);
+        let result = process_here(self.instance_for_call()?, batch);
         if matches!(&result, Err(Outcome::Plugin(error)) if error.kind == ErrorKind::PANICKED) {
             self.forget_instance();
         }

@@ -99,7 +99,7 @@ pub struct StageReport {
     pub plugin: String,
     /// Batches processed.
     pub batches: u64,
-    /// Records returned (when the host checks output).
+    /// Records returned (the host counts every batch a plugin returns).
     pub records_out: u64,
     /// Time spent waiting on the plugin.
     pub busy: Duration,
@@ -543,8 +543,8 @@ pub(crate) enum Stopped {
 pub(crate) type StreamEnd = Option<(u64, Batch, Stopped)>;
 
 /// Runs a stream on the worker's thread, with its instance.
-pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream, check: bool) -> StreamEnd {
-    stream_with(stream, |batch| process_here(instance, batch, check))
+pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream) -> StreamEnd {
+    stream_with(stream, |batch| process_here(instance, batch))
 }
 
 /// Runs a stream, calling `process` on each batch (on a worker thread, the instance;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use plugbay_api::abi::{mark, ErrorKind, PluginBox, PluginContext, PluginError};
+use plugbay_api::abi::{ErrorKind, PluginBox, PluginContext, PluginError};
 use plugbay_api::manifest::{Hook, Manifest, Permission};
 use serde::Serialize;
 
@@ -68,7 +68,6 @@ pub struct Host {
     policy: Policy,
     data_dir: PathBuf,
     store: Arc<dyn DataStore>,
-    check_output: bool,
     isolation: Isolation,
     worker_program: Option<PathBuf>,
     #[cfg(target_os = "linux")]
@@ -90,7 +89,6 @@ impl fmt::Debug for Host {
             .field("sandbox", &self.sandbox)
             .field("policy", &self.policy)
             .field("data_dir", &self.data_dir)
-            .field("check_output", &self.check_output)
             .finish_non_exhaustive()
     }
 }
@@ -106,7 +104,6 @@ impl Host {
             policy: Policy::AllowRequested,
             data_dir: std::env::temp_dir().join("plugbay-data"),
             store: Arc::new(MemoryStore::default()),
-            check_output: true,
             isolation: Isolation::Thread,
             worker_program: None,
             #[cfg(target_os = "linux")]
@@ -167,16 +164,6 @@ impl Host {
     /// The data store behind `read:data` / `write:data`.
     pub fn with_store(mut self, store: Arc<dyn DataStore>) -> Host {
         self.store = store;
-        self
-    }
-
-    /// Whether the host checks that each batch a plugin returns is one JSON array
-    /// (on by default; it also counts the records). Batches written by the SDK carry
-    /// a mark with their record count (see `plugbay_api::abi::mark`) and are never
-    /// parsed again; this setting is about plugins that write their own bytes. Turn
-    /// it off only for plugins you trust to write valid JSON arrays.
-    pub fn with_output_check(mut self, check: bool) -> Host {
-        self.check_output = check;
         self
     }
 
@@ -285,7 +272,6 @@ impl Host {
             rules: prepared.rules,
             mode: self.sandbox,
             context: prepared.context,
-            check_output: self.check_output,
             services: services.clone(),
             life: life.clone(),
         };
@@ -548,11 +534,6 @@ impl Host {
     /// Whether plugins may start without full confinement.
     pub(crate) fn sandbox_mode(&self) -> SandboxMode {
         self.sandbox
-    }
-
-    /// Whether the host checks (and counts) each batch a plugin returns.
-    pub(crate) fn checks_output(&self) -> bool {
-        self.check_output
     }
 }
 
@@ -917,8 +898,11 @@ pub enum CallError {
         /// How the process ended.
         cause: String,
     },
-    /// The plugin returned bytes that are not one JSON array.
-    #[error("plugin {id} returned invalid output from process: {reason}")]
+    /// The plugin returned bytes that are not exactly one JSON array (every batch a
+    /// plugin returns is validated; nothing it says about its own output is trusted).
+    #[error(
+        "plugin {id} returned invalid output from process: {reason}; the batch was not passed on"
+    )]
     InvalidOutput {
         /// The plugin.
         id: String,
@@ -1224,7 +1208,7 @@ impl PluginHandle {
         let worker = self.process.as_mut().expect("a process worker");
         match worker.process(batch, deadline) {
             Ok(Ok(bytes)) => {
-                let checked = check_output(RVec::from(bytes), true);
+                let checked = check_output(RVec::from(bytes));
                 self.status.processed(checked)
             }
             Ok(Err(error)) => self.status.processed(Err(Outcome::Plugin(error))),
@@ -1313,7 +1297,7 @@ impl PluginHandle {
                 let end = pipeline::stream_with(stream, |batch| {
                     let deadline = Instant::now().checked_add(timeout);
                     match worker.process(batch, deadline) {
-                        Ok(Ok(bytes)) => check_output(RVec::from(bytes), true),
+                        Ok(Ok(bytes)) => check_output(RVec::from(bytes)),
                         Ok(Err(error)) => Err(Outcome::Plugin(error)),
                         Err(Fault::Timeout) => Err(Outcome::Late),
                         Err(Fault::Crashed(cause)) => Err(Outcome::Crashed(cause)),
@@ -1755,7 +1739,6 @@ struct Setup {
     rules: Rules,
     mode: SandboxMode,
     context: PluginContext,
-    check_output: bool,
     services: Revoker,
     life: Arc<WorkerLife>,
 }
@@ -1803,14 +1786,10 @@ fn worker(
     drop(ready);
     while let Some(request) = next_request(&requests) {
         let reply = match request {
-            Request::Process(batch) => {
-                Reply::Processed(process_here(&mut instance, &batch, setup.check_output))
+            Request::Process(batch) => Reply::Processed(process_here(&mut instance, &batch)),
+            Request::Stream(stream) => {
+                Reply::Streamed(pipeline::stream_here(&mut instance, stream))
             }
-            Request::Stream(stream) => Reply::Streamed(pipeline::stream_here(
-                &mut instance,
-                stream,
-                setup.check_output,
-            )),
             Request::Cleanup => {
                 let result = instance.cleanup();
                 // Nothing the plugin does from now on reaches the host's services.
@@ -1902,38 +1881,20 @@ pub(crate) fn load_and_init(
     }
 }
 
-/// Calls the instance's `process` hook on the current thread and, if `check` is on,
-/// checks and counts the output.
-pub(crate) fn process_here(
-    instance: &mut PluginBox,
-    batch: &Batch,
-    check: bool,
-) -> Result<Batch, Outcome> {
+/// Calls the instance's `process` hook on the current thread, and validates and
+/// counts its output.
+pub(crate) fn process_here(instance: &mut PluginBox, batch: &Batch) -> Result<Batch, Outcome> {
     match instance.process(RSlice::from_slice(batch.as_bytes())) {
-        RResult::ROk(bytes) => check_output(bytes, check),
+        RResult::ROk(bytes) => check_output(bytes),
         RResult::RErr(error) => Err(Outcome::Plugin(error)),
     }
 }
 
-fn check_output(bytes: RVec<u8>, check: bool) -> Result<Batch, Outcome> {
-    // No bytes at all are the empty batch (the SDK's way to return it without an
-    // allocation); `Batch::from_plugin` reads them as `[]`.
-    if bytes.is_empty() {
-        return Ok(Batch::from_plugin(bytes, Some(0)));
-    }
-    // A batch the SDK wrote carries its record count in a mark, and cannot fail the
-    // check (serde wrote it): only make sure it is bracketed like an array.
-    if let Some((json, records)) = mark::read(bytes.as_slice()) {
-        let array = bytes.as_slice()[..json].trim_ascii();
-        if array.starts_with(b"[") && array.ends_with(b"]") {
-            return Ok(Batch::from_marked_plugin(bytes, json, records));
-        }
-    }
-    if !check {
-        return Ok(Batch::from_plugin(bytes, None));
-    }
+/// Every batch a plugin returns must be exactly one JSON array (see
+/// `PluginInstance::process` in plugbay-api); the host counts its records itself.
+fn check_output(bytes: RVec<u8>) -> Result<Batch, Outcome> {
     match count_array(bytes.as_slice()) {
-        Ok(records) => Ok(Batch::from_plugin(bytes, Some(records))),
+        Ok(records) => Ok(Batch::from_plugin(bytes, records)),
         Err(reason) => Err(Outcome::InvalidOutput(reason)),
     }
 }
@@ -1943,28 +1904,37 @@ mod tests {
     use super::*;
 
     fn output(bytes: &[u8]) -> Result<Batch, Outcome> {
-        check_output(RVec::from(bytes.to_vec()), true)
+        check_output(RVec::from(bytes.to_vec()))
+    }
+
+    fn invalid(bytes: &[u8]) -> String {
+        match output(bytes) {
+            Err(Outcome::InvalidOutput(reason)) => reason,
+            Ok(batch) => panic!("{bytes:?} passed as {batch:?}"),
+            Err(Outcome::Plugin(error)) => panic!("{error}"),
+            Err(Outcome::Crashed(cause)) => panic!("{cause}"),
+            Err(Outcome::Late) => panic!("late"),
+        }
     }
 
     #[test]
-    fn marked_output_is_counted_from_its_mark_and_stripped() {
-        let mut bytes = br#"[{"a":1},{"a":2}]"#.to_vec();
-        mark::append(&mut bytes, 2);
-        let batch = output(&bytes).ok().unwrap();
+    fn output_is_validated_and_counted_by_the_host() {
+        let batch = output(br#"[{"a":1},{"a":2}]"#).ok().unwrap();
         assert_eq!(batch.as_bytes(), br#"[{"a":1},{"a":2}]"#);
         assert_eq!(batch.len(), Some(2));
+        assert_eq!(output(b" [] ").ok().unwrap().len(), Some(0));
     }
 
     #[test]
-    fn unmarked_output_is_checked_in_full() {
-        assert_eq!(output(b"[1, 2, 3]").ok().unwrap().len(), Some(3));
-        assert!(matches!(output(b"[1,"), Err(Outcome::InvalidOutput(_))));
-        let mut not_an_array = b"{}".to_vec();
-        mark::append(&mut not_an_array, 0);
-        assert!(matches!(
-            output(&not_an_array),
-            Err(Outcome::InvalidOutput(_))
-        ));
-        assert_eq!(output(b"").ok().unwrap().as_bytes(), b"[]");
+    fn output_that_is_not_one_array_is_refused() {
+        assert!(invalid(b"[1,").contains("EOF"));
+        assert!(invalid(b"{}").contains("expected a JSON array"));
+        assert!(invalid(b"[1] [2]").contains("trailing characters"));
+        assert!(invalid(b"").contains("no bytes"));
+        assert!(invalid(b"[\"\xff\"]").contains("invalid unicode"));
+        // What the mark of ABI 0.1 looked like: trailing whitespace is allowed by
+        // JSON, so the bytes pass, but they are counted, not trusted.
+        let forged = [&b"[1,2]\n"[..], &[b'\t'; 112]].concat();
+        assert_eq!(output(&forged).ok().unwrap().len(), Some(2));
     }
 }

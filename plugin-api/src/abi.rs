@@ -6,11 +6,20 @@
 //!
 //! # Compatibility
 //!
-//! The root module is a prefix type and is frozen: new capabilities come as optional
-//! modules, never as changed fields. [`ABI_VERSION`] changes only on a real ABI break,
-//! not with every release of this crate; the plugbay-api version a plugin was built
-//! against travels separately in [`PluginMod::api_version`] and is checked by the host
-//! with semver rules. No cargo feature may change a type in this module.
+//! The root module is a prefix type and is frozen as of ABI 0.2.0: new capabilities
+//! come as optional modules, never as changed fields. [`ABI_VERSION`] changes only on
+//! a real ABI break, not with every release of this crate; the plugbay-api version a
+//! plugin was built against travels separately in [`PluginMod::api_version`] and is
+//! checked by the host with semver rules. No cargo feature may change a type in this
+//! module.
+//!
+//! # Batches
+//!
+//! A batch crosses the boundary as bytes and nothing else: the UTF-8 text of exactly
+//! one JSON array of records, both ways ([`PluginInstance::process`]). There is no
+//! side channel in the bytes and no special spelling: no bytes at all is not a batch,
+//! and nothing the plugin says about its own output is trusted. The host validates
+//! every batch a plugin returns before it passes it on.
 //!
 //! Plugin authors never use this module directly: `#[plugbay::plugin]` generates it.
 
@@ -23,8 +32,15 @@ use abi_stable::std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString,
 use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 
 /// The version of the binary interface. It changes only when a type in this module
-/// changes incompatibly; abi_stable refuses a library whose ABI version differs.
-pub const ABI_VERSION: &str = "0.1.0";
+/// or the contract of its bytes changes incompatibly; abi_stable refuses a library
+/// whose ABI version differs (for 0.x, a different minor version).
+///
+/// - `0.1.0`: the first ABI. An empty output vector stood for `[]`, and the SDK
+///   appended a mark with the record count after its output.
+/// - `0.2.0`: a batch is always one JSON array, both ways, with nothing appended, and
+///   the host validates every batch a plugin returns. The root module is frozen from
+///   here on.
+pub const ABI_VERSION: &str = "0.2.0";
 
 /// The plugbay-api version this crate is, compiled into every plugin.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -63,101 +79,23 @@ pub trait PluginInstance: Send {
 
     /// `process(batch)`: a JSON array of records in, a JSON array of records out.
     ///
-    /// An empty vector (no bytes at all) stands for the empty batch `[]`, so that
-    /// returning no records costs no allocation. Hosts read it as `[]`; they always
-    /// send at least `[]`, and the SDK reads no bytes as `[]` too.
+    /// Both ways, the bytes are the UTF-8 text of exactly one JSON array (RFC 8259,
+    /// whitespace allowed around it), and nothing else: an empty batch is `[]`, never
+    /// zero bytes, and nothing may follow the array. A plugin refuses input it
+    /// cannot read (the SDK: as invalid input). The output is validated by the host
+    /// before anything else sees it: it must be what `serde_json` parses as one
+    /// array (well-formed, valid UTF-8 in and outside strings, no lone surrogate
+    /// escapes, numbers in range, at most 128 levels deep), and the host counts its
+    /// records itself. Anything else, zero bytes included, is refused as invalid
+    /// output, naming the plugin.
+    ///
+    /// The output vector is allocated by the plugin and freed through its own vtable,
+    /// on whichever side drops it.
     fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
 
     /// `cleanup()`: the last call an instance receives.
     #[sabi(last_prefix_field)]
     fn cleanup(&mut self) -> RResult<(), PluginError>;
-}
-
-/// The SDK's mark on the batches it writes, so that hosts need not check them again.
-///
-/// A host checks that each batch a plugin returns is one JSON array, and counts its
-/// records: a second pass over every byte, which costs about a fifth of what a simple
-/// plugin does with the batch. A batch the SDK wrote cannot fail that check (serde
-/// wrote it from a `Vec`), so the SDK appends a mark that says so and carries the
-/// record count: a line of [`LEN`](mark::LEN) spaces and tabs after the closing `]`.
-/// The batch stays one valid JSON array (trailing whitespace is allowed), so any
-/// reader still parses it; a host that reads the mark skips its check and strips the
-/// mark. A plugin that writes its own bytes has no mark, and is checked in full.
-///
-/// The mark is not a security boundary: native code can write anything, including a
-/// false mark. It tells a host which bytes serde wrote, as the author of an SDK
-/// plugin could by turning the host's output check off.
-pub mod mark {
-    /// The bytes a mark adds to a batch.
-    pub const LEN: usize = 1 + MAGIC_BITS + COUNT_BITS;
-
-    /// The mark starts with these bits (`plugbay!`), a space for 0 and a tab for 1.
-    const MAGIC: u64 = u64::from_be_bytes(*b"plugbay!");
-    const MAGIC_BITS: usize = 64;
-    const COUNT_BITS: usize = 48;
-
-    fn push_bits(bytes: &mut Vec<u8>, value: u64, bits: usize) {
-        bytes.extend(
-            (0..bits)
-                .rev()
-                .map(|bit| if value >> bit & 1 == 1 { b'\t' } else { b' ' }),
-        );
-    }
-
-    fn read_bits(bytes: &[u8]) -> Option<u64> {
-        bytes.iter().try_fold(0u64, |value, byte| match byte {
-            b' ' => Some(value << 1),
-            b'\t' => Some(value << 1 | 1),
-            _ => None,
-        })
-    }
-
-    /// Appends the mark for `records` records to a JSON array that serde wrote.
-    pub fn append(json: &mut Vec<u8>, records: usize) {
-        json.reserve(LEN);
-        json.push(b'\n');
-        push_bits(json, MAGIC, MAGIC_BITS);
-        push_bits(json, records as u64, COUNT_BITS);
-    }
-
-    /// If `bytes` end with a mark: the length of the JSON before it, and the record
-    /// count it carries.
-    pub fn read(bytes: &[u8]) -> Option<(usize, usize)> {
-        let json_len = bytes.len().checked_sub(LEN)?;
-        let mark = &bytes[json_len..];
-        if mark[0] != b'\n' || read_bits(&mark[1..=MAGIC_BITS])? != MAGIC {
-            return None;
-        }
-        let records = read_bits(&mark[1 + MAGIC_BITS..])?;
-        Some((json_len, usize::try_from(records).ok()?))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn a_mark_round_trips_and_keeps_the_json_valid() {
-            let mut json = br#"[{"a":1},2]"#.to_vec();
-            super::append(&mut json, 2);
-            assert_eq!(json.len(), 11 + super::LEN);
-            assert_eq!(super::read(&json), Some((11, 2)));
-            let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
-            assert_eq!(value.as_array().map(Vec::len), Some(2));
-        }
-
-        #[test]
-        fn unmarked_bytes_have_no_mark() {
-            assert_eq!(super::read(b"[1]"), None);
-            let mut json = b"[1]".to_vec();
-            super::append(&mut json, 1);
-            let last = json.len() - 1;
-            json[20] = b'x';
-            assert_eq!(super::read(&json), None);
-            json[20] = b' ';
-            json[last] = b'x';
-            assert_eq!(super::read(&json), None);
-            assert_eq!(super::read(&[b' '; super::LEN + 3]), None);
-        }
-    }
 }
 
 /// An owned plugin instance.

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::abi::{
-    mark, ErrorKind, HostServicesBox, LogLevel, PluginBox, PluginContext, PluginError,
-    PluginInstance, PluginInstance_TO, PluginMod, PluginModRef, API_VERSION,
+    ErrorKind, HostServicesBox, LogLevel, PluginBox, PluginContext, PluginError, PluginInstance,
+    PluginInstance_TO, PluginMod, PluginModRef, API_VERSION,
 };
 
 /// A plugin: what `#[plugbay::plugin]` turns into an exported library.
@@ -310,10 +310,16 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
-/// Whether `bytes` are the empty batch: no bytes, or `[]` (the common spellings; any
-/// other is left to serde).
-fn is_empty_batch(bytes: &[u8]) -> bool {
-    matches!(bytes.trim_ascii(), b"" | b"[]")
+/// Whether `bytes` are the empty array `[]`, with JSON whitespace around it: read
+/// without a parse (any other spelling is left to serde, which refuses no bytes).
+fn is_empty_array(bytes: &[u8]) -> bool {
+    let is_json_space = |byte: &u8| matches!(byte, b' ' | b'\t' | b'\n' | b'\r');
+    let start = bytes.iter().position(|byte| !is_json_space(byte));
+    let end = bytes.iter().rposition(|byte| !is_json_space(byte));
+    match (start, end) {
+        (Some(start), Some(end)) => &bytes[start..=end] == b"[]",
+        _ => false,
+    }
 }
 
 struct Adapter<P> {
@@ -375,7 +381,7 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
         guard("process", || {
             let context = initialized(&self.context, "process")?;
             let input = batch.as_slice();
-            let records: Vec<P::Input> = if is_empty_batch(input) {
+            let records: Vec<P::Input> = if is_empty_array(input) {
                 Vec::new()
             } else {
                 serde_json::from_slice(input).map_err(|err| {
@@ -388,20 +394,17 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
             let output = live(&mut self.plugin)?
                 .process(context, records)
                 .map_err(Error::into_abi)?;
+            // One JSON array, `[]` for no records (see `PluginInstance::process`).
             if output.is_empty() {
-                // No bytes stand for `[]`: the empty batch costs no allocation.
-                return Ok(RVec::new());
+                return Ok(RVec::from(b"[]".to_vec()));
             }
-            let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2 + mark::LEN);
+            let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2);
             serde_json::to_writer(&mut bytes, &output).map_err(|err| {
                 PluginError::new(
                     ErrorKind::INVALID_OUTPUT,
                     format!("output records could not be written as JSON: {err}"),
                 )
             })?;
-            // serde wrote one JSON array of `output.len()` records: say so, so that the
-            // host need not check it again.
-            mark::append(&mut bytes, output.len());
             Ok(RVec::from(bytes))
         })
     }
@@ -418,14 +421,19 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_empty_batch;
+    use super::is_empty_array;
 
     #[test]
-    fn empty_batches_are_recognised_without_parsing() {
-        assert!(is_empty_batch(b""));
-        assert!(is_empty_batch(b"[]"));
-        assert!(is_empty_batch(b" [] \n"));
-        assert!(!is_empty_batch(b"[1]"));
-        assert!(!is_empty_batch(b"{}"));
+    fn empty_arrays_are_recognised_without_parsing() {
+        assert!(is_empty_array(b"[]"));
+        assert!(is_empty_array(b" [] \n"));
+        assert!(!is_empty_array(b""), "no bytes are not a batch");
+        assert!(!is_empty_array(b"  "));
+        assert!(
+            !is_empty_array(b"\x0c[]"),
+            "form feed is not JSON whitespace"
+        );
+        assert!(!is_empty_array(b"[1]"));
+        assert!(!is_empty_array(b"{}"));
     }
 }

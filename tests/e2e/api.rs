@@ -2494,3 +2494,41 @@ fn a_library_that_aborts_when_opened_is_inspected_in_a_worker_not_the_server() {
     let health = api.call(Method::GET, "/health", None, None);
     assert_eq!(health.status, 200, "the server goes on: {health:?}");
 }
+
+#[test]
+fn process_answers_502_for_plugin_output_that_is_not_what_it_claims() {
+    use crate::{forged_garbage, raw_output_request, with_forged_mark};
+    let api = Api::start();
+    let raw = api.ready("fixture-raw-output");
+    let process = |bytes: &[u8]| {
+        api.raw(
+            Method::POST,
+            &format!("/plugins/{raw}/process"),
+            Some(&api.keys.execute),
+            raw_output_request(bytes).into_bytes(),
+        )
+    };
+    for (bytes, why) in [
+        (forged_garbage(), "at line 1 column"),
+        (
+            b"[{\"name\": \"\xff\"}]".to_vec(),
+            "invalid unicode code point",
+        ),
+        (b"[\"\\udc00\"]".to_vec(), "surrogate in hex escape"),
+        (Vec::new(), "no bytes"),
+    ] {
+        let reply = process(&bytes);
+        reply.assert_error(502, "invalid_plugin_output");
+        assert!(
+            reply
+                .message()
+                .starts_with("plugin raw-output@0.1.0 returned invalid output from process: "),
+            "{reply:?}"
+        );
+        assert!(reply.message().contains(why), "{reply:?}");
+    }
+    // A mark claiming no records after two: the two records are the answer.
+    let reply = process(&with_forged_mark(b"[{\"a\": 1}, {\"a\": 2}]", 0));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, json!([{"a": 1}, {"a": 2}]));
+}

@@ -1566,3 +1566,51 @@ fn a_library_runs_in_a_worker_process_when_asked() {
         "{stderr}"
     );
 }
+
+#[test]
+fn run_refuses_plugin_output_that_is_not_what_it_claims() {
+    use crate::{forged_garbage, raw_output_request, with_forged_mark};
+    let plugbay = Plugbay::new();
+    let raw = library("fixture-raw-output");
+    let refused = |library: &Path, input: &str, plugin: &str| -> String {
+        let output = plugbay.output(&["run", path(library)], Some(input));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(output.stdout.is_empty(), "nothing is written: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "failed in {plugin}, stage 1 of 1; nothing after it was written: plugin {plugin} returned invalid output from process: "
+            )),
+            "{stderr}"
+        );
+        stderr
+    };
+    let stderr = refused(
+        &raw,
+        &raw_output_request(&forged_garbage()),
+        "raw-output@0.1.0",
+    );
+    assert!(!stderr.contains("281"), "{stderr}");
+    let stderr = refused(
+        &raw,
+        &raw_output_request(b"[{\"name\": \"\xff\"}]"),
+        "raw-output@0.1.0",
+    );
+    assert!(stderr.contains("invalid unicode code point"), "{stderr}");
+    let stderr = refused(&raw, &raw_output_request(b""), "raw-output@0.1.0");
+    assert!(stderr.contains("no bytes"), "{stderr}");
+    let stderr = refused(
+        &library("fixture-raw-value"),
+        r#"[{"raw": "\"\\ud800\""}]"#,
+        "raw-value@0.1.0",
+    );
+    assert!(stderr.contains("hex escape"), "{stderr}");
+    // A mark claiming no records after two: both are written, and counted.
+    let two = raw_output_request(&with_forged_mark(b"[{\"a\": 1}, {\"a\": 2}]", 0));
+    let output = plugbay.output(&["run", path(&raw)], Some(&two));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let records: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(records, serde_json::json!([{"a": 1}, {"a": 2}]));
+    assert!(stderr.contains("1 in, 2 out"), "{stderr}");
+}

@@ -282,3 +282,93 @@ fn redactor_masks_emails_and_phones_anywhere() {
     assert_eq!(out[0]["nested"]["list"][0], "[redacted]");
     assert_eq!(out[0]["n"], 5);
 }
+
+fn raw_output_spec() -> plugbay_host::PluginSpec {
+    plugbay_host::PluginSpec::new(
+        plugbay_tests::library("fixture-raw-output"),
+        plugbay_host::Manifest::parse(
+            r#"{"name":"raw-output","version":"0.1.0","description":"returns invalid JSON","author":"Plugbay tests","main":"fixture_raw_output","hooks":["init","process","cleanup"],"permissions":["process:data"]}"#,
+        )
+        .unwrap(),
+    )
+}
+
+/// The error for output the host refused, which names the plugin.
+fn refused_output(plugin: &mut PluginHandle, batch: &Batch) -> String {
+    let err = plugin.process(batch).unwrap_err();
+    assert!(matches!(err, CallError::InvalidOutput { .. }), "{err}");
+    let text = err.to_string();
+    let plugin_id = plugin.id().to_owned();
+    assert!(
+        text.starts_with(&format!(
+            "plugin {plugin_id} returned invalid output from process: "
+        )),
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn output_is_validated_whatever_the_plugin_claims_about_it() {
+    use crate::{forged_garbage, raw_output_request, with_forged_mark};
+    let (host, _dir) = host();
+    let mut plugin = host.start(raw_output_spec()).unwrap();
+    let mut refused =
+        |bytes: &[u8]| refused_output(&mut plugin, &Batch::from_json(raw_output_request(bytes)));
+    // ABI 0.1's mark, forged around bytes that are not JSON.
+    let text = refused(&forged_garbage());
+    assert!(text.contains("at line 1 column"), "{text}");
+    assert!(!text.contains("281"), "{text}");
+    let text = refused(b"[{\"name\": \"\xff\"}]");
+    assert!(text.contains("invalid unicode code point"), "{text}");
+    let text = refused(b"[\"\\ud800\"]");
+    assert!(text.contains("hex escape"), "{text}");
+    let text = refused(b"");
+    assert!(text.contains("no bytes") && text.contains("`[]`"), "{text}");
+    let text = refused(b"[1] [2]");
+    assert!(text.contains("trailing characters"), "{text}");
+    // A mark claiming no records after two: the host counts two.
+    let output = plugin
+        .process(&Batch::from_json(raw_output_request(&with_forged_mark(
+            b"[{\"a\": 1}, {\"a\": 2}]",
+            0,
+        ))))
+        .unwrap();
+    assert_eq!(output.len(), Some(2));
+    assert!(!output.is_empty());
+    assert_eq!(records(&output), vec![json!({"a": 1}), json!({"a": 2})]);
+    assert_eq!(plugin.status().records_out, 2);
+    // Refused output is an ordinary error: the instance goes on.
+    assert_eq!(plugin.status().state, State::Running);
+    plugin.shutdown().unwrap();
+    examples_still_run(&host);
+}
+
+#[test]
+fn an_sdk_plugin_cannot_pass_off_broken_json_as_raw_values() {
+    let (host, _dir) = host();
+    let mut plugin = host.start(fixture("raw-value")).unwrap();
+    let output = plugin
+        .process(
+            &Batch::from_records(&[json!({"raw": "{\"a\": [1, 2]}"}), json!({"raw": "3"})])
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(output.len(), Some(2));
+    assert_eq!(records(&output), vec![json!({"a": [1, 2]}), json!(3)]);
+    // serde_json's `RawValue::from_string` lets these through, and writes them as they
+    // are; serde_json's parser refuses them.
+    for (raw, why) in [
+        ("\"\\ud800\"", "hex escape"),
+        ("1e400", "number out of range"),
+    ] {
+        let batch = Batch::from_records(&[json!({"raw": "1"}), json!({"raw": raw})]).unwrap();
+        let text = refused_output(&mut plugin, &batch);
+        assert!(text.contains(why), "{raw}: {text}");
+    }
+    // No records out are `[]`, never zero bytes.
+    let output = plugin.process(&Batch::from_json("[]")).unwrap();
+    assert_eq!(output.as_bytes(), b"[]");
+    assert_eq!(output.len(), Some(0));
+    plugin.shutdown().unwrap();
+}
