@@ -83,8 +83,10 @@ pub fn serve_worker_if_asked() {
 /// Resource limits of a worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
-    /// Address space, in bytes (`RLIMIT_AS`): an allocation past it fails, and the
-    /// worker ends.
+    /// Address space, in bytes (`RLIMIT_AS`; 8 GiB by default): an allocation past it
+    /// fails, and the worker ends. It counts address space reserved, not memory used:
+    /// a plugin with many threads (each with a stack and an allocator arena) may need
+    /// more.
     pub memory_bytes: Option<u64>,
     /// Open descriptors (`RLIMIT_NOFILE`).
     pub open_files: Option<u64>,
@@ -102,7 +104,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            memory_bytes: Some(4 << 30),
+            memory_bytes: Some(8 << 30),
             open_files: Some(256),
             cpu_seconds: None,
             processes: None,
@@ -547,6 +549,9 @@ fn serve_services(
     std::thread::Builder::new()
         .name(format!("plugbay-services-{id}"))
         .spawn(move || {
+            // Log lines from the plugin, rate-limited like its output: a worker cannot
+            // flood the host's log through its services either.
+            let (mut window, mut logged, mut dropped) = (Instant::now(), 0u32, 0u64);
             loop {
                 let (message, body) = match wire::receive(&mut reader) {
                     Ok(Some(frame)) => frame,
@@ -595,7 +600,18 @@ fn serve_services(
                             3 => LogLevel::Warn,
                             _ => LogLevel::Error,
                         };
-                        services.log(level, RStr::from_str(&message));
+                        if window.elapsed() >= Duration::from_secs(1) {
+                            if dropped > 0 {
+                                tracing::warn!(plugin = %id, dropped, "plugin log lines dropped (more than {} a second)", output::LINES_PER_SECOND);
+                            }
+                            (window, logged, dropped) = (Instant::now(), 0, 0);
+                        }
+                        if logged < output::LINES_PER_SECOND {
+                            logged += 1;
+                            services.log(level, RStr::from_str(&message));
+                        } else {
+                            dropped += 1;
+                        }
                         continue;
                     }
                     Message::StoreGet { key } => match services.store_get(RStr::from_str(&key)) {
