@@ -40,6 +40,10 @@ use crate::sandbox::{self, Rules, SandboxMode};
 /// Runs the worker on the descriptors the host gave it. Never returns to `main`'s
 /// caller code: its result is the process's exit code.
 pub(crate) fn serve() -> ExitCode {
+    // This process is the worker's alone, so its allocator policy is Plugbay's to set:
+    // keep the memory a batch frees for the next one, as the `plugbay` binary does
+    // (with glibc's defaults a third of a large batch's time goes to faulting it in).
+    crate::allocator::tune_allocator();
     // SAFETY: the host put these descriptors at these numbers before it executed this
     // process (see `ProcessWorker::start`), and nothing in this process has taken
     // ownership of them yet.
@@ -184,6 +188,7 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
             &header.worker_sleeps,
             None,
             Duration::from_secs(1),
+            NEXT_REQUEST_SPIN,
             || false,
         );
         if !rang {
@@ -229,6 +234,12 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
         }
     }
 }
+
+/// How long the worker looks for the next request after a reply before it sleeps:
+/// a host that streams batches sends the next one after checking the last (about
+/// 0.15 ms for 1,000 records), and a worker caught awake saves it a wake-up. The
+/// spin yields its core to any thread that wants it.
+const NEXT_REQUEST_SPIN: Duration = Duration::from_micros(300);
 
 fn error_reply(error: &PluginError) -> (ReplyKind, Vec<u8>) {
     let wire = PluginErrorWire {

@@ -14,8 +14,8 @@
 //! derives a pointer from anything the worker wrote.
 //!
 //! A doorbell is a sequence number in the header: the ringer increments it and
-//! wakes the other side with `FUTEX_WAKE` if it said it sleeps; the waiter spins a
-//! little (a reply to a small batch comes within microseconds), then sleeps in
+//! wakes the other side with `FUTEX_WAKE` if it said it sleeps; the waiter spins as
+//! long as it is told (a reply to a small batch comes within microseconds), then sleeps in
 //! `FUTEX_WAIT` on the number.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -222,21 +222,19 @@ pub(crate) fn ring(seq: &AtomicU32, sleeps: &AtomicU32) {
     }
 }
 
-/// How long a waiter spins before it sleeps.
-pub(crate) const SPIN: Duration = Duration::from_micros(50);
-
 /// Waits until `seq` is no longer `seen`, until `deadline` (none: forever), or until
-/// `stop()` says to give up (checked at least every `check`). Returns whether it
-/// changed.
+/// `stop()` says to give up (checked at least every `check`), spinning for `spin`
+/// before it sleeps. Returns whether it changed.
 pub(crate) fn wait(
     seq: &AtomicU32,
     seen: u32,
     sleeps: &AtomicU32,
     deadline: Option<Instant>,
     check: Duration,
+    spin: Duration,
     stop: impl Fn() -> bool,
 ) -> bool {
-    let spin_until = Instant::now() + SPIN;
+    let spin_until = Instant::now() + spin;
     while Instant::now() < spin_until {
         if seq.load(Ordering::Acquire) != seen {
             return true;
