@@ -15,6 +15,10 @@
 //! of mapping another copy. When the caller already knows the digest it wants (a
 //! reviewed plugin) and that content is loaded, the file is not read at all.
 //!
+//! A file hashed before is not read again while its stamp (inode, size, modification
+//! and change times) is the same: any write changes its change time, so the sealed
+//! copy still holds its bytes (see [`Stamp`]).
+//!
 //! Elsewhere than Linux the file is hashed and then loaded by its path, so the
 //! window remains there; the docs say so.
 
@@ -56,8 +60,17 @@ impl Image {
         if let Some(image) = expected.and_then(|digest| Image::already_sealed(&path, digest)) {
             return Ok(image);
         }
-        let bytes = read(&path)?;
+        let (mut file, metadata) = open_file(&path)?;
+        #[cfg(target_os = "linux")]
+        let stamp = Stamp::of(&metadata);
+        #[cfg(target_os = "linux")]
+        if let Some(image) = Image::unchanged(&path, &stamp, expected) {
+            return Ok(image);
+        }
+        let bytes = read(&path, &mut file, &metadata)?;
         let sha256 = hex(&Sha256::digest(&bytes));
+        #[cfg(target_os = "linux")]
+        stamp.remember(&sha256);
         if let Some(expected) = expected {
             if !expected.eq_ignore_ascii_case(&sha256) {
                 return Err(LoadError::DigestMismatch {
@@ -82,6 +95,21 @@ impl Image {
     pub fn sealed_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self._sealed.as_fd()
+    }
+
+    /// The sealed copy of a file hashed before whose stamp has not changed since (and
+    /// whose digest is `expected`, if given): loading it again reads nothing.
+    #[cfg(target_os = "linux")]
+    fn unchanged(path: &Path, stamp: &Stamp, expected: Option<&str>) -> Option<Image> {
+        let sha256 = {
+            let stamps = stamps().lock().unwrap_or_else(|e| e.into_inner());
+            let (known, sha256) = stamps.get(&(stamp.dev, stamp.ino))?;
+            (known == stamp).then(|| sha256.clone())?
+        };
+        if expected.is_some_and(|expected| !expected.eq_ignore_ascii_case(&sha256)) {
+            return None;
+        }
+        Image::already_sealed(path, &sha256)
     }
 
     #[cfg(target_os = "linux")]
@@ -133,8 +161,8 @@ impl Image {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let not_readable = |source: std::io::Error| {
+fn not_readable(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
+    move |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
             LoadError::NotFound {
                 path: path.to_owned(),
@@ -145,18 +173,85 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
                 source,
             }
         }
-    };
-    let mut file = std::fs::File::open(path).map_err(not_readable)?;
-    let metadata = file.metadata().map_err(not_readable)?;
+    }
+}
+
+/// Opens the library and reads its metadata (through the same descriptor).
+fn open_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), LoadError> {
+    let file = std::fs::File::open(path).map_err(not_readable(path))?;
+    let metadata = file.metadata().map_err(not_readable(path))?;
     if !metadata.is_file() {
         return Err(LoadError::NotALibrary {
             path: path.to_owned(),
             reason: "it is not a regular file".to_owned(),
         });
     }
+    Ok((file, metadata))
+}
+
+/// Reads the whole library through `file`.
+fn read(
+    path: &Path,
+    file: &mut std::fs::File,
+    metadata: &std::fs::Metadata,
+) -> Result<Vec<u8>, LoadError> {
     let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes).map_err(not_readable)?;
+    file.read_to_end(&mut bytes).map_err(not_readable(path))?;
     Ok(bytes)
+}
+
+/// What identifies a file's content without reading it: its inode, size and change
+/// times. Any write to a file changes its ctime, which no program can set back, so
+/// a file whose stamp is the same as when it was hashed has the same bytes, as long
+/// as its last change was longer ago than the file system's time granularity when
+/// it was hashed (otherwise a write in the same tick would go unseen: such a stamp
+/// is not remembered).
+#[cfg(target_os = "linux")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+#[cfg(target_os = "linux")]
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+
+    /// Remembers that a file with this stamp hashed to `sha256`, if its last change is
+    /// old enough that a later one would change the stamp.
+    fn remember(&self, sha256: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() as i64);
+        if self.ctime.0 + 2 < now {
+            stamps()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((self.dev, self.ino), (self.clone(), sha256.to_owned()));
+        }
+    }
+}
+
+/// The stamps of files hashed so far, by device and inode, with their SHA-256.
+#[cfg(target_os = "linux")]
+type Stamps = Mutex<HashMap<(u64, u64), (Stamp, String)>>;
+
+#[cfg(target_os = "linux")]
+fn stamps() -> &'static Stamps {
+    static STAMPS: OnceLock<Stamps> = OnceLock::new();
+    STAMPS.get_or_init(Default::default)
 }
 
 /// A memfd holding `bytes`, sealed against any change.
@@ -250,6 +345,27 @@ mod tests {
             .open(&image.load_path)
             .and_then(|mut file| std::io::Write::write_all(&mut file, b"x"))
             .is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_changed_in_place_after_it_was_hashed_is_read_again() {
+        let dir = tempfile_dir();
+        let path = dir.join("libstamped.so");
+        std::fs::write(&path, b"before!").unwrap();
+        // Old enough that its stamp is remembered.
+        std::thread::sleep(std::time::Duration::from_millis(3100));
+        let first = Image::open(&path, None).unwrap();
+        assert_eq!(first.sha256, hex(&Sha256::digest(b"before!")));
+        assert!(Image::open(&path, Some(&first.sha256)).is_ok());
+        // The same length, in place: the inode stays, its change time does not.
+        std::fs::write(&path, b"after!!").unwrap();
+        let second = Image::open(&path, None).unwrap();
+        assert_eq!(second.sha256, hex(&Sha256::digest(b"after!!")));
+        // Asked for the first digest, the load gets the sealed bytes that had it.
+        let reviewed = Image::open(&path, Some(&first.sha256)).unwrap();
+        assert_eq!(std::fs::read(&reviewed.load_path).unwrap(), b"before!");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
