@@ -422,31 +422,32 @@ impl ProcessWorker {
         // Sleep through most of a call whose length the last calls tell, and spin
         // for the rest: a sleeper woken by the worker would pay a wake-up (tens of
         // microseconds on a virtual machine) on every call.
-        if let Some(nap) = self.expected.checked_sub(WAKE_AHEAD) {
-            let until = deadline.map_or(sent + nap, |deadline| deadline.min(sent + nap));
-            let header = self.shared.header();
-            while Instant::now() < until
-                && header.reply_seq.load(Ordering::Acquire) == seen
-                && !self.gone.load(Ordering::Acquire)
-            {
-                std::thread::sleep(
-                    until
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(10)),
-                );
-            }
-        }
         let header = self.shared.header();
         let gone = self.gone.clone();
-        let replied = shm::wait(
-            &header.reply_seq,
-            seen,
-            &header.host_sleeps,
-            deadline,
-            Duration::from_millis(10),
-            self.expected.min(WAKE_AHEAD) + WAKE_AHEAD,
-            || gone.load(Ordering::Acquire),
-        );
+        let mut replied = false;
+        if let Some(nap) = self.expected.checked_sub(WAKE_AHEAD) {
+            // Asleep on the doorbell: a reply that comes early still wakes it.
+            let until = deadline.map_or(sent + nap, |deadline| deadline.min(sent + nap));
+            replied = shm::wait(
+                &header.reply_seq,
+                seen,
+                &header.host_sleeps,
+                Some(until),
+                Duration::from_millis(10),
+                Duration::ZERO,
+                || gone.load(Ordering::Acquire),
+            );
+        }
+        let replied = replied
+            || shm::wait(
+                &header.reply_seq,
+                seen,
+                &header.host_sleeps,
+                deadline,
+                Duration::from_millis(10),
+                self.expected.min(WAKE_AHEAD) + WAKE_AHEAD,
+                || gone.load(Ordering::Acquire),
+            );
         if replied {
             self.expected = (self.expected * 3 + sent.elapsed()) / 4;
         }
