@@ -120,23 +120,15 @@ impl Host {
                     .inspect_err(|_| services.revoke())?;
             tracing::debug!(plugin = %plugin.id, %confinement, "local plugin started");
             plugins.push(LocalPlugin {
-                status: PluginStatus {
-                    id: plugin.id,
-                    state: State::Initialized,
-                    confinement: confinement.clone(),
-                    granted: plugin.granted,
-                    api_version: api_version.to_string(),
-                    library: plugin.image.path.clone(),
-                    sha256: plugin.image.sha256.clone(),
-                    timeout: std::time::Duration::MAX,
-                    batches: 0,
-                    records_out: 0,
-                    busy: std::time::Duration::ZERO,
-                    isolation: crate::Isolation::Thread,
-                    pid: None,
-                    namespaces: Vec::new(),
-                    abandoned: false,
-                },
+                // Local calls have no deadline.
+                status: PluginStatus::started(
+                    plugin.id,
+                    confinement.clone(),
+                    plugin.granted,
+                    &api_version,
+                    &plugin.image,
+                    std::time::Duration::MAX,
+                ),
                 may_process: plugin.may_process,
                 instance: Some(instance),
                 services,

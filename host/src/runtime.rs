@@ -302,23 +302,14 @@ impl Host {
         };
         tracing::debug!(plugin = %id, confinement = %ready.confinement, "plugin started");
         Ok(PluginHandle {
-            status: PluginStatus {
+            status: PluginStatus::started(
                 id,
-                state: State::Initialized,
-                confinement: ready.confinement,
-                granted: prepared.granted,
-                api_version: ready.api_version.to_string(),
-                library: prepared.image.path.clone(),
-                sha256: prepared.image.sha256.clone(),
+                ready.confinement,
+                prepared.granted,
+                &ready.api_version,
+                &prepared.image,
                 timeout,
-                batches: 0,
-                records_out: 0,
-                busy: Duration::ZERO,
-                isolation: Isolation::Thread,
-                pid: None,
-                namespaces: Vec::new(),
-                abandoned: false,
-            },
+            ),
             may_process: prepared.may_process,
             requests: Some(request_tx),
             replies: reply_rx,
@@ -376,21 +367,17 @@ impl Host {
         let (_, replies) = bounded::<Reply>(1);
         Ok(PluginHandle {
             status: PluginStatus {
-                id,
-                state: State::Initialized,
-                confinement: ready.confinement,
-                granted: prepared.granted,
-                api_version: ready.api_version.to_string(),
-                library: prepared.image.path.clone(),
-                sha256: prepared.image.sha256.clone(),
-                timeout,
-                batches: 0,
-                records_out: 0,
-                busy: Duration::ZERO,
                 isolation: Isolation::Process,
                 pid: Some(worker.pid()),
                 namespaces: ready.namespaces,
-                abandoned: false,
+                ..PluginStatus::started(
+                    id,
+                    ready.confinement,
+                    prepared.granted,
+                    &ready.api_version,
+                    &prepared.image,
+                    timeout,
+                )
             },
             may_process: prepared.may_process,
             requests: None,
@@ -1038,6 +1025,34 @@ pub struct PluginStatus {
 }
 
 impl PluginStatus {
+    /// The status of an instance that has just started, on a worker thread.
+    pub(crate) fn started(
+        id: String,
+        confinement: Confinement,
+        granted: Vec<Permission>,
+        api_version: &semver::Version,
+        image: &Image,
+        timeout: Duration,
+    ) -> PluginStatus {
+        PluginStatus {
+            id,
+            state: State::Initialized,
+            confinement,
+            granted,
+            api_version: api_version.to_string(),
+            library: image.path.clone(),
+            sha256: image.sha256.clone(),
+            timeout,
+            batches: 0,
+            records_out: 0,
+            busy: Duration::ZERO,
+            isolation: Isolation::Thread,
+            pid: None,
+            namespaces: Vec::new(),
+            abandoned: false,
+        }
+    }
+
     /// Refuses a batch when the instance may not receive batches.
     pub(crate) fn permit(&self, may_process: Result<(), &'static str>) -> Result<(), CallError> {
         may_process.map_err(|reason| CallError::NotPermitted {
