@@ -231,7 +231,7 @@ fn lifecycle(
 
     narrator.stage(
         "register",
-        "each library is inspected on a confined thread and hashed; the plugin waits for review",
+        "each library is copied into the store by its SHA-256 and inspected in a confined worker process; the plugin waits for review",
     )?;
     let mut ids = Vec::new();
     for (name, library) in PIPELINE.iter().zip(&located.libraries) {
@@ -358,9 +358,13 @@ fn lifecycle(
             "initialized",
             Some(id),
             format!(
-                "confinement {}, granted {}",
+                "confinement {}, granted {}{}",
                 status.confinement,
-                permission_list(&status.granted)
+                permission_list(&status.granted),
+                match status.pid {
+                    Some(pid) => format!(", in worker process {pid}"),
+                    None => String::new(),
+                }
             ),
         )?;
         stages.push(handle);
@@ -413,7 +417,7 @@ fn lifecycle(
 
     narrator.stage(
         "cleanup",
-        "each plugin's cleanup hook runs, then its worker stops and no code of it runs again",
+        "each plugin's cleanup hook runs, then its worker process exits: no code of it runs again",
     )?;
     for handle in pipeline.into_stages() {
         let id = handle.id().to_owned();
