@@ -16,7 +16,7 @@ Examples:
   plugbay register my-plugin/plugin.json
 
 The library is copied into the registry's store (`libraries/<sha256>/` in the home,
-read-only) and that copy is inspected on a confined thread (as when it runs): it must
+read-only) and that copy is inspected in a confined worker process: it must
 load, be built against a compatible plugbay-api and embed exactly the manifest given
 (every differing field is listed). The stored copy is what is reviewed and what runs:
 rebuilding the plugin afterwards changes nothing registered. The plugin is `pending`

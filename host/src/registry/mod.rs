@@ -7,7 +7,8 @@
 //!
 //! The lifecycle: [`register`](Registry::register) (the library is copied into the
 //! home's content-addressed store, `libraries/<sha256>/<file name>`, read-only, and
-//! that copy is inspected on a confined thread; the entry is `pending`) →
+//! that copy is inspected on a confined thread, or in a worker process when the
+//! host isolates plugins in processes; the entry is `pending`) →
 //! [`approve`](Registry::approve) or [`reject`](Registry::reject) →
 //! [`enable`](Registry::enable) (approved only) → [`spec`](Registry::spec) to run it
 //! (the load reads the stored library once, checks that its SHA-256 is the one

@@ -66,7 +66,7 @@ fn doc_of(operation: Operation) -> Doc {
         Operation::RegisterPlugin => Doc {
             operation_id: "registerPlugin",
             summary: "Register a plugin",
-            description: "The library named by `entry_point` (an absolute path on the server's machine, or a `file://` URL; remote URLs are refused) is inspected on a confined thread and hashed. Its manifest is the `plugin.json` beside the library if that describes the library, else the manifest embedded in the library; `name`, `version` and `permissions` must agree with it, and `description`, when given, replaces the manifest's. The plugin is left pending review.",
+            description: "The library named by `entry_point` (an absolute path on the server's machine, or a `file://` URL; remote URLs are refused) is copied into the server's library store by its SHA-256 and inspected in a confined worker process (never in the server). Its manifest is the `plugin.json` beside the library if that describes the library, else the manifest embedded in the library; `name`, `version`, `permissions` and `description` (when given) must agree with it and with the manifest built into the library, field by field. The plugin is left pending review.",
             request: Some(schema("RegisterRequest")),
             success: schema("Plugin"),
         },
