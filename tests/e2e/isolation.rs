@@ -175,3 +175,18 @@ fn a_reply_larger_than_the_limit_ends_the_worker_not_the_host() {
     let mut again = host.start(fixture("noop")).unwrap();
     assert_eq!(again.process(&small).unwrap().len(), Some(1));
 }
+
+#[test]
+fn a_worker_outlives_the_thread_that_started_it() {
+    // The parent-death signal fires when the thread that forked the worker ends: a
+    // worker started from a short-lived thread (a server's blocking pool) must not die
+    // with it.
+    let (host, _dir) = process_host();
+    let mut plugin = std::thread::spawn(move || host.start(example("data-processor")).unwrap())
+        .join()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = plugin.process(&Batch::from_json(r#"[{"id": 1}]"#)).unwrap();
+    assert_eq!(out.len(), Some(1));
+    plugin.shutdown().unwrap();
+}

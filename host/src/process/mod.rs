@@ -207,6 +207,40 @@ impl std::fmt::Debug for ProcessWorker {
     }
 }
 
+/// Spawns `command` from one thread of the host that lives as long as the process.
+///
+/// The worker's parent-death signal fires when the *thread* that forked it ends, not
+/// the process: a worker spawned from a short-lived thread (a server's blocking pool,
+/// a caller's own thread) would be killed when that thread exits. So every worker is
+/// forked by the same thread, which never ends.
+fn spawn_from_a_lasting_thread(command: Command) -> std::io::Result<Child> {
+    type Order = (Command, crossbeam_channel::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<std::io::Result<crossbeam_channel::Sender<Order>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (orders, incoming) = crossbeam_channel::unbounded::<Order>();
+        std::thread::Builder::new()
+            .name("plugbay-spawner".to_owned())
+            .spawn(move || {
+                for (mut command, answer) in incoming {
+                    let _ = answer.send(command.spawn());
+                }
+            })
+            .map(|_| orders)
+    });
+    let spawner = match spawner {
+        Ok(spawner) => spawner,
+        Err(err) => return Err(std::io::Error::new(err.kind(), err.to_string())),
+    };
+    let (answer, spawned) = crossbeam_channel::bounded(1);
+    spawner
+        .send((command, answer))
+        .map_err(|_| std::io::Error::other("the thread that spawns worker processes is gone"))?;
+    spawned
+        .recv()
+        .map_err(|_| std::io::Error::other("the thread that spawns worker processes is gone"))?
+}
+
 /// Duplicates `fd` above the descriptor numbers the worker uses, so moving it into
 /// place in the child cannot overwrite another of them.
 fn above_channel(fd: impl AsFd) -> std::io::Result<OwnedFd> {
@@ -255,7 +289,7 @@ impl ProcessWorker {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(StartFault::Spawn)?;
+        let mut child = spawn_from_a_lasting_thread(command).map_err(StartFault::Spawn)?;
         drop(fds);
         drop(worker_end);
 
