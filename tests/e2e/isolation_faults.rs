@@ -411,3 +411,42 @@ fn a_flood_of_output_is_logged_rate_limited_and_the_host_stays_responsive() {
         .find(|line| line.contains("plugin output dropped") && line.contains("stream=\"stderr\""));
     assert!(dropped.is_some(), "the log says output was dropped");
 }
+
+#[test]
+fn a_flood_of_log_calls_is_rate_limited_too() {
+    let logged_before = crate::api::logs().len();
+    let (host, _dir) = process_host();
+    let mut plugin = host
+        .start(crasher(
+            json!({"fault": "log_flood", "lines": 2000}),
+            Duration::from_secs(30),
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let input = Batch::from_json("[1]");
+    assert_eq!(plugin.process(&input).unwrap().as_bytes(), b"[1]");
+    // One more call a second later, so the host reports what it dropped.
+    thread::sleep(Duration::from_millis(1100));
+    plugin.process(&input).unwrap();
+    let took = started.elapsed();
+    plugin.shutdown().unwrap();
+    let logs = crate::api::logs();
+    let ours: Vec<&str> = logs[logged_before..]
+        .lines()
+        .filter(|line| line.contains("crasher@0.1.0"))
+        .collect();
+    let flood = ours
+        .iter()
+        .filter(|line| line.contains("log flood line"))
+        .count();
+    let allowed = 100 * (took.as_secs() as usize + 2);
+    assert!(
+        (1..=allowed).contains(&flood),
+        "{flood} of 4,000 log lines reached the log in {took:?}"
+    );
+    assert!(
+        ours.iter()
+            .any(|line| line.contains("plugin log lines dropped")),
+        "the log says lines were dropped"
+    );
+}
