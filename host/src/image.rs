@@ -22,9 +22,11 @@
 //! Elsewhere than Linux the file is hashed and then loaded by its path, so the
 //! window remains there; the docs say so.
 
+#[cfg(target_os = "linux")]
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+#[cfg(target_os = "linux")]
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};

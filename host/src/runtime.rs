@@ -1731,8 +1731,10 @@ pub(crate) enum Outcome {
     Plugin(PluginError),
     InvalidOutput(String),
     /// The worker process ended (and is gone).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Crashed(String),
     /// The worker process missed the deadline (and was killed).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Late,
 }
 
