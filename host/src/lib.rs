@@ -30,10 +30,13 @@
 //!
 //! # Limitations
 //!
-//! In-process confinement protects against buggy and overreaching plugins, not
-//! malicious ones: native code can read and write host memory, use descriptors the
-//! host already has open, and an `abort()` or segfault ends the host. The README's
-//! threat model says exactly what landlock and the seccomp filter stop.
+//! On a worker thread, confinement protects against buggy and overreaching plugins,
+//! not malicious ones: native code can read and write host memory, use descriptors
+//! the host already has open, and an `abort()` or segfault ends the host. For
+//! untrusted plugins, run each in a worker process of its own
+//! ([`Isolation::Process`]; the program's `main` calls [`serve_worker_if_asked`]
+//! first): there a crash, an abort or a hang ends only that process. The README's
+//! threat model says exactly what each isolation stops.
 //!
 //! A Rust library cannot be unloaded soundly: the host calls no code of a stopped
 //! plugin again and revokes its host services, but threads the plugin started itself

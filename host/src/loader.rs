@@ -2,7 +2,7 @@
 //! the file opens; it exports a root module; abi_stable's layout check passes; the
 //! plugbay-api version is compatible; the embedded manifest matches the one given.
 //!
-//! The bytes checked are the bytes loaded: [`Image`](crate::image) reads and hashes a
+//! The bytes checked are the bytes loaded: `Image` (`image.rs`) reads and hashes a
 //! library once, and the dynamic loader opens that copy, never the path again.
 //!
 //! Libraries are loaded with `libloading` and never closed: a library that passed

@@ -1,6 +1,12 @@
-//! Worker threads, channels and the lifecycle of a plugin instance.
+//! Workers, channels and the lifecycle of a plugin instance.
 //!
-//! Each instance lives on its own worker thread. The thread confines itself, opens
+//! An instance runs on a worker thread of the host ([`Isolation::Thread`]) or in a
+//! worker process of its own ([`Isolation::Process`], driven through
+//! `crate::process`); one handle ([`PluginHandle`]) drives both, and
+//! `docs/architecture.md` lists the states a worker of either kind goes through. What
+//! follows is about worker threads.
+//!
+//! Each such instance lives on its own worker thread. The thread confines itself, opens
 //! the library, builds the instance and calls `init`; then it serves requests from a
 //! bounded crossbeam channel and answers each on a reply channel. Every call has a
 //! deadline: on timeout the caller gets an error at once, the worker is abandoned
@@ -16,8 +22,8 @@
 //! services, never waits for it again, and counts it
 //! ([`Host::abandoned_workers`]) until its thread ends. What the stuck plugin may
 //! still read stays allocated (the batch it was given, its own memory): freeing it
-//! under a running plugin would be a use-after-free. Only process isolation
-//! (planned) takes such a worker away for good.
+//! under a running plugin would be a use-after-free. Only process isolation takes
+//! such a worker away for good: a worker process past its deadline is killed.
 
 use std::collections::HashMap;
 use std::fmt;
