@@ -616,7 +616,7 @@ fn serve_services(
         .spawn(move || {
             // Log lines from the plugin, rate-limited like its output: a worker cannot
             // flood the host's log through its services either.
-            let (mut window, mut logged, mut dropped) = (Instant::now(), 0u32, 0u64);
+            let (mut rate, mut dropped) = (output::Rate::new(Instant::now()), 0u64);
             loop {
                 let (message, body) = match wire::receive(&mut reader) {
                     Ok(Some(frame)) => frame,
@@ -665,17 +665,15 @@ fn serve_services(
                             3 => LogLevel::Warn,
                             _ => LogLevel::Error,
                         };
-                        if window.elapsed() >= Duration::from_secs(1) {
-                            if dropped > 0 {
-                                tracing::warn!(plugin = %id, dropped, "plugin log lines dropped (more than {} a second)", output::LINES_PER_SECOND);
-                            }
-                            (window, logged, dropped) = (Instant::now(), 0, 0);
+                        if rate.roll(Instant::now()) && dropped > 0 {
+                            tracing::warn!(plugin = %id, dropped, "plugin log lines dropped (more than {} a second)", output::LINES_PER_SECOND);
+                            dropped = 0;
                         }
-                        if logged < output::LINES_PER_SECOND {
-                            logged += 1;
-                            services.log(level, RStr::from_str(&message));
-                        } else {
+                        if rate.full() {
                             dropped += 1;
+                        } else {
+                            rate.take();
+                            services.log(level, RStr::from_str(&message));
                         }
                         continue;
                     }

@@ -50,6 +50,43 @@ impl Tail {
     }
 }
 
+/// At most [`LINES_PER_SECOND`] lines a second: the current second, and the lines
+/// let through in it.
+#[derive(Debug)]
+pub(super) struct Rate {
+    window: Instant,
+    used: u32,
+}
+
+impl Rate {
+    pub fn new(now: Instant) -> Rate {
+        Rate {
+            window: now,
+            used: 0,
+        }
+    }
+
+    /// Starts a new second if the current one is over; says whether it did.
+    pub fn roll(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            (self.window, self.used) = (now, 0);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether this second's lines are used up.
+    pub fn full(&self) -> bool {
+        self.used >= LINES_PER_SECOND
+    }
+
+    /// Lets one line through.
+    pub fn take(&mut self) {
+        self.used += 1;
+    }
+}
+
 /// What a stream gives the log.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Event<'a> {
@@ -66,9 +103,8 @@ pub(super) struct Lines {
     line: Vec<u8>,
     /// The line being read is dropped: it began over the rate.
     skipping: bool,
-    /// The start of the current second, and the lines logged in it.
-    window: Instant,
-    logged: u32,
+    /// The lines logged this second.
+    rate: Rate,
     /// Bytes dropped since the last report.
     dropped: u64,
 }
@@ -78,20 +114,18 @@ impl Lines {
         Lines {
             line: Vec::new(),
             skipping: false,
-            window: now,
-            logged: 0,
+            rate: Rate::new(now),
             dropped: 0,
         }
     }
 
     /// Takes the next `bytes` of the stream, read at `now`.
     pub fn feed(&mut self, mut bytes: &[u8], now: Instant, out: &mut impl FnMut(Event<'_>)) {
-        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+        if self.rate.roll(now) {
             self.report(out);
-            (self.window, self.logged) = (now, 0);
         }
         while !bytes.is_empty() {
-            if self.logged >= LINES_PER_SECOND {
+            if self.rate.full() {
                 self.dropped += bytes.len() as u64;
                 self.line.clear();
                 self.skipping = true;
@@ -111,7 +145,7 @@ impl Lines {
             } else {
                 self.append(&bytes[..end]);
                 out(Event::Line(&self.line));
-                self.logged += 1;
+                self.rate.take();
                 self.line.clear();
             }
             bytes = &bytes[end + 1..];
@@ -120,7 +154,7 @@ impl Lines {
 
     /// The stream ended: logs its last line if it had no newline, and what was dropped.
     pub fn finish(&mut self, out: &mut impl FnMut(Event<'_>)) {
-        if !self.line.is_empty() && !self.skipping && self.logged < LINES_PER_SECOND {
+        if !self.line.is_empty() && !self.skipping && !self.rate.full() {
             out(Event::Line(&self.line));
         }
         self.line.clear();
