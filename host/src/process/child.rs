@@ -34,7 +34,7 @@ use plugbay_api::manifest::{Manifest, Permission};
 
 use super::shm::{self, Shared};
 use super::wire::{self, Message, PluginErrorWire, ReplyKind, RequestKind};
-use super::{Setup, CONTROL_FD, SHARED_FD};
+use super::{Setup, CONTROL_FD, HOST_NETWORK_ARG, SHARED_FD};
 use crate::image::Image;
 use crate::loader;
 use crate::runtime::{load_and_init, StartError};
@@ -56,7 +56,10 @@ pub(crate) fn serve() -> ExitCode {
             OwnedFd::from_raw_fd(SHARED_FD),
         )
     };
-    match launch().and_then(|()| run(control, shared)) {
+    let host_network = std::env::args_os()
+        .nth(2)
+        .is_some_and(|arg| arg == HOST_NETWORK_ARG);
+    match launch(host_network).and_then(|namespaces| run(control, shared, namespaces)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             let _ = writeln!(std::io::stderr(), "plugbay worker: {message}");
@@ -67,8 +70,11 @@ pub(crate) fn serve() -> ExitCode {
 
 /// What the worker does as soon as it starts, before it knows its plugin (it may
 /// wait for one, launched ahead of need): it keeps only its standard streams and its
-/// channel, and dies with the thread of the host that forked it.
-fn launch() -> Result<(), String> {
+/// channel, dies with the thread of the host that forked it, and enters new user and
+/// network namespaces, unless it was launched for a plugin that needs the host's
+/// network (which enters a user namespace only, once it has its setup). Returns the
+/// namespaces it entered.
+fn launch(host_network: bool) -> Result<Option<Vec<String>>, String> {
     // SAFETY: no object of this process owns a descriptor above the channel's: the
     // process has just started and opened nothing (the host empties its environment
     // and gives it only these descriptors, but inherited ones may exist).
@@ -80,10 +86,15 @@ fn launch() -> Result<(), String> {
         ));
     }
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("cannot set the parent-death signal: {e}"))
+        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+    Ok((!host_network).then(|| enter_namespaces(false)))
 }
 
-fn run(control: UnixStream, shared: OwnedFd) -> Result<(), String> {
+fn run(
+    control: UnixStream,
+    shared: OwnedFd,
+    namespaces: Option<Vec<String>>,
+) -> Result<(), String> {
     // The sealed library comes first, then the setup.
     let library = match wire::receive_descriptor(&control) {
         Ok(library) => library,
@@ -112,7 +123,7 @@ fn run(control: UnixStream, shared: OwnedFd) -> Result<(), String> {
         message
     };
 
-    let namespaces = match confine_process(&setup) {
+    let namespaces = match confine_process(&setup, namespaces) {
         Ok(namespaces) => namespaces,
         Err(message) => return Err(fail("sandbox", message, None)),
     };
@@ -286,7 +297,7 @@ fn bytes_are_panic(bytes: &[u8]) -> bool {
 
 /// Everything but landlock and seccomp: descriptors, parent death, limits,
 /// namespaces. Returns the namespaces entered.
-fn confine_process(setup: &Setup) -> Result<Vec<String>, String> {
+fn confine_process(setup: &Setup, entered: Option<Vec<String>>) -> Result<Vec<String>, String> {
     if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get() as u32)
         != Some(setup.host_pid)
     {
@@ -327,7 +338,16 @@ fn confine_process(setup: &Setup) -> Result<Vec<String>, String> {
         }
     }
     rustix::thread::set_no_new_privs(true).map_err(|e| format!("cannot set no_new_privs: {e}"))?;
-    let namespaces = enter_namespaces(setup.network);
+    let namespaces = match entered {
+        // Launched ahead: it entered its namespaces then, with no network.
+        Some(_) if setup.network => {
+            return Err(
+                "a worker launched without network cannot serve a plugin granted `net:`".to_owned(),
+            )
+        }
+        Some(entered) => entered,
+        None => enter_namespaces(setup.network),
+    };
     if let Err(message) = refuse_new_processes() {
         if setup.sandbox == SandboxMode::Enforce {
             return Err(message);

@@ -52,6 +52,10 @@ const WAKE_AHEAD: Duration = Duration::from_micros(200);
 /// The argument that makes a program serve as a Plugbay worker process.
 pub const WORKER_ARG: &str = "__plugbay-worker";
 
+/// The second argument of a worker launched for a plugin that needs the host's
+/// network (a `net:` grant): it does not enter a network namespace.
+const HOST_NETWORK_ARG: &str = "--host-network";
+
 /// Where the worker finds its control socket.
 const CONTROL_FD: i32 = 3;
 /// Where the worker finds the shared memory.
@@ -224,15 +228,18 @@ impl ProcessWorker {
     ) -> Result<(ProcessWorker, Ready), StartFault> {
         let id = setup.id.clone();
         let reply_limit = setup.limits.reply_bytes;
-        let mut waiting = spare::take(program);
-        if keep_spare {
+        // Workers launched ahead have entered a network namespace: a plugin that
+        // needs the host's network gets a worker launched for it.
+        let network = setup.network;
+        let mut waiting = if network { None } else { spare::take(program) };
+        if keep_spare && !network {
             spare::order(program);
         }
         let (mut child, host_end, shared) = loop {
             let from_pool = waiting.is_some();
             let launched = match waiting.take() {
                 Some(launched) => launched,
-                None => Launched::start(program).map_err(StartFault::Spawn)?,
+                None => Launched::start(program, network).map_err(StartFault::Spawn)?,
             };
             // The library first: the worker takes it before it reads any frame. A
             // worker that waited and died since cannot take it: launch a fresh one.

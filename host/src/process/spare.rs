@@ -1,12 +1,14 @@
 //! Starting worker processes, and keeping one started ahead of need.
 //!
-//! Most of a cold start is the worker program's own: `fork` and `exec` of the host's
-//! executable, the dynamic loader's relocation of it and the runtime's start, none of
-//! which depends on the plugin. So a worker is *launched* (started, its inherited
-//! descriptors closed, its parent-death signal set) apart from being *given* a plugin
-//! (the sealed library over the control socket, then the setup); the worker confines
-//! itself only after that, from the setup. A host keeps one launched worker per
-//! worker program waiting ([`take`], [`order`]), so the next start skips the launch.
+//! Most of a cold start does not depend on the plugin: `fork` and `exec` of the
+//! host's executable, the dynamic loader's relocation of it, the runtime's start, and
+//! new user and network namespaces. So a worker is *launched* (started, its inherited
+//! descriptors closed, its parent-death signal set, its namespaces entered) apart
+//! from being *given* a plugin (the sealed library over the control socket, then the
+//! setup); the worker limits and confines itself only after that, from the setup. A
+//! host keeps one launched worker per worker program waiting ([`take`], [`order`]),
+//! so the next start skips the launch. A plugin granted `net:` needs the host's
+//! network, so it gets a worker launched for it, without a network namespace.
 //!
 //! A waiting worker runs only Plugbay's code, holds only its channel and has an empty
 //! environment; it dies with the host (its parent-death signal) and is discarded if
@@ -17,10 +19,11 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::shm::Shared;
-use super::{CONTROL_FD, SHARED_FD, WORKER_ARG};
+use super::{CONTROL_FD, HOST_NETWORK_ARG, SHARED_FD, WORKER_ARG};
 
 /// The shared memory a worker starts with; it grows with the largest batch.
 const FIRST_SHARED_BYTES: usize = 1 << 16;
@@ -35,13 +38,16 @@ pub(super) struct Launched {
 }
 
 impl Launched {
-    /// Starts `program` as a worker, forked by the host's lasting spawner thread.
-    pub fn start(program: &Path) -> std::io::Result<Launched> {
-        Launched::start_with(program, spawn_from_a_lasting_thread)
+    /// Starts `program` as a worker, forked by the host's lasting spawner thread. A
+    /// worker for a plugin that needs the host's network (`network`) enters no
+    /// network namespace.
+    pub fn start(program: &Path, network: bool) -> std::io::Result<Launched> {
+        Launched::start_with(program, network, spawn_from_a_lasting_thread)
     }
 
     fn start_with(
         program: &Path,
+        network: bool,
         spawn: impl FnOnce(Command) -> std::io::Result<Child>,
     ) -> std::io::Result<Launched> {
         let (host_end, worker_end) = UnixStream::pair()?;
@@ -49,8 +55,11 @@ impl Launched {
         let fds = [above_channel(&worker_end)?, above_channel(shared.fd())?];
         let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let mut command = Command::new(program);
+        command.arg(WORKER_ARG);
+        if network {
+            command.arg(HOST_NETWORK_ARG);
+        }
         command
-            .arg(WORKER_ARG)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -105,18 +114,42 @@ struct Pool {
     launching: Vec<PathBuf>,
 }
 
-fn pool() -> std::sync::MutexGuard<'static, Pool> {
-    static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
-    POOL.get_or_init(Mutex::default)
+/// The pool, and the condition its changes signal.
+fn pool_and_change() -> &'static (Mutex<Pool>, Condvar) {
+    static POOL: OnceLock<(Mutex<Pool>, Condvar)> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+fn pool() -> MutexGuard<'static, Pool> {
+    pool_and_change()
+        .0
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The waiting worker of `program`, if there is one that still runs.
+/// How long a start waits for a worker being launched ahead before it launches one
+/// itself (a launch takes a few milliseconds; one under way is nearer done).
+const LAUNCH_WAIT: Duration = Duration::from_millis(250);
+
+/// The waiting worker of `program`, if there is one that still runs; if one is being
+/// launched, waits for it (at most [`LAUNCH_WAIT`]).
 pub(super) fn take(program: &Path) -> Option<Launched> {
+    let (_, changed) = pool_and_change();
+    let until = Instant::now() + LAUNCH_WAIT;
     let mut pool = pool();
-    let index = pool.waiting.iter().position(|w| w.program == program)?;
-    let mut launched = pool.waiting.swap_remove(index);
+    let mut launched = loop {
+        if let Some(index) = pool.waiting.iter().position(|w| w.program == program) {
+            break pool.waiting.swap_remove(index);
+        }
+        let now = Instant::now();
+        if now >= until || !pool.launching.iter().any(|p| p == program) {
+            return None;
+        }
+        pool = changed
+            .wait_timeout(pool, until - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    };
     drop(pool);
     if launched.alive() {
         Some(launched)
@@ -141,7 +174,7 @@ pub(super) fn order(program: &Path) {
     let program = program.to_owned();
     let job_program = program.clone();
     let ordered = on_spawner(Box::new(move || {
-        let launched = Launched::start_with(&job_program, |mut command| command.spawn());
+        let launched = Launched::start_with(&job_program, false, |mut command| command.spawn());
         let mut pool = pool();
         pool.launching.retain(|p| *p != job_program);
         match launched {
