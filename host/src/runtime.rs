@@ -161,7 +161,9 @@ impl Host {
         self
     }
 
-    /// Where plugins get their `${data_dir}` (one folder per plugin name).
+    /// Where plugins get their `${data_dir}`: one folder per plugin name and version,
+    /// `<dir>/<name>/<version>` (see [`sandbox::plugin_data_dir`]), unless a spec
+    /// sets its own ([`PluginSpec::with_data_dir`]).
     pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Host {
         self.data_dir = dir.into();
         self
@@ -485,7 +487,9 @@ impl Host {
             .or(manifest.timeout_ms.map(Duration::from_millis))
             .unwrap_or(self.timeout);
         let plugin_dir = absolute(&spec.plugin_dir);
-        let data_dir = self.data_dir.join(&manifest.name);
+        let data_dir = spec.data_dir.clone().unwrap_or_else(|| {
+            sandbox::plugin_data_dir(&self.data_dir, &manifest.name, &manifest.version)
+        });
         if granted.iter().any(
             |p| matches!(p, Permission::FsWrite(path) if path.as_str().contains("${data_dir}")),
         ) {
@@ -622,6 +626,9 @@ pub struct PluginSpec {
     pub sha256: Option<String>,
     /// Where the instance runs (the host's choice if unset).
     pub isolation: Option<Isolation>,
+    /// `${data_dir}` for this instance (the host's `<data dir>/<name>/<version>` if
+    /// unset).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Why a manifest file could not be used.
@@ -660,6 +667,7 @@ impl PluginSpec {
             timeout: None,
             sha256: None,
             isolation: None,
+            data_dir: None,
         }
     }
 
@@ -679,6 +687,7 @@ impl PluginSpec {
             timeout: None,
             sha256: None,
             isolation: None,
+            data_dir: None,
         })
     }
 
@@ -727,6 +736,13 @@ impl PluginSpec {
     /// Runs the instance on a worker thread or in a worker process.
     pub fn with_isolation(mut self, isolation: Isolation) -> PluginSpec {
         self.isolation = Some(isolation);
+        self
+    }
+
+    /// Uses `dir` as the instance's `${data_dir}` instead of the host's folder for
+    /// the plugin's name and version (a development run, a test).
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> PluginSpec {
+        self.data_dir = Some(dir.into());
         self
     }
 }
