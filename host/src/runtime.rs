@@ -357,6 +357,11 @@ impl Host {
             limits: self.limits,
             network,
             inspect: false,
+            log_level: prepared
+                .context
+                .log_level
+                .into_option()
+                .map(|level| level as u8),
         };
         let timeout = prepared.timeout;
         let services = prepared.services;
@@ -436,6 +441,7 @@ impl Host {
             limits: self.limits,
             network: false,
             inspect: true,
+            log_level: None,
         };
         let (services, revoker) = Services::create(id.clone(), &[], self.store.clone());
         let started = ProcessWorker::start(
@@ -514,6 +520,7 @@ impl Host {
             plugin_dir: RString::from(plugin_dir.to_string_lossy().as_ref()),
             data_dir: RString::from(data_dir.to_string_lossy().as_ref()),
             services,
+            log_level: crate::services::recorded_level().into(),
         };
         Ok(Prepared {
             id,

@@ -202,7 +202,15 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     };
     let mut specs = targets
         .iter()
-        .map(|target| spec(target, registry.as_ref(), &host, args.isolation, &library_data))
+        .map(|target| {
+            spec(
+                target,
+                registry.as_ref(),
+                &host,
+                args.isolation,
+                &library_data,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     apply_configs(&mut specs, &configs)?;
     // Close the registry before any plugin code runs: a plugin could otherwise use

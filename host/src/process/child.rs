@@ -139,6 +139,7 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
             abi_stable::std_types::RArc::new(services),
             abi_stable::sabi_trait::TD_Opaque,
         ),
+        log_level: setup.log_level.map(wire::log_level).into(),
     };
     let (mut instance, api_version) = match load_and_init(&setup.id, &image, &manifest, context) {
         Ok(started) => started,
@@ -448,12 +449,13 @@ impl ChildServices {
 }
 
 impl HostServices for ChildServices {
-    fn log(&self, level: LogLevel, message: RStr<'_>) {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
         let _ = wire::send(
             &mut *control,
             &Message::Log {
                 level: level as u8,
+                target: target.as_str().to_owned(),
                 message: message.as_str().to_owned(),
             },
             &[],
