@@ -25,6 +25,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-ctor-abort",
     "fixture-crasher",
     "fixture-raw-value",
+    "fixture-popular",
 ];
 
 /// The workspace's root directory.

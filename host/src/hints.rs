@@ -53,6 +53,9 @@ const DENIED: &[&str] = &[
     "unable to open database file",
     "attempt to write a readonly database",
     "read-only file system",
+    // A worker process without a `net:` grant has a network namespace of its own
+    // with no interface up.
+    "network is unreachable",
 ];
 
 /// Words of a failed name lookup (glibc's `gai_strerror` and Rust's wrapping).
