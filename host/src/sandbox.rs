@@ -8,9 +8,10 @@
 //! threads stay free.
 //!
 //! The ruleset is pinned to landlock ABI 6: every filesystem right is handled and
-//! denied but read access to the library, the system library directories and the
-//! granted `fs:` paths (where `fs:write:` gives every right but making character and
-//! block devices); TCP bind and connect are denied but on granted ports; signals and
+//! denied but read access to the library, the system library directories, the time
+//! zone and locale data ([`SYSTEM_DATA_PATHS`]), the name-resolution files with
+//! `sys:dns` ([`NAME_RESOLUTION_PATHS`]) and the granted `fs:` paths (where
+//! `fs:write:` gives every right but making character and block devices); TCP bind and connect are denied but on granted ports; signals and
 //! abstract unix sockets are scoped to the plugin's own domain. The seccomp filter
 //! refuses what landlock does not cover: changing file metadata, unix sockets,
 //! device nodes, and the kernel interfaces that reach around a sandbox (see the
