@@ -81,6 +81,8 @@ pub struct Host {
     worker_program: Option<PathBuf>,
     #[cfg(target_os = "linux")]
     limits: Limits,
+    /// Whether a worker process is launched ahead for the next process start.
+    spare_worker: bool,
     /// Shared by the host's clones: the workers they abandoned that still run.
     census: Arc<Census>,
 }
@@ -117,6 +119,7 @@ impl Host {
             worker_program: None,
             #[cfg(target_os = "linux")]
             limits: Limits::default(),
+            spare_worker: true,
             census: Arc::default(),
         }
     }
@@ -141,6 +144,17 @@ impl Host {
     #[cfg(target_os = "linux")]
     pub fn with_limits(mut self, limits: Limits) -> Host {
         self.limits = limits;
+        self
+    }
+
+    /// Whether to keep a worker process launched ahead of need (the default): the
+    /// first process-isolated start launches the worker program, and every start
+    /// after it finds a launched worker waiting and has the next one launched in the
+    /// background. A waiting worker holds no plugin and costs a process of about
+    /// 2 MiB resident until it is used or the host exits; without it each start pays
+    /// for launching the program (see BENCHMARKS.md).
+    pub fn with_spare_worker(mut self, spare: bool) -> Host {
+        self.spare_worker = spare;
         self
     }
 
@@ -389,6 +403,7 @@ impl Host {
             prepared.image.sealed_fd(),
             prepared.context.services,
             Some(timeout),
+            self.spare_worker,
         );
         if started.is_err() {
             services.revoke();
@@ -474,6 +489,7 @@ impl Host {
             image.sealed_fd(),
             services,
             Some(self.timeout),
+            self.spare_worker,
         );
         revoker.revoke();
         let (mut worker, ready) = started.map_err(|fault| start_error(&id, self.timeout, fault))?;

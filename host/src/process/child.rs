@@ -1,12 +1,15 @@
 //! The worker process: confines itself, loads the plugin and serves the host.
 //!
-//! In order, before the library is opened: it keeps only its channel's descriptors
-//! (control socket, shared memory, sealed library) and its standard streams, which
-//! the host reads; it dies with its parent (a parent-death signal, then a check that
-//! the parent is still the host); it applies its resource limits; it enters new user
-//! and network namespaces where the kernel lets it (no network namespace if a `net:`
-//! grant needs the host's network); it refuses itself new processes (a seccomp
-//! filter, see [`refuse_new_processes`]); and it confines its one thread with landlock and
+//! As soon as it starts, it keeps only its channel's descriptors (control socket,
+//! shared memory) and its standard streams, which the host reads, and it dies with
+//! its parent (a parent-death signal). It may then wait, launched ahead of need (see
+//! `spare`), until the host gives it the sealed copy of a library and its setup.
+//!
+//! Then, in order, before the library is opened: it checks that its parent is still
+//! the host; it applies its resource limits; it enters new user and network
+//! namespaces where the kernel lets it (no network namespace if a `net:` grant needs
+//! the host's network); it refuses itself new processes (a seccomp filter, see
+//! [`refuse_new_processes`]); and it confines its one thread with landlock and
 //! seccomp, which every thread it starts later inherits, so the whole process is
 //! confined. Its environment was emptied by the host when it was spawned.
 //!
@@ -31,7 +34,7 @@ use plugbay_api::manifest::{Manifest, Permission};
 
 use super::shm::{self, Shared};
 use super::wire::{self, Message, PluginErrorWire, ReplyKind, RequestKind};
-use super::{Setup, CONTROL_FD, LIBRARY_FD, SHARED_FD};
+use super::{Setup, CONTROL_FD, SHARED_FD};
 use crate::image::Image;
 use crate::loader;
 use crate::runtime::{load_and_init, StartError};
@@ -45,16 +48,15 @@ pub(crate) fn serve() -> ExitCode {
     // (with glibc's defaults a third of a large batch's time goes to faulting it in).
     crate::allocator::tune_allocator();
     // SAFETY: the host put these descriptors at these numbers before it executed this
-    // process (see `ProcessWorker::start`), and nothing in this process has taken
+    // process (see `spare::Launched::start`), and nothing in this process has taken
     // ownership of them yet.
-    let (control, shared, library) = unsafe {
+    let (control, shared) = unsafe {
         (
             UnixStream::from_raw_fd(CONTROL_FD),
             OwnedFd::from_raw_fd(SHARED_FD),
-            OwnedFd::from_raw_fd(LIBRARY_FD),
         )
     };
-    match run(control, shared, library) {
+    match launch().and_then(|()| run(control, shared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             let _ = writeln!(std::io::stderr(), "plugbay worker: {message}");
@@ -63,7 +65,32 @@ pub(crate) fn serve() -> ExitCode {
     }
 }
 
-fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), String> {
+/// What the worker does as soon as it starts, before it knows its plugin (it may
+/// wait for one, launched ahead of need): it keeps only its standard streams and its
+/// channel, and dies with the thread of the host that forked it.
+fn launch() -> Result<(), String> {
+    // SAFETY: no object of this process owns a descriptor above the channel's: the
+    // process has just started and opened nothing (the host empties its environment
+    // and gives it only these descriptors, but inherited ones may exist).
+    let closed = unsafe { libc::close_range(SHARED_FD as u32 + 1, u32::MAX, 0) };
+    if closed != 0 {
+        return Err(format!(
+            "cannot close inherited descriptors: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("cannot set the parent-death signal: {e}"))
+}
+
+fn run(control: UnixStream, shared: OwnedFd) -> Result<(), String> {
+    // The sealed library comes first, then the setup.
+    let library = match wire::receive_descriptor(&control) {
+        Ok(library) => library,
+        // The host let this worker go unused (it exits, or discarded it).
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(err) => return Err(format!("cannot receive the library: {err}")),
+    };
     let mut reader = control.try_clone().map_err(|e| e.to_string())?;
     let setup = match wire::receive(&mut reader) {
         Ok(Some((Message::Setup(setup), _))) => *setup,
@@ -261,19 +288,6 @@ fn bytes_are_panic(bytes: &[u8]) -> bool {
 /// Everything but landlock and seccomp: descriptors, parent death, limits,
 /// namespaces. Returns the namespaces entered.
 fn confine_process(setup: &Setup) -> Result<Vec<String>, String> {
-    // Keep the standard streams and the channel (3, 4, 5); close everything else.
-    // SAFETY: no object of this process owns a descriptor above the channel's: the
-    // process has just started and opened nothing (the host empties its environment
-    // and gives it only these descriptors, but inherited ones may exist).
-    let closed = unsafe { libc::close_range(LIBRARY_FD as u32 + 1, u32::MAX, 0) };
-    if closed != 0 {
-        return Err(format!(
-            "cannot close inherited descriptors: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
     if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get() as u32)
         != Some(setup.host_pid)
     {
