@@ -22,19 +22,28 @@ use crate::runtime::StartError;
 
 /// What the host adds to a plugin's error that reads like a sandbox denial: empty
 /// for any other error. Displayed after the plugin's message, starting with `; `.
+///
+/// One pointer wide, so that the errors carrying it stay small.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Hint(Option<String>);
+pub struct Hint(Option<Box<Text>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Text(String);
 
 impl Hint {
+    fn new(text: String) -> Hint {
+        Hint(Some(Box::new(Text(text))))
+    }
+
     /// The hint's text, if the error read like a denial.
     pub fn text(&self) -> Option<&str> {
-        self.0.as_deref()
+        self.0.as_deref().map(|text| text.0.as_str())
     }
 }
 
 impl fmt::Display for Hint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match self.text() {
             Some(text) => write!(f, "; {text}"),
             None => Ok(()),
         }
@@ -106,7 +115,7 @@ pub(crate) fn hint(
         } else {
             return Hint::default();
         };
-        return Hint(Some(text));
+        return Hint::new(text);
     }
     if !DENIED.iter().any(|words| lower.contains(words)) {
         return Hint::default();
@@ -116,10 +125,10 @@ pub(crate) fn hint(
     } else {
         format!("requested but not granted: {}", listed(withheld))
     };
-    Hint(Some(format!(
+    Hint::new(format!(
         "this looks like the sandbox refusing an access: the plugin was granted {} (and may read its library, the system's libraries, time zone and locale data); {withheld_text}",
         listed(granted)
-    )))
+    ))
 }
 
 /// `err` with a hint if it is an `init` failure that reads like a sandbox denial.

@@ -57,7 +57,9 @@ fn a_global_thread_pool_does_not_carry_grants_to_another_instance() {
     for (isolation, host, _dir) in hosts() {
         // The first instance may read the secret: rayon's global pool starts inside
         // its confinement, on its first `par_iter`.
-        let mut granted = host.start(popular(&[grant.clone()], None)).unwrap();
+        let mut granted = host
+            .start(popular(std::slice::from_ref(&grant), None))
+            .unwrap();
         assert_eq!(
             ask(&mut granted, read.clone()).unwrap()["bytes"],
             6,
@@ -67,7 +69,10 @@ fn a_global_thread_pool_does_not_carry_grants_to_another_instance() {
         // the global pool too: on a worker thread it has a copy of the library (and
         // of its statics) of its own, in a worker process a process of its own.
         let mut narrow = host
-            .start(popular(&[grant.clone()], Some(&["process:data"])))
+            .start(popular(
+                std::slice::from_ref(&grant),
+                Some(&["process:data"]),
+            ))
             .unwrap();
         let err = ask(&mut narrow, read.clone()).unwrap_err();
         let text = err.to_string();
@@ -82,7 +87,9 @@ fn a_global_thread_pool_does_not_carry_grants_to_another_instance() {
         // second, and the first copy still reads for an instance granted as it was.
         granted.shutdown().unwrap();
         assert!(ask(&mut narrow, read.clone()).is_err(), "{isolation}");
-        let mut again = host.start(popular(&[grant.clone()], None)).unwrap();
+        let mut again = host
+            .start(popular(std::slice::from_ref(&grant), None))
+            .unwrap();
         assert_eq!(
             ask(&mut again, read.clone()).unwrap()["bytes"],
             6,
@@ -109,7 +116,9 @@ fn threads_a_plugin_leaves_running_are_counted_and_renamed() {
     let grant = format!("fs:read:{}", dir.path().display());
     let read = |pool: &str| json!({"op": "read", "path": dir.path().join("file").display().to_string(), "pool": pool});
     let (host, _data) = crate::host();
-    let mut global = host.start(popular(&[grant.clone()], None)).unwrap();
+    let mut global = host
+        .start(popular(std::slice::from_ref(&grant), None))
+        .unwrap();
     ask(&mut global, read("global")).unwrap();
     assert_eq!(global.status().threads_left, None, "counted when it stops");
     let status = global.shutdown().unwrap();
@@ -123,7 +132,7 @@ fn threads_a_plugin_leaves_running_are_counted_and_renamed() {
 
     // An instance that owns its pool and drops it in `cleanup` leaves nothing.
     let mut owned = host
-        .start(popular(&[grant.clone()], None).with_config(json!({"pool": 2})))
+        .start(popular(std::slice::from_ref(&grant), None).with_config(json!({"pool": 2})))
         .unwrap();
     ask(&mut owned, read("own")).unwrap();
     assert_eq!(owned.shutdown().unwrap().threads_left, Some(0));
