@@ -54,6 +54,8 @@
 
 mod allocator;
 mod batch;
+mod grants;
+mod hints;
 mod image;
 mod isolation;
 pub mod loader;
@@ -68,9 +70,11 @@ pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
 mod services;
+mod threads;
 
 pub use allocator::tune_allocator;
 pub use batch::Batch;
+pub use hints::Hint;
 pub use image::sha256_file;
 pub use isolation::Isolation;
 pub use loader::{manifest_differences, LoadError, ManifestDifference};

@@ -39,6 +39,8 @@ use plugbay_api::manifest::{Hook, Manifest, Permission};
 use serde::Serialize;
 
 use crate::batch::{count_array, Batch};
+use crate::grants;
+use crate::hints::{self, Hint};
 use crate::image::Image;
 use crate::isolation::Isolation;
 use crate::loader::{self, LoadError};
@@ -47,6 +49,7 @@ use crate::pipeline::{self, Stopped, Stream, StreamEnd};
 use crate::process::{self, Fault, Limits, ProcessWorker, StartFault};
 use crate::sandbox::{self, Confinement, Policy, Rules, SandboxError, SandboxMode};
 use crate::services::{DataStore, MemoryStore, Revoker, Services};
+use crate::threads;
 
 /// The deadline of a call when neither the manifest nor the spec sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -175,7 +178,9 @@ impl Host {
         self
     }
 
-    /// Where plugins get their `${data_dir}` (one folder per plugin name).
+    /// Where plugins get their `${data_dir}`: one folder per plugin name and version,
+    /// `<dir>/<name>/<version>` (see [`sandbox::plugin_data_dir`]), unless a spec
+    /// sets its own ([`PluginSpec::with_data_dir`]).
     pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Host {
         self.data_dir = dir.into();
         self
@@ -275,6 +280,10 @@ impl Host {
         let id = prepared.id.clone();
         let timeout = prepared.timeout;
         let thread_name = format!("plugbay-{}", prepared.manifest.name);
+        // The copy of the library that belongs to this instance's grants (see `grants`).
+        let key = grants::Key::of(&prepared.granted, &prepared.rules, &prepared.image.path);
+        let image = grants::image_for(&id, &prepared.image, key)?;
+        let left = Arc::new(threads::Left::default());
 
         let (request_tx, request_rx) = bounded::<Request>(1);
         let (reply_tx, reply_rx) = bounded::<Reply>(1);
@@ -287,13 +296,14 @@ impl Host {
         });
         let setup = Setup {
             id: id.clone(),
-            image: prepared.image.clone(),
+            image,
             manifest: prepared.manifest,
             rules: prepared.rules,
             mode: self.sandbox,
             context: prepared.context,
             services: services.clone(),
             life: life.clone(),
+            left: left.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(thread_name)
@@ -308,7 +318,13 @@ impl Host {
             Ok(Ok(ready)) => ready,
             Ok(Err(err)) => {
                 join_by(thread, &life, deadline);
-                return Err(err);
+                let (granted, withheld) = (&prepared.granted, &prepared.withheld);
+                return Err(hints::on_start_error(
+                    err,
+                    granted,
+                    withheld,
+                    Isolation::Thread,
+                ));
             }
             Err(RecvTimeoutError::Timeout) => {
                 services.revoke();
@@ -322,14 +338,17 @@ impl Host {
         };
         tracing::debug!(plugin = %id, confinement = %ready.confinement, "plugin started");
         Ok(PluginHandle {
-            status: PluginStatus::started(
-                id,
-                ready.confinement,
-                prepared.granted,
-                &ready.api_version,
-                &prepared.image,
-                timeout,
-            ),
+            status: PluginStatus {
+                withheld: prepared.withheld,
+                ..PluginStatus::started(
+                    id,
+                    ready.confinement,
+                    prepared.granted,
+                    &ready.api_version,
+                    &prepared.image,
+                    timeout,
+                )
+            },
             may_process: prepared.may_process,
             requests: Some(request_tx),
             replies: reply_rx,
@@ -337,6 +356,7 @@ impl Host {
             wait: ReplyWait::default(),
             services,
             life,
+            left,
             #[cfg(target_os = "linux")]
             process: None,
             #[cfg(target_os = "linux")]
@@ -369,6 +389,11 @@ impl Host {
             limits: self.limits,
             network,
             inspect: false,
+            log_level: prepared
+                .context
+                .log_level
+                .into_option()
+                .map(|level| level as u8),
         };
         let timeout = prepared.timeout;
         let services = prepared.services;
@@ -383,7 +408,11 @@ impl Host {
         if started.is_err() {
             services.revoke();
         }
-        let (worker, ready) = started.map_err(|fault| start_error(&id, timeout, fault))?;
+        let (worker, ready) = started.map_err(|fault| {
+            let (granted, withheld) = (&prepared.granted, &prepared.withheld);
+            let err = start_error(&id, timeout, fault);
+            hints::on_start_error(err, granted, withheld, Isolation::Process)
+        })?;
         tracing::debug!(plugin = %id, pid = worker.pid(), confinement = %ready.confinement, "plugin started in a worker process");
         let (_, replies) = bounded::<Reply>(1);
         Ok(PluginHandle {
@@ -391,6 +420,7 @@ impl Host {
                 isolation: Isolation::Process,
                 pid: Some(worker.pid()),
                 namespaces: ready.namespaces,
+                withheld: prepared.withheld,
                 ..PluginStatus::started(
                     id,
                     ready.confinement,
@@ -412,6 +442,7 @@ impl Host {
                 life: Mutex::new(Life::Serving),
                 census: self.census.clone(),
             }),
+            left: Arc::default(),
             process: Some(worker),
             relay: None,
         })
@@ -449,6 +480,7 @@ impl Host {
             limits: self.limits,
             network: false,
             inspect: true,
+            log_level: None,
         };
         let (services, revoker) = Services::create(id.clone(), &[], self.store.clone());
         let started = ProcessWorker::start(
@@ -501,7 +533,9 @@ impl Host {
             .or(manifest.timeout_ms.map(Duration::from_millis))
             .unwrap_or(self.timeout);
         let plugin_dir = absolute(&spec.plugin_dir);
-        let data_dir = self.data_dir.join(&manifest.name);
+        let data_dir = spec.data_dir.clone().unwrap_or_else(|| {
+            sandbox::plugin_data_dir(&self.data_dir, &manifest.name, &manifest.version)
+        });
         if granted.iter().any(
             |p| matches!(p, Permission::FsWrite(path) if path.as_str().contains("${data_dir}")),
         ) {
@@ -526,11 +560,19 @@ impl Host {
             plugin_dir: RString::from(plugin_dir.to_string_lossy().as_ref()),
             data_dir: RString::from(data_dir.to_string_lossy().as_ref()),
             services,
+            log_level: crate::services::recorded_level().into(),
         };
+        let withheld = manifest
+            .permissions
+            .iter()
+            .filter(|permission| !granted.contains(permission))
+            .cloned()
+            .collect();
         Ok(Prepared {
             id,
             image,
             manifest,
+            withheld,
             granted,
             timeout,
             rules,
@@ -557,7 +599,11 @@ fn start_error(id: &str, timeout: Duration, fault: StartFault) -> StartError {
             message,
             plugin_error,
         } => match (stage.as_str(), plugin_error) {
-            ("init", Some(error)) => StartError::Init { id, error },
+            ("init", Some(error)) => StartError::Init {
+                id,
+                error,
+                hint: Hint::default(),
+            },
             ("constructor", Some(error)) => StartError::Constructor { id, error },
             // The loader's own error, which names the library and what to do.
             ("load", None) => StartError::WorkerLoad { message },
@@ -582,6 +628,8 @@ pub(crate) struct Prepared {
     pub services: Revoker,
     /// Whether the instance may receive batches, or why not.
     pub may_process: Result<(), &'static str>,
+    /// What the manifest requests that was not granted.
+    pub withheld: Vec<Permission>,
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -638,6 +686,9 @@ pub struct PluginSpec {
     pub sha256: Option<String>,
     /// Where the instance runs (the host's choice if unset).
     pub isolation: Option<Isolation>,
+    /// `${data_dir}` for this instance (the host's `<data dir>/<name>/<version>` if
+    /// unset).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Why a manifest file could not be used.
@@ -676,6 +727,7 @@ impl PluginSpec {
             timeout: None,
             sha256: None,
             isolation: None,
+            data_dir: None,
         }
     }
 
@@ -695,6 +747,7 @@ impl PluginSpec {
             timeout: None,
             sha256: None,
             isolation: None,
+            data_dir: None,
         })
     }
 
@@ -745,6 +798,13 @@ impl PluginSpec {
         self.isolation = Some(isolation);
         self
     }
+
+    /// Uses `dir` as the instance's `${data_dir}` instead of the host's folder for
+    /// the plugin's name and version (a development run, a test).
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> PluginSpec {
+        self.data_dir = Some(dir.into());
+        self
+    }
 }
 
 /// Reads and validates a `plugin.json`.
@@ -778,20 +838,26 @@ pub enum StartError {
         error: PluginError,
     },
     /// `init` returned an error.
-    #[error("plugin {id} failed to initialize: {error}")]
+    #[error("plugin {id} failed to initialize: {error}{hint}")]
     Init {
         /// The plugin.
         id: String,
         /// What the plugin said.
         error: PluginError,
+        /// What the plugin was granted and not granted, if the error reads like a
+        /// sandbox denial.
+        hint: Hint,
     },
     /// `init` panicked.
-    #[error("plugin {id} panicked in init: {message}")]
+    #[error("plugin {id} panicked in init: {message}{hint}")]
     InitPanicked {
         /// The plugin.
         id: String,
         /// The panic message.
         message: String,
+        /// What the plugin was granted and not granted, if the panic reads like a
+        /// sandbox denial.
+        hint: Hint,
     },
     /// Loading and `init` did not finish within the deadline.
     #[error(
@@ -865,7 +931,7 @@ pub enum StartError {
 #[non_exhaustive]
 pub enum CallError {
     /// The plugin returned an error; the instance goes on.
-    #[error("plugin {id} failed in {hook}: {error}")]
+    #[error("plugin {id} failed in {hook}: {error}{hint}")]
     Plugin {
         /// The plugin.
         id: String,
@@ -873,9 +939,12 @@ pub enum CallError {
         hook: Hook,
         /// What the plugin said.
         error: PluginError,
+        /// What the plugin was granted and not granted, if the error reads like a
+        /// sandbox denial.
+        hint: Hint,
     },
     /// The hook panicked; the instance is marked failed.
-    #[error("plugin {id} panicked in {hook}: {message}; the instance is marked failed")]
+    #[error("plugin {id} panicked in {hook}: {message}{hint}; the instance is marked failed")]
     Panicked {
         /// The plugin.
         id: String,
@@ -883,6 +952,9 @@ pub enum CallError {
         hook: Hook,
         /// The panic message.
         message: String,
+        /// What the plugin was granted and not granted, if the panic reads like a
+        /// sandbox denial.
+        hint: Hint,
     },
     /// The hook did not return within the deadline; the instance is marked failed.
     #[error("plugin {id} did not return from {hook} within {timeout:?}; the instance is marked failed and its worker abandoned")]
@@ -1044,6 +1116,15 @@ pub struct PluginStatus {
     /// thread may still be running plugin code ([`Host::abandoned_workers`] counts
     /// those that do).
     pub abandoned: bool,
+    /// The permissions the manifest requests that the instance was not granted (what
+    /// the review or the host's policy withheld).
+    pub withheld: Vec<Permission>,
+    /// Once the instance has stopped: how many threads the plugin started were still
+    /// running, on a worker thread (they keep its confinement and run until the
+    /// process exits, renamed `left:NAME`); 0 in a worker process, whose threads end
+    /// with it. `None` while it runs, for local plugins, and where the kernel cannot
+    /// tell (see `threads`).
+    pub threads_left: Option<usize>,
 }
 
 impl PluginStatus {
@@ -1072,6 +1153,8 @@ impl PluginStatus {
             pid: None,
             namespaces: Vec::new(),
             abandoned: false,
+            withheld: Vec::new(),
+            threads_left: None,
         }
     }
 
@@ -1130,12 +1213,28 @@ impl PluginStatus {
     /// The caller's error for a hook's failure; a panic marks the instance failed.
     pub(crate) fn hook_error(&mut self, hook: Hook, error: PluginError) -> CallError {
         let id = self.id.clone();
+        let hint = hints::hint(
+            &error.message,
+            &self.granted,
+            &self.withheld,
+            self.isolation,
+        );
         if error.kind == ErrorKind::PANICKED {
             let message = error.message.to_string();
             self.fail(Failure::Panic(message.clone()));
-            CallError::Panicked { id, hook, message }
+            CallError::Panicked {
+                id,
+                hook,
+                message,
+                hint,
+            }
         } else {
-            CallError::Plugin { id, hook, error }
+            CallError::Plugin {
+                id,
+                hook,
+                error,
+                hint,
+            }
         }
     }
 
@@ -1165,6 +1264,8 @@ pub struct PluginHandle {
     wait: ReplyWait,
     services: Revoker,
     life: Arc<WorkerLife>,
+    /// The threads the plugin left running, as its worker thread found them.
+    left: Arc<threads::Left>,
     /// The worker process, for process isolation.
     #[cfg(target_os = "linux")]
     process: Option<ProcessWorker>,
@@ -1505,6 +1606,10 @@ impl PluginHandle {
             };
             if dropped {
                 join_by(thread, &self.life, deadline);
+                let name = self.status.id.split('@').next().unwrap_or_default();
+                self.status.threads_left =
+                    self.left
+                        .report(&self.status.id, &format!("plugbay-{name}"), name);
             } else {
                 let timeout = self.status.timeout;
                 self.status.fail(Failure::Timeout(format!(
@@ -1535,6 +1640,8 @@ impl PluginHandle {
             } else {
                 worker.stop(Instant::now().checked_add(self.status.timeout));
             }
+            // Its threads ended with it.
+            self.status.threads_left = Some(0);
         }
         self.services.revoke();
         if !matches!(self.status.state, State::Failed(_)) {
@@ -1780,6 +1887,7 @@ struct Setup {
     context: PluginContext,
     services: Revoker,
     life: Arc<WorkerLife>,
+    left: Arc<threads::Left>,
 }
 
 /// The worker thread: confine, load, construct, init, then serve requests; at the
@@ -1793,6 +1901,9 @@ fn worker(
 ) {
     let _ending = Ending(setup.life.clone());
     let services = setup.services.clone();
+    // Before confinement: how the worker will find the threads its plugin leaves.
+    let mut watch = threads::Watch::start();
+    let left = setup.left.clone();
     let started = sandbox::confine_current_thread(&setup.id, &setup.rules, setup.mode)
         .map_err(StartError::from)
         .and_then(|confinement| {
@@ -1859,6 +1970,7 @@ fn worker(
     // this with the call deadline, and abandons the worker past it.
     drop(instance);
     services.revoke();
+    left.record(watch.left());
     // Dropping `replies` (with the function's arguments) tells the handle.
 }
 
@@ -1911,11 +2023,13 @@ pub(crate) fn load_and_init(
             Err(StartError::InitPanicked {
                 id: id.to_owned(),
                 message: error.message.into(),
+                hint: Hint::default(),
             })
         }
         RResult::RErr(error) => Err(StartError::Init {
             id: id.to_owned(),
             error,
+            hint: Hint::default(),
         }),
     }
 }

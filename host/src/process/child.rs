@@ -177,6 +177,7 @@ fn run(
             abi_stable::std_types::RArc::new(services),
             abi_stable::sabi_trait::TD_Opaque,
         ),
+        log_level: setup.log_level.map(wire::log_level).into(),
     };
     let (mut instance, api_version) = match load_and_init(&setup.id, &image, &manifest, context) {
         Ok(started) => started,
@@ -482,12 +483,13 @@ impl ChildServices {
 }
 
 impl HostServices for ChildServices {
-    fn log(&self, level: LogLevel, message: RStr<'_>) {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
         let _ = wire::send(
             &mut *control,
             &Message::Log {
                 level: level as u8,
+                target: target.as_str().to_owned(),
                 message: message.as_str().to_owned(),
             },
             &[],

@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
-use plugbay_api::abi::{ErrorKind, HostServicesBox, LogLevel, PluginError};
+use plugbay_api::abi::{ErrorKind, HostServicesBox, PluginError};
 use serde::{Deserialize, Serialize};
 
 use self::shm::Shared;
@@ -142,6 +142,10 @@ pub(crate) struct Setup {
     /// `init`), then exit.
     #[serde(default)]
     pub inspect: bool,
+    /// The most verbose level the host records from the plugin (a [`LogLevel`] as
+    /// its number), `None` for none.
+    #[serde(default)]
+    pub log_level: Option<u8>,
 }
 
 /// What a started worker process reported.
@@ -615,14 +619,12 @@ fn serve_services(
                         }));
                         continue;
                     }
-                    Message::Log { level, message } => {
-                        let level = match level {
-                            0 => LogLevel::Trace,
-                            1 => LogLevel::Debug,
-                            2 => LogLevel::Info,
-                            3 => LogLevel::Warn,
-                            _ => LogLevel::Error,
-                        };
+                    Message::Log {
+                        level,
+                        target,
+                        message,
+                    } => {
+                        let level = wire::log_level(level);
                         if rate.roll(Instant::now()) && dropped > 0 {
                             tracing::warn!(plugin = %id, dropped, "plugin log lines dropped (more than {} a second)", output::LINES_PER_SECOND);
                             dropped = 0;
@@ -631,7 +633,11 @@ fn serve_services(
                             dropped += 1;
                         } else {
                             rate.take();
-                            services.log(level, RStr::from_str(&message));
+                            services.log(
+                                level,
+                                RStr::from_str(&target),
+                                RStr::from_str(&message),
+                            );
                         }
                         continue;
                     }

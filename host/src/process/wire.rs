@@ -15,6 +15,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
+use plugbay_api::abi::LogLevel;
 use serde::{Deserialize, Serialize};
 
 /// The largest frame either side accepts (headers are small; bodies are data store
@@ -94,8 +95,14 @@ pub(crate) enum Message {
         message: String,
         plugin_error: Option<PluginErrorWire>,
     },
-    /// Worker → host: a log line from the plugin.
-    Log { level: u8, message: String },
+    /// Worker → host: a log line from the plugin, from the module `target` (empty
+    /// for the plugin's own `Context::log`).
+    Log {
+        level: u8,
+        #[serde(default)]
+        target: String,
+        message: String,
+    },
     /// Worker → host: a data store read (the reply is `Value`).
     StoreGet { key: String },
     /// Worker → host: a data store write, the value in the body (the reply is `Done`).
@@ -110,6 +117,18 @@ pub(crate) enum Message {
     Removed { existed: bool },
     /// Host → worker: a service refused the call.
     Denied { error: PluginErrorWire },
+}
+
+/// The [`LogLevel`] a log message carries as its number (anything unknown reads as
+/// an error, the most severe).
+pub(crate) fn log_level(level: u8) -> LogLevel {
+    match level {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        _ => LogLevel::Error,
+    }
 }
 
 /// Writes one frame.
