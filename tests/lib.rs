@@ -11,7 +11,13 @@ use std::sync::OnceLock;
 use plugbay_api::manifest::library_file_name;
 
 /// The example plugins, by package name.
-pub const EXAMPLES: &[&str] = &["data-processor", "redactor", "dedup", "enricher"];
+pub const EXAMPLES: &[&str] = &[
+    "data-processor",
+    "redactor",
+    "dedup",
+    "enricher",
+    "sequencer",
+];
 
 /// The fixture plugins, by package name.
 pub const FIXTURES: &[&str] = &[
@@ -26,6 +32,8 @@ pub const FIXTURES: &[&str] = &[
     "fixture-crasher",
     "fixture-raw-value",
     "fixture-popular",
+    "fixture-sequencer-next",
+    "fixture-sequencer-broken",
 ];
 
 /// The workspace's root directory.

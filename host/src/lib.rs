@@ -71,6 +71,7 @@ pub mod sandbox;
 pub mod server;
 mod services;
 mod threads;
+mod upgrade;
 
 pub use allocator::tune_allocator;
 pub use batch::Batch;
@@ -89,3 +90,4 @@ pub use runtime::{
 };
 pub use sandbox::{Confinement, ConfinementLevel, Policy, SandboxError, SandboxMode};
 pub use services::{DataStore, MemoryStore};
+pub use upgrade::{StageSwitch, Upgrade, UpgradeError};

@@ -15,7 +15,8 @@ use plugbay_api::manifest::Hook;
 use serde::Serialize;
 
 use crate::batch::Batch;
-use crate::runtime::{process_here, recv_by, CallError, Outcome, PluginHandle};
+use crate::runtime::{process_here, CallError, Outcome, PluginHandle};
+use crate::upgrade::{Counters, Handover, Lanes, Switchboard, Switching, Waited};
 
 /// Batches waiting between two stages (back-pressure beyond that).
 const STAGE_QUEUE: usize = 2;
@@ -41,7 +42,9 @@ const STAGE_QUEUE: usize = 2;
 /// ```
 #[derive(Debug)]
 pub struct Pipeline {
-    stages: Vec<PluginHandle>,
+    pub(crate) stages: Vec<PluginHandle>,
+    /// Where stage upgrades are asked for (see [`Pipeline::switch`]).
+    pub(crate) switchboard: Switchboard,
 }
 
 /// An error from outside the plugins: reading input or writing output.
@@ -81,6 +84,20 @@ pub enum PipelineError {
         /// What failed.
         error: IoError,
     },
+    /// A stage could not switch to the new version of its plugin (its worker was gone
+    /// when the stream was handed to it); the run stopped.
+    #[error("pipeline stage {stage} could not switch from {from} to {to}: {error}")]
+    Switch {
+        /// 0-based stage.
+        stage: usize,
+        /// The plugin that was serving the stage.
+        from: String,
+        /// The plugin that was to serve it.
+        to: String,
+        /// What failed.
+        #[source]
+        error: CallError,
+    },
     /// The thread that reads the input could not be spawned.
     #[error("cannot spawn the pipeline's input thread: {source}")]
     Spawn {
@@ -119,7 +136,11 @@ pub struct PipelineReport {
 impl Pipeline {
     /// A pipeline through `stages`, in order.
     pub fn new(stages: Vec<PluginHandle>) -> Pipeline {
-        Pipeline { stages }
+        let switchboard = Switchboard::new(&stages);
+        Pipeline {
+            stages,
+            switchboard,
+        }
     }
 
     /// The stages.
@@ -163,7 +184,9 @@ impl Pipeline {
             return self.refuse(input, stage, error);
         }
         let started = Instant::now();
-        let before = self.counters();
+        // Upgrades asked for while no run was going take effect now, before any batch.
+        let mut switching = Switching::start(&self.switchboard, &mut self.stages);
+        let mut before = self.counters();
         // Dropping a stage's sender in `aborts` wakes it out of its waits, and it
         // starts no other batch; the feeder goes with the first stage.
         let (mut aborts, abort_receivers): (Vec<_>, Vec<_>) = (0..self.stages.len())
@@ -188,6 +211,7 @@ impl Pipeline {
                 aborted: abort_receivers[stage].clone(),
                 clock: clock.clone(),
                 timeout: handle.timeout(),
+                handover: switching.handover(stage),
             };
             clocks.push(clock);
             if let Err(error) = handle.open_stream(stream) {
@@ -259,7 +283,28 @@ impl Pipeline {
             } else {
                 Some(now + END_GRACE)
             };
-            match recv_by(&upstream, wake) {
+            let received = match switching.wait(&upstream, wake) {
+                Waited::Upstream(received) => received,
+                Waited::Switch(event) => {
+                    // An upgrade of a stage: asked for, or handed over at a batch
+                    // boundary (then the new version serves the stage from its next
+                    // batch on). Its deadline is watched from the top of the loop.
+                    let live = switching.on(
+                        event,
+                        &mut self.stages,
+                        &mut clocks,
+                        &abort_receivers,
+                        &mut before,
+                    );
+                    if let Err(error) = live {
+                        aborts.clear();
+                        errors.push(error);
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match received {
                 Ok((index, batch)) => {
                     match std::panic::catch_unwind(AssertUnwindSafe(|| sink(batch))) {
                         Ok(Ok(())) => delivered += 1,
@@ -322,6 +367,8 @@ impl Pipeline {
                 }
             }
         }
+        // Upgrades still waiting for a batch boundary get the end of the run.
+        switching.finish(&mut self.stages, &mut before);
         if let Some(panic) = raised {
             std::panic::resume_unwind(panic);
         }
@@ -330,12 +377,14 @@ impl Pipeline {
             PipelineError::Stage { index, .. }
             | PipelineError::Input { index, .. }
             | PipelineError::Output { index, .. } => *index,
-            PipelineError::Spawn { .. } | PipelineError::Empty => u64::MAX,
+            PipelineError::Spawn { .. }
+            | PipelineError::Switch { .. }
+            | PipelineError::Empty => u64::MAX,
         });
         if let Some(error) = errors.into_iter().next() {
             return Err(error);
         }
-        Ok(self.report(started, &before, delivered))
+        Ok(self.report_with(started, &before, switching.carried(), delivered))
     }
 
     /// The error of a run that could not start because `stage` cannot take batches:
@@ -377,6 +426,20 @@ impl Pipeline {
         before: &[(u64, u64, Duration)],
         delivered: u64,
     ) -> PipelineReport {
+        let carried = vec![Counters::default(); self.stages.len()];
+        self.report_with(started, before, &carried, delivered)
+    }
+
+    /// The report of a run, counting for each stage what the plugins it retired in
+    /// upgrades during the run did (`carried`) and what the one serving it now did
+    /// since `before`.
+    fn report_with(
+        &self,
+        started: Instant,
+        before: &[(u64, u64, Duration)],
+        carried: &[Counters],
+        delivered: u64,
+    ) -> PipelineReport {
         PipelineReport {
             batches: delivered,
             elapsed: started.elapsed(),
@@ -384,11 +447,12 @@ impl Pipeline {
                 .stages
                 .iter()
                 .zip(before)
-                .map(|(stage, (batches, records, busy))| StageReport {
+                .zip(carried)
+                .map(|((stage, (batches, records, busy)), carried)| StageReport {
                     plugin: stage.id().to_owned(),
-                    batches: stage.status().batches - batches,
-                    records_out: stage.status().records_out - records,
-                    busy: stage.status().busy - *busy,
+                    batches: carried.batches + (stage.status().batches - batches),
+                    records_out: carried.records_out + (stage.status().records_out - records),
+                    busy: carried.busy + stage.status().busy.saturating_sub(*busy),
                 })
                 .collect(),
         }
@@ -514,7 +578,7 @@ impl Clock {
     }
 
     /// Batches returned, records in them, and time spent in `process`.
-    fn counters(&self) -> (u64, u64, Duration) {
+    pub(crate) fn counters(&self) -> (u64, u64, Duration) {
         let state = self.state();
         (state.batches, state.records_out, state.busy)
     }
@@ -524,11 +588,14 @@ impl Clock {
 /// results go to `output`, until `input` ends, `output` closes, `aborted` is
 /// disconnected or the plugin fails or returns after `timeout`.
 pub(crate) struct Stream {
-    input: Receiver<(u64, Batch)>,
-    output: Sender<(u64, Batch)>,
-    aborted: Receiver<()>,
-    clock: Arc<Clock>,
-    timeout: Duration,
+    pub(crate) input: Receiver<(u64, Batch)>,
+    pub(crate) output: Sender<(u64, Batch)>,
+    pub(crate) aborted: Receiver<()>,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) timeout: Duration,
+    /// Asks the stream to stop at its next batch boundary and hand its input and
+    /// output to the driver, for the next version of the plugin (an upgrade).
+    pub(crate) handover: Handover,
 }
 
 /// Why a stream stopped on a batch: the plugin failed, or returned after its
@@ -560,6 +627,7 @@ pub(crate) fn stream_with(
         aborted,
         clock,
         timeout,
+        handover,
     } = stream;
     // Once the run is aborted no new batch starts, even one already waiting.
     let is_aborted = || matches!(aborted.try_recv(), Err(TryRecvError::Disconnected));
@@ -567,9 +635,21 @@ pub(crate) fn stream_with(
         if is_aborted() {
             return None;
         }
+        // An upgrade takes the stream between two batches: none is taken from the
+        // input and dropped, and the batch before went out whole.
+        if handover.asked() {
+            handover.hand_back(Lanes { input, output });
+            return None;
+        }
         let next = select! {
             recv(input) -> next => next.ok(),
             recv(aborted) -> _ => None,
+            recv(handover.asking()) -> asked => {
+                if asked.is_ok() {
+                    handover.hand_back(Lanes { input, output });
+                }
+                return None;
+            }
         };
         let (index, batch) = next?;
         if is_aborted() {
