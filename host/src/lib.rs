@@ -54,6 +54,8 @@
 
 mod allocator;
 mod batch;
+mod call;
+mod error;
 mod grants;
 mod hints;
 mod image;
@@ -70,6 +72,7 @@ pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
 mod services;
+mod stream;
 mod threads;
 mod upgrade;
 

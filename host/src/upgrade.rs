@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::batch::Batch;
-use crate::pipeline::{Clock, Pipeline, PipelineError, Stream};
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::stream::{Clock, Stream};
 use crate::runtime::{CallError, Host, PluginHandle, PluginSpec, PluginStatus, StartError, State};
 
 /// What an upgrade did.
