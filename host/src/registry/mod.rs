@@ -20,6 +20,7 @@
 //! library to review it), and swapping that file, even while plugins start, never
 //! gets unreviewed code loaded.
 
+mod current;
 mod keys;
 mod schema;
 
@@ -33,6 +34,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use current::{is_name, CurrentVersion, Switched};
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
 
 use crate::image::hex;
@@ -182,6 +184,30 @@ pub enum RegistryError {
     /// An API key operation failed.
     #[error(transparent)]
     Key(#[from] AuthError),
+    /// A plugin name is not `[a-z0-9-]+`.
+    #[error("invalid plugin name `{name}`; names are lowercase letters, digits and `-`, e.g. `data-processor`")]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// A plugin name has no current version.
+    #[error("plugin name `{name}` has no current version{}; `plugbay upgrade {name}@VERSION` makes an approved, enabled version current", if versions.is_empty() { " (no version of it is registered)".to_owned() } else { format!(" (registered: {})", versions.join(", ")) })]
+    NoCurrentVersion {
+        /// The name.
+        name: String,
+        /// Its registered versions' ids.
+        versions: Vec<String>,
+    },
+    /// Another upgrade of the name changed its current version meanwhile.
+    #[error("the current version of `{name}` changed meanwhile (expected {}, found {}); look again and retry", expected.as_deref().unwrap_or("none"), found.as_deref().unwrap_or("none"))]
+    CurrentChanged {
+        /// The name.
+        name: String,
+        /// The version expected to be current.
+        expected: Option<String>,
+        /// The version that is.
+        found: Option<String>,
+    },
 }
 
 /// Where a plugin is in its security review.
@@ -822,7 +848,10 @@ impl Registry {
     pub fn enable(&mut self, id: &str, actor: &str) -> Result<Entry, RegistryError> {
         let entry = self.get(id)?;
         self.check_runnable(&entry, false)?;
-        self.set_enabled(id, true, actor)
+        let entry = self.set_enabled(id, true, actor)?;
+        // The first version of a name to be enabled serves the name (see `current`).
+        self.adopt_current(&entry, actor)?;
+        Ok(entry)
     }
 
     /// Disables a plugin (a running instance is the host's to drain and stop).

@@ -56,6 +56,12 @@ pub(crate) enum ErrorCode {
     RequestTimeout,
     /// The plugin's instance failed too often: the next one starts later.
     PluginBackoff,
+    /// The version an upgrade asked for did not start; the one before stays current.
+    UpgradeFailed,
+    /// A plugin name has no current version.
+    NoCurrentVersion,
+    /// Another upgrade changed the name's current version meanwhile.
+    CurrentChanged,
     /// Anything else on the server's side.
     Internal,
 }
@@ -84,6 +90,9 @@ impl ErrorCode {
         ErrorCode::PluginTimeout,
         ErrorCode::RequestTimeout,
         ErrorCode::PluginBackoff,
+        ErrorCode::UpgradeFailed,
+        ErrorCode::NoCurrentVersion,
+        ErrorCode::CurrentChanged,
         ErrorCode::Internal,
     ];
 
@@ -110,6 +119,9 @@ impl ErrorCode {
             ErrorCode::PluginTimeout => "plugin_timeout",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::PluginBackoff => "plugin_backoff",
+            ErrorCode::UpgradeFailed => "upgrade_failed",
+            ErrorCode::NoCurrentVersion => "no_current_version",
+            ErrorCode::CurrentChanged => "current_changed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -126,12 +138,15 @@ impl ErrorCode {
             | ErrorCode::NotApproved
             | ErrorCode::Disabled
             | ErrorCode::LibraryChanged
-            | ErrorCode::NotPermitted => StatusCode::CONFLICT,
+            | ErrorCode::NotPermitted
+            | ErrorCode::NoCurrentVersion
+            | ErrorCode::CurrentChanged => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::PluginError => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PluginPanicked
             | ErrorCode::PluginFailed
             | ErrorCode::PluginStartFailed
+            | ErrorCode::UpgradeFailed
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::InvalidPluginOutput => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestTimeout | ErrorCode::PluginBackoff => StatusCode::SERVICE_UNAVAILABLE,
@@ -280,6 +295,19 @@ impl From<RegistryError> for ApiError {
             ),
             err @ RegistryError::LibraryChanged { .. } => {
                 ApiError::new(ErrorCode::LibraryChanged, err.to_string())
+            }
+            err @ RegistryError::InvalidName { .. } => {
+                ApiError::new(ErrorCode::InvalidId, err.to_string())
+            }
+            RegistryError::NoCurrentVersion { name, versions } => ApiError::new(
+                ErrorCode::NoCurrentVersion,
+                format!(
+                    "plugin name `{name}` has no current version{}; POST /plugins/{name}@VERSION/upgrade makes an approved, enabled version current",
+                    if versions.is_empty() { " (no version of it is registered)".to_owned() } else { format!(" (registered: {})", versions.join(", ")) }
+                ),
+            ),
+            err @ RegistryError::CurrentChanged { .. } => {
+                ApiError::new(ErrorCode::CurrentChanged, err.to_string())
             }
             err @ RegistryError::NotRequested { .. } => ApiError::field("permissions", err.to_string()),
             RegistryError::NoReason { id } => {

@@ -47,6 +47,7 @@ mod middleware;
 mod openapi;
 mod pool;
 mod routes;
+mod upgrades;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -67,6 +68,7 @@ use instances::Instances;
 pub use instances::RestartPolicy;
 use pool::Registries;
 use routes::{Access, Operation, ROUTES};
+use upgrades::Upgrades;
 
 /// Where the server listens unless told otherwise: `127.0.0.1:7070`.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070));
@@ -147,6 +149,8 @@ pub(crate) struct App {
     registries: Registries,
     host: Host,
     instances: Instances,
+    /// The version each plugin name is served with, and switches between versions.
+    upgrades: Upgrades,
     body_limit: usize,
     request_timeout: Duration,
     openapi: serde_json::Value,
@@ -204,6 +208,7 @@ impl Server {
                 registries: Registries::new(registry),
                 host,
                 instances: Instances::new(options.restarts),
+                upgrades: Upgrades::default(),
                 body_limit: options.body_limit,
                 request_timeout: options.request_timeout,
                 openapi: openapi::document(),
@@ -374,6 +379,7 @@ fn handler(operation: Operation, filter: MethodFilter) -> MethodRouter<Arc<App>>
         Operation::UnregisterPlugin => on(filter, handlers::unregister_plugin),
         Operation::ReviewPlugin => on(filter, handlers::review_plugin),
         Operation::ProcessBatch => on(filter, handlers::process_batch),
+        Operation::UpgradePlugin => on(filter, handlers::upgrade_plugin),
     }
 }
 

@@ -98,10 +98,17 @@ fn doc_of(operation: Operation) -> Doc {
             request: Some(schema("ReviewRequest")),
             success: schema("Plugin"),
         },
+        Operation::UpgradePlugin => Doc {
+            operation_id: "upgradePlugin",
+            summary: "Make a version the current version of its name (a live upgrade)",
+            description: "The version (approved, enabled, its library the one reviewed) is started and initialised while the current one serves on; if it starts, it becomes current, the batch the old version's instance is on finishes there, the old instance runs `cleanup` and stops, and batches sent to the name go to the new version from then on (none is lost or refused). If it does not start, nothing changes: the old version stays current, and the error names the new one. Audited as `upgrade` or `upgrade-failed`.",
+            request: None,
+            success: schema("Upgrade"),
+        },
         Operation::ProcessBatch => Doc {
             operation_id: "processBatch",
             summary: "Process a batch of records",
-            description: "Sends a JSON array of records through the plugin's `process` hook and returns the array it produced. The first batch starts an instance (confined to the granted permissions); later batches reuse it, one at a time. Each call has the plugin's deadline (`timeout_ms`).",
+            description: "Sends a JSON array of records through the plugin's `process` hook and returns the array it produced. `{id}` is an id (`name@version`: that version), or a bare name (`data-processor`: its current version, which follows upgrades at a batch boundary). The first batch starts an instance (confined to the granted permissions); later batches reuse it, one at a time. Each call has the plugin's deadline (`timeout_ms`).",
             request: Some(json!({ "type": "array", "items": {}, "description": "the records" })),
             success: json!({ "type": "array", "items": {}, "description": "the processed records" }),
         },
@@ -161,7 +168,16 @@ pub(crate) fn document() -> Value {
             "security": security,
             "responses": responses,
         });
-        if route.path.contains("{id}") {
+        if route.operation == Operation::ProcessBatch {
+            operation["parameters"] = json!([{
+                "name": "id",
+                "in": "path",
+                "required": true,
+                "description": "the plugin's id, `name@version`, or its name alone for its current version",
+                "schema": { "type": "string", "pattern": format!("^{NAME}(@{SEMVER})?$") },
+                "example": "data-processor",
+            }]);
+        } else if route.path.contains("{id}") {
             operation["parameters"] = json!([{
                 "name": "id",
                 "in": "path",
@@ -319,6 +335,19 @@ fn schemas() -> Value {
                 },
                 "abandoned_workers": { "type": "integer", "minimum": 0, "description": "worker threads abandoned after a missed deadline that still run plugin code" },
                 "next_start_at": { "type": ["string", "null"], "description": "RFC 3339: batches before then get 503 `plugin_backoff`" },
+            },
+        },
+        "Upgrade": {
+            "type": "object",
+            "required": ["name", "from", "to", "changed", "retired", "cleanup_errors"],
+            "additionalProperties": false,
+            "properties": {
+                "name": { "type": "string", "pattern": format!("^{NAME}$") },
+                "from": { "type": ["string", "null"], "description": "the version that was current (null: none was)" },
+                "to": { "type": "string", "description": "the version that is current now" },
+                "changed": { "type": "boolean", "description": "false when `to` was current already" },
+                "retired": { "type": "array", "items": { "type": "object" }, "description": "the final status of each old instance this server stopped (id, state, batches, records_out, …)" },
+                "cleanup_errors": { "type": "array", "items": { "type": "string" }, "description": "why an old instance's cleanup or stop failed, if one did; the upgrade happened all the same" },
             },
         },
         "PluginList": {
