@@ -17,6 +17,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+mod upgrade;
+
 // ---------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------
