@@ -12,6 +12,8 @@ use plugbay_host::Manifest;
 use plugbay_tests::{abi_fixtures, example_manifest, library, plugbay_bin, workspace_root};
 use serde_json::Value;
 
+mod upgrade;
+
 /// A registry home of its own, and the binary to drive it.
 struct Plugbay {
     dir: tempfile::TempDir,
