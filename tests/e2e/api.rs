@@ -1329,13 +1329,14 @@ fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
         ("DELETE", "/plugins/{id}"),
         ("POST", "/plugins/{id}/review"),
         ("POST", "/plugins/{id}/process"),
+        ("POST", "/plugins/{id}/upgrade"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
     .collect();
     assert_eq!(
         pairs, expected,
-        "the seed's endpoints plus review, process, health and openapi"
+        "the seed's endpoints plus review, process, upgrade, health and openapi"
     );
 
     let paths: BTreeSet<&String> = routes.keys().map(|(_, path)| path).collect();
