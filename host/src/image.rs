@@ -442,7 +442,10 @@ mod tests {
         image.pin();
         drop(image);
         let again = Image::already_sealed(&kept, &sha256).expect("a pinned copy stays");
-        assert_eq!(std::fs::read(&again.load_path).unwrap(), b"opened by the dynamic loader here");
+        assert_eq!(
+            std::fs::read(&again.load_path).unwrap(),
+            b"opened by the dynamic loader here"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

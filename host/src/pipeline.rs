@@ -96,7 +96,7 @@ pub enum PipelineError {
         to: String,
         /// What failed.
         #[source]
-        error: CallError,
+        error: Box<CallError>,
     },
     /// The thread that reads the input could not be spawned.
     #[error("cannot spawn the pipeline's input thread: {source}")]
@@ -377,9 +377,9 @@ impl Pipeline {
             PipelineError::Stage { index, .. }
             | PipelineError::Input { index, .. }
             | PipelineError::Output { index, .. } => *index,
-            PipelineError::Spawn { .. }
-            | PipelineError::Switch { .. }
-            | PipelineError::Empty => u64::MAX,
+            PipelineError::Spawn { .. } | PipelineError::Switch { .. } | PipelineError::Empty => {
+                u64::MAX
+            }
         });
         if let Some(error) = errors.into_iter().next() {
             return Err(error);

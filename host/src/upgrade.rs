@@ -37,8 +37,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Select, 
 
 use crate::batch::Batch;
 use crate::pipeline::{Pipeline, PipelineError};
-use crate::stream::{Clock, Stream};
 use crate::runtime::{CallError, Host, PluginHandle, PluginSpec, PluginStatus, StartError, State};
+use crate::stream::{Clock, Stream};
 
 /// What an upgrade did.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ pub enum UpgradeError {
         to: String,
         /// Why it did not start (naming it).
         #[source]
-        source: StartError,
+        source: Box<StartError>,
     },
     /// The new instance is another plugin, not another version of the same one.
     #[error("cannot upgrade {from} to {to}: an upgrade replaces a plugin with another version of the same name; start {to} beside it instead")]
@@ -90,7 +90,7 @@ pub enum UpgradeError {
         to: String,
         /// Why it cannot.
         #[source]
-        source: CallError,
+        source: Box<CallError>,
     },
     /// The pipeline has no such stage.
     #[error("cannot upgrade stage {stage} to {to}: the pipeline has {stages} stages (0 to {})", stages.saturating_sub(1))]
@@ -182,9 +182,11 @@ impl Host {
         let from = handle.id().to_owned();
         let to = spec.manifest.id();
         same_plugin(&from, &to)?;
-        let new = self
-            .start(spec)
-            .map_err(|source| UpgradeError::Start { from, to, source })?;
+        let new = self.start(spec).map_err(|source| UpgradeError::Start {
+            from,
+            to,
+            source: Box::new(source),
+        })?;
         handle.replace_with(new)
     }
 }
@@ -311,9 +313,11 @@ impl StageSwitch {
         let to = spec.manifest.id();
         let from = self.stage(stage, &to)?;
         same_plugin(&from, &to)?;
-        let new = host
-            .start(spec)
-            .map_err(|source| UpgradeError::Start { from, to, source })?;
+        let new = host.start(spec).map_err(|source| UpgradeError::Start {
+            from,
+            to,
+            source: Box::new(source),
+        })?;
         self.replace(stage, new)
     }
 
@@ -429,7 +433,7 @@ pub(crate) enum Waited<T> {
 
 /// An upgrade asked for, or a stage handed over at a batch boundary.
 pub(crate) enum SwitchEvent {
-    Asked(SwitchRequest),
+    Asked(Box<SwitchRequest>),
     Handed(Handed),
 }
 
@@ -516,7 +520,7 @@ impl Switching {
             )
         } else if index == asked {
             match operation.recv(&self.incoming) {
-                Ok(request) => Waited::Switch(SwitchEvent::Asked(request)),
+                Ok(request) => Waited::Switch(SwitchEvent::Asked(Box::new(request))),
                 // The switchboard holds a sender for as long as the pipeline lives.
                 Err(_) => Waited::Upstream(Err(RecvTimeoutError::Timeout)),
             }
@@ -543,7 +547,7 @@ impl Switching {
     ) -> Result<(), PipelineError> {
         match event {
             SwitchEvent::Asked(request) => {
-                if let Some(request) = self.check(request, stages) {
+                if let Some(request) = self.check(*request, stages) {
                     self.ask(request);
                 }
                 Ok(())
@@ -584,7 +588,7 @@ impl Switching {
                     stage,
                     from,
                     to,
-                    error,
+                    error: Box::new(error),
                 })
             }
         }
@@ -592,7 +596,11 @@ impl Switching {
 
     /// After the run: the upgrades still pending (their stage's input ended, or the
     /// run stopped, before a batch boundary came) happen now.
-    pub(crate) fn finish(&mut self, stages: &mut [PluginHandle], before: &mut [(u64, u64, Duration)]) {
+    pub(crate) fn finish(
+        &mut self,
+        stages: &mut [PluginHandle],
+        before: &mut [(u64, u64, Duration)],
+    ) {
         self.asks.iter_mut().for_each(|ask| *ask = None);
         let pending: Vec<SwitchRequest> = self
             .pending
@@ -645,7 +653,10 @@ impl Switching {
 
     fn next_waiting(&mut self, stage: usize, stages: &[PluginHandle]) {
         if let Some(position) = self.waiting.iter().position(|r| r.stage == stage) {
-            let request = self.waiting.remove(position).expect("the position is in range");
+            let request = self
+                .waiting
+                .remove(position)
+                .expect("the position is in range");
             if let Some(request) = self.check(request, stages) {
                 self.ask(request);
             }
@@ -670,7 +681,7 @@ impl Switching {
                     .map(|source| UpgradeError::NotServing {
                         from: serving.id().to_owned(),
                         to,
-                        source,
+                        source: Box::new(source),
                     })
             }),
         };

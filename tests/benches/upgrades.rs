@@ -44,7 +44,11 @@ fn status_kb(field: &str) -> u64 {
 fn sealed_copies() -> (usize, u64) {
     let mut count = 0;
     let mut bytes = 0;
-    for entry in std::fs::read_dir("/proc/self/fd").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let target = std::fs::read_link(entry.path()).unwrap_or_default();
         if target.to_string_lossy().starts_with("/memfd:plugbay:") {
             count += 1;
@@ -93,7 +97,7 @@ fn measure(isolation: Isolation, kind: &str) {
     let spec_for = |upgrade: usize| -> PluginSpec {
         match kind {
             "rebuilds" => example("sequencer").with_library(&builds[upgrade]),
-            _ if upgrade % 2 == 0 => fixture("sequencer-next"),
+            _ if upgrade.is_multiple_of(2) => fixture("sequencer-next"),
             _ => example("sequencer"),
         }
     };
@@ -115,7 +119,7 @@ fn measure(isolation: Isolation, kind: &str) {
             .expect("the upgrade succeeds");
         pids.extend(plugin.status().pid);
         plugin.process(&batch).expect("a batch");
-        if (upgrade + 1) % EVERY == 0 {
+        if (upgrade + 1).is_multiple_of(EVERY) {
             read(upgrade + 1, &pids);
         }
     }

@@ -1750,10 +1750,31 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
     // Upgrades: `sequencer@1.0.0` is current, `sequencer@3.0.0` does not start.
     let sequencer = api.ready("sequencer");
     let broken = api.ready("fixture-sequencer-broken");
-    scenario!("POST", "/plugins/{id}/upgrade", 200, write, &sequencer, None);
-    scenario!("POST", "/plugins/{id}/upgrade", 400, write, "no-version", None);
+    scenario!(
+        "POST",
+        "/plugins/{id}/upgrade",
+        200,
+        write,
+        &sequencer,
+        None
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/upgrade",
+        400,
+        write,
+        "no-version",
+        None
+    );
     scenario!("POST", "/plugins/{id}/upgrade", 401, None, &sequencer, None);
-    scenario!("POST", "/plugins/{id}/upgrade", 403, execute, &sequencer, None);
+    scenario!(
+        "POST",
+        "/plugins/{id}/upgrade",
+        403,
+        execute,
+        &sequencer,
+        None
+    );
     scenario!("POST", "/plugins/{id}/upgrade", 404, write, ghost, None);
     scenario!("POST", "/plugins/{id}/upgrade", 409, write, &pending, None);
     scenario!("POST", "/plugins/{id}/upgrade", 500, write, &broken, None);

@@ -40,7 +40,11 @@ fn a_running_handle_is_upgraded_and_its_state_carried_over() {
             (upgrade.from.as_str(), upgrade.to.as_str()),
             ("sequencer@1.0.0", "sequencer@2.0.0")
         );
-        assert!(upgrade.cleanup_error.is_none(), "{:?}", upgrade.cleanup_error);
+        assert!(
+            upgrade.cleanup_error.is_none(),
+            "{:?}",
+            upgrade.cleanup_error
+        );
         assert_eq!(upgrade.previous.batches, 1);
         assert_eq!(upgrade.previous.state, State::Unloaded);
         assert_eq!(plugin.id(), "sequencer@2.0.0");
@@ -191,7 +195,10 @@ fn middle_stage_upgraded_twice(isolation: Isolation) {
     assert_eq!(out.len() as u64, BATCHES * PER_BATCH);
     for (expected, record) in (0u64..).zip(&out) {
         assert_eq!(record["n"], expected, "every record once, in order");
-        assert_eq!(record["seq"], expected, "numbered without a gap across versions");
+        assert_eq!(
+            record["seq"], expected,
+            "numbered without a gap across versions"
+        );
         assert_eq!(record["processed"], true);
     }
     // Three runs of versions, in order, each switched at a batch boundary.
@@ -246,7 +253,9 @@ fn a_stage_upgrade_whose_init_fails_leaves_the_stage_serving() {
         matches!(&err, UpgradeError::Start { to, .. } if to == "sequencer@3.0.0"),
         "{err}"
     );
-    let err = switch.upgrade(&host, 3, fixture("sequencer-next")).unwrap_err();
+    let err = switch
+        .upgrade(&host, 3, fixture("sequencer-next"))
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "cannot upgrade stage 3 to sequencer@2.0.0: the pipeline has 1 stages (0 to 0)"

@@ -206,7 +206,11 @@ impl Registry {
 
     /// Makes `entry`, just enabled, the current version of its name if the name has
     /// none yet.
-    pub(super) fn adopt_current(&mut self, entry: &Entry, actor: &str) -> Result<(), RegistryError> {
+    pub(super) fn adopt_current(
+        &mut self,
+        entry: &Entry,
+        actor: &str,
+    ) -> Result<(), RegistryError> {
         let name = &entry.manifest.name;
         let since = now();
         self.write(|tx| {

@@ -335,7 +335,9 @@ impl Instances {
         name: &str,
         batch: &Batch,
     ) -> Result<Option<Batch>, ApiError> {
-        match self.hold(registries, host, id, Some(name), |handle| handle.process(batch))? {
+        match self.hold(registries, host, id, Some(name), |handle| {
+            handle.process(batch)
+        })? {
             None => Ok(None),
             Some(result) => Ok(Some(result?)),
         }

@@ -117,9 +117,9 @@ impl Upgrades {
             Ok(switched) => return switched,
             Err(failed) => failed,
         };
-        let _ = app.registries.with(|registry| {
-            registry.record_upgrade_failure(to, from, &failed.message, actor)
-        });
+        let _ = app
+            .registries
+            .with(|registry| registry.record_upgrade_failure(to, from, &failed.message, actor));
         let kept = match from {
             Some(from) => format!("{from} stays current"),
             None => format!("`{name}` still has no current version"),
@@ -143,7 +143,14 @@ impl Upgrades {
             return; // Another batch switched it meanwhile.
         }
         tracing::info!(plugin = %name, from = %serving, to = %current, "the current version changed in the registry; switching");
-        let switched = self.switch(app, name, Some(current), Some(serving), current, SERVER_ACTOR);
+        let switched = self.switch(
+            app,
+            name,
+            Some(current),
+            Some(serving),
+            current,
+            SERVER_ACTOR,
+        );
         if let Ok(Err(err)) = &switched {
             tracing::warn!(plugin = %name, error = %err.message, "the registry changed again while switching");
         }

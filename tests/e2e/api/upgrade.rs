@@ -125,11 +125,13 @@ fn a_name_under_load_from_concurrent_clients_is_upgraded_without_a_failed_reques
     let new = &by_version[&v2];
     assert!(!old.is_empty() && !new.is_empty(), "{by_version:?}");
     assert!(old.iter().max() < new.iter().min(), "{by_version:?}");
-    assert!(during < (CLIENTS * BATCHES) as usize, "the upgrade happened under load");
+    assert!(
+        during < (CLIENTS * BATCHES) as usize,
+        "the upgrade happened under load"
+    );
 
     assert_eq!(api.registry().current("sequencer").unwrap().unwrap().id, v2);
-    assert!(audit(&api, "upgrade")
-        .contains(&format!("current version of sequencer: {v1} → {v2}")));
+    assert!(audit(&api, "upgrade").contains(&format!("current version of sequencer: {v1} → {v2}")));
 }
 
 #[test]
@@ -149,7 +151,9 @@ fn an_upgrade_over_rest_to_a_version_whose_init_fails_leaves_the_old_one_serving
     assert!(
         reply.message().starts_with(&format!(
             "cannot upgrade {v1} to {broken}: {broken} did not start, so {v1} stays current"
-        )) && reply.message().contains("sequencer@3.0.0 needs `shard` in its config"),
+        )) && reply
+            .message()
+            .contains("sequencer@3.0.0 needs `shard` in its config"),
         "{reply:?}"
     );
     assert_eq!(api.registry().current("sequencer").unwrap().unwrap().id, v1);
@@ -160,7 +164,10 @@ fn an_upgrade_over_rest_to_a_version_whose_init_fails_leaves_the_old_one_serving
     assert_eq!(next.body[0]["by"], v1.as_str());
     let failures = audit(&api, "upgrade-failed");
     assert_eq!(failures.len(), 1, "{failures:?}");
-    assert!(failures[0].contains(&format!("{v1} stays current")), "{failures:?}");
+    assert!(
+        failures[0].contains(&format!("{v1} stays current")),
+        "{failures:?}"
+    );
 
     // Only an approved, enabled version can become current.
     let registry_reply = api.call(
@@ -199,7 +206,10 @@ fn an_upgrade_made_in_the_registry_is_followed_at_the_next_batch_and_undone_if_i
     let v1 = api.ready("sequencer");
     let v2 = api.ready("fixture-sequencer-next");
     let broken = api.ready("fixture-sequencer-broken");
-    assert_eq!(send(&api, "/plugins/sequencer/process", 0, 0, 2).status, 200);
+    assert_eq!(
+        send(&api, "/plugins/sequencer/process", 0, 0, 2).status,
+        200
+    );
 
     // `plugbay upgrade sequencer@2.0.0`, as another process would do it.
     let switched = api.registry().upgrade(&v2, "operator").unwrap();
@@ -207,7 +217,10 @@ fn an_upgrade_made_in_the_registry_is_followed_at_the_next_batch_and_undone_if_i
     let reply = send(&api, "/plugins/sequencer/process", 0, 2, 2);
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body[0]["by"], v2.as_str());
-    assert_eq!(reply.body[0]["seq"], 2, "the old version's count carried over");
+    assert_eq!(
+        reply.body[0]["seq"], 2,
+        "the old version's count carried over"
+    );
 
     // A version that does not start: the server keeps the one it serves, and makes it
     // current again; the batch is served, not failed.
@@ -219,8 +232,10 @@ fn an_upgrade_made_in_the_registry_is_followed_at_the_next_batch_and_undone_if_i
     assert_eq!(api.registry().current("sequencer").unwrap().unwrap().id, v2);
     let failures = audit(&api, "upgrade-failed");
     assert!(
-        failures.iter().any(|detail| detail.starts_with(&format!("{broken} did not start"))
-            && detail.ends_with(&format!("{v2} stays current"))),
+        failures.iter().any(
+            |detail| detail.starts_with(&format!("{broken} did not start"))
+                && detail.ends_with(&format!("{v2} stays current"))
+        ),
         "{failures:?}"
     );
 }

@@ -47,13 +47,24 @@ fn upgrade_makes_an_approved_enabled_version_current_and_is_audited() {
     assert_eq!(again["from"], v2.as_str());
     // Back to the version before: an upgrade in either direction.
     let back = plugbay.json(&["upgrade", &v1]);
-    assert_eq!((back["from"].as_str(), back["to"].as_str()), (Some(v2.as_str()), Some(v1.as_str())));
+    assert_eq!(
+        (back["from"].as_str(), back["to"].as_str()),
+        (Some(v2.as_str()), Some(v1.as_str()))
+    );
 
     let stderr = plugbay.fails(&["upgrade", "sequencer"], 1);
-    assert!(stderr.contains("give the version to make current, as `sequencer@VERSION`"), "{stderr}");
+    assert!(
+        stderr.contains("give the version to make current, as `sequencer@VERSION`"),
+        "{stderr}"
+    );
     plugbay.ok(&["disable", &v2]);
     let stderr = plugbay.fails(&["upgrade", &v2], 1);
-    assert!(stderr.contains(&format!("plugin `{v2}` is disabled; enable it with `plugbay enable {v2}`")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "plugin `{v2}` is disabled; enable it with `plugbay enable {v2}`"
+        )),
+        "{stderr}"
+    );
     let shown = plugbay.json(&["show", &v1]);
     let details: Vec<&str> = shown["audit"]
         .as_array()
@@ -118,7 +129,10 @@ impl Dev {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.stdout.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no output from plugbay dev; stderr so far:\n{}", self.drain_stderr())
+                panic!(
+                    "no output from plugbay dev; stderr so far:\n{}",
+                    self.drain_stderr()
+                )
             });
             text.push_str(&line);
             text.push('\n');
@@ -134,7 +148,10 @@ impl Dev {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.stderr.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no `{needle}` from plugbay dev; stderr:\n{}", self.seen_stderr)
+                panic!(
+                    "no `{needle}` from plugbay dev; stderr:\n{}",
+                    self.seen_stderr
+                )
             });
             self.seen_stderr.push_str(&line);
             self.seen_stderr.push('\n');
@@ -185,7 +202,10 @@ fn dev_runs_the_input_again_through_each_rebuild_and_keeps_the_old_build_when_on
 
     rebuild(&lib, "fixture-sequencer-next");
     let line = dev.stderr_line("reloaded");
-    assert!(line.contains("reloaded sequencer@1.0.0 → sequencer@2.0.0"), "{line}");
+    assert!(
+        line.contains("reloaded sequencer@1.0.0 → sequencer@2.0.0"),
+        "{line}"
+    );
     let second = dev.next_json();
     // The same records, through the new build, which took the count over.
     assert_eq!(second[0]["name"], "a");
@@ -216,13 +236,19 @@ fn dev_streams_stdin_and_a_rebuild_takes_over_at_the_next_batch() {
     let mut stdin = dev.child.stdin.take().unwrap();
     writeln!(stdin, r#"{{"name": "a"}}"#).unwrap();
     let first = dev.next_json();
-    assert_eq!((first["seq"].as_u64(), first["by"].as_str()), (Some(0), Some("sequencer@1.0.0")));
+    assert_eq!(
+        (first["seq"].as_u64(), first["by"].as_str()),
+        (Some(0), Some("sequencer@1.0.0"))
+    );
 
     rebuild(&lib, "fixture-sequencer-next");
     dev.stderr_line("reloaded sequencer@1.0.0 → sequencer@2.0.0");
     writeln!(stdin, r#"{{"name": "b"}}"#).unwrap();
     let second = dev.next_json();
-    assert_eq!((second["seq"].as_u64(), second["by"].as_str()), (Some(1), Some("sequencer@2.0.0")));
+    assert_eq!(
+        (second["seq"].as_u64(), second["by"].as_str()),
+        (Some(1), Some("sequencer@2.0.0"))
+    );
     drop(stdin);
     let status = dev.child.wait().unwrap();
     assert!(status.success(), "{status:?}: {}", dev.drain_stderr());
