@@ -131,24 +131,49 @@ fn same_plugin(from: &str, to: &str) -> Result<(), UpgradeError> {
 
 /// Runs the retired instance's `cleanup` (unless it failed or stopped already), and
 /// stops its worker.
-fn retire(mut old: PluginHandle, to: &str) -> Upgrade {
-    let from = old.id().to_owned();
+fn retire(old: PluginHandle, to: &str) -> Upgrade {
+    clean_up(old, to).stop()
+}
+
+/// An instance an upgrade retired, cleaned up; its worker stops in [`Retired::stop`]
+/// (on the thread that asked for the upgrade, not the one that runs a pipeline).
+struct Retired {
+    old: PluginHandle,
+    to: String,
+    cleaned: Result<(), CallError>,
+}
+
+/// Runs the retired instance's `cleanup`, unless it failed or stopped already.
+fn clean_up(mut old: PluginHandle, to: &str) -> Retired {
     let cleaned = if matches!(old.status().state, State::Initialized | State::Running) {
         old.cleanup()
     } else {
         Ok(())
     };
-    let (previous, stopped) = old.stop_with_status();
-    let cleanup_error = cleaned.and(stopped).err();
-    if let Some(err) = &cleanup_error {
-        tracing::warn!(plugin = %from, error = %err, "the version upgraded from did not clean up");
-    }
-    tracing::info!(plugin = %from, to = %to, "upgraded; the old instance is stopped");
-    Upgrade {
-        from,
+    Retired {
+        old,
         to: to.to_owned(),
-        previous,
-        cleanup_error,
+        cleaned,
+    }
+}
+
+impl Retired {
+    /// Stops the retired instance's worker; what the upgrade did.
+    fn stop(self) -> Upgrade {
+        let Retired { old, to, cleaned } = self;
+        let from = old.id().to_owned();
+        let (previous, stopped) = old.stop_with_status();
+        let cleanup_error = cleaned.and(stopped).err();
+        if let Some(err) = &cleanup_error {
+            tracing::warn!(plugin = %from, error = %err, "the version upgraded from did not clean up");
+        }
+        tracing::info!(plugin = %from, to = %to, "upgraded; the old instance is stopped");
+        Upgrade {
+            from,
+            to,
+            previous,
+            cleanup_error,
+        }
     }
 }
 
@@ -218,7 +243,7 @@ pub(crate) struct Counters {
 pub(crate) struct SwitchRequest {
     stage: usize,
     new: PluginHandle,
-    reply: Sender<Result<Upgrade, UpgradeError>>,
+    reply: Sender<Result<Retired, UpgradeError>>,
 }
 
 /// Where a pipeline's stage upgrades are asked for, and which plugins serve its
@@ -337,7 +362,8 @@ impl StageSwitch {
         self.requests
             .send(SwitchRequest { stage, new, reply })
             .map_err(|_| gone())?;
-        replied.recv().map_err(|_| gone())?
+        // The old worker stops here, on the caller's thread.
+        Ok(replied.recv().map_err(|_| gone())??.stop())
     }
 
     fn stage(&self, stage: usize, to: &str) -> Result<String, UpgradeError> {
@@ -471,7 +497,7 @@ impl Switching {
                 let to = request.new.id().to_owned();
                 let old = std::mem::replace(&mut stages[stage], request.new);
                 switching.publish(stages);
-                let _ = reply.send(Ok(retire(old, &to)));
+                let _ = reply.send(Ok(clean_up(old, &to)));
             }
         }
         switching
@@ -570,7 +596,7 @@ impl Switching {
                 let timeout = request.new.timeout();
                 let old = self.swap(stage, request.new, stages, before);
                 // The old version cleans up before the new one takes a batch.
-                let upgrade = retire(old, &to);
+                let retired = clean_up(old, &to);
                 let clock = Arc::new(Clock::default());
                 clocks[stage] = clock.clone();
                 let stream = Stream {
@@ -582,7 +608,7 @@ impl Switching {
                     handover: self.handover(stage),
                 };
                 let opened = stages[stage].open_stream(stream);
-                let _ = request.reply.send(Ok(upgrade));
+                let _ = request.reply.send(Ok(retired));
                 self.next_waiting(stage, stages);
                 opened.map_err(|error| PipelineError::Switch {
                     stage,
@@ -611,7 +637,7 @@ impl Switching {
         for request in pending {
             let to = request.new.id().to_owned();
             let old = self.swap(request.stage, request.new, stages, before);
-            let _ = request.reply.send(Ok(retire(old, &to)));
+            let _ = request.reply.send(Ok(clean_up(old, &to)));
         }
     }
 
