@@ -6,8 +6,8 @@
 //! every 10 upgrades:
 //!
 //! - the host's resident memory (`VmRSS` of `/proc/self/status`);
-//! - the sealed copies of libraries it holds open (memfds named `plugbay:…` in
-//!   `/proc/self/fd`) and their bytes: a copy lives in memory, mapped or not;
+//! - the sealed copies of libraries it holds open (memfds named `plugbay:LIBRARY`
+//!   in `/proc/self/fd`) and their bytes: a copy lives in memory, mapped or not;
 //! - the worker processes of the upgraded plugin still alive (process isolation).
 //!
 //! Two kinds of upgrade: *rebuilds*, where every upgrade loads a library with other
@@ -50,7 +50,9 @@ fn sealed_copies() -> (usize, u64) {
         .flatten()
     {
         let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        if target.to_string_lossy().starts_with("/memfd:plugbay:") {
+        let target = target.to_string_lossy();
+        // A worker process's shared memory for batches is `plugbay:batches`.
+        if target.starts_with("/memfd:plugbay:") && !target.starts_with("/memfd:plugbay:batches") {
             count += 1;
             bytes += std::fs::metadata(entry.path()).map_or(0, |m| m.len());
         }
