@@ -10,13 +10,14 @@
 //!
 //! One memfd is kept per distinct library content (by SHA-256) while an image of it
 //! exists, and for the life of the process once the dynamic loader has opened it
-//! here ([`Image::pin`]): a library is never unloaded (see
-//! [`loader`](crate::loader)), the dynamic loader knows it by the memfd's
-//! `/proc/self/fd/N` name, and reusing that name is how a second instance of the
-//! same library shares the first one's mapping instead of mapping another copy. A
-//! copy only ever handed to worker processes is closed with its last image, so a
-//! host that upgrades process-isolated plugins again and again keeps no copy of
-//! the libraries it no longer runs. When the caller already knows the digest it
+//! here, or once it was loaded by an expected digest (reviewed bytes)
+//! ([`Image::pin`]): a library is never unloaded (see [`loader`](crate::loader)),
+//! the dynamic loader knows it by the memfd's `/proc/self/fd/N` name, and reusing
+//! that name is how a second instance of the same library shares the first one's
+//! mapping instead of mapping another copy. A copy of a library opened without a
+//! digest (a development build) and only handed to worker processes is closed with
+//! its last image, so a host that reloads process-isolated builds again and again
+//! keeps no copy of the builds it no longer runs. When the caller already knows the digest it
 //! wants (a reviewed plugin) and that content is sealed, the file is not read at all.
 //!
 //! A file hashed before is not read again while its stamp (inode, size, modification
@@ -94,7 +95,15 @@ impl Image {
                 });
             }
         }
-        Image::from_bytes(path, sha256, bytes)
+        let image = Image::from_bytes(path, sha256, bytes)?;
+        // Reviewed bytes (loaded by their digest, as every registry run is) stay
+        // sealed: a later load of the same review reads no file, so a stored library
+        // tampered with meanwhile does not stop what was reviewed from running.
+        #[cfg(target_os = "linux")]
+        if expected.is_some() {
+            image.pin();
+        }
+        Ok(image)
     }
 
     /// The sealed copy a host handed a worker process, with the path and digest the

@@ -1195,7 +1195,7 @@ fn every_scope_is_allowed_where_it_belongs_and_refused_elsewhere() {
             assert!(anonymous.header("www-authenticate").starts_with("Bearer"));
         }
     }
-    assert_eq!(checked, 10 * 4);
+    assert_eq!(checked, 11 * 4);
 }
 
 #[test]

@@ -79,7 +79,10 @@ struct Builds {
 
 impl Builds {
     /// The spec of the library as it is now: inspected in a worker process (never
-    /// in this one), and pinned to the bytes inspected.
+    /// in this one). It is not pinned to the inspected digest: a development build
+    /// is loaded by its path, so that a host running builds in worker processes keeps
+    /// no sealed copy of the builds it replaced (a build changed again meanwhile is
+    /// checked against the inspected manifest, and the next change retries).
     fn spec(&self) -> Result<PluginSpec> {
         let inspection = super::inspect::inspect(&self.inspector, &self.library)?;
         let data_dir = plugbay_host::sandbox::plugin_data_dir(
@@ -88,7 +91,6 @@ impl Builds {
             &inspection.manifest.version,
         );
         let mut spec = PluginSpec::new(inspection.library, inspection.manifest)
-            .with_sha256(inspection.sha256)
             .with_isolation(self.isolation)
             .with_data_dir(data_dir);
         if let Some(config) = &self.config {

@@ -5,9 +5,10 @@
 //! instances it runs for the name at their next batch (see `server::upgrades`), and
 //! a version that fails to start there leaves the version before it current.
 //!
-//! The first version of a name to be enabled becomes current by itself. Every change
-//! of the current version, and every upgrade that failed, is in the audit log
-//! (`upgrade`, `upgrade-failed`). Unregistering the current version leaves the name
+//! The first version of a name to be enabled becomes current by itself (its
+//! `enable` is the audit log's record of it). Every later change of the current
+//! version, and every upgrade that failed, is in the audit log (`upgrade`,
+//! `upgrade-failed`). Unregistering the current version leaves the name
 //! without one until an upgrade names another.
 
 use rusqlite::{params, OptionalExtension};
@@ -205,27 +206,15 @@ impl Registry {
     }
 
     /// Makes `entry`, just enabled, the current version of its name if the name has
-    /// none yet.
-    pub(super) fn adopt_current(
-        &mut self,
-        entry: &Entry,
-        actor: &str,
-    ) -> Result<(), RegistryError> {
-        let name = &entry.manifest.name;
+    /// none yet (the `enable` in the audit log records it).
+    pub(super) fn adopt_current(&mut self, entry: &Entry) -> Result<(), RegistryError> {
         let since = now();
         self.write(|tx| {
-            let inserted = tx.execute(
+            tx.execute(
                 "INSERT INTO current_versions (name, id, since) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO NOTHING",
-                params![name, entry.id, since],
+                params![entry.manifest.name, entry.id, since],
             )?;
-            if inserted == 1 {
-                let detail = format!(
-                    "current version of {name}: {} (its first version enabled)",
-                    entry.id
-                );
-                audit(tx, actor, "upgrade", Some(&entry.id), Some(&detail))?;
-            }
             Ok(())
         })
     }

@@ -850,7 +850,7 @@ impl Registry {
         self.check_runnable(&entry, false)?;
         let entry = self.set_enabled(id, true, actor)?;
         // The first version of a name to be enabled serves the name (see `current`).
-        self.adopt_current(&entry, actor)?;
+        self.adopt_current(&entry)?;
         Ok(entry)
     }
 

@@ -75,10 +75,7 @@ fn upgrade_makes_an_approved_enabled_version_current_and_is_audited() {
         .collect();
     assert_eq!(
         details,
-        [
-            format!("current version of sequencer: {v1} (its first version enabled)"),
-            format!("current version of sequencer: {v2} → {v1}"),
-        ]
+        [format!("current version of sequencer: {v2} → {v1}")]
     );
 }
 
