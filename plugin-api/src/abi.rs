@@ -197,6 +197,12 @@ pub struct PluginError {
     pub message: RString,
 }
 
+/// How an invalid-input error about one record of the batch begins, before the
+/// record's number.
+const RECORD_PREFIX: &str = "record ";
+/// What follows the record's number.
+const RECORD_SUFFIX: &str = " of the batch: ";
+
 impl PluginError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<RString>) -> Self {
@@ -204,6 +210,35 @@ impl PluginError {
             kind,
             message: message.into(),
         }
+    }
+
+    /// An invalid-input error about one record of the batch, counted from 1: the
+    /// SDK's answer when a record cannot be read as the plugin's input type. The
+    /// message reads `record N of the batch: REASON`, for people, and
+    /// [`PluginError::record`] reads the number back, so that a host can say where
+    /// in its own input that record came from (`plugbay run` names the record and
+    /// its line in the input file).
+    pub fn invalid_record(record: u64, reason: impl std::fmt::Display) -> Self {
+        PluginError::new(
+            ErrorKind::INVALID_INPUT,
+            format!("{RECORD_PREFIX}{record}{RECORD_SUFFIX}{reason}"),
+        )
+    }
+
+    /// The record of the batch (counted from 1) an invalid-input error made by
+    /// [`PluginError::invalid_record`] is about, and the reason; `None` for any other
+    /// error.
+    pub fn record(&self) -> Option<(u64, &str)> {
+        if self.kind != ErrorKind::INVALID_INPUT {
+            return None;
+        }
+        let rest = self.message.as_str().strip_prefix(RECORD_PREFIX)?;
+        let (number, reason) = rest.split_once(RECORD_SUFFIX)?;
+        if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        let record = number.parse().ok().filter(|record| *record > 0)?;
+        Some((record, reason))
     }
 }
 
@@ -217,6 +252,28 @@ impl std::error::Error for PluginError {}
 
 #[cfg(test)]
 mod tests {
+    use super::{ErrorKind, PluginError};
+
+    #[test]
+    fn an_error_about_a_record_names_it() {
+        let error = PluginError::invalid_record(3, "missing field `text`");
+        assert_eq!(
+            error.message.as_str(),
+            "record 3 of the batch: missing field `text`"
+        );
+        assert_eq!(error.record(), Some((3, "missing field `text`")));
+        for (kind, message) in [
+            (ErrorKind::FAILED, "record 3 of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record x of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record 0 of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record  of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record 3 was odd"),
+            (ErrorKind::INVALID_INPUT, "batch is not an array"),
+        ] {
+            assert_eq!(PluginError::new(kind, message).record(), None, "{message}");
+        }
+    }
+
     #[test]
     fn the_export_name_is_abi_stables() {
         assert_eq!(

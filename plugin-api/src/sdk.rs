@@ -322,6 +322,85 @@ fn is_empty_array(bytes: &[u8]) -> bool {
     }
 }
 
+/// Reads a batch as records of `T`. A record that does not read as `T` is named by
+/// its place in the batch ([`PluginError::invalid_record`]), never by a line and
+/// column of the batch's bytes, which are the host's and mean nothing to the
+/// person who wrote the records.
+fn read_records<T: DeserializeOwned>(input: &[u8]) -> Result<Vec<T>, PluginError> {
+    let mut place = Place::default();
+    let mut deserializer = serde_json::Deserializer::from_slice(input);
+    let result = serde::de::DeserializeSeed::deserialize(
+        Records::<T> {
+            place: &mut place,
+            records: std::marker::PhantomData,
+        },
+        &mut deserializer,
+    )
+    .and_then(|records| deserializer.end().map(|()| records));
+    result.map_err(|err| {
+        let reason = without_position(&err);
+        if place.in_array && err.is_data() {
+            PluginError::invalid_record(place.read + 1, reason)
+        } else {
+            PluginError::new(
+                ErrorKind::INVALID_INPUT,
+                format!("batch is not a JSON array of this plugin's records: {reason}"),
+            )
+        }
+    })
+}
+
+/// How far [`Records`] got.
+#[derive(Default)]
+struct Place {
+    /// The batch is an array.
+    in_array: bool,
+    /// Records read so far.
+    read: u64,
+}
+
+/// A batch, read record by record, counting.
+struct Records<'a, T> {
+    place: &'a mut Place,
+    records: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::DeserializeSeed<'de> for Records<'_, T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Records<'_, T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        self.place.in_array = true;
+        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(record) = seq.next_element()? {
+            records.push(record);
+            self.place.read += 1;
+        }
+        Ok(records)
+    }
+}
+
+/// serde_json's message without the position it appends (` at line L column C`).
+fn without_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_owned(),
+        None => text,
+    }
+}
+
 struct Adapter<P> {
     /// `None` only while the adapter is being dropped.
     plugin: Option<P>,
@@ -384,12 +463,7 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
             let records: Vec<P::Input> = if is_empty_array(input) {
                 Vec::new()
             } else {
-                serde_json::from_slice(input).map_err(|err| {
-                    PluginError::new(
-                        ErrorKind::INVALID_INPUT,
-                        format!("batch is not a JSON array of this plugin's records: {err}"),
-                    )
-                })?
+                read_records(input)?
             };
             let output = live(&mut self.plugin)?
                 .process(context, records)
@@ -421,7 +495,31 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_empty_array;
+    use super::{is_empty_array, read_records};
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Record {
+        text: String,
+    }
+
+    #[test]
+    fn a_record_that_does_not_read_is_named_by_its_place() {
+        let records: Vec<Record> = read_records(br#"[{"text": "a"}, {"text": "b"}]"#).unwrap();
+        assert_eq!(records.len(), 2);
+        let error = read_records::<Record>(br#"[{"text": "a"}, {"txt": "b"}, {}]"#).unwrap_err();
+        assert_eq!(error.record(), Some((2, "missing field `text`")));
+        let error = read_records::<Record>(b"[1, 2]").unwrap_err();
+        assert_eq!(
+            error.message.as_str(),
+            "record 1 of the batch: invalid type: integer `1`, expected struct Record"
+        );
+        let error = read_records::<Record>(br#"{"text": "a"}"#).unwrap_err();
+        assert_eq!(error.record(), None);
+        assert_eq!(
+            error.message.as_str(),
+            "batch is not a JSON array of this plugin's records: invalid type: map, expected a JSON array of records"
+        );
+    }
 
     #[test]
     fn empty_arrays_are_recognised_without_parsing() {

@@ -180,8 +180,14 @@ impl Context {
             })
     }
 
-    /// Opens (creating if needed) the registry.
+    /// Opens the registry, for a lookup: an error if there is none, which is never
+    /// created by a command that only reads or changes what is registered.
     pub fn registry(&self) -> Result<Registry> {
+        Ok(Registry::open_existing(self.home()?)?)
+    }
+
+    /// Opens the registry, creating it if needed: for `register` and `keys create`.
+    pub fn create_registry(&self) -> Result<Registry> {
         Ok(Registry::open(self.home()?)?)
     }
 
@@ -247,6 +253,14 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<io::Error>()
             .is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Writes an error as one line of JSON on stderr, for `--json`:
+/// `{"error": {"code": CODE, "message": MESSAGE}}`, with `code` `failed` (exit code
+/// 1), `usage` (2) or `interrupted` (128 + the signal's number).
+pub fn print_json_error(code: &str, message: &str) {
+    let error = serde_json::json!({ "error": { "code": code, "message": message } });
+    let _ = writeln!(io::stderr().lock(), "{error}");
 }
 
 /// Writes `value` as pretty JSON and a newline to stdout.

@@ -32,7 +32,7 @@ pub struct Args {
 
 /// Registers the plugin and prints its entry.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
-    let mut registry = context.registry()?;
+    let mut registry = context.create_registry()?;
     let host = context.host(&registry);
     if args.manifest.is_dir() && !args.manifest.join("plugin.json").is_file() {
         bail!(

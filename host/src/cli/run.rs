@@ -14,7 +14,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use plugbay_host::registry::Registry;
 use plugbay_host::{
-    Batch, Confinement, Host, IoError, Pipeline, PipelineError, PipelineReport, PluginSpec, State,
+    Batch, CallError, Confinement, Host, IoError, Pipeline, PipelineError, PipelineReport,
+    PluginSpec, State,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -42,8 +43,10 @@ Input: a JSON array of records, or JSON Lines (one object per line). Output: one
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
 bar too when stderr is a terminal. With `--json`, the summary is JSON: on stdout when
 `--output` is a file, else on stderr. With `--output FILE`, the file appears only when
-the run succeeds: a run that fails, or is stopped by Ctrl-C (exit code 130) or a
-SIGTERM (143), leaves no file, neither the output nor a temporary one.")]
+the run succeeds, every plugin's cleanup included: a run that fails, or is stopped by
+Ctrl-C (exit code 130) or a SIGTERM (143), leaves no file, neither the output nor a
+temporary one. The file is created as the umask says; a file it replaces keeps its
+mode.")]
 pub struct Args {
     /// Registered plugin ids (`name@version`) or plugin library files, chained in this order
     #[arg(value_name = "ID|LIBRARY", required = true)]
@@ -151,7 +154,10 @@ struct StageSummary {
     records_out: u64,
     busy_seconds: f64,
     confinement: Confinement,
+    /// The state after cleanup.
     state: State,
+    /// Why cleanup failed, if it did.
+    cleanup_error: Option<String>,
 }
 
 /// Runs the pipeline.
@@ -222,7 +228,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         eprintln!("reading records from stdin (end with Ctrl-D); `--input FILE` reads a file");
     }
     let bar = progress_bar(&source);
-    let mut output = Output::create(args.output.as_deref())?;
+    let mut output = Output::create(args.output.as_deref(), context.json)?;
     let mut pipeline = Pipeline::new(stages);
     let mut records_out = 0u64;
     let mut broken_pipe = false;
@@ -244,9 +250,37 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     let report = match result {
         Ok(report) => report,
         Err(_) if broken_pipe => return Ok(()),
-        Err(err) => return Err(pipeline_error(err, &pipeline, batch_size, &output)),
+        Err(err) => {
+            return Err(pipeline_error(
+                err, &pipeline, batch_size, &output, &progress,
+            ))
+        }
     };
-    let written = output.finish();
+
+    // Every plugin cleans up before the output is finished: a cleanup that fails
+    // or misses its deadline fails the run, and `--output` appears only when the
+    // whole run succeeds.
+    let mut cleanup_error = None;
+    let mut ended = Vec::new();
+    for stage in pipeline.into_stages() {
+        let id = stage.id().to_owned();
+        let (status, result) = stage.shutdown_with_status();
+        let failed = result.err().map(|err| {
+            let message = super::error_chain(&anyhow::Error::new(err));
+            cleanup_error.get_or_insert_with(|| (id, message.clone()));
+            message
+        });
+        ended.push((status, failed));
+    }
+    let written = match &cleanup_error {
+        None => output.finish(),
+        // Records on stdout are out already: close the array they are in.
+        Some(_) if args.output.is_none() => output.finish(),
+        Some(_) => {
+            output.abandon();
+            Ok(())
+        }
+    };
     if let Err(err) = &written {
         if err
             .downcast_ref::<io::Error>()
@@ -257,31 +291,23 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     }
     written?;
 
-    let mut cleanup_error = None;
-    let mut statuses = Vec::new();
-    for stage in pipeline.into_stages() {
-        let id = stage.id().to_owned();
-        let fallback = stage.status().clone();
-        match stage.shutdown() {
-            Ok(status) => statuses.push(status),
-            Err(err) => {
-                statuses.push(fallback);
-                cleanup_error.get_or_insert(
-                    anyhow::Error::new(err)
-                        .context(format!("the run finished, but cleaning up {id} failed")),
-                );
-            }
-        }
-    }
     let summary = summarize(
         &report,
-        &statuses,
+        &ended,
         progress.records.load(Ordering::Relaxed),
         records_out,
     );
     print_summary(&summary, context.json, args.output.is_some())?;
     match cleanup_error {
-        Some(err) => Err(err),
+        Some((id, message)) => Err(match &args.output {
+            Some(path) => anyhow!(
+                "every record went through, but cleaning up {id} failed, so {} was not written: {message}",
+                path.display()
+            ),
+            None => anyhow!(
+                "every record went through, but cleaning up {id} failed: {message}"
+            ),
+        }),
         None => Ok(()),
     }
 }
@@ -339,6 +365,7 @@ fn pipeline_error(
     pipeline: &Pipeline,
     batch_size: usize,
     output: &Output,
+    progress: &Progress,
 ) -> anyhow::Error {
     match err {
         PipelineError::Input { error, .. } => match error.downcast::<InputError>() {
@@ -354,18 +381,60 @@ fn pipeline_error(
             error,
             ..
         } => {
-            let plugin = pipeline
-                .stages()
-                .get(stage)
-                .map(|handle| handle.id().to_owned())
-                .unwrap_or_else(|| format!("stage {}", stage + 1));
-            let first = index.saturating_mul(batch_size as u64) + 1;
-            anyhow::Error::new(error).context(format!(
-                "batch {} (records from {first}) failed in {plugin}, stage {} of {}; nothing after it was written",
-                index + 1,
-                stage + 1,
-                pipeline.stages().len()
-            ))
+            let plugin_of = |stage: usize| {
+                pipeline
+                    .stages()
+                    .get(stage)
+                    .map(|handle| handle.id().to_owned())
+                    .unwrap_or_else(|| format!("stage {}", stage + 1))
+            };
+            let plugin = plugin_of(stage);
+            let stages = pipeline.stages().len();
+            let records = match progress.records_of(index) {
+                Some((first, last)) if first == last => format!("record {first}"),
+                Some((first, last)) => format!("records {first} to {last}"),
+                None => format!(
+                    "records from {}",
+                    index.saturating_mul(batch_size as u64) + 1
+                ),
+            };
+            let batch = format!("batch {} ({records})", index + 1);
+            let refused = match &error {
+                CallError::Plugin { error, .. } => error.record(),
+                _ => None,
+            };
+            match refused {
+                // The first plugin reads the input's records as they are: name the
+                // record by its number and line in the input.
+                Some((record, reason)) if stage == 0 => {
+                    let Some(at) = progress.locate(index, record) else {
+                        return anyhow!(
+                            "{plugin} refused record {record} of {batch}: {reason}; nothing after it was written"
+                        );
+                    };
+                    let lone = progress.json_lines.load(Ordering::Relaxed)
+                        && progress.finished.load(Ordering::Relaxed)
+                        && progress.records.load(Ordering::Relaxed) == 1;
+                    anyhow!(
+                        "{plugin} refused record {} (input line {}): {reason}{}; {batch} failed in stage 1 of {stages}; nothing after it was written",
+                        at.record,
+                        at.line,
+                        if lone {
+                            " (the input is one JSON object, read as one record)"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                Some((record, reason)) => anyhow!(
+                    "{plugin} refused record {record} of what {} (stage {stage} of {stages}) made of {batch}: {reason}; nothing after it was written",
+                    plugin_of(stage - 1),
+                ),
+                None => anyhow::Error::new(error).context(format!(
+                    "{batch} failed in {plugin}, stage {} of {stages}; nothing after it was written",
+                    stage + 1,
+                )),
+            }
         }
         other => anyhow::Error::new(other),
     }
@@ -411,7 +480,7 @@ enum Writer {
 }
 
 impl Output {
-    fn create(path: Option<&Path>) -> Result<Output> {
+    fn create(path: Option<&Path>, json: bool) -> Result<Output> {
         let pending = Arc::new(Mutex::new(None));
         let writer = match path {
             None => Writer::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
@@ -420,11 +489,24 @@ impl Output {
                     Some(dir) if !dir.as_os_str().is_empty() => dir,
                     _ => Path::new("."),
                 };
-                remove_on_signal(pending.clone(), path.to_owned())?;
-                let file = tempfile::Builder::new()
-                    .prefix(".plugbay-output")
+                remove_on_signal(pending.clone(), path.to_owned(), json)?;
+                let mut builder = tempfile::Builder::new();
+                builder.prefix(".plugbay-output");
+                // Created as any file is (0666 less the umask), not private to the
+                // owner as temporary files are.
+                #[cfg(unix)]
+                builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+                let file = builder
                     .tempfile_in(dir)
                     .with_context(|| format!("cannot create output {}", path.display()))?;
+                // An output file that exists keeps its mode when it is replaced.
+                if let Ok(existing) = std::fs::metadata(path) {
+                    if existing.is_file() {
+                        file.as_file()
+                            .set_permissions(existing.permissions())
+                            .with_context(|| format!("cannot create output {}", path.display()))?;
+                    }
+                }
                 *pending.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(file.path().to_owned());
                 Writer::File {
@@ -469,6 +551,13 @@ impl Output {
         out.write_all(inner)
     }
 
+    /// Leaves the output unwritten: a temporary file is removed.
+    fn abandon(self) {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.writer);
+        drop(pending);
+    }
+
     /// Closes the array; a file is moved into place.
     fn finish(mut self) -> Result<()> {
         let name = self.name();
@@ -507,7 +596,11 @@ impl Output {
 /// 128 + the signal's number. The pipeline's threads may be busy in plugin code, or
 /// blocked reading stdin, so the run is not asked to wind down: it is stopped.
 #[cfg(unix)]
-fn remove_on_signal(pending: Arc<Mutex<Option<PathBuf>>>, output: PathBuf) -> Result<()> {
+fn remove_on_signal(
+    pending: Arc<Mutex<Option<PathBuf>>>,
+    output: PathBuf,
+    json: bool,
+) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -523,7 +616,12 @@ fn remove_on_signal(pending: Arc<Mutex<Option<PathBuf>>>, output: PathBuf) -> Re
             let pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(temporary) = pending.as_ref() {
                 let _ = std::fs::remove_file(temporary);
-                eprintln!("\ninterrupted: {} was not written", output.display());
+                let message = format!("interrupted: {} was not written", output.display());
+                if json {
+                    super::print_json_error("interrupted", &message);
+                } else {
+                    eprintln!("\n{message}");
+                }
             }
             std::process::exit(128 + signal);
         })
@@ -533,13 +631,17 @@ fn remove_on_signal(pending: Arc<Mutex<Option<PathBuf>>>, output: PathBuf) -> Re
 
 /// Elsewhere, a stopped run may leave its temporary output file behind.
 #[cfg(not(unix))]
-fn remove_on_signal(_pending: Arc<Mutex<Option<PathBuf>>>, _output: PathBuf) -> Result<()> {
+fn remove_on_signal(
+    _pending: Arc<Mutex<Option<PathBuf>>>,
+    _output: PathBuf,
+    _json: bool,
+) -> Result<()> {
     Ok(())
 }
 
 fn summarize(
     report: &PipelineReport,
-    statuses: &[plugbay_host::PluginStatus],
+    ended: &[(plugbay_host::PluginStatus, Option<String>)],
     records_in: u64,
     records_out: u64,
 ) -> Summary {
@@ -557,14 +659,15 @@ fn summarize(
         stages: report
             .stages
             .iter()
-            .zip(statuses)
-            .map(|(stage, status)| StageSummary {
+            .zip(ended)
+            .map(|(stage, (status, cleanup_error))| StageSummary {
                 plugin: stage.plugin.clone(),
                 batches: stage.batches,
                 records_out: stage.records_out,
                 busy_seconds: stage.busy.as_secs_f64(),
                 confinement: status.confinement.clone(),
                 state: status.state.clone(),
+                cleanup_error: cleanup_error.clone(),
             })
             .collect(),
     }
@@ -607,7 +710,10 @@ fn print_summary(summary: &Summary, json: bool, output_is_file: bool) -> Result<
             thousands(stage.records_out),
             human_duration(Duration::from_secs_f64(stage.busy_seconds)),
             stage.confinement.to_string(),
-            stage.state.to_string(),
+            match (&stage.state, &stage.cleanup_error) {
+                (State::Failed(_), _) | (_, None) => stage.state.to_string(),
+                (state, Some(_)) => format!("{state}, cleanup failed"),
+            },
         ]);
     }
     table.write(&mut err)?;

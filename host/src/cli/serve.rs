@@ -36,6 +36,19 @@ pub struct Args {
 /// Serves until SIGINT or SIGTERM.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let home = context.home()?;
+    // A server on a home with no registry has no API key either: nobody could use
+    // it, and a mistyped `--home` would leave a new registry behind.
+    match plugbay_host::registry::Registry::open_existing(&home) {
+        Ok(registry) => drop(registry),
+        Err(plugbay_host::registry::RegistryError::NoRegistry { .. }) => anyhow::bail!(
+            "no registry to serve in {} (it has no registry.db); create an API key with `plugbay keys create --name NAME --scope SCOPE`, which creates the registry, or give another home with `--home DIR`",
+            home.display()
+        ),
+        Err(err) => {
+            return Err(anyhow::Error::new(err)
+                .context(format!("cannot serve the registry in {}", home.display())))
+        }
+    }
     let mut options = ServeOptions::new(&home);
     options.addr = args.addr;
     options.body_limit = args.body_limit;

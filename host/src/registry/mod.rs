@@ -70,6 +70,12 @@ pub enum RegistryError {
         /// The cause.
         source: rusqlite::Error,
     },
+    /// There is no registry in the home (a lookup does not create one).
+    #[error("no registry in {} (it has no {DATABASE_FILE}); `plugbay register` creates one there, or give another home with `--home DIR` or `PLUGBAY_HOME`", home.display())]
+    NoRegistry {
+        /// The home.
+        home: PathBuf,
+    },
     /// The database was written by a newer Plugbay.
     #[error("registry {path} has schema version {found}, newer than this plugbay understands ({supported}); upgrade plugbay")]
     TooNew {
@@ -390,6 +396,20 @@ fn check_id(id: &str) -> Result<(), RegistryError> {
 }
 
 impl Registry {
+    /// Opens (and migrates if needed) the registry in `home` if there is one;
+    /// [`RegistryError::NoRegistry`] if not. For lookups, which must not leave a new
+    /// registry behind where none was (a mistyped `--home`, a machine with no
+    /// registry yet).
+    pub fn open_existing(home: impl AsRef<Path>) -> Result<Registry, RegistryError> {
+        let home = home.as_ref();
+        if !home.join(DATABASE_FILE).is_file() {
+            return Err(RegistryError::NoRegistry {
+                home: home.to_owned(),
+            });
+        }
+        Registry::open(home)
+    }
+
     /// Opens (creating and migrating if needed) the registry in `home`.
     pub fn open(home: impl AsRef<Path>) -> Result<Registry, RegistryError> {
         let home = home.as_ref();
