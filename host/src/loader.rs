@@ -147,6 +147,21 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The error for a library path that names something other than a regular file
+    /// (a folder, `/dev/zero`, a named pipe): such a thing is never read, since it
+    /// may have no end or block forever.
+    pub fn not_a_file(path: &Path, file_type: std::fs::FileType) -> LoadError {
+        LoadError::NotALibrary {
+            path: path.to_owned(),
+            reason: format!(
+                "it is {}, not a library file; give the plugin's `lib….so` (or `….dll`, `lib….dylib`)",
+                crate::image::kind_of(file_type)
+            ),
+        }
+    }
+}
+
 /// A library that passed every check.
 pub(crate) struct LoadedLibrary {
     pub module: PluginModRef,

@@ -627,7 +627,7 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
     );
     assert_eq!(
         plugbay.fails(&["show", "nope"], 1),
-        "error: invalid plugin id `nope`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
+        "error: invalid plugin id `nope`: it has no `@version`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
     );
     assert_eq!(
         plugbay.fails_with(&["run", "nope"], Some("[]"), 1),

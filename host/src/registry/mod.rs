@@ -90,7 +90,7 @@ pub enum RegistryError {
     #[error("registry database error: {0}")]
     Database(#[from] rusqlite::Error),
     /// The id is not of the form `name@version`.
-    #[error("invalid plugin id `{id}`; ids look like `name@version`, e.g. `data-processor@1.0.0`")]
+    #[error("invalid plugin id `{id}`: {}; ids look like `name@version`, e.g. `data-processor@1.0.0`", id_problem(id).unwrap_or_default())]
     InvalidId {
         /// The id given.
         id: String,
@@ -384,14 +384,27 @@ pub(crate) fn now() -> String {
 
 pub use crate::image::sha256_file;
 
+/// What is wrong with a plugin id, if anything: its name must be a manifest's name,
+/// its version a semantic version.
+pub fn id_problem(id: &str) -> Option<String> {
+    let Some((name, version)) = id.rsplit_once('@') else {
+        return Some("it has no `@version`".to_owned());
+    };
+    if let Err(message) = crate::manifest::validate_name(name) {
+        return Some(format!("the name {message}"));
+    }
+    match semver::Version::parse(version) {
+        Ok(_) => None,
+        Err(err) => Some(format!(
+            "the version `{version}` is not a semantic version ({err})"
+        )),
+    }
+}
+
 fn check_id(id: &str) -> Result<(), RegistryError> {
-    let valid = id
-        .split_once('@')
-        .is_some_and(|(name, version)| !name.is_empty() && semver::Version::parse(version).is_ok());
-    if valid {
-        Ok(())
-    } else {
-        Err(RegistryError::InvalidId { id: id.to_owned() })
+    match id_problem(id) {
+        None => Ok(()),
+        Some(_) => Err(RegistryError::InvalidId { id: id.to_owned() }),
     }
 }
 
@@ -571,6 +584,16 @@ impl Registry {
                 source,
             }
         };
+        // Only a regular file is copied: `/dev/zero` would be copied until the disk
+        // is full, and a named pipe would block the open.
+        match std::fs::metadata(source) {
+            Ok(metadata) if !metadata.is_file() => {
+                return Err(RegistryError::Inspect(StartError::Load(
+                    loader::LoadError::not_a_file(source, metadata.file_type()),
+                )))
+            }
+            _ => {}
+        }
         let mut input = std::fs::File::open(source).map_err(|err| {
             if err.kind() == std::io::ErrorKind::NotFound {
                 RegistryError::Inspect(StartError::Load(loader::LoadError::NotFound {

@@ -58,6 +58,20 @@ pub(crate) enum ErrorCode {
     PluginBackoff,
     /// Anything else on the server's side.
     Internal,
+    /// The request is not HTTP/1.1 the server can read.
+    BadRequest,
+    /// The request head did not arrive in full in time.
+    HeaderTimeout,
+    /// The request line is too long.
+    UriTooLong,
+    /// The request head is too large, or has too many fields.
+    HeadersTooLarge,
+    /// The server serves as many connections as it allows.
+    TooManyConnections,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Another HTTP version than 1.1 or 1.0.
+    VersionNotSupported,
 }
 
 impl ErrorCode {
@@ -85,6 +99,13 @@ impl ErrorCode {
         ErrorCode::RequestTimeout,
         ErrorCode::PluginBackoff,
         ErrorCode::Internal,
+        ErrorCode::BadRequest,
+        ErrorCode::HeaderTimeout,
+        ErrorCode::UriTooLong,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::TooManyConnections,
+        ErrorCode::ShuttingDown,
+        ErrorCode::VersionNotSupported,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -111,13 +132,29 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::PluginBackoff => "plugin_backoff",
             ErrorCode::Internal => "internal",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::HeaderTimeout => "header_timeout",
+            ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::VersionNotSupported => "http_version_not_supported",
         }
     }
 
     /// The status that goes with the code.
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            ErrorCode::InvalidBody | ErrorCode::InvalidId => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidBody | ErrorCode::InvalidId | ErrorCode::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
@@ -258,10 +295,9 @@ impl IntoResponse for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> ApiError {
         match err {
-            RegistryError::InvalidId { id } => ApiError::new(
-                ErrorCode::InvalidId,
-                format!("invalid plugin id `{id}`; ids look like `name@version`, e.g. `data-processor@1.0.0`"),
-            ),
+            err @ RegistryError::InvalidId { .. } => {
+                ApiError::new(ErrorCode::InvalidId, err.to_string())
+            }
             RegistryError::NotFound { id } => ApiError::new(
                 ErrorCode::NotFound,
                 format!("no plugin `{id}` in the registry; GET /plugins lists the registered ids"),

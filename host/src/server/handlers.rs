@@ -141,12 +141,13 @@ fn registration(host: &Host, body: RegisterBody) -> Result<Registration, ApiErro
                 format!("cannot read `entry_point` {}: {err}", library.display()),
             ))
         }
-        Ok(metadata) if metadata.is_dir() => {
+        Ok(metadata) if !metadata.is_file() => {
             return Err(ApiError::field(
                 "entry_point",
                 format!(
-                    "`entry_point` {} is a folder; give the plugin's library file",
-                    library.display()
+                    "`entry_point` {} is {}, not a library file; give the plugin's library file",
+                    library.display(),
+                    crate::image::kind_of(metadata.file_type())
                 ),
             ))
         }

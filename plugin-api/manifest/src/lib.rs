@@ -507,7 +507,9 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+/// Checks a plugin name: 1 to 64 characters of `a-z`, `0-9` and `-`, neither first
+/// nor last a `-`. The error says what is wrong, naming the name.
+pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err(format!(
             "`{name}` must be 1 to 64 characters of `a-z`, `0-9` and `-`"
