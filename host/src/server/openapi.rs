@@ -182,7 +182,7 @@ pub(crate) fn document() -> Value {
         responses.insert(
             "default".to_owned(),
             json!({
-                "description": "any other failure: 500 `internal`, 503 `request_timeout`",
+                "description": "any other failure: 500 `internal`, 503 `request_timeout`; and what the HTTP layer answers before any route: 400 `bad_request` (not HTTP/1.1 the server can read), 408 `header_timeout`, 414 `uri_too_long`, 431 `headers_too_large`, 503 `too_many_connections` or `shutting_down`, 505 `http_version_not_supported`",
                 "content": json_content(schema("Error")),
             }),
         );
