@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use plugbay_api::manifest::library_file_name;
 
+pub mod memory;
+
 /// The example plugins, by package name.
 pub const EXAMPLES: &[&str] = &["data-processor", "redactor", "dedup", "enricher"];
 
