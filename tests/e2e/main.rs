@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod crates;
 mod isolation;
 mod isolation_faults;
 mod loader;

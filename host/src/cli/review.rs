@@ -82,7 +82,11 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     if context.json {
         return print_json(&entry);
     }
-    let data_dir = registry.data_dir().join(&entry.manifest.name);
+    let data_dir = plugbay_host::sandbox::plugin_data_dir(
+        &registry.data_dir(),
+        &entry.manifest.name,
+        &entry.manifest.version,
+    );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{} requests:", entry.id)?;
     let mut table = Table::new(&["PERMISSION", "DECISION"]).indent(2);

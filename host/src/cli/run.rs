@@ -37,7 +37,8 @@ A registered plugin must be approved and enabled, and runs with what its review
 granted, where its review put it (a worker process of its own unless approved for a
 thread). A library file (a plugin author's own build) is inspected first and runs
 confined to what its embedded manifest requests, on a worker thread unless
-`--isolation process` is given; its `${plugin_dir}` is the library's folder.
+`--isolation process` is given; its `${plugin_dir}` is the library's folder, and its
+`${data_dir}` a temporary folder (or one under `--data-dir`), never the registry's.
 
 Input: a JSON array of records, or JSON Lines (one object per line). Output: one JSON
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
@@ -69,6 +70,11 @@ pub struct Args {
     /// where their review put them)
     #[arg(long, value_name = "ISOLATION", default_value = "thread")]
     pub isolation: plugbay_host::Isolation,
+    /// Where plugin library files keep their data: each gets DIR/NAME/VERSION as its
+    /// `${data_dir}` [default: a temporary folder, removed after the run]. Registered
+    /// plugins always use the registry's.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A plugin to run, as named on the command line.
@@ -185,17 +191,32 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     };
     let host = match &registry {
         Some(registry) => context.host(registry),
+        None => Host::new().with_sandbox(context.sandbox),
+    };
+    // A library file is a development build: its data never goes where a registered
+    // plugin of the same name and version keeps its own.
+    let scratch;
+    let library_data = match &args.data_dir {
+        Some(dir) => dir.clone(),
         None => {
-            let host = Host::new().with_sandbox(context.sandbox);
-            match context.home() {
-                Ok(home) => host.with_data_dir(home.join("data")),
-                Err(_) => host,
-            }
+            scratch = tempfile::Builder::new()
+                .prefix("plugbay-run-data-")
+                .tempdir()
+                .context("cannot create a temporary data folder for the run")?;
+            scratch.path().to_owned()
         }
     };
     let mut specs = targets
         .iter()
-        .map(|target| spec(target, registry.as_ref(), &host, args.isolation))
+        .map(|target| {
+            spec(
+                target,
+                registry.as_ref(),
+                &host,
+                args.isolation,
+                &library_data,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     apply_configs(&mut specs, &configs)?;
     // Close the registry before any plugin code runs: a plugin could otherwise use
@@ -319,6 +340,7 @@ fn spec(
     registry: Option<&Registry>,
     host: &Host,
     isolation: plugbay_host::Isolation,
+    library_data: &Path,
 ) -> Result<PluginSpec> {
     match target {
         Target::Registered(id) => {
@@ -327,10 +349,16 @@ fn spec(
         }
         Target::Library(path) => {
             let inspection = super::inspect::inspect(host, path)?;
+            let data_dir = plugbay_host::sandbox::plugin_data_dir(
+                library_data,
+                &inspection.manifest.name,
+                &inspection.manifest.version,
+            );
             // Run the bytes that were inspected, even if the file changes meanwhile.
             Ok(PluginSpec::new(inspection.library, inspection.manifest)
                 .with_sha256(inspection.sha256)
-                .with_isolation(isolation))
+                .with_isolation(isolation)
+                .with_data_dir(data_dir))
         }
     }
 }

@@ -17,6 +17,7 @@ const KNOWN: &[&str] = &[
     "fs:write:PATH",
     "net:connect:PORT",
     "net:bind:PORT",
+    "sys:dns",
 ];
 
 /// A filesystem path in a permission: absolute, or starting with one of
@@ -86,6 +87,9 @@ pub enum Permission {
     NetConnect(u16),
     /// `net:bind:PORT`: may bind TCP sockets to PORT.
     NetBind(u16),
+    /// `sys:dns`: may read the system's name-resolution files (`/etc/hosts`,
+    /// `/etc/resolv.conf`, `/etc/nsswitch.conf`, …), so that host names resolve.
+    SysDns,
 }
 
 /// Why a permission string was refused.
@@ -180,6 +184,7 @@ impl FromStr for Permission {
             "process:data" => return Ok(Permission::ProcessData),
             "read:data" => return Ok(Permission::ReadData),
             "write:data" => return Ok(Permission::WriteData),
+            "sys:dns" => return Ok(Permission::SysDns),
             _ => {}
         }
         if let Some((kind, path)) = text
@@ -294,6 +299,7 @@ impl fmt::Display for Permission {
             Permission::FsWrite(path) => write!(f, "fs:write:{}", path.0),
             Permission::NetConnect(port) => write!(f, "net:connect:{port}"),
             Permission::NetBind(port) => write!(f, "net:bind:{port}"),
+            Permission::SysDns => f.write_str("sys:dns"),
         }
     }
 }
@@ -326,6 +332,7 @@ mod tests {
             "fs:read:${plugin_dir}",
             "net:connect:8080",
             "net:bind:1",
+            "sys:dns",
         ] {
             let permission: Permission = text.parse().unwrap();
             assert_eq!(permission.to_string(), text);
