@@ -182,10 +182,7 @@ impl Load {
     }
 
     fn addr(&self) -> SocketAddr {
-        self.server
-            .as_ref()
-            .expect("the server runs")
-            .local_addr()
+        self.server.as_ref().expect("the server runs").local_addr()
     }
 
     /// Sends `total` requests from `clients` keep-alive connections at once, the mix

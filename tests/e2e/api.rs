@@ -2622,24 +2622,33 @@ fn every_error_of_the_http_layer_is_json() {
     // A garbage request line, binary garbage (a TLS hello on the plain port), a
     // header that does not parse.
     raw_reply(addr, b"HELLO\r\n\r\n").assert_error(400, "bad_request");
-    raw_reply(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").assert_error(400, "bad_request");
-    raw_reply(addr, b"GET /health HTTP/1.1\r\nNo-Colon-Line\r\n\r\n").assert_error(400, "bad_request");
-    raw_reply(addr, b"POST /plugins/register HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
+    raw_reply(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
         .assert_error(400, "bad_request");
-    raw_reply(addr, b"POST /plugins/register HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+    raw_reply(addr, b"GET /health HTTP/1.1\r\nNo-Colon-Line\r\n\r\n")
         .assert_error(400, "bad_request");
-    raw_reply(addr, b"GET /health HTTP/2.0\r\n\r\n").assert_error(505, "http_version_not_supported");
+    raw_reply(
+        addr,
+        b"POST /plugins/register HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+    )
+    .assert_error(400, "bad_request");
+    raw_reply(
+        addr,
+        b"POST /plugins/register HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+    )
+    .assert_error(400, "bad_request");
+    raw_reply(addr, b"GET /health HTTP/2.0\r\n\r\n")
+        .assert_error(505, "http_version_not_supported");
     // 414 and 431, with the client still sending when the answer comes.
     let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000));
     let reply = raw_reply(addr, long.as_bytes());
     reply.assert_error(414, "uri_too_long");
-    assert!(reply.head.to_ascii_lowercase().contains("connection: close"));
+    assert!(reply
+        .head
+        .to_ascii_lowercase()
+        .contains("connection: close"));
     let big = format!(
-        "GET /health HTTP/1.1\r\n{}\r\n",
-        "X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(99)
-            + &"X-Long: ".to_owned()
-            + &"b".repeat(70_000)
-            + "\r\n"
+        "GET /health HTTP/1.1\r\nX-Long: {}\r\n\r\n",
+        "b".repeat(70_000)
     );
     raw_reply(addr, big.as_bytes()).assert_error(431, "headers_too_large");
     let many = format!("GET /health HTTP/1.1\r\n{}\r\n", "X-A: a\r\n".repeat(101));
@@ -2653,7 +2662,9 @@ fn every_error_of_the_http_layer_is_json() {
     // next request on the connection is read where it starts, and a malformed one
     // after good ones is answered after them, in order.
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let key = &api.keys.all;
     let chunked = format!(
         "POST /plugins/register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[1, \r\n2;ext=x\r\n2]\r\n0\r\nX-Trailer: y\r\n\r\n"
@@ -2729,13 +2740,18 @@ fn slow_and_idle_clients_are_timed_out_but_slow_plugins_are_not() {
         closed_within(&mut idle, Duration::from_secs(5)),
         Some(Vec::new())
     );
-    assert!(started.elapsed() >= Duration::from_millis(700), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
     // So is one idle after a request; and a request that takes longer than the idle
     // timeout (a slow plugin) keeps its connection.
     let faulty = api.ready("fixture-faulty");
     configure(&api, &faulty, json!({"slow": "process", "ms": 1800}));
     let mut kept = TcpStream::connect(addr).unwrap();
-    kept.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let request = |path: &str, body: &str| {
         format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -2747,14 +2763,19 @@ fn slow_and_idle_clients_are_timed_out_but_slow_plugins_are_not() {
         .unwrap();
     let reply = read_reply(&mut kept);
     assert_eq!(reply.status, 200, "{reply:?}");
-    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_reply(&mut kept).status, 200);
     let started = Instant::now();
     assert_eq!(
         closed_within(&mut kept, Duration::from_secs(5)),
         Some(Vec::new())
     );
-    assert!(started.elapsed() >= Duration::from_millis(600), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -2764,20 +2785,30 @@ fn connections_past_the_limit_get_503_and_the_server_keeps_serving() {
     let mut held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
     // Each held connection has been accepted once it answers.
     for stream in &mut held {
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         assert_eq!(read_reply(stream).status, 200);
     }
     for _ in 0..20 {
         let reply = raw_reply(addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
         reply.assert_error(503, "too_many_connections");
-        assert!(reply.head.to_ascii_lowercase().contains("retry-after: 1"), "{reply:?}");
+        assert!(
+            reply.head.to_ascii_lowercase().contains("retry-after: 1"),
+            "{reply:?}"
+        );
     }
     // One ends: the next connection is served.
     drop(held.pop());
     let started = Instant::now();
     loop {
-        let (status, _, _) = raw_http(addr, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, _, _) = raw_http(
+            addr,
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         if status == 200 {
             break;
         }
@@ -2786,7 +2817,9 @@ fn connections_past_the_limit_get_503_and_the_server_keeps_serving() {
     }
     // The held connections still work.
     for stream in &mut held {
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         assert_eq!(read_reply(stream).status, 200);
     }
 }
@@ -2800,7 +2833,8 @@ fn a_shutdown_does_not_wait_for_half_sent_or_idle_requests() {
     // Defaults: a 10 s header timeout and a 30 s idle timeout, which a shutdown
     // must not wait for.
     let mut half = TcpStream::connect(addr).unwrap();
-    half.write_all(b"GET /health HTTP/1.1\r\nHost: loc").unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: loc")
+        .unwrap();
     let mut idle = TcpStream::connect(addr).unwrap();
     let (base, key, id) = (api.base.clone(), api.keys.all.clone(), faulty.clone());
     let in_flight = std::thread::spawn(move || {
@@ -2824,7 +2858,10 @@ fn a_shutdown_does_not_wait_for_half_sent_or_idle_requests() {
     half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let reply = read_reply(&mut half);
     reply.assert_error(503, "shutting_down");
-    assert_eq!(closed_within(&mut idle, Duration::from_secs(1)), Some(Vec::new()));
+    assert_eq!(
+        closed_within(&mut idle, Duration::from_secs(1)),
+        Some(Vec::new())
+    );
     assert!(TcpStream::connect(addr).is_err(), "no longer listening");
 }
 
@@ -2861,15 +2898,27 @@ fn ids_versions_bodies_and_entry_points_get_the_error_they_deserve() {
             reply.assert_error(404, "not_found");
         } else {
             reply.assert_error(400, "invalid_id");
-            assert!(reply.message().contains(&format!("invalid plugin id `{id}`: ")), "{reply:?}");
+            assert!(
+                reply
+                    .message()
+                    .contains(&format!("invalid plugin id `{id}`: ")),
+                "{reply:?}"
+            );
         }
     }
     let reply = api.call(Method::GET, "/plugins/Data@1.0.0", key, None);
     assert!(
-        reply.message().contains("the name `Data` contains `D`; use only `a-z`, `0-9` and `-`"),
+        reply
+            .message()
+            .contains("the name `Data` contains `D`; use only `a-z`, `0-9` and `-`"),
         "{reply:?}"
     );
-    let reply = api.call(Method::GET, "/plugins/x@18446744073709551616.0.0", key, None);
+    let reply = api.call(
+        Method::GET,
+        "/plugins/x@18446744073709551616.0.0",
+        key,
+        None,
+    );
     assert!(reply.message().contains("exceeds u64::MAX"), "{reply:?}");
 
     // A review body that is JSON but not an object says so.
@@ -2882,7 +2931,11 @@ fn ids_versions_bodies_and_entry_points_get_the_error_they_deserve() {
         );
         reply.body["id"].as_str().unwrap().to_owned()
     };
-    for (body, found) in [("[1]", "an array"), ("\"approve\"", "a string"), ("7", "a number")] {
+    for (body, found) in [
+        ("[1]", "an array"),
+        ("\"approve\"", "a string"),
+        ("7", "a number"),
+    ] {
         let reply = api.raw(
             Method::POST,
             &format!("/plugins/{dp}/review"),

@@ -307,7 +307,10 @@ impl ConnectionState {
     }
 
     fn last_done(&self) -> Instant {
-        *self.last_done.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .last_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -317,7 +320,11 @@ struct InFlight(Arc<ConnectionState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.last_done.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        *self
+            .0
+            .last_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -847,9 +854,7 @@ fn check_head(bytes: &[u8]) -> Result<Option<(usize, Framing)>, ApiError> {
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(bytes) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() > MAX_HEAD => {
-            return Err(headers_too_large())
-        }
+        Ok(httparse::Status::Partial) if bytes.len() > MAX_HEAD => return Err(headers_too_large()),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(ApiError::new(
@@ -964,7 +969,10 @@ mod tests {
             Some((33, Framing::Length(0)))
         );
         assert_eq!(ok("GET /health HTTP/1.1\r\nHost: x\r\n"), None);
-        assert_eq!(ok("\r\nGET / HTTP/1.0\r\n\r\n"), Some((20, Framing::Length(0))));
+        assert_eq!(
+            ok("\r\nGET / HTTP/1.0\r\n\r\n"),
+            Some((20, Framing::Length(0)))
+        );
         assert_eq!(
             ok("POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhello"),
             Some((57, Framing::Length(5)))
@@ -974,26 +982,56 @@ mod tests {
             Some((72, Framing::Chunked(Chunk::Size(0))))
         );
         assert_eq!(refused("GARBAGE\r\n\r\n"), (400, "bad_request"));
-        assert_eq!(refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), (400, "bad_request"));
-        assert_eq!(refused("GET / HTTP/2.0\r\n\r\n"), (505, "http_version_not_supported"));
-        assert_eq!(refused("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), (505, "http_version_not_supported"));
-        assert_eq!(refused("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"), (400, "bad_request"));
+        assert_eq!(
+            refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            (400, "bad_request")
+        );
+        assert_eq!(
+            refused("GET / HTTP/2.0\r\n\r\n"),
+            (505, "http_version_not_supported")
+        );
+        assert_eq!(
+            refused("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            (505, "http_version_not_supported")
+        );
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"),
+            (400, "bad_request")
+        );
         assert_eq!(refused("GET /\x7f HTTP/1.1\r\n\r\n"), (400, "bad_request"));
         assert_eq!(
             refused("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
             (400, "bad_request")
         );
-        assert_eq!(refused("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"), (400, "bad_request"));
-        assert_eq!(refused("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), (400, "bad_request"));
-        assert_eq!(refused("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), (400, "bad_request"));
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"),
+            (400, "bad_request")
+        );
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            (400, "bad_request")
+        );
+        assert_eq!(
+            refused("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (400, "bad_request")
+        );
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
-        assert_eq!(refused(&long), (414, "uri_too_long"));
+        assert_eq!(refused(long), (414, "uri_too_long"));
         // Too long before the line even ends.
-        assert_eq!(refused(&format!("GET /{}", "a".repeat(MAX_REQUEST_LINE))), (414, "uri_too_long"));
-        let big = format!("GET / HTTP/1.1\r\n{}", "X-A: aaaaaaaaaaaaaaaa\r\n".repeat(MAX_HEAD / 20));
-        assert_eq!(refused(&big), (431, "headers_too_large"));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: a\r\n".repeat(MAX_HEADERS + 1));
-        assert_eq!(refused(&many), (431, "headers_too_large"));
+        assert_eq!(
+            refused(format!("GET /{}", "a".repeat(MAX_REQUEST_LINE))),
+            (414, "uri_too_long")
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\n{}",
+            "X-A: aaaaaaaaaaaaaaaa\r\n".repeat(MAX_HEAD / 20)
+        );
+        assert_eq!(refused(big), (431, "headers_too_large"));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X-A: a\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(refused(many), (431, "headers_too_large"));
     }
 
     /// Frames `body` after a head with `framing`, in pieces of `piece` bytes;
@@ -1036,8 +1074,11 @@ mod tests {
             assert_eq!(body_length(Framing::Length(5), &bytes, piece), (5, true));
         }
         // A broken chunk passes through: hyper refuses it and closes.
-        let (used, idle) =
-            body_length(Framing::Chunked(Chunk::Size(0)), b"zz\r\nhello\r\n0\r\n\r\n", 64);
+        let (used, idle) = body_length(
+            Framing::Chunked(Chunk::Size(0)),
+            b"zz\r\nhello\r\n0\r\n\r\n",
+            64,
+        );
         assert_eq!((used, idle), (16, false));
     }
 }
