@@ -398,7 +398,7 @@ fn plugbay_run_ends_despite_a_drop_that_blocks() {
     assert_eq!(records, json!([{"id": 1}, {"id": 2}]));
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
     assert!(
-        run.stderr.contains("the run finished, but cleaning up faulty@0.1.0 failed: plugin faulty@0.1.0's instance did not finish dropping within 2s; its worker thread was abandoned"),
+        run.stderr.contains("every record went through, but cleaning up faulty@0.1.0 failed: plugin faulty@0.1.0's instance did not finish dropping within 2s; its worker thread was abandoned"),
         "{}",
         run.stderr
     );

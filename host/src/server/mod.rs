@@ -18,6 +18,15 @@
 //! The server listens on 127.0.0.1 by default and speaks plain HTTP: put a TLS
 //! proxy in front of it before listening on another address.
 //!
+//! # Connections
+//!
+//! hyper serves each connection behind a guard (`connection`) that closes
+//! connections idle for [`ServeOptions::idle_timeout`], answers 408 to a request
+//! head not in full within [`ServeOptions::header_timeout`], answers every head
+//! hyper would refuse with a JSON error (400, 414, 431, 505) instead of hyper's
+//! empty ones, and holds at most [`ServeOptions::max_connections`] connections (the
+//! next gets 503). A shutdown closes at once the connections that answer no request.
+//!
 //! # Examples
 //!
 //! ```no_run
