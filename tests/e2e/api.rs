@@ -591,7 +591,7 @@ fn the_seeds_registration_request_is_answered_as_documented() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["id"], 1);
     assert_eq!(records[0]["processed"], true);
-    assert!(records[1]["processed_at"].is_u64());
+    assert!(records[1]["timestamp"].is_string());
 
     let listed = api.call(Method::GET, "/plugins", Some(&api.keys.read), None);
     assert_eq!(listed.status, 200);
