@@ -35,7 +35,9 @@ fn data_processor_marks_records_and_takes_config_from_init() {
     let timestamp = out[0]["timestamp"].as_str().unwrap();
     let stamped = humantime::parse_rfc3339(timestamp).unwrap();
     assert!(timestamp.ends_with('Z') && timestamp.len() == "2026-11-25T15:42:39.863Z".len());
-    assert!(stamped > std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
+    assert!(
+        stamped > std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+    );
     assert_eq!(plugin.status().state, State::Running);
     let status = plugin.shutdown().unwrap();
     assert_eq!(status.state, State::Unloaded);
