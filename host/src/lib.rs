@@ -54,6 +54,7 @@
 
 mod allocator;
 mod batch;
+mod denial;
 mod image;
 mod isolation;
 pub mod loader;
@@ -71,6 +72,7 @@ mod services;
 
 pub use allocator::tune_allocator;
 pub use batch::Batch;
+pub use denial::Note;
 pub use image::sha256_file;
 pub use isolation::Isolation;
 pub use loader::{manifest_differences, LoadError, ManifestDifference};

@@ -115,9 +115,11 @@ impl Host {
         let mut plugins = Vec::with_capacity(prepared.len());
         for plugin in prepared {
             let services = plugin.services;
+            let withheld = plugin.withheld;
             let (instance, api_version) =
                 load_and_init(&plugin.id, &plugin.image, &plugin.manifest, plugin.context)
-                    .inspect_err(|_| services.revoke())?;
+                    .inspect_err(|_| services.revoke())
+                    .map_err(|err| err.explained(&withheld))?;
             tracing::debug!(plugin = %plugin.id, %confinement, "local plugin started");
             plugins.push(LocalPlugin {
                 // Local calls have no deadline.
@@ -128,7 +130,8 @@ impl Host {
                     &api_version,
                     &plugin.image,
                     std::time::Duration::MAX,
-                ),
+                )
+                .with_withheld(withheld),
                 may_process: plugin.may_process,
                 instance: Some(instance),
                 services,

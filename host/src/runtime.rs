@@ -39,6 +39,7 @@ use plugbay_api::manifest::{Hook, Manifest, Permission};
 use serde::Serialize;
 
 use crate::batch::{count_array, Batch};
+use crate::denial::{Note, Withheld};
 use crate::image::Image;
 use crate::isolation::Isolation;
 use crate::loader::{self, LoadError};
@@ -255,8 +256,11 @@ impl Host {
     pub fn start(&self, spec: PluginSpec) -> Result<PluginHandle, StartError> {
         let isolation = spec.isolation.unwrap_or(self.isolation);
         let prepared = self.prepare(spec)?;
+        let withheld = prepared.withheld.clone();
         if isolation == Isolation::Process {
-            return self.start_process(prepared);
+            return self
+                .start_process(prepared)
+                .map_err(|err| err.explained(&withheld));
         }
         let id = prepared.id.clone();
         let timeout = prepared.timeout;
@@ -294,7 +298,7 @@ impl Host {
             Ok(Ok(ready)) => ready,
             Ok(Err(err)) => {
                 join_by(thread, &life, deadline);
-                return Err(err);
+                return Err(err.explained(&withheld));
             }
             Err(RecvTimeoutError::Timeout) => {
                 services.revoke();
@@ -315,7 +319,8 @@ impl Host {
                 &ready.api_version,
                 &prepared.image,
                 timeout,
-            ),
+            )
+            .with_withheld(withheld),
             may_process: prepared.may_process,
             requests: Some(request_tx),
             replies: reply_rx,
@@ -376,6 +381,7 @@ impl Host {
                 isolation: Isolation::Process,
                 pid: Some(worker.pid()),
                 namespaces: ready.namespaces,
+                withheld: prepared.withheld,
                 ..PluginStatus::started(
                     id,
                     ready.confinement,
@@ -495,6 +501,7 @@ impl Host {
             })?;
         }
         let rules = Rules::new(&id, &library, &granted, &plugin_dir, &data_dir)?;
+        let withheld = Withheld::new(&manifest.permissions, &granted, &plugin_dir, &data_dir);
         let config = merged_config(manifest.config.as_ref(), spec.config);
         let (services, revoker) = Services::create(id.clone(), &granted, self.store.clone());
         let may_process = if !manifest.has_hook(Hook::Process) {
@@ -521,6 +528,7 @@ impl Host {
             context,
             services: revoker,
             may_process,
+            withheld,
         })
     }
 
@@ -541,7 +549,11 @@ fn start_error(id: &str, timeout: Duration, fault: StartFault) -> StartError {
             message,
             plugin_error,
         } => match (stage.as_str(), plugin_error) {
-            ("init", Some(error)) => StartError::Init { id, error },
+            ("init", Some(error)) => StartError::Init {
+                id,
+                error,
+                note: Note::default(),
+            },
             ("constructor", Some(error)) => StartError::Constructor { id, error },
             // The loader's own error, which names the library and what to do.
             ("load", None) => StartError::WorkerLoad { message },
@@ -566,6 +578,8 @@ pub(crate) struct Prepared {
     pub services: Revoker,
     /// Whether the instance may receive batches, or why not.
     pub may_process: Result<(), &'static str>,
+    /// What it requested and was not granted, to explain a denied access.
+    pub withheld: Withheld,
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -762,12 +776,15 @@ pub enum StartError {
         error: PluginError,
     },
     /// `init` returned an error.
-    #[error("plugin {id} failed to initialize: {error}")]
+    #[error("plugin {id} failed to initialize: {error}{note}")]
     Init {
         /// The plugin.
         id: String,
         /// What the plugin said.
         error: PluginError,
+        /// The host's explanation, when the error reads like a denied access to
+        /// something the plugin requested and was not granted (else empty).
+        note: Note,
     },
     /// `init` panicked.
     #[error("plugin {id} panicked in init: {message}")]
@@ -844,12 +861,26 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// The error with the host's explanation of a denied access added, when `init`
+    /// failed on one to something `withheld` names.
+    pub(crate) fn explained(self, withheld: &Withheld) -> StartError {
+        match self {
+            StartError::Init { id, error, .. } => {
+                let note = withheld.note(&id, &error.message);
+                StartError::Init { id, error, note }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Why a call failed. The caller's batch is never consumed: it can be retried.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
     /// The plugin returned an error; the instance goes on.
-    #[error("plugin {id} failed in {hook}: {error}")]
+    #[error("plugin {id} failed in {hook}: {error}{note}")]
     Plugin {
         /// The plugin.
         id: String,
@@ -857,6 +888,9 @@ pub enum CallError {
         hook: Hook,
         /// What the plugin said.
         error: PluginError,
+        /// The host's explanation, when the error reads like a denied access to
+        /// something the plugin requested and was not granted (else empty).
+        note: Note,
     },
     /// The hook panicked; the instance is marked failed.
     #[error("plugin {id} panicked in {hook}: {message}; the instance is marked failed")]
@@ -1028,9 +1062,18 @@ pub struct PluginStatus {
     /// thread may still be running plugin code ([`Host::abandoned_workers`] counts
     /// those that do).
     pub abandoned: bool,
+    /// What the instance requested and was not granted, to explain a denied access.
+    #[serde(skip)]
+    pub(crate) withheld: Withheld,
 }
 
 impl PluginStatus {
+    /// The status with what the instance requested and was not granted.
+    pub(crate) fn with_withheld(mut self, withheld: Withheld) -> PluginStatus {
+        self.withheld = withheld;
+        self
+    }
+
     /// The status of an instance that has just started, on a worker thread.
     pub(crate) fn started(
         id: String,
@@ -1056,6 +1099,7 @@ impl PluginStatus {
             pid: None,
             namespaces: Vec::new(),
             abandoned: false,
+            withheld: Withheld::default(),
         }
     }
 
@@ -1119,7 +1163,13 @@ impl PluginStatus {
             self.fail(Failure::Panic(message.clone()));
             CallError::Panicked { id, hook, message }
         } else {
-            CallError::Plugin { id, hook, error }
+            let note = self.withheld.note(&id, &error.message);
+            CallError::Plugin {
+                id,
+                hook,
+                error,
+                note,
+            }
         }
     }
 
@@ -1900,6 +1950,7 @@ pub(crate) fn load_and_init(
         RResult::RErr(error) => Err(StartError::Init {
             id: id.to_owned(),
             error,
+            note: Note::default(),
         }),
     }
 }
