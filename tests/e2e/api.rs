@@ -1109,24 +1109,26 @@ fn reviews_grant_what_was_asked_and_rejections_need_a_reason() {
     assert_eq!(reply.field(), "decision", "{reply:?}");
     assert!(reply.message().contains("approve"), "{reply:?}");
 
-    // Granted without process:data: the plugin may not receive batches.
+    // Granted without process:data, which its `process` hook needs: refused at review,
+    // not discovered at the first batch.
     let reply = review(json!({"decision": "approve", "permissions": ["read:data"]}));
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.body["review"]["granted"], json!(["read:data"]));
-    api.call(
-        Method::PUT,
-        "/plugins/faulty@0.1.0/enable",
-        Some(&api.keys.write),
-        None,
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "permissions", "{reply:?}");
+    assert!(
+        reply.message().contains(
+            "cannot approve `faulty@0.1.0` without `process:data`: it declares the `process` hook"
+        ),
+        "{reply:?}"
     );
-    let reply = api.call(
-        Method::POST,
-        "/plugins/faulty@0.1.0/process",
-        Some(&api.keys.execute),
-        Some(json!([1])),
+    assert_eq!(
+        api.registry()
+            .get("faulty@0.1.0")
+            .unwrap()
+            .review
+            .status
+            .to_string(),
+        "pending"
     );
-    reply.assert_error(409, "not_permitted");
-    assert!(reply.message().contains("process:data"), "{reply:?}");
 
     let reply = review(json!({"decision": "reject", "reason": "asks for the data store"}));
     assert_eq!(reply.status, 200, "{reply:?}");

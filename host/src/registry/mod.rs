@@ -139,6 +139,12 @@ pub enum RegistryError {
         /// What the manifest requests.
         requested: String,
     },
+    /// An approval that withholds `process:data` from a plugin with a `process` hook.
+    #[error("cannot approve `{id}` without `process:data`: it declares the `process` hook, and without `process:data` it could never receive a batch; grant `process:data` too, or reject the plugin")]
+    ProcessDataWithheld {
+        /// The id.
+        id: String,
+    },
     /// A rejection needs a reason.
     #[error("rejecting `{id}` needs a reason (`--reason TEXT`)")]
     NoReason {
@@ -753,6 +759,13 @@ impl Registry {
                     .collect()
             }
         };
+        if entry
+            .manifest
+            .has_hook(plugbay_api::manifest::Hook::Process)
+            && !granted.contains(&Permission::ProcessData)
+        {
+            return Err(RegistryError::ProcessDataWithheld { id: id.to_owned() });
+        }
         let actual = self.current_hash(&entry)?;
         if actual != entry.sha256 {
             return Err(RegistryError::LibraryChanged {

@@ -281,7 +281,9 @@ impl From<RegistryError> for ApiError {
             err @ RegistryError::LibraryChanged { .. } => {
                 ApiError::new(ErrorCode::LibraryChanged, err.to_string())
             }
-            err @ RegistryError::NotRequested { .. } => ApiError::field("permissions", err.to_string()),
+            err @ (RegistryError::NotRequested { .. } | RegistryError::ProcessDataWithheld { .. }) => {
+                ApiError::field("permissions", err.to_string())
+            }
             RegistryError::NoReason { id } => {
                 ApiError::field("reason", format!("rejecting `{id}` needs a non-empty `reason`"))
             }
