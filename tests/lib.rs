@@ -25,6 +25,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-ctor-abort",
     "fixture-crasher",
     "fixture-raw-value",
+    "fixture-noop-next",
 ];
 
 /// The workspace's root directory.

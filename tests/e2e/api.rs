@@ -470,6 +470,109 @@ fn configure(api: &Api, id: &str, config: Value) {
 // The seed's example and the lifecycle
 // ---------------------------------------------------------------------------------
 
+/// The seed's paths name a plugin by its bare name (`/plugins/data-processor`): it
+/// resolves to the one registered version, else to the one enabled; with several and
+/// not exactly one enabled, the answer is 409 `ambiguous_name`, listing them.
+#[test]
+fn a_bare_name_resolves_to_its_one_version_or_its_enabled_one() {
+    let api = Api::start();
+    let keys = &api.keys;
+    let dp = api.ready("data-processor");
+    let reply = api.call(
+        Method::GET,
+        "/plugins/data-processor",
+        Some(&keys.read),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["id"], dp.as_str());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/data-processor/process",
+        Some(&keys.execute),
+        Some(json!([{"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body[0]["processed"], true);
+
+    // Two versions of `noop`, neither enabled: ambiguous for every route.
+    for package in ["fixture-noop", "fixture-noop-next"] {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(seed_body(package)),
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    for (method, path, key, body) in [
+        (Method::GET, "/plugins/noop", &keys.read, None),
+        (Method::PUT, "/plugins/noop/enable", &keys.write, None),
+        (Method::PUT, "/plugins/noop/disable", &keys.write, None),
+        (Method::DELETE, "/plugins/noop", &keys.write, None),
+        (
+            Method::POST,
+            "/plugins/noop/review",
+            &keys.review,
+            Some(json!({"decision": "approve"})),
+        ),
+        (
+            Method::POST,
+            "/plugins/noop/process",
+            &keys.execute,
+            Some(json!([])),
+        ),
+    ] {
+        let reply = api.call(method.clone(), path, Some(key), body);
+        reply.assert_error(409, "ambiguous_name");
+        assert_eq!(
+            reply.message(),
+            "plugin name `noop` is ambiguous: 2 versions are registered (noop@0.1.0, noop@0.2.0) and none is enabled; give the id (`name@version`) of the one you mean",
+            "{method} {path}"
+        );
+    }
+
+    // With one of them enabled, the name means that one.
+    for (method, path, key, body) in [
+        (
+            Method::POST,
+            "/plugins/noop@0.2.0/review",
+            &keys.review,
+            Some(json!({"decision": "approve"})),
+        ),
+        (Method::PUT, "/plugins/noop@0.2.0/enable", &keys.write, None),
+    ] {
+        assert_eq!(api.call(method, path, Some(key), body).status, 200);
+    }
+    let reply = api.call(
+        Method::POST,
+        "/plugins/noop/process",
+        Some(&keys.execute),
+        Some(json!([{"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, json!([{"id": 1, "version": "0.2.0"}]));
+    let reply = api.call(
+        Method::PUT,
+        "/plugins/noop/disable",
+        Some(&keys.write),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["id"], "noop@0.2.0");
+    api.call(Method::GET, "/plugins/noop", Some(&keys.read), None)
+        .assert_error(409, "ambiguous_name");
+    let reply = api.call(
+        Method::DELETE,
+        "/plugins/noop@0.1.0",
+        Some(&keys.write),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = api.call(Method::GET, "/plugins/noop", Some(&keys.read), None);
+    assert_eq!(reply.body["id"], "noop@0.2.0", "the one version left");
+}
+
 #[test]
 fn the_seeds_registration_request_is_answered_as_documented() {
     let api = Api::start();
@@ -1462,6 +1565,15 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         std::fs::copy(plugbay_tests::library("dedup"), &stored).unwrap();
         reply.body["id"].as_str().unwrap().to_owned()
     };
+    // The next version of noop, beside the noop@0.1.0 that `POST /plugins/register`
+    // registers below: the bare name `noop` is then ambiguous.
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&keys.write),
+        Some(seed_body("fixture-noop-next")),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
     let ghost = "ghost@1.0.0";
     let big = json!({"padding": "x".repeat(70 * 1024)});
 
@@ -1492,7 +1604,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
     scenario!("GET", "/plugins", 401, None, "", None);
     scenario!("GET", "/plugins", 403, write, "", None);
     scenario!("GET", "/plugins/{id}", 200, read, &dp, None);
-    scenario!("GET", "/plugins/{id}", 400, read, "no-version", None);
+    scenario!("GET", "/plugins/{id}", 400, read, "no@version", None);
     scenario!("GET", "/plugins/{id}", 401, None, &dp, None);
     scenario!("GET", "/plugins/{id}", 403, execute, &dp, None);
     scenario!("GET", "/plugins/{id}", 404, read, ghost, None);
@@ -1666,7 +1778,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         "/plugins/{id}/disable",
         400,
         write,
-        "no-version",
+        "no@version",
         None
     );
     scenario!("PUT", "/plugins/{id}/disable", 401, None, &dp, None);
@@ -1678,7 +1790,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         "/plugins/{id}/enable",
         400,
         write,
-        "no-version",
+        "no@version",
         None
     );
     scenario!("PUT", "/plugins/{id}/enable", 401, None, &dp, None);
@@ -1742,10 +1854,14 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         Some(big.clone())
     );
     scenario!("DELETE", "/plugins/{id}", 200, write, &doomed, None);
-    scenario!("DELETE", "/plugins/{id}", 400, write, "no-version", None);
+    scenario!("DELETE", "/plugins/{id}", 400, write, "no@version", None);
     scenario!("DELETE", "/plugins/{id}", 401, None, &dp, None);
     scenario!("DELETE", "/plugins/{id}", 403, read, &dp, None);
     scenario!("DELETE", "/plugins/{id}", 404, write, ghost, None);
+    // Run after noop@0.1.0 was registered above: two versions, none enabled.
+    scenario!("GET", "/plugins/{id}", 409, read, "noop", None);
+    scenario!("PUT", "/plugins/{id}/disable", 409, write, "noop", None);
+    scenario!("DELETE", "/plugins/{id}", 409, write, "noop", None);
 
     let routes = documented(&doc);
     let mut expected = BTreeSet::new();
@@ -1848,6 +1964,8 @@ fn errors_are_json_everywhere() {
     api.call(Method::GET, "/plugins/%FF%FE@1.0.0", key, None)
         .assert_error(400, "invalid_id");
     api.call(Method::GET, "/plugins/nope", key, None)
+        .assert_error(404, "not_found");
+    api.call(Method::GET, "/plugins/No_Pe", key, None)
         .assert_error(400, "invalid_id");
     api.raw(Method::POST, "/plugins/register", key, b"[1, 2".to_vec())
         .assert_error(400, "invalid_body");

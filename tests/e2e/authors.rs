@@ -2,10 +2,109 @@
 //! do, `plugbay new`, the persistent data store, and the round trip from a rebuild
 //! to a new revision in the registry.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
 use plugbay_host::{CallError, Isolation, Permission, Policy, StartError};
-use serde_json::json;
+use plugbay_tests::{fixture_manifest, library, plugbay_bin, workspace_root};
+use serde_json::{json, Value};
 
 use crate::{example, host};
+
+/// The `plugbay` binary on a registry home of its own.
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        plugbay_tests::plugins_dir();
+        plugbay_bin();
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(plugbay_bin());
+        command
+            .arg("--home")
+            .arg(self.home())
+            .args(args)
+            .current_dir(workspace_root())
+            .env("USER", "tester")
+            .env_remove("PLUGBAY_HOME")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut command = self.command(args);
+        let Some(input) = stdin else {
+            return command.output().unwrap();
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout and stderr.
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> (String, String) {
+        let output = self.output(args, stdin);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            output.status.success(),
+            "plugbay {args:?} failed ({:?}):\n{stderr}",
+            output.status
+        );
+        (String::from_utf8(output.stdout).unwrap(), stderr)
+    }
+
+    /// Runs a command that must fail with exit code 1; returns its stderr.
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let output = self.output(args, stdin);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "plugbay {args:?}: {stderr}");
+        stderr
+    }
+
+    /// Registers a fixture plugin from its folder, with its built library.
+    fn register_fixture(&self, name: &str) -> Value {
+        let manifest = fixture_manifest(name);
+        let lib = library(&format!("fixture-{name}"));
+        let (stdout, _) = self.ok(
+            &[
+                "--json",
+                "register",
+                path(&manifest),
+                "--library",
+                path(&lib),
+            ],
+            None,
+        );
+        serde_json::from_str(&stdout).unwrap()
+    }
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
 
 /// A denied read of a file the plugin requests but was not granted says which
 /// permission was withheld and where it points, in both isolations.
@@ -58,4 +157,43 @@ fn plugin_errors_print_their_kind_once_and_by_name() {
     let debug = format!("{err:?}");
     assert!(debug.contains("kind: ErrorKind::INVALID_INPUT"), "{debug}");
     assert!(!debug.contains("ErrorKind(2)"), "{debug}");
+}
+
+/// The CLI takes a bare name wherever it takes an id: the one registered version, else
+/// the one enabled; otherwise it lists the versions and asks for the id.
+#[test]
+fn the_cli_resolves_a_bare_name_or_lists_the_versions() {
+    let cli = Cli::new();
+    cli.register_fixture("noop");
+    let (shown, _) = cli.ok(&["--json", "show", "noop"], None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&shown).unwrap()["id"],
+        "noop@0.1.0"
+    );
+    cli.register_fixture("noop-next");
+    let ambiguous = "error: plugin name `noop` is ambiguous: 2 versions are registered (noop@0.1.0, noop@0.2.0) and none is enabled; give the id (`name@version`) of the one you mean\n";
+    for args in [
+        &["show", "noop"][..],
+        &["enable", "noop"],
+        &["disable", "noop"],
+        &["unregister", "noop"],
+        &["review", "approve", "noop"],
+        &["review", "reject", "noop", "--reason", "x"],
+        &["run", "noop"],
+    ] {
+        assert_eq!(cli.fails(args, Some("[]")), ambiguous, "{args:?}");
+    }
+    cli.ok(&["review", "approve", "noop@0.2.0"], None);
+    let (enabled, _) = cli.ok(&["enable", "noop@0.2.0"], None);
+    assert_eq!(enabled, "enabled noop@0.2.0 (granted process:data)\n");
+    let (out, _) = cli.ok(&["run", "noop"], Some(r#"[{"id": 1}]"#));
+    let records: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(records, json!([{"id": 1, "version": "0.2.0"}]));
+    let (disabled, _) = cli.ok(&["disable", "noop"], None);
+    assert_eq!(disabled, "disabled noop@0.2.0\n");
+    assert!(cli.fails(&["show", "noop"], None).contains("is ambiguous"));
+    assert_eq!(
+        cli.fails(&["show", "nothing-here"], None),
+        "error: no plugin `nothing-here` in the registry; `plugbay list` shows the registered ids\n"
+    );
 }

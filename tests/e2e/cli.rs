@@ -626,11 +626,15 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
     );
     assert_eq!(
         plugbay.fails(&["show", "nope"], 1),
-        "error: invalid plugin id `nope`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
+        "error: no plugin `nope` in the registry; `plugbay list` shows the registered ids\n"
+    );
+    assert_eq!(
+        plugbay.fails(&["show", "No_Pe"], 1),
+        "error: invalid plugin id `No_Pe`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
     );
     assert_eq!(
         plugbay.fails_with(&["run", "nope"], Some("[]"), 1),
-        "error: `nope` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids\n"
+        "error: `nope` is neither a registered plugin nor a library file; `plugbay list` shows the registered ids\n"
     );
 }
 

@@ -37,7 +37,8 @@ Examples:
 /// `review approve`.
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version`, or its name when it has one registered
+    /// version or one enabled
     pub id: String,
     /// A permission to grant (repeat it; only requested permissions can be granted)
     /// [default: every requested permission]
@@ -56,7 +57,8 @@ pub struct ApproveArgs {
 /// `review reject`.
 #[derive(Debug, clap::Args)]
 pub struct RejectArgs {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version`, or its name when it has one registered
+    /// version or one enabled
     pub id: String,
     /// Why it is rejected
     #[arg(long, value_name = "TEXT")]
@@ -78,7 +80,8 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
     let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
     let grants = (!args.grants.is_empty()).then_some(args.grants);
-    let entry = registry.approve_with_isolation(&args.id, reviewer, grants, args.isolation)?;
+    let id = registry.resolve(&args.id)?;
+    let entry = registry.approve_with_isolation(&id, reviewer, grants, args.isolation)?;
     if context.json {
         return print_json(&entry);
     }
@@ -111,7 +114,8 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
 fn reject(args: RejectArgs, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
     let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
-    let entry = registry.reject(&args.id, reviewer, &args.reason)?;
+    let id = registry.resolve(&args.id)?;
+    let entry = registry.reject(&id, reviewer, &args.reason)?;
     if context.json {
         return print_json(&entry);
     }

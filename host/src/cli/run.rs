@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use plugbay_host::registry::Registry;
+use plugbay_host::registry::{Registry, RegistryError};
 use plugbay_host::{
     Batch, Confinement, Host, IoError, Pipeline, PipelineError, PipelineReport, PluginSpec, State,
 };
@@ -89,6 +89,14 @@ impl Target {
         }
         if has_separator || text.ends_with(std::env::consts::DLL_SUFFIX) {
             return Ok(Target::Library(path.to_owned()));
+        }
+        // A bare name: the registry resolves it to its one version, or its enabled one.
+        let is_name = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if is_name {
+            return Ok(Target::Registered(text.to_owned()));
         }
         bail!("`{text}` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids")
     }
@@ -295,9 +303,15 @@ fn spec(
     isolation: plugbay_host::Isolation,
 ) -> Result<PluginSpec> {
     match target {
-        Target::Registered(id) => {
+        Target::Registered(name_or_id) => {
             let registry = registry.expect("the registry is open when an id is given");
-            Ok(registry.spec(id)?)
+            let id = match registry.resolve(name_or_id) {
+                Err(RegistryError::NotFound { .. }) if !name_or_id.contains('@') => bail!(
+                    "`{name_or_id}` is neither a registered plugin nor a library file; `plugbay list` shows the registered ids"
+                ),
+                resolved => resolved?,
+            };
+            Ok(registry.spec(&id)?)
         }
         Target::Library(path) => {
             let inspection = super::inspect::inspect(host, path)?;
@@ -628,7 +642,12 @@ mod tests {
             Target::parse("target/release/libx.so").unwrap(),
             Target::Library("target/release/libx.so".into())
         );
-        assert!(Target::parse("data-processor")
+        assert_eq!(
+            Target::parse("data-processor").unwrap(),
+            Target::Registered("data-processor".into()),
+            "a bare name, for the registry to resolve"
+        );
+        assert!(Target::parse("Data Processor")
             .unwrap_err()
             .to_string()
             .contains("neither a plugin id"));

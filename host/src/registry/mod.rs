@@ -89,6 +89,17 @@ pub enum RegistryError {
         /// The id given.
         id: String,
     },
+    /// A bare name with several registered versions, none of them the one enabled.
+    #[error(
+        "plugin name `{name}` is ambiguous: {}; give the id (`name@version`) of the one you mean",
+        describe_versions(versions)
+    )]
+    Ambiguous {
+        /// The name given.
+        name: String,
+        /// Every registered id with that name, and whether it is enabled.
+        versions: Vec<(String, bool)>,
+    },
     /// No plugin has this id.
     #[error("no plugin `{id}` in the registry; `plugbay list` shows the registered ids")]
     NotFound {
@@ -248,6 +259,31 @@ pub struct Review {
     /// Where the reviewer decided it runs (approved plugins): a worker thread, for
     /// trusted plugins, or a worker process of its own.
     pub isolation: Option<Isolation>,
+}
+
+fn describe_versions(versions: &[(String, bool)]) -> String {
+    let enabled = versions.iter().filter(|(_, enabled)| *enabled).count();
+    let ids = versions
+        .iter()
+        .map(|(id, enabled)| {
+            if *enabled {
+                format!("{id} (enabled)")
+            } else {
+                id.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    match enabled {
+        0 => format!(
+            "{} versions are registered ({ids}) and none is enabled",
+            versions.len()
+        ),
+        _ => format!(
+            "{} versions are registered ({ids}) and {enabled} of them are enabled",
+            versions.len()
+        ),
+    }
 }
 
 fn join_differences(differences: &[ManifestDifference]) -> String {
@@ -709,6 +745,67 @@ impl Registry {
             .optional()?
             .transpose()
             .map_err(RegistryError::from)
+    }
+
+    /// The id a plugin is named by: an id (`name@version`) as it is, or a bare name
+    /// (`data-processor`) resolved to its one registered version, or else to its one
+    /// enabled version. A name with several versions and not exactly one enabled is
+    /// [`RegistryError::Ambiguous`], listing them; an unknown name is
+    /// [`RegistryError::NotFound`].
+    pub fn resolve(&self, name_or_id: &str) -> Result<String, RegistryError> {
+        if name_or_id.contains('@') {
+            check_id(name_or_id)?;
+            return Ok(name_or_id.to_owned());
+        }
+        let is_name = !name_or_id.is_empty()
+            && name_or_id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !is_name {
+            return Err(RegistryError::InvalidId {
+                id: name_or_id.to_owned(),
+            });
+        }
+        let mut versions: Vec<(String, bool, semver::Version)> = {
+            let mut statement = self
+                .connection
+                .prepare("SELECT id, enabled, version FROM plugins WHERE name = ?1")?;
+            let rows = statement.query_map([name_or_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, bool>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            rows.map(|row| {
+                row.map(|(id, enabled, version)| {
+                    let version = semver::Version::parse(&version)
+                        .unwrap_or_else(|_| semver::Version::new(0, 0, 0));
+                    (id, enabled, version)
+                })
+            })
+            .collect::<Result<_, _>>()?
+        };
+        versions.sort_by(|a, b| a.2.cmp(&b.2));
+        let enabled: Vec<&String> = versions
+            .iter()
+            .filter(|(_, enabled, _)| *enabled)
+            .map(|(id, _, _)| id)
+            .collect();
+        match (versions.len(), enabled.as_slice()) {
+            (0, _) => Err(RegistryError::NotFound {
+                id: name_or_id.to_owned(),
+            }),
+            (1, _) => Ok(versions.remove(0).0),
+            (_, [one]) => Ok((*one).clone()),
+            _ => Err(RegistryError::Ambiguous {
+                name: name_or_id.to_owned(),
+                versions: versions
+                    .into_iter()
+                    .map(|(id, enabled, _)| (id, enabled))
+                    .collect(),
+            }),
+        }
     }
 
     /// One plugin.
