@@ -32,6 +32,15 @@ pub enum LoadError {
         /// The path.
         path: PathBuf,
     },
+    /// There is no library at the path, but a Rust library (`.rlib`) of the same
+    /// crate beside it: the crate was built without `crate-type = ["cdylib"]`.
+    #[error("plugin library {path} does not exist, but {rlib} does: the crate is built as a Rust library (`rlib`), not a dynamic library; add `crate-type = [\"cdylib\"]` under `[lib]` in its Cargo.toml and build it again")]
+    BuiltAsRlib {
+        /// The path.
+        path: PathBuf,
+        /// The Rust library found beside it.
+        rlib: PathBuf,
+    },
     /// The file could not be read.
     #[error("cannot read plugin library {path}: {source}")]
     Unreadable {
@@ -151,6 +160,34 @@ pub enum LoadError {
         /// What the given manifest says.
         given: String,
     },
+}
+
+impl LoadError {
+    /// The error for a library file that does not exist at `path`:
+    /// [`LoadError::BuiltAsRlib`] when the crate's Rust library is there instead, else
+    /// [`LoadError::NotFound`].
+    pub fn missing(path: &Path) -> LoadError {
+        let rlib = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| {
+                let stem = name
+                    .strip_prefix(std::env::consts::DLL_PREFIX)
+                    .unwrap_or(name)
+                    .strip_suffix(std::env::consts::DLL_SUFFIX)?;
+                let rlib = path.with_file_name(format!("lib{stem}.rlib"));
+                rlib.is_file().then_some(rlib)
+            });
+        match rlib {
+            Some(rlib) => LoadError::BuiltAsRlib {
+                path: path.to_owned(),
+                rlib,
+            },
+            None => LoadError::NotFound {
+                path: path.to_owned(),
+            },
+        }
+    }
 }
 
 /// What to do about a layout mismatch between a plugin built against plugbay-api
@@ -592,6 +629,25 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("rebuild it against plugbay-api"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_library_beside_an_rlib_says_how_the_crate_was_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = dir
+            .path()
+            .join(plugbay_api::manifest::library_file_name("shouter"));
+        assert!(matches!(
+            LoadError::missing(&library),
+            LoadError::NotFound { .. }
+        ));
+        std::fs::write(dir.path().join("libshouter.rlib"), "").unwrap();
+        let err = LoadError::missing(&library);
+        assert!(matches!(err, LoadError::BuiltAsRlib { .. }), "{err}");
+        assert!(
+            err.to_string().contains("libshouter.rlib does: the crate is built as a Rust library (`rlib`), not a dynamic library; add `crate-type = [\"cdylib\"]`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use plugbay_host::{CallError, Isolation, Permission, Policy, StartError};
-use plugbay_tests::{fixture_manifest, library, plugbay_bin, workspace_root};
+use plugbay_tests::{example_manifest, fixture_manifest, library, plugbay_bin, workspace_root};
 use serde_json::{json, Value};
 
 use crate::{example, host};
@@ -40,6 +40,7 @@ impl Cli {
             .env("USER", "tester")
             .env_remove("PLUGBAY_HOME")
             .env_remove("RUST_LOG")
+            .env_remove("CARGO_TARGET_DIR")
             .stdin(Stdio::null());
         command
     }
@@ -196,4 +197,122 @@ fn the_cli_resolves_a_bare_name_or_lists_the_versions() {
         cli.fails(&["show", "nothing-here"], None),
         "error: no plugin `nothing-here` in the registry; `plugbay list` shows the registered ids\n"
     );
+}
+
+/// A cargo workspace as an author has it: the plugin's crate with its plugin.json and
+/// files in `plugins/NAME/`, its library in `target/release/`.
+fn cargo_layout(root: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let crate_dir = root.join("plugins").join(name);
+    std::fs::create_dir_all(&crate_dir).unwrap();
+    for file in std::fs::read_dir(example_manifest(name).parent().unwrap()).unwrap() {
+        let file = file.unwrap().path();
+        if file.extension().is_some_and(|ext| ext == "json") {
+            std::fs::copy(&file, crate_dir.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"plugins/*\"]\n",
+    )
+    .unwrap();
+    let release = root.join("target/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(
+        root.join("target/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    let built = library(name);
+    let lib = release.join(built.file_name().unwrap());
+    std::fs::copy(&built, &lib).unwrap();
+    (crate_dir, lib)
+}
+
+/// `plugbay run target/release/libX.so` gives the plugin its own folder as
+/// `${plugin_dir}` (found through the workspace), not `target/release`; and
+/// `plugbay register DIR` finds the library cargo built for it.
+#[test]
+fn run_and_register_find_what_cargo_built_and_where_the_plugin_lives() {
+    let cli = Cli::new();
+    let root = cli.dir.path().join("workspace");
+    let (crate_dir, lib) = cargo_layout(&root, "enricher");
+    let input = r#"[{"country": "FR"}]"#;
+
+    // The enricher reads `${plugin_dir}/lookup.json` at init.
+    let (out, _) = cli.ok(&["run", path(&lib)], Some(input));
+    let records: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(records[0]["country_name"], "France", "{out}");
+
+    // `--plugin-dir` says where it is instead.
+    let elsewhere = cli.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(
+        elsewhere.join("lookup.json"),
+        r#"{"FR": {"country_name": "Frankreich"}}"#,
+    )
+    .unwrap();
+    let (out, _) = cli.ok(
+        &[
+            "run",
+            path(&lib),
+            "--plugin-dir",
+            &format!("enricher={}", path(&elsewhere)),
+        ],
+        Some(input),
+    );
+    assert!(out.contains("Frankreich"), "{out}");
+    let err = cli.fails(
+        &["run", path(&lib), "--plugin-dir", "dedup=/tmp"],
+        Some(input),
+    );
+    assert!(
+        err.starts_with(
+            "error: `--plugin-dir dedup=/tmp` names no plugin library file of this run"
+        ),
+        "{err}"
+    );
+
+    // Without a plugin.json of its own anywhere near, the library's folder, as before.
+    let lonely = cli.dir.path().join("lonely");
+    std::fs::create_dir_all(&lonely).unwrap();
+    let lonely_lib = lonely.join(lib.file_name().unwrap());
+    std::fs::copy(&lib, &lonely_lib).unwrap();
+    let err = cli.fails(&["run", path(&lonely_lib)], Some(input));
+    assert!(
+        err.contains(&format!(
+            "{}: No such file or directory",
+            lonely.join("lookup.json").display()
+        )),
+        "{err}"
+    );
+
+    // `register DIR`: the library is the newest one cargo built for the crate.
+    let (_, stderr) = cli.ok(&["register", path(&crate_dir)], None);
+    assert_eq!(
+        stderr,
+        format!(
+            "using {}, the newest library cargo built for it\n",
+            lib.display()
+        )
+    );
+    let entry: Value =
+        serde_json::from_str(&cli.ok(&["--json", "show", "enricher"], None).0).unwrap();
+    assert_eq!(entry["source"], path(&lib));
+    assert_eq!(entry["plugin_dir"], path(&crate_dir));
+
+    // A crate built as an rlib is named as such.
+    let (rlib_crate, rlib_lib) = cargo_layout(&cli.dir.path().join("rlib-workspace"), "dedup");
+    std::fs::remove_file(&rlib_lib).unwrap();
+    std::fs::write(rlib_lib.with_file_name("libdedup.rlib"), "").unwrap();
+    let err = cli.fails(&["register", path(&rlib_crate)], None);
+    assert_eq!(
+        err,
+        format!(
+            "error: plugin library {} does not exist, but {} does: the crate is built as a Rust library (`rlib`), not a dynamic library; add `crate-type = [\"cdylib\"]` under `[lib]` in its Cargo.toml and build it again\n",
+            rlib_lib.display(),
+            rlib_lib.with_file_name("libdedup.rlib").display()
+        )
+    );
+    let err = cli.fails(&["run", path(&rlib_lib)], Some("[]"));
+    assert!(err.contains("is built as a Rust library (`rlib`)"), "{err}");
 }

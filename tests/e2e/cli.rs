@@ -46,6 +46,7 @@ impl Plugbay {
             .env("USER", "tester")
             .env_remove("PLUGBAY_HOME")
             .env_remove("RUST_LOG")
+            .env_remove("CARGO_TARGET_DIR")
             .stdin(Stdio::null());
         command
     }
@@ -519,7 +520,7 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
     assert_eq!(
         plugbay.fails(&["register", path(&folder)], 1),
         format!(
-            "error: plugin library {} does not exist (the manifest's `main`, `data_processor`, in the manifest's folder); build the plugin, or pass the built library with `--library PATH`\n",
+            "error: plugin library {} does not exist (the manifest's `main`, `data_processor`, in the manifest's folder), and cargo's target folder has none either; build the plugin (`cargo build --release`), or pass the built library with `--library PATH`\n",
             folder.join(library("data-processor").file_name().unwrap()).display()
         )
     );

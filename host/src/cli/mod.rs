@@ -12,6 +12,7 @@ mod input;
 mod inspect;
 mod keys;
 mod list;
+mod locate;
 mod register;
 mod review;
 mod run;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use plugbay_host::registry::Registration;
+use plugbay_host::LoadError;
 
-use super::{permission_list, print_json, Context};
+use super::{locate, permission_list, print_json, Context};
 
 /// Register a plugin.
 #[derive(Debug, clap::Args)]
@@ -25,9 +26,71 @@ pub struct Args {
     /// The plugin's `plugin.json`, or the folder that holds it (its `${plugin_dir}`)
     #[arg(value_name = "MANIFEST|DIR")]
     pub manifest: PathBuf,
-    /// The plugin's library [default: the manifest's `main`, in the manifest's folder]
+    /// The plugin's library [default: the manifest's `main`, in the manifest's
+    /// folder, else the newest that cargo built in `target/release` or `target/debug`]
     #[arg(long, value_name = "PATH")]
     pub library: Option<PathBuf>,
+}
+
+/// The library of a plugin folder that does not hold it: what cargo built, in the
+/// `target/release` or `target/debug` folder of the plugin's crate or workspace (the
+/// newest), under the manifest's `main` or the name cargo gives a `main` with `-`.
+fn cargo_output(registration: &Registration) -> Result<PathBuf> {
+    let manifest = &registration.manifest;
+    let plugin_dir = &registration.plugin_dir;
+    let written = manifest.library_file_name();
+    let cargo_name = locate::cargo_file_name(manifest);
+    let mut names = vec![written.clone()];
+    names.extend(cargo_name.clone());
+    let mut candidates = Vec::new();
+    for name in &names {
+        candidates.push(plugin_dir.join(name));
+        candidates.extend(locate::cargo_candidates(plugin_dir, name));
+    }
+    let found = names.iter().find_map(|name| {
+        let beside = plugin_dir.join(name);
+        if beside.is_file() {
+            return Some((name, beside));
+        }
+        locate::cargo_outputs(plugin_dir, name)
+            .into_iter()
+            .next()
+            .map(|path| (name, path))
+    });
+    if let Some((name, library)) = found {
+        if Some(name) == cargo_name.as_ref() {
+            eprintln!(
+                "warning: `main` is `{}`, but cargo turns `-` into `_` in library names: it builds {name}, not {written}; write `\"main\": \"{}\"` in plugin.json",
+                manifest.main,
+                manifest.main.replace('-', "_")
+            );
+        }
+        if library.parent() != Some(plugin_dir.as_path()) {
+            eprintln!(
+                "using {}, the newest library cargo built for it",
+                library.display()
+            );
+        }
+        return Ok(library);
+    }
+    if let Some(err) = candidates
+        .iter()
+        .map(|path| LoadError::missing(path))
+        .find(|err| matches!(err, LoadError::BuiltAsRlib { .. }))
+    {
+        return Err(err.into());
+    }
+    let hint = match &cargo_name {
+        Some(cargo_name) => format!(
+            " (cargo names a crate's library with `_` for `-`: {cargo_name} was looked for too)"
+        ),
+        None => String::new(),
+    };
+    bail!(
+        "plugin library {} does not exist (the manifest's `main`, `{}`, in the manifest's folder), and cargo's target folder has none either{hint}; build the plugin (`cargo build --release`), or pass the built library with `--library PATH`",
+        plugin_dir.join(&written).display(),
+        manifest.main
+    );
 }
 
 /// Registers the plugin and prints its entry.
@@ -40,13 +103,9 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
             args.manifest.display()
         );
     }
-    let registration = Registration::from_path(&args.manifest, args.library.as_deref())?;
+    let mut registration = Registration::from_path(&args.manifest, args.library.as_deref())?;
     if args.library.is_none() && !registration.library.is_file() {
-        bail!(
-            "plugin library {} does not exist (the manifest's `main`, `{}`, in the manifest's folder); build the plugin, or pass the built library with `--library PATH`",
-            registration.library.display(),
-            registration.manifest.main
-        );
+        registration.library = cargo_output(&registration)?;
     }
     let entry = registry.register(&host, registration, context.actor())?;
     if context.json {

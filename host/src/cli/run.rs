@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::input::{self, InputError, Progress, Source};
+use super::locate;
 use super::table::Table;
 use super::{counted, human_duration, permission_list, thousands, Context};
 
@@ -36,7 +37,10 @@ A registered plugin must be approved and enabled, and runs with what its review
 granted, where its review put it (a worker process of its own unless approved for a
 thread). A library file (a plugin author's own build) is inspected first and runs
 confined to what its embedded manifest requests, on a worker thread unless
-`--isolation process` is given; its `${plugin_dir}` is the library's folder.
+`--isolation process` is given. Its `${plugin_dir}` is the folder of its plugin.json:
+beside the library, or, for a library in cargo's target folder, the crate in the
+workspace whose plugin.json has the plugin's name and version (else the library's
+folder); `--plugin-dir` sets it.
 
 Input: a JSON array of records, or JSON Lines (one object per line). Output: one JSON
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
@@ -62,6 +66,11 @@ pub struct Args {
     /// NAME=JSON for the plugin with that name or id (repeatable)
     #[arg(long, value_name = "JSON|NAME=JSON")]
     pub config: Vec<String>,
+    /// `${plugin_dir}` of the plugin library files given: DIR for each, or NAME=DIR
+    /// for the one with that name or id (repeatable) [default: the folder of the
+    /// library's plugin.json, found beside it or in the cargo workspace it was built in]
+    #[arg(long, value_name = "[NAME=]DIR")]
+    pub plugin_dir: Vec<String>,
     /// Where plugin library files run: `thread` or `process` (registered plugins run
     /// where their review put them)
     #[arg(long, value_name = "ISOLATION", default_value = "thread")]
@@ -99,6 +108,44 @@ impl Target {
             return Ok(Target::Registered(text.to_owned()));
         }
         bail!("`{text}` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids")
+    }
+}
+
+/// A `--plugin-dir` value.
+#[derive(Debug, Clone, PartialEq)]
+struct PluginDirArg {
+    /// The plugin's name or id, or every library of the run.
+    plugin: Option<String>,
+    dir: PathBuf,
+}
+
+impl PluginDirArg {
+    fn parse(text: &str) -> PluginDirArg {
+        match text.split_once('=') {
+            Some((plugin, dir))
+                if !plugin.is_empty()
+                    && plugin.chars().all(|c| {
+                        c.is_ascii_lowercase()
+                            || c.is_ascii_digit()
+                            || matches!(c, '-' | '@' | '.' | '+')
+                    }) =>
+            {
+                PluginDirArg {
+                    plugin: Some(plugin.to_owned()),
+                    dir: PathBuf::from(dir),
+                }
+            }
+            _ => PluginDirArg {
+                plugin: None,
+                dir: PathBuf::from(text),
+            },
+        }
+    }
+
+    fn applies_to(&self, manifest: &plugbay_host::Manifest) -> bool {
+        self.plugin
+            .as_ref()
+            .is_none_or(|name| *name == manifest.name || *name == manifest.id())
     }
 }
 
@@ -195,10 +242,24 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
             }
         }
     };
+    let plugin_dirs: Vec<PluginDirArg> = args
+        .plugin_dir
+        .iter()
+        .map(|text| PluginDirArg::parse(text))
+        .collect();
     let mut specs = targets
         .iter()
-        .map(|target| spec(target, registry.as_ref(), &host, args.isolation))
+        .map(|target| {
+            spec(
+                target,
+                registry.as_ref(),
+                &host,
+                args.isolation,
+                &plugin_dirs,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
+    check_plugin_dirs(&plugin_dirs, &targets, &specs)?;
     apply_configs(&mut specs, &configs)?;
     // Close the registry before any plugin code runs: a plugin could otherwise use
     // the open descriptor (pread/pwrite need no path) to rewrite its own review.
@@ -301,6 +362,7 @@ fn spec(
     registry: Option<&Registry>,
     host: &Host,
     isolation: plugbay_host::Isolation,
+    plugin_dirs: &[PluginDirArg],
 ) -> Result<PluginSpec> {
     match target {
         Target::Registered(name_or_id) => {
@@ -315,12 +377,66 @@ fn spec(
         }
         Target::Library(path) => {
             let inspection = super::inspect::inspect(host, path)?;
+            let plugin_dir = match plugin_dirs
+                .iter()
+                .find(|dir| dir.applies_to(&inspection.manifest))
+            {
+                Some(given) => given.dir.clone(),
+                None => match locate::manifest_folder(&inspection.library, &inspection.manifest) {
+                    Ok(Some(dir)) => dir,
+                    Ok(None) => inspection
+                        .library
+                        .parent()
+                        .map(Path::to_owned)
+                        .unwrap_or_default(),
+                    Err(several) => {
+                        bail!("{several}; give the plugin's folder with `--plugin-dir DIR`")
+                    }
+                },
+            };
+            tracing::info!(plugin = %inspection.manifest.id(), plugin_dir = %plugin_dir.display(), "the plugin's folder");
             // Run the bytes that were inspected, even if the file changes meanwhile.
             Ok(PluginSpec::new(inspection.library, inspection.manifest)
+                .with_plugin_dir(plugin_dir)
                 .with_sha256(inspection.sha256)
                 .with_isolation(isolation))
         }
     }
+}
+
+/// Refuses a `--plugin-dir NAME=DIR` that names no library file of the run.
+fn check_plugin_dirs(
+    plugin_dirs: &[PluginDirArg],
+    targets: &[Target],
+    specs: &[PluginSpec],
+) -> Result<()> {
+    let libraries: Vec<&PluginSpec> = targets
+        .iter()
+        .zip(specs)
+        .filter(|(target, _)| matches!(target, Target::Library(_)))
+        .map(|(_, spec)| spec)
+        .collect();
+    for given in plugin_dirs {
+        if !libraries
+            .iter()
+            .any(|spec| given.applies_to(&spec.manifest))
+        {
+            let names: Vec<String> = libraries.iter().map(|spec| spec.manifest.id()).collect();
+            bail!(
+                "`--plugin-dir {}` names no plugin library file of this run (a registered plugin's folder is the one it was registered with){}",
+                given.plugin.as_deref().map_or_else(
+                    || given.dir.display().to_string(),
+                    |name| format!("{name}={}", given.dir.display())
+                ),
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the library files are {}", names.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn apply_configs(specs: &mut [PluginSpec], configs: &[ConfigArg]) -> Result<()> {
@@ -651,6 +767,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("neither a plugin id"));
+    }
+
+    #[test]
+    fn plugin_dirs_are_dir_or_name_equals_dir() {
+        assert_eq!(
+            PluginDirArg::parse("plugins/shouter"),
+            PluginDirArg {
+                plugin: None,
+                dir: "plugins/shouter".into()
+            }
+        );
+        assert_eq!(
+            PluginDirArg::parse("shouter=plugins/shouter"),
+            PluginDirArg {
+                plugin: Some("shouter".into()),
+                dir: "plugins/shouter".into()
+            }
+        );
+        assert_eq!(
+            PluginDirArg::parse("/srv/a=b").plugin,
+            None,
+            "a path with `=` in it"
+        );
     }
 
     #[test]
