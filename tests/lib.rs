@@ -109,6 +109,18 @@ pub fn plugbay_bin() -> &'static Path {
     })
 }
 
+/// A cargo command for a crate in `dir` (outside the workspace, too) that builds
+/// with the running tests' profile into their target folder, so that it reuses what
+/// they built: `cargo SUBCOMMAND --target-dir … [--release]`.
+pub fn cargo_in(dir: &Path, subcommand: &str) -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(dir)
+        .arg(subcommand)
+        .args(profile_args(&profile_dir()));
+    command
+}
+
 /// The library of a plugin package (`data-processor` → `…/libdata_processor.so`).
 pub fn library(package: &str) -> PathBuf {
     plugins_dir().join(library_file_name(&package.replace('-', "_")))

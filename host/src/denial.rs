@@ -83,9 +83,9 @@ impl Withheld {
         } else {
             ("which were", "them")
         };
-        Note(format!(
+        Note(Some(Box::new(NoteText(format!(
             "; the sandbox denied it: the plugin requests {permissions}, {which} not granted; if its review withheld {them}, approve it again granting {them} (`plugbay review approve {id} --grant …`)"
-        ))
+        )))))
     }
 }
 
@@ -101,20 +101,23 @@ fn mentions_path_under(message: &str, path: &Path) -> bool {
 }
 
 /// The explanation [`Withheld::note`] appends to a plugin's error, empty when there
-/// is none.
+/// is none. One pointer wide: it rides in every error value, and is rarely there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Note(String);
+pub struct Note(Option<Box<NoteText>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NoteText(String);
 
 impl Note {
     /// Whether there is nothing to add.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 }
 
 impl fmt::Display for Note {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.0.as_ref().map_or("", |text| text.0.as_str()))
     }
 }
 

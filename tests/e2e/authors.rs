@@ -6,8 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use plugbay_host::manifest::library_file_name;
 use plugbay_host::{CallError, Isolation, Permission, Policy, StartError};
-use plugbay_tests::{example_manifest, fixture_manifest, library, plugbay_bin, workspace_root};
+use plugbay_tests::{
+    cargo_in, example_manifest, fixture_manifest, library, plugbay_bin, profile_dir, workspace_root,
+};
 use serde_json::{json, Value};
 
 use crate::{example, host};
@@ -15,6 +18,8 @@ use crate::{example, host};
 /// The `plugbay` binary on a registry home of its own.
 struct Cli {
     dir: tempfile::TempDir,
+    /// `CARGO_TARGET_DIR` for the commands, if any.
+    target_dir: Option<PathBuf>,
 }
 
 impl Cli {
@@ -23,6 +28,7 @@ impl Cli {
         plugbay_bin();
         Cli {
             dir: tempfile::tempdir().unwrap(),
+            target_dir: None,
         }
     }
 
@@ -42,6 +48,9 @@ impl Cli {
             .env_remove("RUST_LOG")
             .env_remove("CARGO_TARGET_DIR")
             .stdin(Stdio::null());
+        if let Some(target_dir) = &self.target_dir {
+            command.env("CARGO_TARGET_DIR", target_dir);
+        }
         command
     }
 
@@ -315,4 +324,212 @@ fn run_and_register_find_what_cargo_built_and_where_the_plugin_lives() {
     );
     let err = cli.fails(&["run", path(&rlib_lib)], Some("[]"));
     assert!(err.contains("is built as a Rust library (`rlib`)"), "{err}");
+}
+
+/// Replaces `from` with `to` in the file at `path`, which must contain it.
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+/// Runs cargo on the crate in `dir`; returns whether it succeeded, and its output.
+fn cargo(dir: &Path, subcommand: &str, args: &[&str]) -> (bool, String) {
+    let output = cargo_in(dir, subcommand)
+        .args(args)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `plugbay new` writes a crate that `cargo test` builds and runs through the host;
+/// its library runs with `plugbay run`, registers from its folder, and a rebuild
+/// registers with one command as its next revision, pending review, with what changed
+/// shown to the reviewer. The same crate then shows the compile-time checks: a hook
+/// implemented but not listed, `panic = "abort"`, a crate built as an `rlib`.
+#[test]
+fn a_new_plugin_builds_runs_registers_and_is_revised_after_a_rebuild() {
+    let mut cli = Cli::new();
+    let name = "e2e-new-plugin";
+    let dir = cli.dir.path().join(name);
+    let (out, _) = cli.ok(
+        &[
+            "new",
+            name,
+            "--dir",
+            path(&dir),
+            "--path",
+            path(&workspace_root()),
+        ],
+        None,
+    );
+    assert!(
+        out.starts_with(&format!("created plugin `{name}` in {}", dir.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("next: cd {} && cargo test\n", dir.display())),
+        "{out}"
+    );
+    let again = cli.fails(&["new", name, "--dir", path(&dir)], None);
+    assert!(again.contains("already exists and is not empty"), "{again}");
+    // The workspace's lock file: the same versions it built, so nothing is fetched.
+    std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+
+    // One command builds the plugin and runs it through the host.
+    let (ok, output) = cargo(&dir, "test", &["--offline"]);
+    assert!(ok, "cargo test failed:\n{output}");
+    assert!(output.contains("test tags_every_record ... ok"), "{output}");
+    let lib = profile_dir().join(library_file_name("e2e_new_plugin"));
+    let (out, _) = cli.ok(&["run", path(&lib)], Some(r#"[{"id": 1}]"#));
+    let records: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(records, json!([{"id": 1, "tag": name}]));
+
+    // Registered from its folder: the library is found in cargo's target folder.
+    cli.target_dir = Some(profile_dir().parent().unwrap().to_owned());
+    let (out, stderr) = cli.ok(&["register", path(&dir)], None);
+    assert_eq!(
+        stderr,
+        format!(
+            "using {}, the newest library cargo built for it\n",
+            lib.display()
+        )
+    );
+    assert!(
+        out.starts_with(&format!("registered {name}@0.1.0 (pending review)")),
+        "{out}"
+    );
+    cli.ok(&["review", "approve", name], None);
+    cli.ok(&["enable", name], None);
+    let (out, _) = cli.ok(&["run", name], Some(r#"[{"id": 1}]"#));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["tag"], name);
+    let first: Value = serde_json::from_str(&cli.ok(&["--json", "show", name], None).0).unwrap();
+
+    // A rebuild, with new code and a new permission: one command registers it as the
+    // next revision, pending review and disabled, and says what changed.
+    edit(
+        &dir.join("src/lib.rs"),
+        "Value::String(self.config.tag.clone())",
+        "Value::String(format!(\"{}!\", self.config.tag))",
+    );
+    edit(
+        &dir.join("plugin.json"),
+        r#""permissions": ["process:data"]"#,
+        r#""permissions": ["process:data", "read:data"]"#,
+    );
+    let (ok, output) = cargo(&dir, "build", &["--lib", "--offline"]);
+    assert!(ok, "{output}");
+    let taken = cli.fails(&["register", path(&dir)], None);
+    assert!(taken.contains("is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`"), "{taken}");
+    let (out, _) = cli.ok(&["register", path(&dir), "--update"], None);
+    let second: Value = serde_json::from_str(&cli.ok(&["--json", "show", name], None).0).unwrap();
+    let (old_sha, new_sha) = (
+        first["sha256"].as_str().unwrap(),
+        second["sha256"].as_str().unwrap(),
+    );
+    assert_ne!(old_sha, new_sha);
+    let approved_at = first["review"]["reviewed_at"].as_str().unwrap();
+    for line in [
+        format!("registered {name}@0.1.0 revision 2 (pending review and disabled: an approval does not carry over to new code)\n"),
+        format!("  changes since revision 1 (approved by tester at {approved_at}):\n"),
+        format!("    library      sha256 {old_sha} → {new_sha}\n"),
+        "    requests     + read:data\n".to_owned(),
+        format!("next: plugbay review approve {name}@0.1.0\n"),
+    ] {
+        assert!(out.contains(&line), "{line:?} in:\n{out}");
+    }
+    assert_eq!(second["revision"], 2);
+    assert_eq!(second["enabled"], false);
+    assert_eq!(second["review"]["status"], "pending");
+    assert_eq!(second["previous"]["revision"], 1);
+    assert_eq!(second["previous"]["sha256"], old_sha);
+    assert_eq!(second["previous"]["review"]["status"], "approved");
+    let audit = second["audit"].as_array().unwrap();
+    assert_eq!(audit.last().unwrap()["action"], "update");
+    let refused = cli.fails(&["run", name], Some("[]"));
+    assert!(
+        refused.contains(&format!("plugin `{name}@0.1.0` is pending, not approved")),
+        "{refused}"
+    );
+    let (shown, _) = cli.ok(&["show", name], None);
+    assert!(
+        shown.contains("revision     2\n") && shown.contains("\n  requests     + read:data\n"),
+        "{shown}"
+    );
+    let (approval, _) = cli.ok(&["review", "approve", name], None);
+    assert!(
+        approval.contains("read:data (new in this revision)"),
+        "{approval}"
+    );
+    cli.ok(&["enable", name], None);
+    let (out, _) = cli.ok(&["run", name], Some(r#"[{"id": 1}]"#));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()[0]["tag"],
+        format!("{name}!"),
+        "the new code runs"
+    );
+    let (out, _) = cli.ok(&["register", path(&dir), "--update"], None);
+    assert!(
+        out.starts_with(&format!("{name}@0.1.0 is unchanged")),
+        "{out}"
+    );
+
+    // `main` written with `-`: cargo's name for the library is found, with a warning.
+    edit(
+        &dir.join("plugin.json"),
+        r#""main": "e2e_new_plugin""#,
+        r#""main": "e2e-new-plugin""#,
+    );
+    let (ok, output) = cargo(&dir, "build", &["--lib", "--offline"]);
+    assert!(ok, "{output}");
+    let (out, stderr) = cli.ok(&["register", path(&dir), "--update"], None);
+    assert!(
+        stderr.starts_with(&format!("warning: `main` is `e2e-new-plugin`, but cargo turns `-` into `_` in library names: it builds {}, not {}", library_file_name("e2e_new_plugin"), library_file_name("e2e-new-plugin"))),
+        "{stderr}"
+    );
+    assert!(out.contains("revision 3"), "{out}");
+
+    // A hook the plugin implements but its manifest does not list: a warning at run time.
+    edit(
+        &dir.join("plugin.json"),
+        r#""hooks": ["init", "process", "cleanup"]"#,
+        r#""hooks": ["init", "process"]"#,
+    );
+    let (ok, output) = cargo(&dir, "build", &["--lib", "--offline"]);
+    assert!(ok, "{output}");
+    let (_, stderr) = cli.ok(&["run", path(&lib)], Some("[]"));
+    assert!(
+        stderr.contains("the plugin implements `Plugin::cleanup`, but its plugin.json does not list `cleanup` in `hooks`; add it"),
+        "{stderr}"
+    );
+
+    // `panic = "abort"` and a crate built as an `rlib` do not compile.
+    let (ok, output) = cargo(
+        &dir,
+        "rustc",
+        &["--lib", "--offline", "--", "-C", "panic=abort"],
+    );
+    assert!(!ok, "{output}");
+    assert!(
+        output
+            .contains("error: a plugin must be built with `panic = \"unwind\"` (cargo's default)"),
+        "{output}"
+    );
+    edit(
+        &dir.join("Cargo.toml"),
+        r#"crate-type = ["cdylib"]"#,
+        r#"crate-type = ["rlib"]"#,
+    );
+    let (ok, output) = cargo(&dir, "build", &["--lib", "--offline"]);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!("error: crate `{name}` is built as `rlib` only, which no host can load: a plugin is a dynamic library; add `crate-type = [\"cdylib\"]` under `[lib]` in {}", dir.join("Cargo.toml").display())),
+        "{output}"
+    );
 }

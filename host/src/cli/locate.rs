@@ -49,7 +49,7 @@ pub fn cargo_outputs(plugin_dir: &Path, file_name: &str) -> Vec<PathBuf> {
             path.is_file().then_some((modified, path))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     found.dedup_by(|a, b| a.1 == b.1);
     found.into_iter().map(|(_, path)| path).collect()
 }

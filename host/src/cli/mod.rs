@@ -13,8 +13,10 @@ mod inspect;
 mod keys;
 mod list;
 mod locate;
+mod new;
 mod register;
 mod review;
+mod revision;
 mod run;
 mod serve;
 mod show;
@@ -33,6 +35,7 @@ use serde::Serialize;
 const EXAMPLES: &str = "\
 Examples:
   plugbay demo
+  plugbay new shouter && cd shouter && cargo test
   plugbay register example-plugins/data-processor --library target/release/libdata_processor.so
   plugbay review approve data-processor@1.0.0 --grant process:data
   plugbay enable data-processor@1.0.0
@@ -82,6 +85,8 @@ pub struct Global {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a plugin crate that builds and runs with `cargo test`
+    New(new::Args),
     /// Register a plugin: check its manifest and library, record the library's
     /// SHA-256; the plugin then waits for review
     Register(register::Args),
@@ -116,6 +121,7 @@ impl Cli {
     pub fn exec(self) -> Result<()> {
         let context = Context::new(&self.global);
         match self.command {
+            Command::New(args) => new::exec(args, &context),
             Command::Register(args) => register::exec(args, &context),
             Command::List(args) => list::exec(args, &context),
             Command::Show(args) => show::exec(args, &context),

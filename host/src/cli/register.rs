@@ -1,13 +1,13 @@
-//! `plugbay register MANIFEST|DIR [--library PATH]`
+//! `plugbay register MANIFEST|DIR [--library PATH] [--update]`
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use plugbay_host::registry::Registration;
+use plugbay_host::registry::{Registration, Update};
 use plugbay_host::LoadError;
 
-use super::{locate, permission_list, print_json, Context};
+use super::{locate, permission_list, print_json, revision, Context};
 
 /// Register a plugin.
 #[derive(Debug, clap::Args)]
@@ -15,13 +15,19 @@ use super::{locate, permission_list, print_json, Context};
 Examples:
   plugbay register example-plugins/data-processor --library target/release/libdata_processor.so
   plugbay register my-plugin/plugin.json
+  cargo build --release && plugbay register my-plugin --update
 
 The library is copied into the registry's store (`libraries/<sha256>/` in the home,
 read-only) and that copy is inspected in a confined worker process: it must
 load, be built against a compatible plugbay-api and embed exactly the manifest given
 (every differing field is listed). The stored copy is what is reviewed and what runs:
 rebuilding the plugin afterwards changes nothing registered. The plugin is `pending`
-until `plugbay review approve ID`.")]
+until `plugbay review approve ID`.
+
+After a rebuild, `plugbay register DIR --update` registers the new library as the
+plugin's next revision: its approval does not carry over to other code, so it is
+pending review and disabled again, and `show` and `review approve` list what changed
+since the revision that was reviewed. The same library again changes nothing.")]
 pub struct Args {
     /// The plugin's `plugin.json`, or the folder that holds it (its `${plugin_dir}`)
     #[arg(value_name = "MANIFEST|DIR")]
@@ -30,6 +36,11 @@ pub struct Args {
     /// folder, else the newest that cargo built in `target/release` or `target/debug`]
     #[arg(long, value_name = "PATH")]
     pub library: Option<PathBuf>,
+    /// If the id is registered already, register this library (a rebuild) as its next
+    /// revision: pending review again and disabled, the previous revision kept for the
+    /// reviewer to compare
+    #[arg(long)]
+    pub update: bool,
 }
 
 /// The library of a plugin folder that does not hold it: what cargo built, in the
@@ -107,12 +118,34 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     if args.library.is_none() && !registration.library.is_file() {
         registration.library = cargo_output(&registration)?;
     }
-    let entry = registry.register(&host, registration, context.actor())?;
+    let (entry, update) = if args.update {
+        registry.update(&host, registration, context.actor())?
+    } else {
+        (
+            registry.register(&host, registration, context.actor())?,
+            Update::Registered,
+        )
+    };
     if context.json {
         return print_json(&entry);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "registered {} (pending review)", entry.id)?;
+    match update {
+        Update::Unchanged => {
+            writeln!(
+                out,
+                "{} is unchanged: its library (sha256 {}) and manifest are the ones registered as revision {}",
+                entry.id, entry.sha256, entry.revision
+            )?;
+            return Ok(());
+        }
+        Update::Registered => writeln!(out, "registered {} (pending review)", entry.id)?,
+        Update::Revised => writeln!(
+            out,
+            "registered {} revision {} (pending review and disabled: an approval does not carry over to new code)",
+            entry.id, entry.revision
+        )?,
+    }
     if let Some(source) = &entry.source {
         writeln!(out, "  from      {}", source.display())?;
     }
@@ -123,6 +156,8 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         "  requests  {}",
         permission_list(&entry.manifest.permissions)
     )?;
+    let data_dir = registry.data_dir().join(&entry.manifest.name);
+    revision::write_changes(&mut out, &entry, &data_dir, 2)?;
     writeln!(out, "next: plugbay review approve {}", entry.id)?;
     Ok(())
 }

@@ -87,12 +87,25 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     }
     let data_dir = registry.data_dir().join(&entry.manifest.name);
     let mut out = std::io::stdout().lock();
+    super::revision::write_changes(&mut out, &entry, &data_dir, 0)?;
     writeln!(out, "{} requests:", entry.id)?;
+    let added = entry
+        .changes()
+        .map(|changes| changes.added)
+        .unwrap_or_default();
     let mut table = Table::new(&["PERMISSION", "DECISION"]).indent(2);
     for permission in &entry.manifest.permissions {
         let granted = entry.review.granted.contains(permission);
+        let new = if added.contains(permission) {
+            " (new in this revision)"
+        } else {
+            ""
+        };
         table.row(vec![
-            permission_with_path(permission, &entry.plugin_dir, &data_dir),
+            format!(
+                "{}{new}",
+                permission_with_path(permission, &entry.plugin_dir, &data_dir)
+            ),
             if granted { "granted" } else { "not granted" }.to_owned(),
         ]);
     }

@@ -106,6 +106,8 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     }
     field("registered", &entry.created_at)?;
     field("updated", &entry.updated_at)?;
+    field("revision", &entry.revision.to_string())?;
+    super::revision::write_changes(&mut out, &entry, &data_dir, 0)?;
     writeln!(out, "history")?;
     let mut table = Table::new(&["AT", "BY", "ACTION", "DETAIL"]).indent(2);
     for event in &audit {
