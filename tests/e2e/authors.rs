@@ -533,3 +533,124 @@ fn a_new_plugin_builds_runs_registers_and_is_revised_after_a_rebuild() {
         "{output}"
     );
 }
+
+/// Registers, approves (all requested, `isolation`) and enables an example plugin.
+fn ready_example(cli: &Cli, name: &str, isolation: &str) {
+    cli.ok(
+        &[
+            "register",
+            path(example_manifest(name).parent().unwrap()),
+            "--library",
+            path(&library(name)),
+        ],
+        None,
+    );
+    cli.ok(&["review", "approve", name, "--isolation", isolation], None);
+    cli.ok(&["enable", name], None);
+}
+
+/// What `store_put` writes during `plugbay run` stays in the home's `store.db`, for
+/// the next run and for `plugbay store get|list|delete`; a registered plugin in a
+/// worker process and a library file on a worker thread share it.
+#[test]
+fn the_data_store_persists_in_the_home_and_plugbay_store_reads_it() {
+    let cli = Cli::new();
+    let store_file = cli.home().join("store.db");
+    let (out, _) = cli.ok(&["store", "list"], None);
+    assert_eq!(
+        out,
+        format!(
+            "no keys in the data store {}; plugins granted `write:data` add them with `store_put`\n",
+            store_file.display()
+        )
+    );
+    assert!(!store_file.exists(), "a lookup creates no store");
+    let missing = cli.fails(&["store", "get", "dedup/stats"], None);
+    assert_eq!(
+        missing,
+        format!(
+            "error: no key `dedup/stats` in the data store {}; `plugbay store list` shows the keys\n",
+            store_file.display()
+        )
+    );
+
+    ready_example(&cli, "dedup", "process");
+    let input = r#"[{"id": 1}, {"id": 1}, {"id": 2}]"#;
+    cli.ok(&["run", "dedup"], Some(input));
+    let (stats, _) = cli.ok(&["store", "get", "dedup/stats"], None);
+    assert_eq!(
+        stats, r#"{"distinct":2,"dropped":1,"kept":2}"#,
+        "the value as written, no newline"
+    );
+    let (listed, _) = cli.ok(&["store", "list"], None);
+    assert!(
+        listed.starts_with("KEY          SIZE  UPDATED\ndedup/stats  35 B  "),
+        "{listed}"
+    );
+    let (json, _) = cli.ok(&["--json", "store", "get", "dedup/stats"], None);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["value"], r#"{"distinct":2,"dropped":1,"kept":2}"#);
+    assert_eq!(json["size"], 35);
+
+    // The library file, on a worker thread, writes to the same store.
+    cli.ok(
+        &["run", path(&library("dedup")), "--isolation", "thread"],
+        Some(r#"[{"id": 7}]"#),
+    );
+    let (stats, _) = cli.ok(&["store", "get", "dedup/stats"], None);
+    assert_eq!(stats, r#"{"distinct":1,"dropped":0,"kept":1}"#);
+
+    let (deleted, _) = cli.ok(&["store", "delete", "dedup/stats"], None);
+    assert_eq!(deleted, "deleted dedup/stats\n");
+    assert!(cli
+        .fails(&["store", "delete", "dedup/stats"], None)
+        .contains("no key `dedup/stats`"));
+    let (listed, _) = cli.ok(&["--json", "store", "list"], None);
+    assert_eq!(serde_json::from_str::<Value>(&listed).unwrap(), json!([]));
+}
+
+/// The store is served by a thread of the host from its own file: a plugin on a
+/// worker thread of `plugbay run`, scanning every descriptor, finds the open store
+/// once a plugin used it, and never the registry, which the run closed first.
+#[test]
+fn the_store_is_served_by_the_host_and_the_registry_stays_closed() {
+    let cli = Cli::new();
+    for name in ["faulty", "fd-scanner"] {
+        cli.register_fixture(name);
+        cli.ok(&["review", "approve", name, "--isolation", "thread"], None);
+        cli.ok(&["enable", name], None);
+    }
+    let (out, _) = cli.ok(
+        &[
+            "run",
+            "faulty",
+            "fd-scanner",
+            "--config",
+            r#"faulty={"store": true}"#,
+        ],
+        Some("[{}]"),
+    );
+    let found: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let inode = |file: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(cli.home().join(file)).unwrap();
+        (metadata.dev(), metadata.ino())
+    };
+    let open: Vec<(u64, u64)> = found
+        .iter()
+        .map(|fd| {
+            (
+                fd["device"].as_u64().unwrap(),
+                fd["inode"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        open.contains(&inode("store.db")),
+        "the scan finds the open store, so it would find the registry: {found:?}"
+    );
+    assert!(
+        !open.contains(&inode("registry.db")),
+        "the registry is closed while plugins run: {found:?}"
+    );
+}

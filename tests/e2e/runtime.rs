@@ -281,7 +281,8 @@ fn dedup_keeps_state_across_batches_and_reports_at_cleanup() {
         .unwrap();
     assert_eq!(records(&second), vec![json!({"id": 3})]);
     plugin.shutdown().unwrap();
-    let stats: Value = serde_json::from_slice(&host.store().get("dedup/stats").unwrap()).unwrap();
+    let stats: Value =
+        serde_json::from_slice(&host.store().get("dedup/stats").unwrap().unwrap()).unwrap();
     assert_eq!(stats, json!({"kept": 3, "dropped": 2, "distinct": 3}));
 }
 

@@ -107,7 +107,7 @@ fn cargo_output(registration: &Registration) -> Result<PathBuf> {
 /// Registers the plugin and prints its entry.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
-    let host = context.host(&registry);
+    let host = context.host(&registry)?;
     if args.manifest.is_dir() && !args.manifest.join("plugin.json").is_file() {
         bail!(
             "folder {} has no plugin.json; pass the plugin's manifest or the folder that holds it",

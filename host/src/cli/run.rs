@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use plugbay_host::registry::{Registry, RegistryError};
+use plugbay_host::registry::{Registry, RegistryError, SqliteStore};
 use plugbay_host::{
     Batch, Confinement, Host, IoError, Pipeline, PipelineError, PipelineReport, PluginSpec, State,
 };
@@ -233,11 +233,14 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         None
     };
     let host = match &registry {
-        Some(registry) => context.host(registry),
+        Some(registry) => context.host(registry)?,
         None => {
             let host = Host::new().with_sandbox(context.sandbox);
+            // Library files keep their data under the home too, store included.
             match context.home() {
-                Ok(home) => host.with_data_dir(home.join("data")),
+                Ok(home) => host
+                    .with_data_dir(home.join("data"))
+                    .with_store(SqliteStore::open(&home)?),
                 Err(_) => host,
             }
         }

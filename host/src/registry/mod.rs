@@ -22,6 +22,7 @@
 
 mod keys;
 mod schema;
+mod store;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
+pub use store::{SqliteStore, StoredKey, StoredValue, STORE_FILE};
 
 use crate::image::hex;
 use crate::isolation::Isolation;
@@ -563,6 +565,12 @@ impl Registry {
     /// Where plugins of this registry keep their `${data_dir}`.
     pub fn data_dir(&self) -> PathBuf {
         self.home.join("data")
+    }
+
+    /// The data store of this registry's home (`store.db`), for a host to give its
+    /// plugins ([`Host::with_store`](crate::Host::with_store)); see [`SqliteStore`].
+    pub fn store(&self) -> Result<std::sync::Arc<SqliteStore>, crate::StoreError> {
+        SqliteStore::open(&self.home)
     }
 
     /// Runs `body` in an immediate transaction (waiting out other writers up to the
