@@ -648,7 +648,7 @@ fn the_review_gates_enabling_and_running() {
 
     assert_eq!(
         plugbay.fails(&["register", path(&folder)], 1),
-        "error: plugin `data-processor@1.0.0` is already registered; unregister it first or bump its version\n"
+        "error: plugin `data-processor@1.0.0` is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`, or bump its version\n"
     );
     assert_eq!(
         plugbay.fails(&["enable", "data-processor@1.0.0"], 1),
@@ -1096,7 +1096,7 @@ fn concurrent_processes_lose_nothing() {
                     assert!(
                         output.status.success()
                             || stderr
-                                == format!("error: plugin `{id}` is already registered; unregister it first or bump its version\n"),
+                                == format!("error: plugin `{id}` is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`, or bump its version\n"),
                         "worker {worker}: {stderr}"
                     );
                     done.push(("register".to_owned(), output.status.success()));
