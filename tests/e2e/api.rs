@@ -470,6 +470,68 @@ fn configure(api: &Api, id: &str, config: Value) {
 // The seed's example and the lifecycle
 // ---------------------------------------------------------------------------------
 
+/// The seed's manifest writes `hooks` as an object of handler names: a `plugin.json`
+/// so written beside the library registers (the names are informational), and the
+/// entry lists the hooks.
+#[test]
+fn a_plugin_json_with_the_seeds_hooks_object_registers() {
+    let api = Api::start();
+    let library = plugin_copy(api.dir.path(), "data-processor");
+    let manifest = library.with_file_name("plugin.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let seed = text.replace(
+        r#""hooks": ["init", "process", "cleanup"]"#,
+        r#""hooks": {"init": "onInit", "process": "onProcess", "cleanup": "onCleanup"}"#,
+    );
+    assert_ne!(seed, text);
+    std::fs::write(&manifest, seed).unwrap();
+    let mut body = seed_body("data-processor");
+    body["entry_point"] = json!(library.display().to_string());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(body),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(
+        reply.body["plugin_dir"],
+        library.parent().unwrap().display().to_string(),
+        "the plugin.json beside the library is the manifest"
+    );
+    assert_eq!(
+        reply.body["manifest"]["hooks"],
+        json!(["init", "process", "cleanup"])
+    );
+}
+
+/// What plugins run by the server write with `store_put` stays in the home's
+/// `store.db` after the server stops, where `plugbay run` and `plugbay store` see it.
+#[test]
+fn the_servers_data_store_outlasts_it() {
+    let mut api = Api::start();
+    let id = api.ready("dedup");
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"id": 1}, {"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    api.stop();
+    use plugbay_host::DataStore;
+    let store = plugbay_host::registry::SqliteStore::open(&api.home).unwrap();
+    let stats: Value = serde_json::from_slice(
+        &store
+            .get("dedup/stats")
+            .unwrap()
+            .expect("written at cleanup"),
+    )
+    .unwrap();
+    assert_eq!(stats, json!({"distinct": 1, "dropped": 1, "kept": 1}));
+    assert!(api.home.join("store.db").is_file());
+}
+
 /// The seed's paths name a plugin by its bare name (`/plugins/data-processor`): it
 /// resolves to the one registered version, else to the one enabled; with several and
 /// not exactly one enabled, the answer is 409 `ambiguous_name`, listing them.

@@ -654,3 +654,69 @@ fn the_store_is_served_by_the_host_and_the_registry_stays_closed() {
         "the registry is closed while plugins run: {found:?}"
     );
 }
+
+/// Registration reads the seed's `hooks` object; a misspelt grant gets a suggestion;
+/// an approval that withholds `process:data` from a plugin that needs it is refused
+/// at review, not discovered at its first batch.
+#[test]
+fn the_cli_reads_the_seeds_manifest_and_catches_review_mistakes() {
+    let cli = Cli::new();
+    let folder = cli.dir.path().join("data-processor");
+    std::fs::create_dir_all(&folder).unwrap();
+    let text = std::fs::read_to_string(example_manifest("data-processor")).unwrap();
+    let seed = text.replace(
+        r#""hooks": ["init", "process", "cleanup"]"#,
+        r#""hooks": {"init": "onInit", "process": "onProcess", "cleanup": "onCleanup"}"#,
+    );
+    assert_ne!(seed, text);
+    std::fs::write(folder.join("plugin.json"), seed).unwrap();
+    let (out, _) = cli.ok(
+        &[
+            "--json",
+            "register",
+            path(&folder),
+            "--library",
+            path(&library("data-processor")),
+        ],
+        None,
+    );
+    let entry: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        entry["manifest"]["hooks"],
+        json!(["init", "process", "cleanup"])
+    );
+
+    let output = cli.output(
+        &[
+            "review",
+            "approve",
+            "data-processor",
+            "--grant",
+            "proces:data",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("unknown permission `proces:data`; did you mean `process:data`?"),
+        "{stderr}"
+    );
+
+    ready_example(&cli, "dedup", "process");
+    let refused = cli.fails(
+        &["review", "approve", "dedup", "--grant", "write:data"],
+        None,
+    );
+    assert_eq!(
+        refused,
+        "error: cannot approve `dedup@1.0.0` without `process:data`: it declares the `process` hook, and without `process:data` it could never receive a batch; grant `process:data` too, or reject the plugin\n"
+    );
+    let (shown, _) = cli.ok(&["--json", "show", "dedup"], None);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown["review"]["granted"],
+        json!(["process:data", "write:data"]),
+        "the approval before stands"
+    );
+}
