@@ -25,6 +25,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-ctor-abort",
     "fixture-crasher",
     "fixture-raw-value",
+    "fixture-popular",
     "fixture-noop-next",
 ];
 
@@ -149,8 +150,8 @@ pub struct AbiFixtures {
     pub layout: PathBuf,
     /// Built against plugbay-api 0.9.0.
     pub api_version: PathBuf,
-    /// Same plugbay-api version and layout, but plugin ABI 0.1.0: the ABI before
-    /// batches became plain JSON arrays both ways.
+    /// Same plugbay-api version and layout, but plugin ABI 0.2.0: the ABI before log
+    /// lines carried their target and plugins were told the host's log level.
     pub abi_version: PathBuf,
 }
 
@@ -174,7 +175,7 @@ pub fn abi_fixtures() -> &'static AbiFixtures {
         let api_version = write_abi_fixture(&root.join("api-version"), "0.9.0", |text| text);
         let abi_version = write_abi_fixture(&root.join("abi-version"), "0.1.0", |text| {
             let current = format!("ABI_VERSION: &str = \"{}\";", plugbay_api::abi::ABI_VERSION);
-            text.replace(&current, "ABI_VERSION: &str = \"0.1.0\";")
+            text.replace(&current, "ABI_VERSION: &str = \"0.2.0\";")
         });
         for dir in [&layout, &api_version, &abi_version] {
             let mut command = cargo();
@@ -212,7 +213,7 @@ fn write_abi_fixture(dir: &Path, version: &str, edit: fn(String) -> String) -> P
     let plugin_src = dir.join("plugin/src");
     std::fs::create_dir_all(&api_src).unwrap();
     std::fs::create_dir_all(&plugin_src).unwrap();
-    for file in ["lib.rs", "abi.rs", "sdk.rs"] {
+    for file in ["lib.rs", "abi.rs", "sdk.rs", "logging.rs"] {
         let text = std::fs::read_to_string(workspace.join("plugin-api/src").join(file)).unwrap();
         std::fs::write(api_src.join(file), edit(text)).unwrap();
     }
@@ -227,6 +228,8 @@ fn write_abi_fixture(dir: &Path, version: &str, edit: fn(String) -> String) -> P
             format!(
                 "[package]\nname = \"plugbay-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\n\
                  [dependencies]\nabi_stable = \"0.11.3\"\nserde = \"1\"\nserde_json = \"1\"\n\
+                 log = {{ version = \"0.4\", features = [\"std\"] }}\n\
+                 tracing = {{ version = \"0.1\", default-features = false, features = [\"std\", \"log\"] }}\n\
                  plugbay-macros = {{ path = \"{}\" }}\nplugbay-manifest = {{ path = \"{}\" }}\n",
                 path("sdk-macros"),
                 path("plugin-api/manifest")

@@ -99,6 +99,31 @@ impl Image {
         self._sealed.as_fd()
     }
 
+    /// A copy of this image in a sealed memfd of its own: the same bytes, which the
+    /// dynamic loader maps as another library (with its own statics) because it is
+    /// another file. See `grants`.
+    #[cfg(target_os = "linux")]
+    pub fn separate_copy(&self) -> std::io::Result<Image> {
+        let bytes = std::fs::read(&self.load_path)?;
+        let sealed = seal(&self.path, &bytes)?;
+        Ok(Image::with_sealed(
+            self.path.clone(),
+            self.sha256.clone(),
+            Arc::new(sealed),
+        ))
+    }
+
+    /// This image (its path, for messages), loaded from `copy`'s sealed bytes.
+    #[cfg(target_os = "linux")]
+    pub fn with_copy_of(&self, copy: &Image) -> Image {
+        Image {
+            path: self.path.clone(),
+            sha256: copy.sha256.clone(),
+            load_path: copy.load_path.clone(),
+            _sealed: copy._sealed.clone(),
+        }
+    }
+
     /// The sealed copy of a file hashed before whose stamp has not changed since (and
     /// whose digest is `expected`, if given): loading it again reads nothing.
     #[cfg(target_os = "linux")]

@@ -54,7 +54,10 @@
 
 mod allocator;
 mod batch;
-mod denial;
+mod call;
+mod error;
+mod grants;
+mod hints;
 mod image;
 mod isolation;
 pub mod loader;
@@ -69,10 +72,12 @@ pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
 mod services;
+mod stream;
+mod threads;
 
 pub use allocator::tune_allocator;
 pub use batch::Batch;
-pub use denial::Note;
+pub use hints::Hint;
 pub use image::sha256_file;
 pub use isolation::Isolation;
 pub use loader::{manifest_differences, LoadError, ManifestDifference};

@@ -34,10 +34,11 @@ use plugbay_api::abi::{ErrorKind, PluginBox, PluginError};
 use plugbay_api::manifest::Hook;
 
 use crate::batch::Batch;
-use crate::runtime::{
-    load_and_init, process_here, CallError, Host, Outcome, PluginSpec, PluginStatus, Prepared,
-    StartError, State,
-};
+use crate::call::{load_and_init, process_here, Outcome};
+use crate::grants;
+use crate::hints;
+use crate::isolation::Isolation;
+use crate::runtime::{CallError, Host, PluginSpec, PluginStatus, Prepared, StartError, State};
 use crate::sandbox::{self, Rules};
 use crate::services::Revoker;
 
@@ -108,30 +109,47 @@ impl Host {
             .into_iter()
             .map(|mut plugin| (std::mem::take(&mut plugin.rules), plugin))
             .unzip();
-        let confinement =
-            sandbox::confine_current_thread(&ids, &Rules::union(rules), self.sandbox_mode())?;
+        let rules = Rules::union(rules);
+        // Every library loads the copy that belongs to the thread's one confinement.
+        let granted: Vec<_> = prepared
+            .iter()
+            .flat_map(|plugin| plugin.granted.iter().cloned())
+            .collect();
+        let images = prepared
+            .iter()
+            .map(|plugin| {
+                let key = grants::Key::of(&granted, &rules, &plugin.image.path);
+                grants::image_for(&plugin.id, &plugin.image, key)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let confinement = sandbox::confine_current_thread(&ids, &rules, self.sandbox_mode())?;
         CONFINED_FOR.with(|confined| *confined.borrow_mut() = Some(ids));
 
         let mut plugins = Vec::with_capacity(prepared.len());
-        for plugin in prepared {
+        for (plugin, image) in prepared.into_iter().zip(images) {
             let services = plugin.services;
-            let withheld = plugin.withheld;
             let (instance, api_version) =
-                load_and_init(&plugin.id, &plugin.image, &plugin.manifest, plugin.context)
-                    .inspect_err(|_| services.revoke())
-                    .map_err(|err| err.explained(&withheld))?;
+                load_and_init(&plugin.id, &image, &plugin.manifest, plugin.context).map_err(
+                    |err| {
+                        services.revoke();
+                        let (granted, withheld) = (&plugin.granted, &plugin.withheld);
+                        hints::on_start_error(err, granted, withheld, Isolation::Thread)
+                    },
+                )?;
             tracing::debug!(plugin = %plugin.id, %confinement, "local plugin started");
             plugins.push(LocalPlugin {
                 // Local calls have no deadline.
-                status: PluginStatus::started(
-                    plugin.id,
-                    confinement.clone(),
-                    plugin.granted,
-                    &api_version,
-                    &plugin.image,
-                    std::time::Duration::MAX,
-                )
-                .with_withheld(withheld),
+                status: PluginStatus {
+                    withheld: plugin.withheld,
+                    ..PluginStatus::started(
+                        plugin.id,
+                        confinement.clone(),
+                        plugin.granted,
+                        &api_version,
+                        &plugin.image,
+                        std::time::Duration::MAX,
+                    )
+                },
                 may_process: plugin.may_process,
                 instance: Some(instance),
                 services,

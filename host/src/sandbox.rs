@@ -8,9 +8,10 @@
 //! threads stay free.
 //!
 //! The ruleset is pinned to landlock ABI 6: every filesystem right is handled and
-//! denied but read access to the library, the system library directories and the
-//! granted `fs:` paths (where `fs:write:` gives every right but making character and
-//! block devices); TCP bind and connect are denied but on granted ports; signals and
+//! denied but read access to the library, the system library directories, the time
+//! zone and locale data ([`SYSTEM_DATA_PATHS`]), the name-resolution files with
+//! `sys:dns` ([`NAME_RESOLUTION_PATHS`]) and the granted `fs:` paths (where
+//! `fs:write:` gives every right but making character and block devices); TCP bind and connect are denied but on granted ports; signals and
 //! abstract unix sockets are scoped to the plugin's own domain. The seccomp filter
 //! refuses what landlock does not cover: changing file metadata, unix sockets,
 //! device nodes, and the kernel interfaces that reach around a sandbox (see the
@@ -204,6 +205,51 @@ const SYSTEM_LIBRARY_PATHS: &[&str] = &[
     "/etc/ld.so.cache",
 ];
 
+/// Harmless system data every plugin may read, whatever its grants: time zone data
+/// and locale data. Without it, time libraries (`chrono::Local`, `jiff`, C's
+/// `localtime`) fall back to UTC without an error, which is wrong data, not a denial.
+pub const SYSTEM_DATA_PATHS: &[&str] = &[
+    "/usr/share/zoneinfo",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/usr/share/locale",
+    "/usr/share/i18n",
+    "/etc/locale.alias",
+];
+
+/// What `sys:dns` lets a plugin read: the files the C library's resolver reads to
+/// turn a host name (`localhost` included) into addresses.
+pub const NAME_RESOLUTION_PATHS: &[&str] = &[
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/protocols",
+];
+
+/// The `${data_dir}` of a plugin in a host whose data folder is `base`:
+/// `<base>/<name>/<version>`.
+///
+/// Per version, not per name: two versions of a plugin may run at once (an upgrade
+/// starts the new one before it stops the old), each with its own copy of any C
+/// library it links statically, such as SQLite, whose file locks are per process; two
+/// such copies writing one database file can corrupt it. A new version starts with an
+/// empty folder: carry data over by copying the old version's folder, or keep it in
+/// the host's data store (`read:data` / `write:data`).
+pub fn plugin_data_dir(base: &Path, name: &str, version: &semver::Version) -> PathBuf {
+    base.join(name).join(version.to_string())
+}
+
+/// The paths of `candidates` that exist on this system.
+fn existing(candidates: &'static [&'static str]) -> impl Iterator<Item = PathBuf> {
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .filter(|path| path.exists())
+}
+
 impl Rules {
     /// The rules for plugin `id`, whose library is `library`, with `granted`
     /// permissions.
@@ -226,12 +272,8 @@ impl Rules {
             ..Rules::default()
         };
         let mut checked = Vec::new();
-        rules.read.extend(
-            SYSTEM_LIBRARY_PATHS
-                .iter()
-                .map(PathBuf::from)
-                .filter(|path| path.exists()),
-        );
+        rules.read.extend(existing(SYSTEM_LIBRARY_PATHS));
+        rules.read.extend(existing(SYSTEM_DATA_PATHS));
         for permission in granted {
             match permission {
                 Permission::FsRead(path) => rules.read.push(granted_path(
@@ -250,6 +292,7 @@ impl Rules {
                 )?),
                 Permission::NetConnect(port) => rules.connect.push(*port),
                 Permission::NetBind(port) => rules.bind.push(*port),
+                Permission::SysDns => rules.read.extend(existing(NAME_RESOLUTION_PATHS)),
                 _ => {}
             }
         }
@@ -596,6 +639,35 @@ mod tests {
         assert_eq!(rules.write, vec![PathBuf::from("/d")]);
         assert_eq!(rules.bind, vec![9000]);
         assert!(rules.connect.is_empty());
+    }
+
+    #[test]
+    fn system_data_is_for_everyone_and_name_resolution_for_sys_dns() {
+        let rules = |grants: &[Permission]| {
+            Rules::new(
+                "clock",
+                Path::new("/p/lib.so"),
+                grants,
+                Path::new("/p"),
+                Path::new("/d"),
+            )
+            .unwrap()
+            .read
+        };
+        let nothing = rules(&[]);
+        for path in SYSTEM_DATA_PATHS.iter().filter(|p| Path::new(p).exists()) {
+            assert!(nothing.contains(&PathBuf::from(path)), "{path}");
+        }
+        let hosts = PathBuf::from("/etc/hosts");
+        assert!(!nothing.contains(&hosts));
+        let dns = rules(&[Permission::SysDns]);
+        if hosts.exists() {
+            assert!(dns.contains(&hosts));
+        }
+        assert_eq!(
+            plugin_data_dir(Path::new("/d"), "clock", &semver::Version::new(1, 2, 3)),
+            Path::new("/d/clock/1.2.3")
+        );
     }
 
     #[test]

@@ -202,8 +202,27 @@ impl Revoker {
     }
 }
 
+/// The most verbose level at which the host's `tracing` subscriber records plugin log
+/// lines (this module's target), `None` if it records none: what a plugin is told at
+/// `init`, so that it drops the lines the host would drop before it formats them.
+pub(crate) fn recorded_level() -> Option<LogLevel> {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        Some(LogLevel::Trace)
+    } else if tracing::enabled!(tracing::Level::DEBUG) {
+        Some(LogLevel::Debug)
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        Some(LogLevel::Info)
+    } else if tracing::enabled!(tracing::Level::WARN) {
+        Some(LogLevel::Warn)
+    } else if tracing::enabled!(tracing::Level::ERROR) {
+        Some(LogLevel::Error)
+    } else {
+        None
+    }
+}
+
 impl HostServices for Services {
-    fn log(&self, level: LogLevel, message: RStr<'_>) {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         // Not held while logging: a log line may wait on the host's output, and
         // revocation must not wait for it.
         if self.store().is_none() {
@@ -213,12 +232,15 @@ impl HostServices for Services {
         }
         let plugin = self.plugin_id.as_str();
         let message = message.as_str();
+        // The module of the plugin (or of a crate it uses) that wrote the line, as
+        // `log` and `tracing` name it; none for the plugin's own `Context::log`.
+        let module = Some(target.as_str()).filter(|target| !target.is_empty());
         match level {
-            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            LogLevel::Info => tracing::info!(plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, module, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, module, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, module, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, module, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, module, "{message}"),
         }
     }
 
@@ -294,7 +316,11 @@ mod tests {
             assert_eq!(error.kind, ErrorKind::DENIED);
             assert!(error.message.contains("p@1.0.0 was stopped"), "{error}");
         }
-        object.log(LogLevel::Info, RStr::from_str("dropped"));
+        object.log(
+            LogLevel::Info,
+            RStr::from_str(""),
+            RStr::from_str("dropped"),
+        );
         assert_eq!(store.get("k"), Ok(Some(b"v".to_vec())));
         revoker.revoke();
     }

@@ -40,7 +40,11 @@ use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 /// - `0.2.0`: a batch is always one JSON array, both ways, with nothing appended, and
 ///   the host validates every batch a plugin returns. The root module is frozen from
 ///   here on.
-pub const ABI_VERSION: &str = "0.2.0";
+/// - `0.3.0`: a log line carries its target (the module that wrote it, as `log` and
+///   `tracing` name it), and [`PluginContext::log_level`] tells the plugin the most
+///   verbose level the host records, so that the SDK's bridge for the `log` and
+///   `tracing` crates drops what the host would not record before it formats it.
+pub const ABI_VERSION: &str = "0.3.0";
 
 /// The plugbay-api version this crate is, compiled into every plugin.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -115,11 +119,15 @@ pub struct PluginContext {
     pub data_dir: RString,
     /// Logging and the data store, checked against the plugin's permissions by the host.
     pub services: HostServicesBox,
+    /// The most verbose level the host records from this plugin (`RNone`: it records
+    /// nothing); lines above it would be dropped by the host, so a plugin need not
+    /// format them.
+    pub log_level: ROption<LogLevel>,
 }
 
-/// A log level, as `tracing` has them.
+/// A log level, as `tracing` has them, from the most verbose to the most severe.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LogLevel {
     /// Very verbose.
     Trace = 0,
@@ -137,8 +145,9 @@ pub enum LogLevel {
 /// granted permissions on the host side.
 #[sabi_trait]
 pub trait HostServices: Send + Sync {
-    /// Writes a line into the host's log, tagged with the plugin's id.
-    fn log(&self, level: LogLevel, message: RStr<'_>);
+    /// Writes a line into the host's log, tagged with the plugin's id and with
+    /// `target`, the module that wrote it (empty for the plugin's own `Context::log`).
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>);
 
     /// Reads a value from the data store (`read:data`).
     fn store_get(&self, key: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError>;

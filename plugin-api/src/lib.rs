@@ -69,6 +69,7 @@
 extern crate self as plugbay_api;
 
 pub mod abi;
+mod logging;
 mod sdk;
 
 pub use plugbay_macros::plugin;

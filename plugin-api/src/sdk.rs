@@ -18,6 +18,7 @@ use crate::abi::{
     ErrorKind, HostServicesBox, LogLevel, PluginBox, PluginContext, PluginError, PluginInstance,
     PluginInstance_TO, PluginMod, PluginModRef, API_VERSION,
 };
+use crate::logging;
 
 /// A plugin: what `#[plugbay::plugin]` turns into an exported library.
 ///
@@ -139,6 +140,8 @@ pub struct Context {
     plugin_dir: PathBuf,
     data_dir: PathBuf,
     services: HostServicesBox,
+    /// The most verbose level the host records; `None`: nothing.
+    log_level: Option<Level>,
     /// Which of `Plugin`'s default hooks ran through this context ([`DEFAULT_INIT`],
     /// [`DEFAULT_CLEANUP`]): how the SDK tells a hook the plugin implements.
     default_hooks: AtomicU8,
@@ -158,6 +161,7 @@ impl Clone for Context {
             data_dir: self.data_dir.clone(),
             // Another reference to the host's services object (its count goes up).
             services: HostServicesBox::from_sabi(self.services.obj.shallow_clone()),
+            log_level: self.log_level,
             default_hooks: AtomicU8::new(0),
         }
     }
@@ -225,9 +229,31 @@ impl Context {
     }
 
     /// Writes `message` into the host's log at `level`, tagged with the plugin id.
+    /// A message at a level the host does not record is dropped before it is
+    /// formatted.
+    ///
+    /// The `log` and `tracing` crates' macros (`log::info!`, `tracing::debug!`) reach
+    /// the same log, tagged with the module that wrote them, from any thread of the
+    /// plugin: the SDK bridges both when the plugin starts.
     pub fn log(&self, level: Level, message: impl fmt::Display) {
-        self.services
-            .log(level, RStr::from_str(&message.to_string()));
+        if self.log_enabled(level) {
+            self.services.log(
+                level,
+                RStr::from_str(""),
+                RStr::from_str(&message.to_string()),
+            );
+        }
+    }
+
+    /// Whether the host records lines at `level` from this plugin (its subscriber's
+    /// level when the plugin started).
+    pub fn log_enabled(&self, level: Level) -> bool {
+        self.log_level.is_some_and(|recorded| level >= recorded)
+    }
+
+    /// Logs at debug level.
+    pub fn debug(&self, message: impl fmt::Display) {
+        self.log(Level::Debug, message);
     }
 
     /// Logs at info level.
@@ -238,6 +264,11 @@ impl Context {
     /// Logs at warn level.
     pub fn warn(&self, message: impl fmt::Display) {
         self.log(Level::Warn, message);
+    }
+
+    /// Logs at error level.
+    pub fn error(&self, message: impl fmt::Display) {
+        self.log(Level::Error, message);
     }
 
     /// Reads `key` from the host's data store (needs `read:data`).
@@ -306,6 +337,7 @@ extern "C" fn new_instance<P: Export + Plugin>() -> RResult<PluginBox, PluginErr
             Adapter::<P> {
                 plugin: Some(P::default()),
                 context: None,
+                instance: logging::next_instance(),
             },
             TD_Opaque,
         ))
@@ -366,6 +398,8 @@ struct Adapter<P> {
     /// `None` only while the adapter is being dropped.
     plugin: Option<P>,
     context: Option<Context>,
+    /// This instance's number among the library's, for the log bridge.
+    instance: u64,
 }
 
 /// The plugin of an adapter that is not being dropped.
@@ -380,7 +414,9 @@ fn live<P>(plugin: &mut Option<P>) -> Result<&mut P, PluginError> {
 /// `catch_unwind`, and whatever a panic in it left undropped is leaked.
 impl<P> Drop for Adapter<P> {
     fn drop(&mut self) {
+        let _running = logging::running(self.instance);
         drop_contained(self.plugin.take());
+        logging::detach(self.instance);
         drop_contained(self.context.take());
     }
 }
@@ -393,6 +429,7 @@ fn initialized<'a>(context: &'a Option<Context>, hook: &str) -> Result<&'a Conte
 
 impl<P: Plugin + Export> PluginInstance for Adapter<P> {
     fn init(&mut self, context: PluginContext) -> RResult<(), PluginError> {
+        let _running = logging::running(self.instance);
         guard("init", || {
             let config = if context.config.trim().is_empty() {
                 serde_json::Value::Object(Default::default())
@@ -404,12 +441,19 @@ impl<P: Plugin + Export> PluginInstance for Adapter<P> {
                     )
                 })?
             };
+            let log_level = context.log_level.into_option();
+            logging::attach(
+                self.instance,
+                HostServicesBox::from_sabi(context.services.obj.shallow_clone()),
+                log_level,
+            );
             let context = self.context.insert(Context {
                 plugin_id: context.plugin_id.into(),
                 config,
                 plugin_dir: PathBuf::from(context.plugin_dir.as_str()),
                 data_dir: PathBuf::from(context.data_dir.as_str()),
                 services: context.services,
+                log_level,
                 default_hooks: AtomicU8::new(0),
             });
             let result = live(&mut self.plugin)?.init(context);
@@ -419,6 +463,7 @@ impl<P: Plugin + Export> PluginInstance for Adapter<P> {
     }
 
     fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        let _running = logging::running(self.instance);
         guard("process", || {
             let context = initialized(&self.context, "process")?;
             let input = batch.as_slice();
@@ -451,12 +496,16 @@ impl<P: Plugin + Export> PluginInstance for Adapter<P> {
     }
 
     fn cleanup(&mut self) -> RResult<(), PluginError> {
-        guard("cleanup", || {
+        let _running = logging::running(self.instance);
+        let result = guard("cleanup", || {
             let context = initialized(&self.context, "cleanup")?;
             let result = live(&mut self.plugin)?.cleanup(context);
             context.warn_if_undeclared(DEFAULT_CLEANUP, "cleanup", P::DECLARES_CLEANUP);
             result.map_err(Error::into_abi)
-        })
+        });
+        // The host ends this instance's services when cleanup returns.
+        logging::detach(self.instance);
+        result
     }
 }
 

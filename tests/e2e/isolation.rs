@@ -190,3 +190,96 @@ fn a_worker_outlives_the_thread_that_started_it() {
     assert_eq!(out.len(), Some(1));
     plugin.shutdown().unwrap();
 }
+
+/// The processes this test process started whose program is `program` (its first
+/// argument, as the host passed it).
+fn workers_of(program: &std::path::Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let first = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            if first == program.as_os_str().as_encoded_bytes() {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Waits until a worker of `program` other than those in `busy` runs, and returns it.
+fn waiting_worker(program: &std::path::Path, busy: &[u32]) -> u32 {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(pid) = workers_of(program).into_iter().find(|p| !busy.contains(p)) {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no worker was launched ahead"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A host whose worker program is a path of its own (a link to `plugbay`), so the
+/// workers it launches ahead are its alone while other tests run.
+fn host_with_own_program(dir: &std::path::Path) -> (Host, std::path::PathBuf) {
+    let program = dir.join("worker");
+    std::os::unix::fs::symlink(plugbay_tests::plugbay_bin(), &program).unwrap();
+    let host = Host::new()
+        .with_isolation(Isolation::Process)
+        .with_worker_program(&program)
+        .with_data_dir(dir.join("data"));
+    (host, program)
+}
+
+#[test]
+fn a_start_takes_the_worker_launched_ahead_and_a_dead_one_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, program) = host_with_own_program(dir.path());
+    let first = host.start(example("data-processor")).unwrap();
+    let first_pid = first.status().pid.unwrap();
+    let ahead = waiting_worker(&program, &[first_pid]);
+
+    let mut second = host.start(example("data-processor")).unwrap();
+    assert_eq!(
+        second.status().pid,
+        Some(ahead),
+        "the second start took the worker launched ahead"
+    );
+    let out = second.process(&Batch::from_json(r#"[{"id": 1}]"#)).unwrap();
+    assert_eq!(out.len(), Some(1));
+
+    // A worker killed while it waited is not used: the start launches another.
+    let next = waiting_worker(&program, &[first_pid, ahead]);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &next.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut third = host.start(example("data-processor")).unwrap();
+    assert_ne!(third.status().pid, Some(next));
+    let out = third.process(&Batch::from_json(r#"[{"id": 2}]"#)).unwrap();
+    assert_eq!(out.len(), Some(1));
+    for plugin in [first, second, third] {
+        plugin.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn without_a_spare_worker_none_is_launched_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, program) = host_with_own_program(dir.path());
+    let host = host.with_spare_worker(false);
+    let plugin = host.start(example("data-processor")).unwrap();
+    let pid = plugin.status().pid.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(workers_of(&program), vec![pid]);
+    plugin.shutdown().unwrap();
+}

@@ -86,13 +86,14 @@ fn a_library_built_against_another_api_version_names_both_versions() {
 
 #[test]
 fn a_library_built_for_another_plugin_abi_names_both_abi_versions() {
-    // Plugins of ABI 0.1.0 returned no bytes for `[]` and a mark after their output:
-    // this host refuses them before it calls anything.
+    // Plugins of ABI 0.2.0 logged without a target and were not told the host's log
+    // level (and those of 0.1.0 returned no bytes for `[]` and a mark after their
+    // output): this host refuses them before it calls anything.
     let err = load_error(example("data-processor").with_library(&abi_fixtures().abi_version));
     assert!(matches!(err, LoadError::AbiVersion { .. }), "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("plugin ABI 0.1.0")
+        text.contains("plugin ABI 0.2.0")
             && text.contains(&format!("plugin ABI {}", plugbay_api::abi::ABI_VERSION))
             && text.contains("rebuild it against plugbay-api"),
         "{text}"

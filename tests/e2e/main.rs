@@ -4,6 +4,7 @@
 mod api;
 mod authors;
 mod cli;
+mod crates;
 mod isolation;
 mod isolation_faults;
 mod loader;

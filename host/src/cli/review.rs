@@ -85,7 +85,11 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     if context.json {
         return print_json(&entry);
     }
-    let data_dir = registry.data_dir().join(&entry.manifest.name);
+    let data_dir = plugbay_host::sandbox::plugin_data_dir(
+        &registry.data_dir(),
+        &entry.manifest.name,
+        &entry.manifest.version,
+    );
     let mut out = std::io::stdout().lock();
     super::revision::write_changes(&mut out, &entry, &data_dir, 0)?;
     writeln!(out, "{} requests:", entry.id)?;

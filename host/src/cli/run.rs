@@ -40,7 +40,8 @@ confined to what its embedded manifest requests, on a worker thread unless
 `--isolation process` is given. Its `${plugin_dir}` is the folder of its plugin.json:
 beside the library, or, for a library in cargo's target folder, the crate in the
 workspace whose plugin.json has the plugin's name and version (else the library's
-folder); `--plugin-dir` sets it.
+folder); `--plugin-dir` sets it. Its `${data_dir}` and its data store are in a
+temporary folder (or under `--data-dir`), never the registry's.
 
 Input: a JSON array of records, or JSON Lines (one object per line). Output: one JSON
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
@@ -75,6 +76,11 @@ pub struct Args {
     /// where their review put them)
     #[arg(long, value_name = "ISOLATION", default_value = "thread")]
     pub isolation: plugbay_host::Isolation,
+    /// Where plugin library files keep their data: each gets DIR/NAME/VERSION as its
+    /// `${data_dir}` [default: a temporary folder, removed after the run]. Registered
+    /// plugins always use the registry's.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A plugin to run, as named on the command line.
@@ -234,17 +240,23 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     };
     let host = match &registry {
         Some(registry) => context.host(registry)?,
+        None => Host::new().with_sandbox(context.sandbox),
+    };
+    // A library file is a development build: its data never goes where a registered
+    // plugin of the same name and version keeps its own.
+    let scratch;
+    let library_data = match &args.data_dir {
+        Some(dir) => dir.clone(),
         None => {
-            let host = Host::new().with_sandbox(context.sandbox);
-            // Library files keep their data under the home too, store included.
-            match context.home() {
-                Ok(home) => host
-                    .with_data_dir(home.join("data"))
-                    .with_store(SqliteStore::open(&home)?),
-                Err(_) => host,
-            }
+            scratch = tempfile::Builder::new()
+                .prefix("plugbay-run-data-")
+                .tempdir()
+                .context("cannot create a temporary data folder for the run")?;
+            scratch.path().to_owned()
         }
     };
+    // Its data store too: `store.db` in that folder. Registered plugins keep the home's.
+    let library_host = host.clone().with_store(SqliteStore::open(&library_data)?);
     let plugin_dirs: Vec<PluginDirArg> = args
         .plugin_dir
         .iter()
@@ -259,6 +271,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
                 &host,
                 args.isolation,
                 &plugin_dirs,
+                &library_data,
             )
         })
         .collect::<Result<Vec<_>>>()?;
@@ -272,8 +285,11 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     let batches = input::read_batches(source.clone(), batch_size, progress.clone())?;
 
     let mut stages = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let handle = host.start(spec)?;
+    for (spec, target) in specs.into_iter().zip(&targets) {
+        let handle = match target {
+            Target::Registered(_) => host.start(spec)?,
+            Target::Library(_) => library_host.start(spec)?,
+        };
         if !context.json {
             let status = handle.status();
             eprintln!(
@@ -366,6 +382,7 @@ fn spec(
     host: &Host,
     isolation: plugbay_host::Isolation,
     plugin_dirs: &[PluginDirArg],
+    library_data: &Path,
 ) -> Result<PluginSpec> {
     match target {
         Target::Registered(name_or_id) => {
@@ -398,11 +415,17 @@ fn spec(
                 },
             };
             tracing::info!(plugin = %inspection.manifest.id(), plugin_dir = %plugin_dir.display(), "the plugin's folder");
+            let data_dir = plugbay_host::sandbox::plugin_data_dir(
+                library_data,
+                &inspection.manifest.name,
+                &inspection.manifest.version,
+            );
             // Run the bytes that were inspected, even if the file changes meanwhile.
             Ok(PluginSpec::new(inspection.library, inspection.manifest)
                 .with_plugin_dir(plugin_dir)
                 .with_sha256(inspection.sha256)
-                .with_isolation(isolation))
+                .with_isolation(isolation)
+                .with_data_dir(data_dir))
         }
     }
 }

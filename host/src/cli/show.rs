@@ -52,7 +52,11 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         });
     }
     let manifest = &entry.manifest;
-    let data_dir = registry.data_dir().join(&manifest.name);
+    let data_dir = plugbay_host::sandbox::plugin_data_dir(
+        &registry.data_dir(),
+        &manifest.name,
+        &manifest.version,
+    );
     let permissions = |list| permission_list_with_paths(list, &entry.plugin_dir, &data_dir);
     let mut out = std::io::stdout().lock();
     let mut field = |name: &str, value: &str| writeln!(out, "{name:<12} {value}");

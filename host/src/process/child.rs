@@ -1,12 +1,15 @@
 //! The worker process: confines itself, loads the plugin and serves the host.
 //!
-//! In order, before the library is opened: it keeps only its channel's descriptors
-//! (control socket, shared memory, sealed library) and its standard streams, which
-//! the host reads; it dies with its parent (a parent-death signal, then a check that
-//! the parent is still the host); it applies its resource limits; it enters new user
-//! and network namespaces where the kernel lets it (no network namespace if a `net:`
-//! grant needs the host's network); it refuses itself new processes (a seccomp
-//! filter, see [`refuse_new_processes`]); and it confines its one thread with landlock and
+//! As soon as it starts, it keeps only its channel's descriptors (control socket,
+//! shared memory) and its standard streams, which the host reads, and it dies with
+//! its parent (a parent-death signal). It may then wait, launched ahead of need (see
+//! `spare`), until the host gives it the sealed copy of a library and its setup.
+//!
+//! Then, in order, before the library is opened: it checks that its parent is still
+//! the host; it applies its resource limits; it enters new user and network
+//! namespaces where the kernel lets it (no network namespace if a `net:` grant needs
+//! the host's network); it refuses itself new processes (a seccomp filter, see
+//! [`refuse_new_processes`]); and it confines its one thread with landlock and
 //! seccomp, which every thread it starts later inherits, so the whole process is
 //! confined. Its environment was emptied by the host when it was spawned.
 //!
@@ -31,10 +34,11 @@ use plugbay_api::manifest::{Manifest, Permission};
 
 use super::shm::{self, Shared};
 use super::wire::{self, Message, PluginErrorWire, ReplyKind, RequestKind};
-use super::{Setup, CONTROL_FD, LIBRARY_FD, SHARED_FD};
+use super::{Setup, CONTROL_FD, HOST_NETWORK_ARG, SHARED_FD};
+use crate::call::load_and_init;
 use crate::image::Image;
 use crate::loader;
-use crate::runtime::{load_and_init, StartError};
+use crate::runtime::StartError;
 use crate::sandbox::{self, Rules, SandboxMode};
 
 /// Runs the worker on the descriptors the host gave it. Never returns to `main`'s
@@ -45,16 +49,18 @@ pub(crate) fn serve() -> ExitCode {
     // (with glibc's defaults a third of a large batch's time goes to faulting it in).
     crate::allocator::tune_allocator();
     // SAFETY: the host put these descriptors at these numbers before it executed this
-    // process (see `ProcessWorker::start`), and nothing in this process has taken
+    // process (see `spare::Launched::start`), and nothing in this process has taken
     // ownership of them yet.
-    let (control, shared, library) = unsafe {
+    let (control, shared) = unsafe {
         (
             UnixStream::from_raw_fd(CONTROL_FD),
             OwnedFd::from_raw_fd(SHARED_FD),
-            OwnedFd::from_raw_fd(LIBRARY_FD),
         )
     };
-    match run(control, shared, library) {
+    let host_network = std::env::args_os()
+        .nth(2)
+        .is_some_and(|arg| arg == HOST_NETWORK_ARG);
+    match launch(host_network).and_then(|namespaces| run(control, shared, namespaces)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             let _ = writeln!(std::io::stderr(), "plugbay worker: {message}");
@@ -63,7 +69,40 @@ pub(crate) fn serve() -> ExitCode {
     }
 }
 
-fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), String> {
+/// What the worker does as soon as it starts, before it knows its plugin (it may
+/// wait for one, launched ahead of need): it keeps only its standard streams and its
+/// channel, dies with the thread of the host that forked it, and enters new user and
+/// network namespaces, unless it was launched for a plugin that needs the host's
+/// network (which enters a user namespace only, once it has its setup). Returns the
+/// namespaces it entered.
+fn launch(host_network: bool) -> Result<Option<Vec<String>>, String> {
+    // SAFETY: no object of this process owns a descriptor above the channel's: the
+    // process has just started and opened nothing (the host empties its environment
+    // and gives it only these descriptors, but inherited ones may exist).
+    let closed = unsafe { libc::close_range(SHARED_FD as u32 + 1, u32::MAX, 0) };
+    if closed != 0 {
+        return Err(format!(
+            "cannot close inherited descriptors: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+    Ok((!host_network).then(|| enter_namespaces(false)))
+}
+
+fn run(
+    control: UnixStream,
+    shared: OwnedFd,
+    namespaces: Option<Vec<String>>,
+) -> Result<(), String> {
+    // The sealed library comes first, then the setup.
+    let library = match wire::receive_descriptor(&control) {
+        Ok(library) => library,
+        // The host let this worker go unused (it exits, or discarded it).
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(err) => return Err(format!("cannot receive the library: {err}")),
+    };
     let mut reader = control.try_clone().map_err(|e| e.to_string())?;
     let setup = match wire::receive(&mut reader) {
         Ok(Some((Message::Setup(setup), _))) => *setup,
@@ -85,7 +124,7 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
         message
     };
 
-    let namespaces = match confine_process(&setup) {
+    let namespaces = match confine_process(&setup, namespaces) {
         Ok(namespaces) => namespaces,
         Err(message) => return Err(fail("sandbox", message, None)),
     };
@@ -139,6 +178,7 @@ fn run(control: UnixStream, shared: OwnedFd, library: OwnedFd) -> Result<(), Str
             abi_stable::std_types::RArc::new(services),
             abi_stable::sabi_trait::TD_Opaque,
         ),
+        log_level: setup.log_level.map(wire::log_level).into(),
     };
     let (mut instance, api_version) = match load_and_init(&setup.id, &image, &manifest, context) {
         Ok(started) => started,
@@ -259,20 +299,7 @@ fn bytes_are_panic(bytes: &[u8]) -> bool {
 
 /// Everything but landlock and seccomp: descriptors, parent death, limits,
 /// namespaces. Returns the namespaces entered.
-fn confine_process(setup: &Setup) -> Result<Vec<String>, String> {
-    // Keep the standard streams and the channel (3, 4, 5); close everything else.
-    // SAFETY: no object of this process owns a descriptor above the channel's: the
-    // process has just started and opened nothing (the host empties its environment
-    // and gives it only these descriptors, but inherited ones may exist).
-    let closed = unsafe { libc::close_range(LIBRARY_FD as u32 + 1, u32::MAX, 0) };
-    if closed != 0 {
-        return Err(format!(
-            "cannot close inherited descriptors: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+fn confine_process(setup: &Setup, entered: Option<Vec<String>>) -> Result<Vec<String>, String> {
     if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get() as u32)
         != Some(setup.host_pid)
     {
@@ -313,7 +340,16 @@ fn confine_process(setup: &Setup) -> Result<Vec<String>, String> {
         }
     }
     rustix::thread::set_no_new_privs(true).map_err(|e| format!("cannot set no_new_privs: {e}"))?;
-    let namespaces = enter_namespaces(setup.network);
+    let namespaces = match entered {
+        // Launched ahead: it entered its namespaces then, with no network.
+        Some(_) if setup.network => {
+            return Err(
+                "a worker launched without network cannot serve a plugin granted `net:`".to_owned(),
+            )
+        }
+        Some(entered) => entered,
+        None => enter_namespaces(setup.network),
+    };
     if let Err(message) = refuse_new_processes() {
         if setup.sandbox == SandboxMode::Enforce {
             return Err(message);
@@ -448,12 +484,13 @@ impl ChildServices {
 }
 
 impl HostServices for ChildServices {
-    fn log(&self, level: LogLevel, message: RStr<'_>) {
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
         let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
         let _ = wire::send(
             &mut *control,
             &Message::Log {
                 level: level as u8,
+                target: target.as_str().to_owned(),
                 message: message.as_str().to_owned(),
             },
             &[],

@@ -3,11 +3,13 @@
 //! The worker is the host's own executable (or the program given with
 //! [`Host::with_worker_program`](crate::Host::with_worker_program)), started with the
 //! argument [`WORKER_ARG`] and an empty environment. Its `main` must call
-//! [`serve_worker_if_asked`] first: the `plugbay` binary does. The host hands it three
-//! descriptors at fixed numbers: the control socket ([`wire`]), the shared memory the
-//! batches cross ([`shm`]) and the sealed copy of the library the host hashed (so the
-//! worker loads exactly the reviewed bytes, as a worker thread does). The worker then
-//! confines itself as a whole process ([`child`]) before it opens the library.
+//! [`serve_worker_if_asked`] first: the `plugbay` binary does. The host hands it two
+//! descriptors at fixed numbers: the control socket ([`wire`]) and the shared memory
+//! the batches cross ([`shm`]). Over the socket it then sends the sealed copy of the
+//! library the host hashed (so the worker loads exactly the reviewed bytes, as a
+//! worker thread does) and the setup. The worker confines itself as a whole process
+//! ([`child`]) before it opens the library. A worker is launched before it is given
+//! a plugin, so the host keeps one launched ahead for the next start ([`spare`]).
 //!
 //! What a worker process adds to a worker thread's confinement: the plugin cannot
 //! read or write the host's memory or use the host's descriptors; a crash, an abort,
@@ -21,23 +23,24 @@
 pub(crate) mod child;
 mod output;
 mod shm;
+mod spare;
 mod wire;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
-use plugbay_api::abi::{ErrorKind, HostServicesBox, LogLevel, PluginError};
+use plugbay_api::abi::{ErrorKind, HostServicesBox, PluginError};
 use serde::{Deserialize, Serialize};
 
 use self::shm::Shared;
+use self::spare::Launched;
 use self::wire::{Message, PluginErrorWire, ReplyKind, RequestKind};
 use crate::batch::Batch;
 use crate::sandbox::{Confinement, SandboxMode};
@@ -49,12 +52,14 @@ const WAKE_AHEAD: Duration = Duration::from_micros(200);
 /// The argument that makes a program serve as a Plugbay worker process.
 pub const WORKER_ARG: &str = "__plugbay-worker";
 
+/// The second argument of a worker launched for a plugin that needs the host's
+/// network (a `net:` grant): it does not enter a network namespace.
+const HOST_NETWORK_ARG: &str = "--host-network";
+
 /// Where the worker finds its control socket.
 const CONTROL_FD: i32 = 3;
 /// Where the worker finds the shared memory.
 const SHARED_FD: i32 = 4;
-/// Where the worker finds the sealed library.
-const LIBRARY_FD: i32 = 5;
 
 /// Serves as a worker process if this process was started as one (its first
 /// argument is [`WORKER_ARG`]), and then exits; returns at once otherwise.
@@ -137,6 +142,10 @@ pub(crate) struct Setup {
     /// `init`), then exit.
     #[serde(default)]
     pub inspect: bool,
+    /// The most verbose level the host records from the plugin (a [`LogLevel`] as
+    /// its number), `None` for none.
+    #[serde(default)]
+    pub log_level: Option<u8>,
 }
 
 /// What a started worker process reported.
@@ -207,91 +216,44 @@ impl std::fmt::Debug for ProcessWorker {
     }
 }
 
-/// Spawns `command` from one thread of the host that lives as long as the process.
-///
-/// The worker's parent-death signal fires when the *thread* that forked it ends, not
-/// the process: a worker spawned from a short-lived thread (a server's blocking pool,
-/// a caller's own thread) would be killed when that thread exits. So every worker is
-/// forked by the same thread, which never ends.
-fn spawn_from_a_lasting_thread(command: Command) -> std::io::Result<Child> {
-    type Order = (Command, crossbeam_channel::Sender<std::io::Result<Child>>);
-    static SPAWNER: std::sync::OnceLock<std::io::Result<crossbeam_channel::Sender<Order>>> =
-        std::sync::OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (orders, incoming) = crossbeam_channel::unbounded::<Order>();
-        std::thread::Builder::new()
-            .name("plugbay-spawner".to_owned())
-            .spawn(move || {
-                for (mut command, answer) in incoming {
-                    let _ = answer.send(command.spawn());
-                }
-            })
-            .map(|_| orders)
-    });
-    let spawner = match spawner {
-        Ok(spawner) => spawner,
-        Err(err) => return Err(std::io::Error::new(err.kind(), err.to_string())),
-    };
-    let (answer, spawned) = crossbeam_channel::bounded(1);
-    spawner
-        .send((command, answer))
-        .map_err(|_| std::io::Error::other("the thread that spawns worker processes is gone"))?;
-    spawned
-        .recv()
-        .map_err(|_| std::io::Error::other("the thread that spawns worker processes is gone"))?
-}
-
-/// Duplicates `fd` above the descriptor numbers the worker uses, so moving it into
-/// place in the child cannot overwrite another of them.
-fn above_channel(fd: impl AsFd) -> std::io::Result<OwnedFd> {
-    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 10)?)
-}
-
 impl ProcessWorker {
     /// Starts a worker process for `setup`, loading the sealed library `library`,
     /// with `services` answering its host-service calls. Returns once `init` ran.
+    ///
+    /// It takes the worker launched ahead for `program` if one waits (see [`spare`]),
+    /// and, with `keep_spare`, has the next one launched in the background.
     pub fn start(
         program: &std::path::Path,
         setup: Setup,
         library: std::os::fd::BorrowedFd<'_>,
         services: HostServicesBox,
         timeout: Option<Duration>,
+        keep_spare: bool,
     ) -> Result<(ProcessWorker, Ready), StartFault> {
         let id = setup.id.clone();
         let reply_limit = setup.limits.reply_bytes;
-        let (host_end, worker_end) = UnixStream::pair().map_err(StartFault::Spawn)?;
-        let shared = Shared::create(1 << 16).map_err(StartFault::Spawn)?;
-        let fds = [
-            above_channel(&worker_end).map_err(StartFault::Spawn)?,
-            above_channel(shared.fd()).map_err(StartFault::Spawn)?,
-            above_channel(library).map_err(StartFault::Spawn)?,
-        ];
-        let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let mut command = Command::new(program);
-        command
-            .arg(WORKER_ARG)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the child between fork and exec and calls only
-        // `dup2`, which is async-signal-safe. The sources are open descriptors above
-        // 9 (see `above_channel`) and the targets are 3, 4 and 5, so no move
-        // overwrites a source still to be moved; `dup2` leaves the new descriptors
-        // without close-on-exec, so exactly these three reach the worker.
-        unsafe {
-            command.pre_exec(move || {
-                for (source, target) in raw.iter().zip([CONTROL_FD, SHARED_FD, LIBRARY_FD]) {
-                    if libc::dup2(*source, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+        // Workers launched ahead have entered a network namespace: a plugin that
+        // needs the host's network gets a worker launched for it.
+        let network = setup.network;
+        let mut waiting = if network { None } else { spare::take(program) };
+        if keep_spare && !network {
+            spare::order(program);
         }
-        let mut child = spawn_from_a_lasting_thread(command).map_err(StartFault::Spawn)?;
-        drop(fds);
-        drop(worker_end);
+        let (mut child, host_end, shared) = loop {
+            let from_pool = waiting.is_some();
+            let launched = match waiting.take() {
+                Some(launched) => launched,
+                None => Launched::start(program, network).map_err(StartFault::Spawn)?,
+            };
+            // The library first: the worker takes it before it reads any frame. A
+            // worker that waited and died since cannot take it: launch a fresh one.
+            match wire::send_descriptor(&launched.control, library) {
+                Err(_) if from_pool => launched.discard(),
+                // A fresh worker that cannot take it has ended: its setup cannot be
+                // sent either, and that is reported below with how it ended.
+                _ => break (launched.child, launched.control, launched.shared),
+            }
+        };
 
         let gone = Arc::new(AtomicBool::new(false));
         let last_words = Arc::new(Mutex::new(output::Tail::default()));
@@ -657,14 +619,12 @@ fn serve_services(
                         }));
                         continue;
                     }
-                    Message::Log { level, message } => {
-                        let level = match level {
-                            0 => LogLevel::Trace,
-                            1 => LogLevel::Debug,
-                            2 => LogLevel::Info,
-                            3 => LogLevel::Warn,
-                            _ => LogLevel::Error,
-                        };
+                    Message::Log {
+                        level,
+                        target,
+                        message,
+                    } => {
+                        let level = wire::log_level(level);
                         if rate.roll(Instant::now()) && dropped > 0 {
                             tracing::warn!(plugin = %id, dropped, "plugin log lines dropped (more than {} a second)", output::LINES_PER_SECOND);
                             dropped = 0;
@@ -673,7 +633,11 @@ fn serve_services(
                             dropped += 1;
                         } else {
                             rate.take();
-                            services.log(level, RStr::from_str(&message));
+                            services.log(
+                                level,
+                                RStr::from_str(&target),
+                                RStr::from_str(&message),
+                            );
                         }
                         continue;
                     }

@@ -6,8 +6,16 @@
 //! checking the plugin's permissions. Batches do not cross here: they go through
 //! shared memory (see `shm`).
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use plugbay_api::abi::LogLevel;
 use serde::{Deserialize, Serialize};
 
 /// The largest frame either side accepts (headers are small; bodies are data store
@@ -87,8 +95,14 @@ pub(crate) enum Message {
         message: String,
         plugin_error: Option<PluginErrorWire>,
     },
-    /// Worker → host: a log line from the plugin.
-    Log { level: u8, message: String },
+    /// Worker → host: a log line from the plugin, from the module `target` (empty
+    /// for the plugin's own `Context::log`).
+    Log {
+        level: u8,
+        #[serde(default)]
+        target: String,
+        message: String,
+    },
     /// Worker → host: a data store read (the reply is `Value`).
     StoreGet { key: String },
     /// Worker → host: a data store write, the value in the body (the reply is `Done`).
@@ -103,6 +117,18 @@ pub(crate) enum Message {
     Removed { existed: bool },
     /// Host → worker: a service refused the call.
     Denied { error: PluginErrorWire },
+}
+
+/// The [`LogLevel`] a log message carries as its number (anything unknown reads as
+/// an error, the most severe).
+pub(crate) fn log_level(level: u8) -> LogLevel {
+    match level {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        _ => LogLevel::Error,
+    }
 }
 
 /// Writes one frame.
@@ -137,4 +163,91 @@ pub(crate) fn receive(input: &mut impl Read) -> std::io::Result<Option<(Message,
     let message = serde_json::from_slice(&header)
         .map_err(|err| std::io::Error::other(format!("a control frame is not valid: {err}")))?;
     Ok(Some((message, body)))
+}
+
+/// Sends one descriptor over the control socket (`SCM_RIGHTS`, with one byte), ahead
+/// of any frame: the receiver takes it with [`receive_descriptor`] before it reads
+/// frames.
+pub(crate) fn send_descriptor(socket: impl AsFd, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other(
+            "a descriptor does not fit its control message",
+        ));
+    }
+    let sent = rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(b"D")],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if sent != 1 {
+        return Err(std::io::Error::other("a descriptor was not sent"));
+    }
+    Ok(())
+}
+
+/// Receives the descriptor [`send_descriptor`] sent (close-on-exec).
+pub(crate) fn receive_descriptor(socket: impl AsFd) -> std::io::Result<OwnedFd> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let received = rustix::net::recvmsg(
+        socket,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if received.bytes == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the control socket closed before a descriptor came",
+        ));
+    }
+    let mut descriptors = control.drain().filter_map(|message| match message {
+        RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+        _ => None,
+    });
+    descriptors
+        .next()
+        .and_then(|mut fds| fds.next())
+        .ok_or_else(|| std::io::Error::other("a control message carried no descriptor"))
+}
+
+#[cfg(test)]
+mod descriptor_tests {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn a_descriptor_crosses_the_socket_ahead_of_frames() {
+        let (host, worker) = UnixStream::pair().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"sealed bytes").unwrap();
+        send_descriptor(&host, file.as_fd()).unwrap();
+        send(&mut &host, &Message::Done, b"").unwrap();
+        let received = receive_descriptor(&worker).unwrap();
+        let mut received = std::fs::File::from(received);
+        received.rewind().unwrap();
+        let mut text = String::new();
+        received.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "sealed bytes");
+        assert!(matches!(
+            receive(&mut &worker).unwrap(),
+            Some((Message::Done, _))
+        ));
+    }
+
+    #[test]
+    fn a_closed_socket_gives_no_descriptor() {
+        let (host, worker) = UnixStream::pair().unwrap();
+        drop(host);
+        let err = receive_descriptor(&worker).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }

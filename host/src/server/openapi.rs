@@ -15,7 +15,7 @@ const SEMVER: &str = r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-((0|[1
 const NAME: &str = "[a-z0-9-]+";
 
 /// Permissions, as the manifest validator reads them.
-const PERMISSION: &str = r"^(process:data|read:data|write:data|fs:(read|write):(/|\$\{plugin_dir\}|\$\{data_dir\})([^$]|\$(?!\{)|\$\{plugin_dir\}|\$\{data_dir\})*|net:(connect|bind):\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))$";
+const PERMISSION: &str = r"^(process:data|read:data|write:data|fs:(read|write):(/|\$\{plugin_dir\}|\$\{data_dir\})([^$]|\$(?!\{)|\$\{plugin_dir\}|\$\{data_dir\})*|net:(connect|bind):\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])|sys:dns)$";
 
 fn schema(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
@@ -257,7 +257,7 @@ fn schemas() -> Value {
         },
         "Permission": {
             "type": "string",
-            "description": "`process:data`, `read:data`, `write:data`, `fs:read:PATH`, `fs:write:PATH`, `net:connect:PORT` or `net:bind:PORT`",
+            "description": "`process:data`, `read:data`, `write:data`, `fs:read:PATH`, `fs:write:PATH`, `net:connect:PORT`, `net:bind:PORT` or `sys:dns`",
             "pattern": PERMISSION,
         },
         "Manifest": {

@@ -19,6 +19,7 @@ const KNOWN: &[&str] = &[
     "fs:write:PATH",
     "net:connect:PORT",
     "net:bind:PORT",
+    "sys:dns",
 ];
 
 /// A filesystem path in a permission: absolute, or starting with one of
@@ -88,6 +89,9 @@ pub enum Permission {
     NetConnect(u16),
     /// `net:bind:PORT`: may bind TCP sockets to PORT.
     NetBind(u16),
+    /// `sys:dns`: may read the system's name-resolution files (`/etc/hosts`,
+    /// `/etc/resolv.conf`, `/etc/nsswitch.conf`, …), so that host names resolve.
+    SysDns,
 }
 
 /// Why a permission string was refused.
@@ -187,6 +191,7 @@ impl FromStr for Permission {
             "process:data" => return Ok(Permission::ProcessData),
             "read:data" => return Ok(Permission::ReadData),
             "write:data" => return Ok(Permission::WriteData),
+            "sys:dns" => return Ok(Permission::SysDns),
             _ => {}
         }
         if let Some((kind, path)) = text
@@ -228,7 +233,7 @@ impl FromStr for Permission {
 }
 
 /// The permissions without a parameter.
-const PLAIN: &[&str] = &["process:data", "read:data", "write:data"];
+const PLAIN: &[&str] = &["process:data", "read:data", "write:data", "sys:dns"];
 
 /// The permissions with a parameter, by their `kind:operation` head.
 const PARAMETERISED: &[(&str, &str)] = &[
@@ -355,6 +360,7 @@ impl fmt::Display for Permission {
             Permission::FsWrite(path) => write!(f, "fs:write:{}", path.0),
             Permission::NetConnect(port) => write!(f, "net:connect:{port}"),
             Permission::NetBind(port) => write!(f, "net:bind:{port}"),
+            Permission::SysDns => f.write_str("sys:dns"),
         }
     }
 }
@@ -387,6 +393,7 @@ mod tests {
             "fs:read:${plugin_dir}",
             "net:connect:8080",
             "net:bind:1",
+            "sys:dns",
         ] {
             let permission: Permission = text.parse().unwrap();
             assert_eq!(permission.to_string(), text);
@@ -424,6 +431,7 @@ mod tests {
             ("net:conect:8080", Some("net:connect:8080")),
             ("fs:read", Some("fs:read:PATH")),
             ("net:bind", Some("net:bind:PORT")),
+            ("sys:dsn", Some("sys:dns")),
             ("everything", None),
             ("", None),
         ] {

@@ -117,6 +117,30 @@ fn reading_etc_hostname_is_denied() {
 }
 
 #[test]
+fn time_zone_data_is_readable_and_name_resolution_files_need_sys_dns() {
+    let (host, _dir) = host();
+    let mut plugin = host.start(prober(&[])).unwrap();
+    for path in ["/etc/localtime", "/usr/share/zoneinfo/Europe/Paris"] {
+        if std::path::Path::new(path).exists() {
+            assert_eq!(
+                probe(&mut plugin, json!({"op": "read", "path": path})),
+                (true, true),
+                "{path}"
+            );
+        }
+    }
+    let hosts = json!({"op": "read", "path": "/etc/hosts"});
+    assert_eq!(probe(&mut plugin, hosts.clone()), (false, false));
+    let mut resolving = host.start(prober(&["sys:dns".to_owned()])).unwrap();
+    assert_eq!(probe(&mut resolving, hosts), (true, true));
+    // The rest of /etc stays closed.
+    assert_eq!(
+        probe(&mut resolving, json!({"op": "read", "path": "/etc/passwd"})),
+        (false, false)
+    );
+}
+
+#[test]
 fn listing_a_directory_needs_fs_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().display().to_string();
