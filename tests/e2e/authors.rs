@@ -552,8 +552,8 @@ fn ready_example(cli: &Cli, name: &str, isolation: &str) {
 }
 
 /// What `store_put` writes during `plugbay run` stays in the home's `store.db`, for
-/// the next run and for `plugbay store get|list|delete`; a registered plugin in a
-/// worker process and a library file on a worker thread share it.
+/// the next run and for `plugbay store get|list|delete`; a library file's goes with its
+/// data folder instead.
 #[test]
 fn the_data_store_persists_in_the_home_and_plugbay_store_reads_it() {
     let cli = Cli::new();
@@ -594,13 +594,33 @@ fn the_data_store_persists_in_the_home_and_plugbay_store_reads_it() {
     assert_eq!(json["value"], r#"{"distinct":2,"dropped":1,"kept":2}"#);
     assert_eq!(json["size"], 35);
 
-    // The library file, on a worker thread, writes to the same store.
+    // A library file is a development build: its store is in its data folder (here
+    // `--data-dir`), never the home's.
+    let data = cli.dir.path().join("dev-data");
     cli.ok(
-        &["run", path(&library("dedup")), "--isolation", "thread"],
+        &[
+            "run",
+            path(&library("dedup")),
+            "--isolation",
+            "thread",
+            "--data-dir",
+            path(&data),
+        ],
         Some(r#"[{"id": 7}]"#),
     );
     let (stats, _) = cli.ok(&["store", "get", "dedup/stats"], None);
-    assert_eq!(stats, r#"{"distinct":1,"dropped":0,"kept":1}"#);
+    assert_eq!(
+        stats, r#"{"distinct":2,"dropped":1,"kept":2}"#,
+        "the home's store is untouched"
+    );
+    let output = Command::new(plugbay_bin())
+        .args(["--home", path(&data), "store", "get", "dedup/stats"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        r#"{"distinct":1,"dropped":0,"kept":1}"#
+    );
 
     let (deleted, _) = cli.ok(&["store", "delete", "dedup/stats"], None);
     assert_eq!(deleted, "deleted dedup/stats\n");
