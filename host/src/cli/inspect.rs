@@ -30,7 +30,7 @@ pub fn inspect(host: &Host, library: &Path) -> Result<Inspection, StartError> {
     let path = std::path::absolute(library).unwrap_or_else(|_| library.to_owned());
     match std::fs::metadata(library) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StartError::Load(LoadError::NotFound { path }))
+            return Err(StartError::Load(LoadError::missing(&path)))
         }
         Ok(metadata) if !metadata.is_file() => {
             return Err(StartError::Load(LoadError::not_a_file(
