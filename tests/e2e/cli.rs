@@ -1838,6 +1838,14 @@ fn lookups_never_create_a_registry() {
         serde_json::from_slice::<Value>(&output.stdout).unwrap(),
         serde_json::json!([])
     );
+    // The data store is read without being created either.
+    assert!(on(&["store", "list"]).status.success());
+    assert_eq!(on(&["store", "get", "dedup/stats"]).status.code(), Some(1));
+    assert!(
+        !home.exists(),
+        "the store commands created {}",
+        home.display()
+    );
     let output = on(&["serve", "--addr", "127.0.0.1:0"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).starts_with(&format!(
