@@ -224,9 +224,7 @@ impl Image {
 fn not_readable(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
     move |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            LoadError::NotFound {
-                path: path.to_owned(),
-            }
+            LoadError::missing(path)
         } else {
             LoadError::Unreadable {
                 path: path.to_owned(),
@@ -236,15 +234,51 @@ fn not_readable(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
     }
 }
 
-/// Opens the library and reads its metadata (through the same descriptor).
+/// What a file that is not a regular file is, for messages: `a folder`, `a
+/// character device` (`/dev/zero`), `a named pipe`, ….
+pub(crate) fn kind_of(file_type: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_fifo() {
+            return "a named pipe";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens the library and reads its metadata (through the same descriptor). Only a
+/// regular file is opened: a named pipe would block the open, and a device such as
+/// `/dev/zero` would be read without end.
 fn open_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), LoadError> {
-    let file = std::fs::File::open(path).map_err(not_readable(path))?;
+    let before = std::fs::metadata(path).map_err(not_readable(path))?;
+    if !before.is_file() {
+        return Err(LoadError::not_a_file(path, before.file_type()));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Swapped for a named pipe since: the open must not wait for a writer.
+    #[cfg(target_os = "linux")]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(not_readable(path))?;
     let metadata = file.metadata().map_err(not_readable(path))?;
     if !metadata.is_file() {
-        return Err(LoadError::NotALibrary {
-            path: path.to_owned(),
-            reason: "it is not a regular file".to_owned(),
-        });
+        return Err(LoadError::not_a_file(path, metadata.file_type()));
     }
     Ok((file, metadata))
 }

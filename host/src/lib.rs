@@ -95,5 +95,5 @@ pub use runtime::{
     PluginSpec, PluginStatus, StartError, State, DEFAULT_TIMEOUT,
 };
 pub use sandbox::{Confinement, ConfinementLevel, Policy, SandboxError, SandboxMode};
-pub use services::{DataStore, MemoryStore};
+pub use services::{DataStore, MemoryStore, StoreError};
 pub use upgrade::{StageSwitch, Upgrade, UpgradeError};

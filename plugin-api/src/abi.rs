@@ -165,9 +165,26 @@ pub type HostServicesBox = HostServices_TO<'static, RArc<()>>;
 
 /// What kind of failure a [`PluginError`] is. A number rather than an enum, so that
 /// new kinds do not break the ABI; unknown kinds read as [`ErrorKind::FAILED`].
+///
+/// Its `Debug` names the kind (`ErrorKind::INVALID_INPUT`), not the number.
 #[repr(transparent)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ErrorKind(pub u32);
+
+impl std::fmt::Debug for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match *self {
+            ErrorKind::FAILED => "FAILED",
+            ErrorKind::PANICKED => "PANICKED",
+            ErrorKind::INVALID_INPUT => "INVALID_INPUT",
+            ErrorKind::INVALID_OUTPUT => "INVALID_OUTPUT",
+            ErrorKind::DENIED => "DENIED",
+            ErrorKind::INVALID_CONFIG => "INVALID_CONFIG",
+            ErrorKind(other) => return write!(f, "ErrorKind({other}, unknown: read as FAILED)"),
+        };
+        write!(f, "ErrorKind::{name}")
+    }
+}
 
 impl ErrorKind {
     /// The plugin reported a failure.
@@ -206,6 +223,12 @@ pub struct PluginError {
     pub message: RString,
 }
 
+/// How an invalid-input error about one record of the batch begins, before the
+/// record's number.
+const RECORD_PREFIX: &str = "record ";
+/// What follows the record's number.
+const RECORD_SUFFIX: &str = " of the batch: ";
+
 impl PluginError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<RString>) -> Self {
@@ -214,11 +237,48 @@ impl PluginError {
             message: message.into(),
         }
     }
+
+    /// An invalid-input error about one record of the batch, counted from 1: the
+    /// SDK's answer when a record cannot be read as the plugin's input type. The
+    /// message reads `record N of the batch: REASON`, for people, and
+    /// [`PluginError::record`] reads the number back, so that a host can say where
+    /// in its own input that record came from (`plugbay run` names the record and
+    /// its line in the input file).
+    pub fn invalid_record(record: u64, reason: impl std::fmt::Display) -> Self {
+        PluginError::new(
+            ErrorKind::INVALID_INPUT,
+            format!("{RECORD_PREFIX}{record}{RECORD_SUFFIX}{reason}"),
+        )
+    }
+
+    /// The record of the batch (counted from 1) an invalid-input error made by
+    /// [`PluginError::invalid_record`] is about, and the reason; `None` for any other
+    /// error.
+    pub fn record(&self) -> Option<(u64, &str)> {
+        if self.kind != ErrorKind::INVALID_INPUT {
+            return None;
+        }
+        let rest = self.message.as_str().strip_prefix(RECORD_PREFIX)?;
+        let (number, reason) = rest.split_once(RECORD_SUFFIX)?;
+        if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        let record = number.parse().ok().filter(|record| *record > 0)?;
+        Some((record, reason))
+    }
 }
 
+/// The message, after the kind's name when that adds something: a plain failure is
+/// its message alone, and a message that starts with its kind's name
+/// (`invalid config: …`) is not prefixed with it again.
 impl std::fmt::Display for PluginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind.name(), self.message)
+        let name = self.kind.name();
+        if name == "failed" || self.message.starts_with(name) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{name}: {}", self.message)
+        }
     }
 }
 
@@ -226,6 +286,54 @@ impl std::error::Error for PluginError {}
 
 #[cfg(test)]
 mod tests {
+    use super::{ErrorKind, PluginError};
+
+    #[test]
+    fn an_error_about_a_record_names_it() {
+        let error = PluginError::invalid_record(3, "missing field `text`");
+        assert_eq!(
+            error.message.as_str(),
+            "record 3 of the batch: missing field `text`"
+        );
+        assert_eq!(error.record(), Some((3, "missing field `text`")));
+        for (kind, message) in [
+            (ErrorKind::FAILED, "record 3 of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record x of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record 0 of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record  of the batch: x"),
+            (ErrorKind::INVALID_INPUT, "record 3 was odd"),
+            (ErrorKind::INVALID_INPUT, "batch is not an array"),
+        ] {
+            assert_eq!(PluginError::new(kind, message).record(), None, "{message}");
+        }
+    }
+
+    #[test]
+    fn errors_read_without_numbers_or_repeated_prefixes() {
+        let config = PluginError::new(
+            ErrorKind::INVALID_CONFIG,
+            "invalid config: expected a string",
+        );
+        assert_eq!(config.to_string(), "invalid config: expected a string");
+        let input = PluginError::new(ErrorKind::INVALID_INPUT, "batch is not a JSON array");
+        assert_eq!(
+            input.to_string(),
+            "invalid input: batch is not a JSON array"
+        );
+        let failed = PluginError::new(ErrorKind::FAILED, "cannot read lookup.json");
+        assert_eq!(failed.to_string(), "cannot read lookup.json");
+        let unknown = PluginError::new(ErrorKind(99), "from a newer plugin");
+        assert_eq!(unknown.to_string(), "from a newer plugin");
+        assert_eq!(
+            format!("{input:?}"),
+            "PluginError { kind: ErrorKind::INVALID_INPUT, message: \"batch is not a JSON array\" }"
+        );
+        assert_eq!(
+            format!("{:?}", ErrorKind(99)),
+            "ErrorKind(99, unknown: read as FAILED)"
+        );
+    }
+
     #[test]
     fn the_export_name_is_abi_stables() {
         assert_eq!(

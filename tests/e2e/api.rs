@@ -472,6 +472,171 @@ fn configure(api: &Api, id: &str, config: Value) {
 // The seed's example and the lifecycle
 // ---------------------------------------------------------------------------------
 
+/// The seed's manifest writes `hooks` as an object of handler names: a `plugin.json`
+/// so written beside the library registers (the names are informational), and the
+/// entry lists the hooks.
+#[test]
+fn a_plugin_json_with_the_seeds_hooks_object_registers() {
+    let api = Api::start();
+    let library = plugin_copy(api.dir.path(), "data-processor");
+    let manifest = library.with_file_name("plugin.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let seed = text.replace(
+        r#""hooks": ["init", "process", "cleanup"]"#,
+        r#""hooks": {"init": "onInit", "process": "onProcess", "cleanup": "onCleanup"}"#,
+    );
+    assert_ne!(seed, text);
+    std::fs::write(&manifest, seed).unwrap();
+    let mut body = seed_body("data-processor");
+    body["entry_point"] = json!(library.display().to_string());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(body),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(
+        reply.body["plugin_dir"],
+        library.parent().unwrap().display().to_string(),
+        "the plugin.json beside the library is the manifest"
+    );
+    assert_eq!(
+        reply.body["manifest"]["hooks"],
+        json!(["init", "process", "cleanup"])
+    );
+}
+
+/// What plugins run by the server write with `store_put` stays in the home's
+/// `store.db` after the server stops, where `plugbay run` and `plugbay store` see it.
+#[test]
+fn the_servers_data_store_outlasts_it() {
+    let mut api = Api::start();
+    let id = api.ready("dedup");
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"id": 1}, {"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    api.stop();
+    use plugbay_host::DataStore;
+    let store = plugbay_host::registry::SqliteStore::open(&api.home).unwrap();
+    let stats: Value = serde_json::from_slice(
+        &store
+            .get("dedup/stats")
+            .unwrap()
+            .expect("written at cleanup"),
+    )
+    .unwrap();
+    assert_eq!(stats, json!({"distinct": 1, "dropped": 1, "kept": 1}));
+    assert!(api.home.join("store.db").is_file());
+}
+
+/// The seed's paths name a plugin by its bare name (`/plugins/data-processor`): it
+/// resolves to the one registered version, else to the one enabled; with several and
+/// not exactly one enabled, the answer is 409 `ambiguous_name`, listing them.
+#[test]
+fn a_bare_name_resolves_to_its_one_version_or_its_enabled_one() {
+    let api = Api::start();
+    let keys = &api.keys;
+    let dp = api.ready("data-processor");
+    let reply = api.call(
+        Method::GET,
+        "/plugins/data-processor",
+        Some(&keys.read),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["id"], dp.as_str());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/data-processor/process",
+        Some(&keys.execute),
+        Some(json!([{"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body[0]["processed"], true);
+
+    // Two versions of `noop`, neither enabled: ambiguous for every route.
+    for package in ["fixture-noop", "fixture-noop-next"] {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(seed_body(package)),
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    for (method, path, key, body) in [
+        (Method::GET, "/plugins/noop", &keys.read, None),
+        (Method::PUT, "/plugins/noop/enable", &keys.write, None),
+        (Method::PUT, "/plugins/noop/disable", &keys.write, None),
+        (Method::DELETE, "/plugins/noop", &keys.write, None),
+        (
+            Method::POST,
+            "/plugins/noop/review",
+            &keys.review,
+            Some(json!({"decision": "approve"})),
+        ),
+        (
+            Method::POST,
+            "/plugins/noop/process",
+            &keys.execute,
+            Some(json!([])),
+        ),
+    ] {
+        let reply = api.call(method.clone(), path, Some(key), body);
+        reply.assert_error(409, "ambiguous_name");
+        assert_eq!(
+            reply.message(),
+            "plugin name `noop` is ambiguous: 2 versions are registered (noop@0.1.0, noop@0.2.0) and none is enabled; give the id (`name@version`) of the one you mean",
+            "{method} {path}"
+        );
+    }
+
+    // With one of them enabled, the name means that one.
+    for (method, path, key, body) in [
+        (
+            Method::POST,
+            "/plugins/noop@0.2.0/review",
+            &keys.review,
+            Some(json!({"decision": "approve"})),
+        ),
+        (Method::PUT, "/plugins/noop@0.2.0/enable", &keys.write, None),
+    ] {
+        assert_eq!(api.call(method, path, Some(key), body).status, 200);
+    }
+    let reply = api.call(
+        Method::POST,
+        "/plugins/noop/process",
+        Some(&keys.execute),
+        Some(json!([{"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, json!([{"id": 1, "version": "0.2.0"}]));
+    let reply = api.call(
+        Method::PUT,
+        "/plugins/noop/disable",
+        Some(&keys.write),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["id"], "noop@0.2.0");
+    api.call(Method::GET, "/plugins/noop", Some(&keys.read), None)
+        .assert_error(409, "ambiguous_name");
+    let reply = api.call(
+        Method::DELETE,
+        "/plugins/noop@0.1.0",
+        Some(&keys.write),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = api.call(Method::GET, "/plugins/noop", Some(&keys.read), None);
+    assert_eq!(reply.body["id"], "noop@0.2.0", "the one version left");
+}
+
 #[test]
 fn the_seeds_registration_request_is_answered_as_documented() {
     let api = Api::start();
@@ -593,7 +758,7 @@ fn the_seeds_registration_request_is_answered_as_documented() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["id"], 1);
     assert_eq!(records[0]["processed"], true);
-    assert!(records[1]["processed_at"].is_u64());
+    assert!(records[1]["timestamp"].is_string());
 
     let listed = api.call(Method::GET, "/plugins", Some(&api.keys.read), None);
     assert_eq!(listed.status, 200);
@@ -1111,24 +1276,26 @@ fn reviews_grant_what_was_asked_and_rejections_need_a_reason() {
     assert_eq!(reply.field(), "decision", "{reply:?}");
     assert!(reply.message().contains("approve"), "{reply:?}");
 
-    // Granted without process:data: the plugin may not receive batches.
+    // Granted without process:data, which its `process` hook needs: refused at review,
+    // not discovered at the first batch.
     let reply = review(json!({"decision": "approve", "permissions": ["read:data"]}));
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.body["review"]["granted"], json!(["read:data"]));
-    api.call(
-        Method::PUT,
-        "/plugins/faulty@0.1.0/enable",
-        Some(&api.keys.write),
-        None,
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "permissions", "{reply:?}");
+    assert!(
+        reply.message().contains(
+            "cannot approve `faulty@0.1.0` without `process:data`: it declares the `process` hook"
+        ),
+        "{reply:?}"
     );
-    let reply = api.call(
-        Method::POST,
-        "/plugins/faulty@0.1.0/process",
-        Some(&api.keys.execute),
-        Some(json!([1])),
+    assert_eq!(
+        api.registry()
+            .get("faulty@0.1.0")
+            .unwrap()
+            .review
+            .status
+            .to_string(),
+        "pending"
     );
-    reply.assert_error(409, "not_permitted");
-    assert!(reply.message().contains("process:data"), "{reply:?}");
 
     let reply = review(json!({"decision": "reject", "reason": "asks for the data store"}));
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -1463,6 +1630,15 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         std::fs::copy(plugbay_tests::library("dedup"), &stored).unwrap();
         reply.body["id"].as_str().unwrap().to_owned()
     };
+    // The next version of noop, beside the noop@0.1.0 that `POST /plugins/register`
+    // registers below: the bare name `noop` is then ambiguous.
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&keys.write),
+        Some(seed_body("fixture-noop-next")),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
     let ghost = "ghost@1.0.0";
     let big = json!({"padding": "x".repeat(70 * 1024)});
 
@@ -1493,7 +1669,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
     scenario!("GET", "/plugins", 401, None, "", None);
     scenario!("GET", "/plugins", 403, write, "", None);
     scenario!("GET", "/plugins/{id}", 200, read, &dp, None);
-    scenario!("GET", "/plugins/{id}", 400, read, "no-version", None);
+    scenario!("GET", "/plugins/{id}", 400, read, "no@version", None);
     scenario!("GET", "/plugins/{id}", 401, None, &dp, None);
     scenario!("GET", "/plugins/{id}", 403, execute, &dp, None);
     scenario!("GET", "/plugins/{id}", 404, read, ghost, None);
@@ -1667,7 +1843,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         "/plugins/{id}/disable",
         400,
         write,
-        "no-version",
+        "no@version",
         None
     );
     scenario!("PUT", "/plugins/{id}/disable", 401, None, &dp, None);
@@ -1679,7 +1855,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         "/plugins/{id}/enable",
         400,
         write,
-        "no-version",
+        "no@version",
         None
     );
     scenario!("PUT", "/plugins/{id}/enable", 401, None, &dp, None);
@@ -1743,10 +1919,14 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         Some(big.clone())
     );
     scenario!("DELETE", "/plugins/{id}", 200, write, &doomed, None);
-    scenario!("DELETE", "/plugins/{id}", 400, write, "no-version", None);
+    scenario!("DELETE", "/plugins/{id}", 400, write, "no@version", None);
     scenario!("DELETE", "/plugins/{id}", 401, None, &dp, None);
     scenario!("DELETE", "/plugins/{id}", 403, read, &dp, None);
     scenario!("DELETE", "/plugins/{id}", 404, write, ghost, None);
+    // Run after noop@0.1.0 was registered above: two versions, none enabled.
+    scenario!("GET", "/plugins/{id}", 409, read, "noop", None);
+    scenario!("PUT", "/plugins/{id}/disable", 409, write, "noop", None);
+    scenario!("DELETE", "/plugins/{id}", 409, write, "noop", None);
     // Upgrades: `sequencer@1.0.0` is current, `sequencer@3.0.0` does not start.
     let sequencer = api.ready("sequencer");
     let broken = api.ready("fixture-sequencer-broken");
@@ -1763,7 +1943,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         "/plugins/{id}/upgrade",
         400,
         write,
-        "no-version",
+        "no@version",
         None
     );
     scenario!("POST", "/plugins/{id}/upgrade", 401, None, &sequencer, None);
@@ -1880,6 +2060,8 @@ fn errors_are_json_everywhere() {
     api.call(Method::GET, "/plugins/%FF%FE@1.0.0", key, None)
         .assert_error(400, "invalid_id");
     api.call(Method::GET, "/plugins/nope", key, None)
+        .assert_error(404, "not_found");
+    api.call(Method::GET, "/plugins/No_Pe", key, None)
         .assert_error(400, "invalid_id");
     api.raw(Method::POST, "/plugins/register", key, b"[1, 2".to_vec())
         .assert_error(400, "invalid_body");
@@ -2565,4 +2747,436 @@ fn process_answers_502_for_plugin_output_that_is_not_what_it_claims() {
     let reply = process(&with_forged_mark(b"[{\"a\": 1}, {\"a\": 2}]", 0));
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body, json!([{"a": 1}, {"a": 2}]));
+}
+
+// ---------------------------------------------------------------------------------
+// The HTTP layer: malformed, slow, idle and too many connections, and shutdown
+// ---------------------------------------------------------------------------------
+
+/// A response read from a raw connection: status, head, JSON body.
+#[derive(Debug)]
+struct RawReply {
+    status: u16,
+    head: String,
+    body: Value,
+}
+
+impl RawReply {
+    /// An error as the API promises: JSON, with this status and code.
+    fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(
+            self.head
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{self:?}"
+        );
+        assert_eq!(self.body["error"]["code"], code, "{self:?}");
+        assert!(
+            !self.body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "{self:?}"
+        );
+    }
+}
+
+/// Reads one response (with a `Content-Length` body) from a keep-alive connection.
+fn read_reply(stream: &mut TcpStream) -> RawReply {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => bytes.push(byte[0]),
+            other => panic!(
+                "the connection ended before a whole head ({other:?}): {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&bytes).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    RawReply {
+        status: head.split(' ').nth(1).unwrap().parse().unwrap(),
+        head,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    }
+}
+
+/// Sends `request` on a new connection and reads the one answer it gets.
+fn raw_reply(addr: SocketAddr, request: &[u8]) -> RawReply {
+    let (status, head, body) = raw_http(addr, request);
+    RawReply { status, head, body }
+}
+
+/// Whether the server has closed `stream` (the next read sees the end), waiting at
+/// most `within`; bytes sent before the end are returned.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => Some(bytes),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Some(bytes),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn every_error_of_the_http_layer_is_json() {
+    let api = Api::start();
+    let addr = api.addr();
+    // A garbage request line, binary garbage (a TLS hello on the plain port), a
+    // header that does not parse.
+    raw_reply(addr, b"HELLO\r\n\r\n").assert_error(400, "bad_request");
+    raw_reply(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .assert_error(400, "bad_request");
+    raw_reply(addr, b"GET /health HTTP/1.1\r\nNo-Colon-Line\r\n\r\n")
+        .assert_error(400, "bad_request");
+    raw_reply(
+        addr,
+        b"POST /plugins/register HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+    )
+    .assert_error(400, "bad_request");
+    raw_reply(
+        addr,
+        b"POST /plugins/register HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+    )
+    .assert_error(400, "bad_request");
+    raw_reply(addr, b"GET /health HTTP/2.0\r\n\r\n")
+        .assert_error(505, "http_version_not_supported");
+    // 414 and 431, with the client still sending when the answer comes.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000));
+    let reply = raw_reply(addr, long.as_bytes());
+    reply.assert_error(414, "uri_too_long");
+    assert!(reply
+        .head
+        .to_ascii_lowercase()
+        .contains("connection: close"));
+    let big = format!(
+        "GET /health HTTP/1.1\r\nX-Long: {}\r\n\r\n",
+        "b".repeat(70_000)
+    );
+    raw_reply(addr, big.as_bytes()).assert_error(431, "headers_too_large");
+    let many = format!("GET /health HTTP/1.1\r\n{}\r\n", "X-A: a\r\n".repeat(101));
+    raw_reply(addr, many.as_bytes()).assert_error(431, "headers_too_large");
+    // A HEAD request refused gets the head alone.
+    let (status, head, body) = raw_http(addr, b"HEAD /health HTTP/1.1\r\nBad Header: x\r\n\r\n");
+    assert_eq!(status, 400, "{head}");
+    assert_eq!(body, Value::Null);
+
+    // Keep-alive: requests with bodies (by length and in chunks) are framed, so the
+    // next request on the connection is read where it starts, and a malformed one
+    // after good ones is answered after them, in order.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let key = &api.keys.all;
+    let chunked = format!(
+        "POST /plugins/register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[1, \r\n2;ext=x\r\n2]\r\n0\r\nX-Trailer: y\r\n\r\n"
+    );
+    let sized = format!(
+        "POST /plugins/register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let pipelined = format!(
+        "{chunked}GET /health HTTP/1.1\r\nHost: x\r\n\r\n{sized}GET /health HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP\r\n\r\n"
+    );
+    stream.write_all(pipelined.as_bytes()).unwrap();
+    let first = read_reply(&mut stream);
+    first.assert_error(400, "invalid_body");
+    assert!(
+        first.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be a JSON object, not an array"),
+        "{first:?}"
+    );
+    assert_eq!(read_reply(&mut stream).status, 200);
+    let third = read_reply(&mut stream);
+    third.assert_error(400, "invalid_body");
+    assert_eq!(third.body["error"]["field"], "name", "{third:?}");
+    assert_eq!(read_reply(&mut stream).status, 200);
+    read_reply(&mut stream).assert_error(400, "bad_request");
+    assert_eq!(
+        closed_within(&mut stream, Duration::from_secs(5)),
+        Some(Vec::new()),
+        "the connection closes after the malformed request"
+    );
+}
+
+#[test]
+fn slow_and_idle_clients_are_timed_out_but_slow_plugins_are_not() {
+    let api = Api::start_with(|options| {
+        options.header_timeout = Duration::from_millis(800);
+        options.idle_timeout = Duration::from_millis(800);
+    });
+    let addr = api.addr();
+    // A head sent one byte at a time: 408 once the header timeout has passed.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let started = Instant::now();
+    let mut answered = None;
+    for byte in b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+        if slow.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        slow.set_nonblocking(true).unwrap();
+        let mut peek = [0u8; 1];
+        let ready = slow.peek(&mut peek).map(|n| n > 0).unwrap_or(false);
+        slow.set_nonblocking(false).unwrap();
+        if ready {
+            answered = Some(started.elapsed());
+            break;
+        }
+    }
+    let waited = answered.expect("the slow head was answered before it was complete");
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let reply = read_reply(&mut slow);
+    reply.assert_error(408, "header_timeout");
+    assert!(closed_within(&mut slow, Duration::from_secs(5)).is_some());
+
+    // A connection that sends nothing is closed, without an answer.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        closed_within(&mut idle, Duration::from_secs(5)),
+        Some(Vec::new())
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    // So is one idle after a request; and a request that takes longer than the idle
+    // timeout (a slow plugin) keeps its connection.
+    let faulty = api.ready("fixture-faulty");
+    configure(&api, &faulty, json!({"slow": "process", "ms": 1800}));
+    let mut kept = TcpStream::connect(addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+            api.keys.all,
+            body.len()
+        )
+    };
+    kept.write_all(request(&format!("/plugins/{faulty}/process"), "[{\"a\": 1}]").as_bytes())
+        .unwrap();
+    let reply = read_reply(&mut kept);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut kept).status, 200);
+    let started = Instant::now();
+    assert_eq!(
+        closed_within(&mut kept, Duration::from_secs(5)),
+        Some(Vec::new())
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn connections_past_the_limit_get_503_and_the_server_keeps_serving() {
+    let api = Api::start_with(|options| options.max_connections = 8);
+    let addr = api.addr();
+    let mut held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Each held connection has been accepted once it answers.
+    for stream in &mut held {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_reply(stream).status, 200);
+    }
+    for _ in 0..20 {
+        let reply = raw_reply(addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        reply.assert_error(503, "too_many_connections");
+        assert!(
+            reply.head.to_ascii_lowercase().contains("retry-after: 1"),
+            "{reply:?}"
+        );
+    }
+    // One ends: the next connection is served.
+    drop(held.pop());
+    let started = Instant::now();
+    loop {
+        let (status, _, _) = raw_http(
+            addr,
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no slot freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The held connections still work.
+    for stream in &mut held {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_reply(stream).status, 200);
+    }
+}
+
+#[test]
+fn a_shutdown_does_not_wait_for_half_sent_or_idle_requests() {
+    let mut api = Api::start();
+    let addr = api.addr();
+    let faulty = api.ready("fixture-faulty");
+    configure(&api, &faulty, json!({"slow": "process", "ms": 1500}));
+    // Defaults: a 10 s header timeout and a 30 s idle timeout, which a shutdown
+    // must not wait for.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: loc")
+        .unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    let (base, key, id) = (api.base.clone(), api.keys.all.clone(), faulty.clone());
+    let in_flight = std::thread::spawn(move || {
+        call(
+            &client(),
+            &base,
+            Method::POST,
+            &format!("/plugins/{id}/process"),
+            Some(&key),
+            Some(b"[{\"a\": 1}]".to_vec()),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    api.stop();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the shutdown took {took:?}");
+    // The request in flight was answered.
+    assert_eq!(in_flight.join().unwrap().status, 200);
+    // The half-sent head was told why its connection closed; the idle one closed.
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let reply = read_reply(&mut half);
+    reply.assert_error(503, "shutting_down");
+    assert_eq!(
+        closed_within(&mut idle, Duration::from_secs(1)),
+        Some(Vec::new())
+    );
+    assert!(TcpStream::connect(addr).is_err(), "no longer listening");
+}
+
+#[test]
+fn ids_versions_bodies_and_entry_points_get_the_error_they_deserve() {
+    let api = Api::start();
+    let key = Some(api.keys.all.as_str());
+    let doc = api.call(Method::GET, "/openapi.json", key, None).body;
+    let pattern = doc["paths"]["/plugins/{id}"]["get"]["parameters"][0]["schema"]["pattern"]
+        .as_str()
+        .unwrap();
+    let pattern = regex::Regex::new(pattern).unwrap();
+    // What the OpenAPI pattern allows, the server reads (404: not registered); what
+    // it does not, the server refuses (400).
+    for (id, valid) in [
+        ("data-processor@1.0.0", true),
+        ("x@18446744073709551615.0.0", true),
+        ("x@1.18446744073709551615.0-rc.99999999999999999999", true),
+        ("a1-b2@0.0.0+build.7", true),
+        ("x@18446744073709551616.0.0", false),
+        ("x@1.0.99999999999999999999", false),
+        ("Data-Processor@1.0.0", false),
+        ("-x@1.0.0", false),
+        ("x-@1.0.0", false),
+        ("data_processor@1.0.0", false),
+        (&format!("{}@1.0.0", "a".repeat(65)), false),
+        ("x@01.0.0", false),
+        ("x@1.0", false),
+        // A name alone names its one registered version, or the enabled one.
+        ("x", true),
+        ("X", false),
+    ] {
+        assert_eq!(pattern.is_match(id), valid, "the pattern on {id}");
+        let reply = api.call(Method::GET, &format!("/plugins/{id}"), key, None);
+        if valid {
+            reply.assert_error(404, "not_found");
+        } else {
+            reply.assert_error(400, "invalid_id");
+            assert!(
+                reply
+                    .message()
+                    .contains(&format!("invalid plugin id `{id}`: ")),
+                "{reply:?}"
+            );
+        }
+    }
+    let reply = api.call(Method::GET, "/plugins/Data@1.0.0", key, None);
+    assert!(
+        reply
+            .message()
+            .contains("the name `Data` contains `D`; use only `a-z`, `0-9` and `-`"),
+        "{reply:?}"
+    );
+    let reply = api.call(
+        Method::GET,
+        "/plugins/x@18446744073709551616.0.0",
+        key,
+        None,
+    );
+    assert!(reply.message().contains("exceeds u64::MAX"), "{reply:?}");
+
+    // A review body that is JSON but not an object says so.
+    let dp = {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            key,
+            Some(seed_body("data-processor")),
+        );
+        reply.body["id"].as_str().unwrap().to_owned()
+    };
+    for (body, found) in [
+        ("[1]", "an array"),
+        ("\"approve\"", "a string"),
+        ("7", "a number"),
+    ] {
+        let reply = api.raw(
+            Method::POST,
+            &format!("/plugins/{dp}/review"),
+            key,
+            body.as_bytes().to_vec(),
+        );
+        reply.assert_error(400, "invalid_body");
+        assert_eq!(
+            reply.message(),
+            format!("request body must be a JSON object, not {found}")
+        );
+    }
+    // An entry point that is not a regular file is never read (`/dev/zero` has no end).
+    for (entry_point, kind) in [("/dev/zero", "a character device"), ("/tmp", "a folder")] {
+        let mut body = seed_body("data-processor");
+        body["entry_point"] = json!(entry_point);
+        body["version"] = json!("1.0.0");
+        let reply = api.call(Method::POST, "/plugins/register", key, Some(body));
+        reply.assert_error(400, "invalid_body");
+        assert_eq!(reply.field(), "entry_point");
+        assert_eq!(
+            reply.message(),
+            format!("`entry_point` {entry_point} is {kind}, not a library file; give the plugin's library file")
+        );
+    }
 }

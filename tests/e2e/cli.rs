@@ -48,6 +48,7 @@ impl Plugbay {
             .env("USER", "tester")
             .env_remove("PLUGBAY_HOME")
             .env_remove("RUST_LOG")
+            .env_remove("CARGO_TARGET_DIR")
             .stdin(Stdio::null());
         command
     }
@@ -178,10 +179,11 @@ fn every_registry_command_works_for_people() {
     assert_eq!(
         plugbay.ok(&["list"]),
         format!(
-            "no plugins in {}; add one with `plugbay register MANIFEST`\n",
-            plugbay.home().join("registry.db").display()
+            "no plugins: there is no registry in {} yet; `plugbay register MANIFEST` creates it\n",
+            plugbay.home().display()
         )
     );
+    assert!(!plugbay.home().exists(), "listing creates no registry");
     assert_eq!(
         plugbay.ok(&["register", path(&folder)]),
         format!(
@@ -521,7 +523,7 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
     assert_eq!(
         plugbay.fails(&["register", path(&folder)], 1),
         format!(
-            "error: plugin library {} does not exist (the manifest's `main`, `data_processor`, in the manifest's folder); build the plugin, or pass the built library with `--library PATH`\n",
+            "error: plugin library {} does not exist (the manifest's `main`, `data_processor`, in the manifest's folder), and cargo's target folder has none either; build the plugin (`cargo build --release`), or pass the built library with `--library PATH`\n",
             folder.join(library("data-processor").file_name().unwrap()).display()
         )
     );
@@ -628,11 +630,15 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
     );
     assert_eq!(
         plugbay.fails(&["show", "nope"], 1),
-        "error: invalid plugin id `nope`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
+        "error: no plugin `nope` in the registry; `plugbay list` shows the registered ids\n"
+    );
+    assert_eq!(
+        plugbay.fails(&["show", "No_Pe"], 1),
+        "error: invalid plugin id `No_Pe`: the name `No_Pe` contains `N`; use only `a-z`, `0-9` and `-`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
     );
     assert_eq!(
         plugbay.fails_with(&["run", "nope"], Some("[]"), 1),
-        "error: `nope` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids\n"
+        "error: `nope` is neither a registered plugin nor a library file; `plugbay list` shows the registered ids\n"
     );
 }
 
@@ -645,7 +651,7 @@ fn the_review_gates_enabling_and_running() {
 
     assert_eq!(
         plugbay.fails(&["register", path(&folder)], 1),
-        "error: plugin `data-processor@1.0.0` is already registered; unregister it first or bump its version\n"
+        "error: plugin `data-processor@1.0.0` is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`, or bump its version\n"
     );
     assert_eq!(
         plugbay.fails(&["enable", "data-processor@1.0.0"], 1),
@@ -880,11 +886,16 @@ fn run_refuses_bad_input_and_faulty_plugins_with_clear_errors() {
     );
     assert_eq!(
         run("42"),
-        format!("{started}error: input <stdin> is not a JSON array or JSON Lines of objects: record 1 is a number; give a JSON array (`[{{...}}, ...]`) or one JSON object per line\n")
+        format!("{started}error: input <stdin> is not a JSON array or JSON Lines of objects: record 1 (input line 1) is a number; give a JSON array of objects (`[{{...}}, ...]`) or one JSON object per line\n")
     );
     assert_eq!(
         run("{\"id\": 1}\n\"text\"\n"),
-        format!("{started}error: input <stdin> is not a JSON array or JSON Lines of objects: record 2 is a string; give a JSON array (`[{{...}}, ...]`) or one JSON object per line\n")
+        format!("{started}error: input <stdin> is not a JSON array or JSON Lines of objects: record 2 (input line 2) is a string; give a JSON array of objects (`[{{...}}, ...]`) or one JSON object per line\n")
+    );
+    // Records are objects in an array too: `[1, 2]` never reaches the plugin.
+    assert_eq!(
+        run("[1, 2]"),
+        format!("{started}error: input <stdin> is not a JSON array or JSON Lines of objects: record 1 (input line 1) is a number; give a JSON array of objects (`[{{...}}, ...]`) or one JSON object per line\n")
     );
     let missing = plugbay.dir.path().join("absent.json");
     assert_eq!(
@@ -893,11 +904,6 @@ fn run_refuses_bad_input_and_faulty_plugins_with_clear_errors() {
             "error: cannot open input {}: No such file or directory (os error 2)\n",
             missing.display()
         )
-    );
-    let stderr = plugbay.fails_with(&["run", &id], Some("[1, 2]"), 1);
-    assert!(
-        stderr.contains("error: batch 1 (records from 1) failed in data-processor@1.0.0, stage 1 of 1; nothing after it was written: plugin data-processor@1.0.0 failed in process: "),
-        "{stderr}"
     );
     let raw = library("fixture-raw-output");
     let output = plugbay.output(&["run", &id, path(&raw)], Some("[{\"id\": 1}]"));
@@ -908,7 +914,7 @@ fn run_refuses_bad_input_and_faulty_plugins_with_clear_errors() {
     );
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.contains("error: batch 1 (records from 1) failed in raw-output@0.1.0, stage 2 of 2; nothing after it was written: plugin raw-output@0.1.0 returned invalid output from process: "),
+        stderr.contains("error: batch 1 (record 1) failed in raw-output@0.1.0, stage 2 of 2; nothing after it was written: plugin raw-output@0.1.0 returned invalid output from process: "),
         "{stderr}"
     );
     let out_file = plugbay.dir.path().join("never.json");
@@ -1093,7 +1099,7 @@ fn concurrent_processes_lose_nothing() {
                     assert!(
                         output.status.success()
                             || stderr
-                                == format!("error: plugin `{id}` is already registered; unregister it first or bump its version\n"),
+                                == format!("error: plugin `{id}` is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`, or bump its version\n"),
                         "worker {worker}: {stderr}"
                     );
                     done.push(("register".to_owned(), output.status.success()));
@@ -1615,4 +1621,297 @@ fn run_refuses_plugin_output_that_is_not_what_it_claims() {
     let records: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(records, serde_json::json!([{"a": 1}, {"a": 2}]));
     assert!(stderr.contains("1 in, 2 out"), "{stderr}");
+}
+
+#[test]
+fn a_refused_record_is_named_by_its_number_and_input_line() {
+    let plugbay = Plugbay::new();
+    // The prober reads each record as a struct with a required `op`.
+    let prober = library("fixture-prober");
+    let (_, dp) = plugbay.ready("data-processor");
+    let started = "started prober@0.1.0 on a worker thread: confinement full (landlock ABI 6, seccomp), granted process:data\n";
+    let refused = |args: &[&str], input: &str| {
+        let mut all = vec!["run", path(&prober)];
+        all.extend_from_slice(args);
+        plugbay.fails_with(&all, Some(input), 1)
+    };
+    // A pretty-printed array: the fifth record, in the second batch, starts on line 14.
+    let records: Vec<String> = (1..=6)
+        .map(|i| match i {
+            5 => "  {\n    \"path\": \"/x\"\n  }".to_owned(),
+            _ => format!("  {{\n    \"op\": \"none\",\n    \"i\": {i}\n  }}"),
+        })
+        .collect();
+    let input = format!("[\n{}\n]\n", records.join(",\n"));
+    assert_eq!(
+        refused(&["--batch-size", "4"], &input),
+        format!("{started}error: prober@0.1.0 refused record 5 (input line 18): missing field `op`; batch 2 (records 5 to 6) failed in stage 1 of 1; nothing after it was written\n")
+    );
+    // JSON Lines with blank lines.
+    assert_eq!(
+        refused(&[], "{\"op\": \"none\"}\n\n\n{\"op\": \"none\"}\n{\"op\": 7}\n"),
+        format!("{started}error: prober@0.1.0 refused record 3 (input line 5): invalid type: integer `7`, expected a string; batch 1 (records 1 to 3) failed in stage 1 of 1; nothing after it was written\n")
+    );
+    // One object on one line is one record, and the error says the input was read so.
+    assert_eq!(
+        refused(&[], "{\"records\": [{\"op\": \"none\"}]}\n"),
+        format!("{started}error: prober@0.1.0 refused record 1 (input line 1): missing field `op` (the input is one JSON object, read as one record); batch 1 (record 1) failed in stage 1 of 1; nothing after it was written\n")
+    );
+    // One object over several lines is not records at all: no plugin sees it.
+    assert_eq!(
+        refused(&[], "{\n  \"records\": [\n    {\"op\": \"none\"}\n  ]\n}\n"),
+        format!("{started}error: input <stdin> is one JSON object over lines 1 to 5, not a list of records; give a JSON array of objects (`[{{...}}, ...]`) or one JSON object per line\n")
+    );
+    // A later stage reads what the one before made: its record is not the input's.
+    let stderr = plugbay.fails_with(
+        &["run", &dp, path(&prober)],
+        Some("{\"x\": 1}\n{\"x\": 2}\n"),
+        1,
+    );
+    assert!(
+        stderr.ends_with("error: prober@0.1.0 refused record 1 of what data-processor@1.0.0 (stage 1 of 2) made of batch 1 (records 1 to 2): missing field `op`; nothing after it was written\n"),
+        "{stderr}"
+    );
+    // An input that ends early is placed at its last character, never at column 0.
+    for (input, place) in [
+        (
+            "[{\"op\": \"none\"},\n",
+            "line 1, column 16: EOF while parsing a list",
+        ),
+        (
+            "[\n  {\"op\":\n\n",
+            "line 2, column 8: EOF while parsing a value",
+        ),
+        (
+            "{\"op\": \"none\"}\n{\"op\":\n",
+            "line 2, column 6: EOF while parsing a value",
+        ),
+    ] {
+        assert_eq!(
+            refused(&[], input),
+            format!("{started}error: invalid JSON in input <stdin> at {place}\n"),
+            "{input:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cleanup_that_fails_fails_the_run_and_leaves_no_output_file() {
+    let plugbay = Plugbay::new();
+    let faulty = library("fixture-faulty");
+    let out_file = plugbay.dir.path().join("out.json");
+    for (config, state) in [
+        (r#"{"fail": "cleanup"}"#, "unloaded, cleanup failed"),
+        (
+            r#"{"hang": "cleanup"}"#,
+            "failed (timeout: cleanup did not return within 2s)",
+        ),
+    ] {
+        let args = ["run", path(&faulty), "--config", config];
+        let mut with_output = args.to_vec();
+        with_output.extend(["--output", path(&out_file)]);
+        let stderr = plugbay.fails_with(&with_output, Some("[{\"id\": 1}]"), 1);
+        assert!(
+            !out_file.exists(),
+            "{config}: the output appears only on success"
+        );
+        let left: Vec<_> = std::fs::read_dir(plugbay.dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().starts_with(".plugbay-output"))
+            .collect();
+        assert!(left.is_empty(), "{config}: {left:?}");
+        let line = stderr
+            .lines()
+            .find(|line| line.trim_start().starts_with("faulty@0.1.0"))
+            .unwrap();
+        assert!(line.ends_with(state), "{config}: {line}");
+        assert!(
+            stderr.contains(&format!(
+                "error: every record went through, but cleaning up faulty@0.1.0 failed, so {} was not written: plugin faulty@0.1.0 ",
+                out_file.display()
+            )),
+            "{config}: {stderr}"
+        );
+
+        // On stdout the records are out already: the array is closed, the run fails.
+        let mut json = vec!["--json"];
+        json.extend_from_slice(&args);
+        let output = plugbay.output(&json, Some("[{\"id\": 1}]"));
+        assert_eq!(output.status.code(), Some(1), "{config}");
+        let records: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(records, serde_json::json!([{"id": 1}]));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let summary_start = stderr.find("{\n").unwrap();
+        let mut lines = stderr[summary_start..].lines();
+        let mut summary_text = String::new();
+        for line in lines.by_ref() {
+            summary_text.push_str(line);
+            summary_text.push('\n');
+            if line == "}" {
+                break;
+            }
+        }
+        let summary: Value = serde_json::from_str(&summary_text).unwrap();
+        let stage = &summary["stages"][0];
+        assert!(stage["cleanup_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("plugin faulty@0.1.0 "));
+        assert_ne!(stage["state"], "running", "{config}: {stage}");
+        let error: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(error["error"]["code"], "failed");
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("every record went through, but cleaning up faulty@0.1.0 failed: "));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn output_files_are_created_as_the_umask_says_and_keep_an_existing_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let plugbay = Plugbay::new();
+    let out_file = plugbay.dir.path().join("out.json");
+    let run = |umask: &str| {
+        let script = format!("umask {umask} && exec \"$0\" run \"$1\" --output \"$2\" 2>/dev/null");
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .arg(plugbay_bin())
+            .arg(library("data-processor"))
+            .arg(&out_file)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"[{\"id\": 1}]")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o7777
+    };
+    assert_eq!(run("022"), 0o644);
+    std::fs::remove_file(&out_file).unwrap();
+    assert_eq!(run("027"), 0o640);
+    // Replacing a file keeps its mode, whatever the umask.
+    std::fs::set_permissions(&out_file, std::fs::Permissions::from_mode(0o664)).unwrap();
+    assert_eq!(run("077"), 0o664);
+}
+
+#[test]
+fn lookups_never_create_a_registry() {
+    let plugbay = Plugbay::new();
+    let home = plugbay.dir.path().join("nowhere");
+    let on = |args: &[&str]| {
+        let mut all = vec!["--home", path(&home)];
+        all.extend_from_slice(args);
+        plugbay.command_without_home(&all).output().unwrap()
+    };
+    let no_registry = format!(
+        "error: no registry in {} (it has no registry.db); `plugbay register` creates one there, or give another home with `--home DIR` or `PLUGBAY_HOME`\n",
+        home.display()
+    );
+    for args in [
+        &["run", "data-processor@1.0.0"][..],
+        &["show", "data-processor@1.0.0"],
+        &["enable", "data-processor@1.0.0"],
+        &["disable", "data-processor@1.0.0"],
+        &["unregister", "data-processor@1.0.0"],
+        &["review", "approve", "data-processor@1.0.0"],
+        &["review", "reject", "data-processor@1.0.0", "--reason", "no"],
+        &["keys", "list"],
+        &["keys", "revoke", "ops"],
+    ] {
+        let output = on(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            no_registry,
+            "{args:?}"
+        );
+        assert!(!home.exists(), "{args:?} created {}", home.display());
+    }
+    let output = on(&["--json", "list"]);
+    assert!(output.status.success());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&output.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    // The data store is read without being created either.
+    assert!(on(&["store", "list"]).status.success());
+    assert_eq!(on(&["store", "get", "dedup/stats"]).status.code(), Some(1));
+    assert!(
+        !home.exists(),
+        "the store commands created {}",
+        home.display()
+    );
+    let output = on(&["serve", "--addr", "127.0.0.1:0"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with(&format!(
+        "error: no registry to serve in {} (it has no registry.db); create an API key with `plugbay keys create",
+        home.display()
+    )));
+    assert!(!home.exists());
+    // Without `--home` the default home is looked up, and not created either.
+    let default_home = plugbay.dir.path().join("data");
+    let output = plugbay
+        .command_without_home(&["show", "data-processor@1.0.0"])
+        .env("XDG_DATA_HOME", &default_home)
+        .env("HOME", plugbay.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!default_home.join("plugbay").exists());
+    // What creates a registry still does.
+    on(&["keys", "create", "--name", "ops", "--scope", "plugins:read"]);
+    assert!(home.join("registry.db").is_file());
+    let output = on(&["show", "data-processor@1.0.0"]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: no plugin `data-processor@1.0.0` in the registry; `plugbay list` shows the registered ids\n"
+    );
+}
+
+#[test]
+fn with_json_errors_are_json_too() {
+    let plugbay = Plugbay::new();
+    let error = |args: &[&str], code: i32| -> Value {
+        let stderr = plugbay.fails_with(args, Some("[]"), code);
+        let line = stderr.lines().last().unwrap();
+        serde_json::from_str(line).unwrap_or_else(|err| panic!("{args:?}: {err}: {stderr}"))
+    };
+    let failed = error(&["--json", "show", "nope@1.0.0"], 1);
+    assert_eq!(failed["error"]["code"], "failed");
+    assert!(failed["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("no registry in "));
+    let failed = plugbay.fails_with(
+        &["--json", "run", path(&library("data-processor"))],
+        Some("[1]"),
+        1,
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(failed.trim()).unwrap(),
+        serde_json::json!({"error": {"code": "failed", "message": "input <stdin> is not a JSON array or JSON Lines of objects: record 1 (input line 1) is a number; give a JSON array of objects (`[{...}, ...]`) or one JSON object per line"}})
+    );
+    for args in [
+        &["--json", "frobnicate"][..],
+        &["frobnicate", "--json"],
+        &["--json", "run"],
+    ] {
+        let usage = error(args, 2);
+        assert_eq!(usage["error"]["code"], "usage", "{args:?}");
+        assert!(usage["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Usage: plugbay"));
+    }
+    // Without `--json`, people read text.
+    assert!(plugbay
+        .fails(&["show", "nope@1.0.0"], 1)
+        .starts_with("error: no registry in "));
 }

@@ -27,10 +27,18 @@ pub struct Args {
 /// Inspects `library` on a confined thread; a missing file is reported before any
 /// sandbox is built for it.
 pub fn inspect(host: &Host, library: &Path) -> Result<Inspection, StartError> {
-    if !library.is_file() {
-        return Err(StartError::Load(LoadError::NotFound {
-            path: std::path::absolute(library).unwrap_or_else(|_| library.to_owned()),
-        }));
+    let path = std::path::absolute(library).unwrap_or_else(|_| library.to_owned());
+    match std::fs::metadata(library) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StartError::Load(LoadError::missing(&path)))
+        }
+        Ok(metadata) if !metadata.is_file() => {
+            return Err(StartError::Load(LoadError::not_a_file(
+                &path,
+                metadata.file_type(),
+            )))
+        }
+        _ => {}
     }
     host.inspect(library)
 }

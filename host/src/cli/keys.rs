@@ -61,7 +61,10 @@ struct Created {
 
 /// Runs the key command.
 pub fn exec(command: Command, context: &Context) -> Result<()> {
-    let mut registry = context.registry()?;
+    let mut registry = match command {
+        Command::Create(_) => context.create_registry()?,
+        _ => context.registry()?,
+    };
     match command {
         Command::Create(args) => {
             let (key, token) = registry.create_key(&args.name, &args.scopes, context.actor())?;

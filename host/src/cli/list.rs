@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
+use plugbay_host::registry::{Registry, RegistryError};
 
 use super::table::Table;
 use super::{print_json, Context};
@@ -17,7 +18,22 @@ pub struct Args {}
 
 /// Prints every registered plugin, by id.
 pub fn exec(_args: Args, context: &Context) -> Result<()> {
-    let registry = context.registry()?;
+    let registry = match Registry::open_existing(context.home()?) {
+        Ok(registry) => registry,
+        // Nothing registered, and nothing created by looking.
+        Err(RegistryError::NoRegistry { home }) => {
+            if context.json {
+                return print_json(&[(); 0]);
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "no plugins: there is no registry in {} yet; `plugbay register MANIFEST` creates it",
+                home.display()
+            )?;
+            return Ok(());
+        }
+        Err(err) => return Err(err.into()),
+    };
     let entries = registry.list()?;
     if context.json {
         return print_json(&entries);

@@ -13,11 +13,15 @@ mod input;
 mod inspect;
 mod keys;
 mod list;
+mod locate;
+mod new;
 mod register;
 mod review;
+mod revision;
 mod run;
 mod serve;
 mod show;
+mod store;
 mod table;
 mod unregister;
 mod upgrade;
@@ -34,12 +38,14 @@ use serde::Serialize;
 const EXAMPLES: &str = "\
 Examples:
   plugbay demo
+  plugbay new shouter && cd shouter && cargo test
   plugbay register example-plugins/data-processor --library target/release/libdata_processor.so
   plugbay review approve data-processor@1.0.0 --grant process:data
   plugbay enable data-processor@1.0.0
   plugbay run data-processor@1.0.0 --input records.jsonl --output out.json
   echo '[{\"id\": 1}]' | plugbay run target/release/libdata_processor.so
   plugbay --json list
+  plugbay store get dedup/stats
 
 Environment:
   PLUGBAY_HOME   the registry's home folder (`--home` overrides it)
@@ -83,6 +89,8 @@ pub struct Global {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a plugin crate that builds and runs with `cargo test`
+    New(new::Args),
     /// Register a plugin: check its manifest and library, record the library's
     /// SHA-256; the plugin then waits for review
     Register(register::Args),
@@ -112,6 +120,9 @@ pub enum Command {
     /// Manage the API keys of `plugbay serve`
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Read and delete what plugins keep in the data store of the home
+    #[command(subcommand)]
+    Store(store::Command),
     /// Serve the registry as a REST API guarded by scoped API keys
     Serve(serve::Args),
 }
@@ -121,6 +132,7 @@ impl Cli {
     pub fn exec(self) -> Result<()> {
         let context = Context::new(&self.global);
         match self.command {
+            Command::New(args) => new::exec(args, &context),
             Command::Register(args) => register::exec(args, &context),
             Command::List(args) => list::exec(args, &context),
             Command::Show(args) => show::exec(args, &context),
@@ -134,6 +146,7 @@ impl Cli {
             Command::Dev(args) => dev::exec(args, &context),
             Command::Demo(args) => demo::exec(args, &context),
             Command::Keys(command) => keys::exec(command, &context),
+            Command::Store(command) => store::exec(command, &context),
             Command::Serve(args) => serve::exec(args, &context),
         }
     }
@@ -188,19 +201,27 @@ impl Context {
             })
     }
 
-    /// Opens (creating if needed) the registry.
+    /// Opens the registry, for a lookup: an error if there is none, which is never
+    /// created by a command that only reads or changes what is registered.
     pub fn registry(&self) -> Result<Registry> {
+        Ok(Registry::open_existing(self.home()?)?)
+    }
+
+    /// Opens the registry, creating it if needed: for `register` and `keys create`.
+    pub fn create_registry(&self) -> Result<Registry> {
         Ok(Registry::open(self.home()?)?)
     }
 
-    /// A host for `registry`'s plugins, with this command line's sandbox mode.
-    pub fn host(&self, registry: &Registry) -> Host {
+    /// A host for `registry`'s plugins, with this command line's sandbox mode and
+    /// the data store of the registry's home.
+    pub fn host(&self, registry: &Registry) -> Result<Host> {
         // Registered plugins are untrusted until reviewed: inspect them in worker
         // processes, and run them where their review says (a spec's own isolation).
-        Host::new()
+        Ok(Host::new()
             .with_data_dir(registry.data_dir())
+            .with_store(registry.store()?)
             .with_sandbox(self.sandbox)
-            .with_isolation(plugbay_host::Isolation::Process)
+            .with_isolation(plugbay_host::Isolation::Process))
     }
 
     /// Who is acting, for the audit log: `$USER`, else `operator`.
@@ -255,6 +276,14 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<io::Error>()
             .is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Writes an error as one line of JSON on stderr, for `--json`:
+/// `{"error": {"code": CODE, "message": MESSAGE}}`, with `code` `failed` (exit code
+/// 1), `usage` (2) or `interrupted` (128 + the signal's number).
+pub fn print_json_error(code: &str, message: &str) {
+    let error = serde_json::json!({ "error": { "code": code, "message": message } });
+    let _ = writeln!(io::stderr().lock(), "{error}");
 }
 
 /// Writes `value` as pretty JSON and a newline to stdout.

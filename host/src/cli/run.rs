@@ -12,14 +12,16 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use plugbay_host::registry::Registry;
+use plugbay_host::registry::{Registry, RegistryError, SqliteStore};
 use plugbay_host::{
-    Batch, Confinement, Host, IoError, Pipeline, PipelineError, PipelineReport, PluginSpec, State,
+    Batch, CallError, Confinement, Host, IoError, Pipeline, PipelineError, PipelineReport,
+    PluginSpec, State,
 };
 use serde::Serialize;
 use serde_json::Value;
 
 use super::input::{self, InputError, Progress, Source};
+use super::locate;
 use super::table::Table;
 use super::{counted, human_duration, permission_list, thousands, Context};
 
@@ -36,15 +38,20 @@ A registered plugin must be approved and enabled, and runs with what its review
 granted, where its review put it (a worker process of its own unless approved for a
 thread). A library file (a plugin author's own build) is inspected first and runs
 confined to what its embedded manifest requests, on a worker thread unless
-`--isolation process` is given; its `${plugin_dir}` is the library's folder, and its
-`${data_dir}` a temporary folder (or one under `--data-dir`), never the registry's.
+`--isolation process` is given. Its `${plugin_dir}` is the folder of its plugin.json:
+beside the library, or, for a library in cargo's target folder, the crate in the
+workspace whose plugin.json has the plugin's name and version (else the library's
+folder); `--plugin-dir` sets it. Its `${data_dir}` and its data store are in a
+temporary folder (or under `--data-dir`), never the registry's.
 
 Input: a JSON array of records, or JSON Lines (one object per line). Output: one JSON
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
 bar too when stderr is a terminal. With `--json`, the summary is JSON: on stdout when
 `--output` is a file, else on stderr. With `--output FILE`, the file appears only when
-the run succeeds: a run that fails, or is stopped by Ctrl-C (exit code 130) or a
-SIGTERM (143), leaves no file, neither the output nor a temporary one.")]
+the run succeeds, every plugin's cleanup included: a run that fails, or is stopped by
+Ctrl-C (exit code 130) or a SIGTERM (143), leaves no file, neither the output nor a
+temporary one. The file is created as the umask says; a file it replaces keeps its
+mode.")]
 pub struct Args {
     /// Registered plugin ids (`name@version`) or plugin library files, chained in this order
     #[arg(value_name = "ID|LIBRARY", required = true)]
@@ -63,6 +70,11 @@ pub struct Args {
     /// NAME=JSON for the plugin with that name or id (repeatable)
     #[arg(long, value_name = "JSON|NAME=JSON")]
     pub config: Vec<String>,
+    /// `${plugin_dir}` of the plugin library files given: DIR for each, or NAME=DIR
+    /// for the one with that name or id (repeatable) [default: the folder of the
+    /// library's plugin.json, found beside it or in the cargo workspace it was built in]
+    #[arg(long, value_name = "[NAME=]DIR")]
+    pub plugin_dir: Vec<String>,
     /// Where plugin library files run: `thread` or `process` (registered plugins run
     /// where their review put them)
     #[arg(long, value_name = "ISOLATION", default_value = "thread")]
@@ -96,7 +108,53 @@ impl Target {
         if has_separator || text.ends_with(std::env::consts::DLL_SUFFIX) {
             return Ok(Target::Library(path.to_owned()));
         }
+        // A bare name: the registry resolves it to its one version, or its enabled one.
+        let is_name = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if is_name {
+            return Ok(Target::Registered(text.to_owned()));
+        }
         bail!("`{text}` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids")
+    }
+}
+
+/// A `--plugin-dir` value.
+#[derive(Debug, Clone, PartialEq)]
+struct PluginDirArg {
+    /// The plugin's name or id, or every library of the run.
+    plugin: Option<String>,
+    dir: PathBuf,
+}
+
+impl PluginDirArg {
+    fn parse(text: &str) -> PluginDirArg {
+        match text.split_once('=') {
+            Some((plugin, dir))
+                if !plugin.is_empty()
+                    && plugin.chars().all(|c| {
+                        c.is_ascii_lowercase()
+                            || c.is_ascii_digit()
+                            || matches!(c, '-' | '@' | '.' | '+')
+                    }) =>
+            {
+                PluginDirArg {
+                    plugin: Some(plugin.to_owned()),
+                    dir: PathBuf::from(dir),
+                }
+            }
+            _ => PluginDirArg {
+                plugin: None,
+                dir: PathBuf::from(text),
+            },
+        }
+    }
+
+    fn applies_to(&self, manifest: &plugbay_host::Manifest) -> bool {
+        self.plugin
+            .as_ref()
+            .is_none_or(|name| *name == manifest.name || *name == manifest.id())
     }
 }
 
@@ -157,7 +215,10 @@ struct StageSummary {
     records_out: u64,
     busy_seconds: f64,
     confinement: Confinement,
+    /// The state after cleanup.
     state: State,
+    /// Why cleanup failed, if it did.
+    cleanup_error: Option<String>,
 }
 
 /// Runs the pipeline.
@@ -184,7 +245,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         None
     };
     let host = match &registry {
-        Some(registry) => context.host(registry),
+        Some(registry) => context.host(registry)?,
         None => Host::new().with_sandbox(context.sandbox),
     };
     // A library file is a development build: its data never goes where a registered
@@ -200,6 +261,13 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
             scratch.path().to_owned()
         }
     };
+    // Its data store too: `store.db` in that folder. Registered plugins keep the home's.
+    let library_host = host.clone().with_store(SqliteStore::open(&library_data)?);
+    let plugin_dirs: Vec<PluginDirArg> = args
+        .plugin_dir
+        .iter()
+        .map(|text| PluginDirArg::parse(text))
+        .collect();
     let mut specs = targets
         .iter()
         .map(|target| {
@@ -208,10 +276,12 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
                 registry.as_ref(),
                 &host,
                 args.isolation,
+                &plugin_dirs,
                 &library_data,
             )
         })
         .collect::<Result<Vec<_>>>()?;
+    check_plugin_dirs(&plugin_dirs, &targets, &specs)?;
     apply_configs(&mut specs, &configs)?;
     // Close the registry before any plugin code runs: a plugin could otherwise use
     // the open descriptor (pread/pwrite need no path) to rewrite its own review.
@@ -221,8 +291,11 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     let batches = input::read_batches(source.clone(), batch_size, progress.clone())?;
 
     let mut stages = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let handle = host.start(spec)?;
+    for (spec, target) in specs.into_iter().zip(&targets) {
+        let handle = match target {
+            Target::Registered(_) => host.start(spec)?,
+            Target::Library(_) => library_host.start(spec)?,
+        };
         if !context.json {
             let status = handle.status();
             eprintln!(
@@ -243,7 +316,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         eprintln!("reading records from stdin (end with Ctrl-D); `--input FILE` reads a file");
     }
     let bar = progress_bar(&source);
-    let mut output = Output::create(args.output.as_deref())?;
+    let mut output = Output::create(args.output.as_deref(), context.json)?;
     let mut pipeline = Pipeline::new(stages);
     let mut records_out = 0u64;
     let mut broken_pipe = false;
@@ -265,9 +338,37 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     let report = match result {
         Ok(report) => report,
         Err(_) if broken_pipe => return Ok(()),
-        Err(err) => return Err(pipeline_error(err, &pipeline, batch_size, &output)),
+        Err(err) => {
+            return Err(pipeline_error(
+                err, &pipeline, batch_size, &output, &progress,
+            ))
+        }
     };
-    let written = output.finish();
+
+    // Every plugin cleans up before the output is finished: a cleanup that fails
+    // or misses its deadline fails the run, and `--output` appears only when the
+    // whole run succeeds.
+    let mut cleanup_error = None;
+    let mut ended = Vec::new();
+    for stage in pipeline.into_stages() {
+        let id = stage.id().to_owned();
+        let (status, result) = stage.shutdown_with_status();
+        let failed = result.err().map(|err| {
+            let message = super::error_chain(&anyhow::Error::new(err));
+            cleanup_error.get_or_insert_with(|| (id, message.clone()));
+            message
+        });
+        ended.push((status, failed));
+    }
+    let written = match &cleanup_error {
+        None => output.finish(),
+        // Records on stdout are out already: close the array they are in.
+        Some(_) if args.output.is_none() => output.finish(),
+        Some(_) => {
+            output.abandon();
+            Ok(())
+        }
+    };
     if let Err(err) = &written {
         if err
             .downcast_ref::<io::Error>()
@@ -278,31 +379,23 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     }
     written?;
 
-    let mut cleanup_error = None;
-    let mut statuses = Vec::new();
-    for stage in pipeline.into_stages() {
-        let id = stage.id().to_owned();
-        let fallback = stage.status().clone();
-        match stage.shutdown() {
-            Ok(status) => statuses.push(status),
-            Err(err) => {
-                statuses.push(fallback);
-                cleanup_error.get_or_insert(
-                    anyhow::Error::new(err)
-                        .context(format!("the run finished, but cleaning up {id} failed")),
-                );
-            }
-        }
-    }
     let summary = summarize(
         &report,
-        &statuses,
+        &ended,
         progress.records.load(Ordering::Relaxed),
         records_out,
     );
     print_summary(&summary, context.json, args.output.is_some())?;
     match cleanup_error {
-        Some(err) => Err(err),
+        Some((id, message)) => Err(match &args.output {
+            Some(path) => anyhow!(
+                "every record went through, but cleaning up {id} failed, so {} was not written: {message}",
+                path.display()
+            ),
+            None => anyhow!(
+                "every record went through, but cleaning up {id} failed: {message}"
+            ),
+        }),
         None => Ok(()),
     }
 }
@@ -314,15 +407,40 @@ fn spec(
     registry: Option<&Registry>,
     host: &Host,
     isolation: plugbay_host::Isolation,
+    plugin_dirs: &[PluginDirArg],
     library_data: &Path,
 ) -> Result<PluginSpec> {
     match target {
-        Target::Registered(id) => {
+        Target::Registered(name_or_id) => {
             let registry = registry.expect("the registry is open when an id is given");
-            Ok(registry.spec(id)?)
+            let id = match registry.resolve(name_or_id) {
+                Err(RegistryError::NotFound { .. }) if !name_or_id.contains('@') => bail!(
+                    "`{name_or_id}` is neither a registered plugin nor a library file; `plugbay list` shows the registered ids"
+                ),
+                resolved => resolved?,
+            };
+            Ok(registry.spec(&id)?)
         }
         Target::Library(path) => {
             let inspection = super::inspect::inspect(host, path)?;
+            let plugin_dir = match plugin_dirs
+                .iter()
+                .find(|dir| dir.applies_to(&inspection.manifest))
+            {
+                Some(given) => given.dir.clone(),
+                None => match locate::manifest_folder(&inspection.library, &inspection.manifest) {
+                    Ok(Some(dir)) => dir,
+                    Ok(None) => inspection
+                        .library
+                        .parent()
+                        .map(Path::to_owned)
+                        .unwrap_or_default(),
+                    Err(several) => {
+                        bail!("{several}; give the plugin's folder with `--plugin-dir DIR`")
+                    }
+                },
+            };
+            tracing::info!(plugin = %inspection.manifest.id(), plugin_dir = %plugin_dir.display(), "the plugin's folder");
             let data_dir = plugbay_host::sandbox::plugin_data_dir(
                 library_data,
                 &inspection.manifest.name,
@@ -330,11 +448,47 @@ fn spec(
             );
             // Run the bytes that were inspected, even if the file changes meanwhile.
             Ok(PluginSpec::new(inspection.library, inspection.manifest)
+                .with_plugin_dir(plugin_dir)
                 .with_sha256(inspection.sha256)
                 .with_isolation(isolation)
                 .with_data_dir(data_dir))
         }
     }
+}
+
+/// Refuses a `--plugin-dir NAME=DIR` that names no library file of the run.
+fn check_plugin_dirs(
+    plugin_dirs: &[PluginDirArg],
+    targets: &[Target],
+    specs: &[PluginSpec],
+) -> Result<()> {
+    let libraries: Vec<&PluginSpec> = targets
+        .iter()
+        .zip(specs)
+        .filter(|(target, _)| matches!(target, Target::Library(_)))
+        .map(|(_, spec)| spec)
+        .collect();
+    for given in plugin_dirs {
+        if !libraries
+            .iter()
+            .any(|spec| given.applies_to(&spec.manifest))
+        {
+            let names: Vec<String> = libraries.iter().map(|spec| spec.manifest.id()).collect();
+            bail!(
+                "`--plugin-dir {}` names no plugin library file of this run (a registered plugin's folder is the one it was registered with){}",
+                given.plugin.as_deref().map_or_else(
+                    || given.dir.display().to_string(),
+                    |name| format!("{name}={}", given.dir.display())
+                ),
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the library files are {}", names.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn apply_configs(specs: &mut [PluginSpec], configs: &[ConfigArg]) -> Result<()> {
@@ -367,6 +521,7 @@ fn pipeline_error(
     pipeline: &Pipeline,
     batch_size: usize,
     output: &Output,
+    progress: &Progress,
 ) -> anyhow::Error {
     match err {
         PipelineError::Input { error, .. } => match error.downcast::<InputError>() {
@@ -382,18 +537,60 @@ fn pipeline_error(
             error,
             ..
         } => {
-            let plugin = pipeline
-                .stages()
-                .get(stage)
-                .map(|handle| handle.id().to_owned())
-                .unwrap_or_else(|| format!("stage {}", stage + 1));
-            let first = index.saturating_mul(batch_size as u64) + 1;
-            anyhow::Error::new(error).context(format!(
-                "batch {} (records from {first}) failed in {plugin}, stage {} of {}; nothing after it was written",
-                index + 1,
-                stage + 1,
-                pipeline.stages().len()
-            ))
+            let plugin_of = |stage: usize| {
+                pipeline
+                    .stages()
+                    .get(stage)
+                    .map(|handle| handle.id().to_owned())
+                    .unwrap_or_else(|| format!("stage {}", stage + 1))
+            };
+            let plugin = plugin_of(stage);
+            let stages = pipeline.stages().len();
+            let records = match progress.records_of(index) {
+                Some((first, last)) if first == last => format!("record {first}"),
+                Some((first, last)) => format!("records {first} to {last}"),
+                None => format!(
+                    "records from {}",
+                    index.saturating_mul(batch_size as u64) + 1
+                ),
+            };
+            let batch = format!("batch {} ({records})", index + 1);
+            let refused = match &error {
+                CallError::Plugin { error, .. } => error.record(),
+                _ => None,
+            };
+            match refused {
+                // The first plugin reads the input's records as they are: name the
+                // record by its number and line in the input.
+                Some((record, reason)) if stage == 0 => {
+                    let Some(at) = progress.locate(index, record) else {
+                        return anyhow!(
+                            "{plugin} refused record {record} of {batch}: {reason}; nothing after it was written"
+                        );
+                    };
+                    let lone = progress.json_lines.load(Ordering::Relaxed)
+                        && progress.finished.load(Ordering::Relaxed)
+                        && progress.records.load(Ordering::Relaxed) == 1;
+                    anyhow!(
+                        "{plugin} refused record {} (input line {}): {reason}{}; {batch} failed in stage 1 of {stages}; nothing after it was written",
+                        at.record,
+                        at.line,
+                        if lone {
+                            " (the input is one JSON object, read as one record)"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                Some((record, reason)) => anyhow!(
+                    "{plugin} refused record {record} of what {} (stage {stage} of {stages}) made of {batch}: {reason}; nothing after it was written",
+                    plugin_of(stage - 1),
+                ),
+                None => anyhow::Error::new(error).context(format!(
+                    "{batch} failed in {plugin}, stage {} of {stages}; nothing after it was written",
+                    stage + 1,
+                )),
+            }
         }
         other => anyhow::Error::new(other),
     }
@@ -439,7 +636,7 @@ enum Writer {
 }
 
 impl Output {
-    fn create(path: Option<&Path>) -> Result<Output> {
+    fn create(path: Option<&Path>, json: bool) -> Result<Output> {
         let pending = Arc::new(Mutex::new(None));
         let writer = match path {
             None => Writer::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
@@ -448,11 +645,24 @@ impl Output {
                     Some(dir) if !dir.as_os_str().is_empty() => dir,
                     _ => Path::new("."),
                 };
-                remove_on_signal(pending.clone(), path.to_owned())?;
-                let file = tempfile::Builder::new()
-                    .prefix(".plugbay-output")
+                remove_on_signal(pending.clone(), path.to_owned(), json)?;
+                let mut builder = tempfile::Builder::new();
+                builder.prefix(".plugbay-output");
+                // Created as any file is (0666 less the umask), not private to the
+                // owner as temporary files are.
+                #[cfg(unix)]
+                builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+                let file = builder
                     .tempfile_in(dir)
                     .with_context(|| format!("cannot create output {}", path.display()))?;
+                // An output file that exists keeps its mode when it is replaced.
+                if let Ok(existing) = std::fs::metadata(path) {
+                    if existing.is_file() {
+                        file.as_file()
+                            .set_permissions(existing.permissions())
+                            .with_context(|| format!("cannot create output {}", path.display()))?;
+                    }
+                }
                 *pending.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(file.path().to_owned());
                 Writer::File {
@@ -497,6 +707,13 @@ impl Output {
         out.write_all(inner)
     }
 
+    /// Leaves the output unwritten: a temporary file is removed.
+    fn abandon(self) {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.writer);
+        drop(pending);
+    }
+
     /// Closes the array; a file is moved into place.
     fn finish(mut self) -> Result<()> {
         let name = self.name();
@@ -535,7 +752,11 @@ impl Output {
 /// 128 + the signal's number. The pipeline's threads may be busy in plugin code, or
 /// blocked reading stdin, so the run is not asked to wind down: it is stopped.
 #[cfg(unix)]
-fn remove_on_signal(pending: Arc<Mutex<Option<PathBuf>>>, output: PathBuf) -> Result<()> {
+fn remove_on_signal(
+    pending: Arc<Mutex<Option<PathBuf>>>,
+    output: PathBuf,
+    json: bool,
+) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -551,7 +772,12 @@ fn remove_on_signal(pending: Arc<Mutex<Option<PathBuf>>>, output: PathBuf) -> Re
             let pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(temporary) = pending.as_ref() {
                 let _ = std::fs::remove_file(temporary);
-                eprintln!("\ninterrupted: {} was not written", output.display());
+                let message = format!("interrupted: {} was not written", output.display());
+                if json {
+                    super::print_json_error("interrupted", &message);
+                } else {
+                    eprintln!("\n{message}");
+                }
             }
             std::process::exit(128 + signal);
         })
@@ -561,13 +787,17 @@ fn remove_on_signal(pending: Arc<Mutex<Option<PathBuf>>>, output: PathBuf) -> Re
 
 /// Elsewhere, a stopped run may leave its temporary output file behind.
 #[cfg(not(unix))]
-fn remove_on_signal(_pending: Arc<Mutex<Option<PathBuf>>>, _output: PathBuf) -> Result<()> {
+fn remove_on_signal(
+    _pending: Arc<Mutex<Option<PathBuf>>>,
+    _output: PathBuf,
+    _json: bool,
+) -> Result<()> {
     Ok(())
 }
 
 fn summarize(
     report: &PipelineReport,
-    statuses: &[plugbay_host::PluginStatus],
+    ended: &[(plugbay_host::PluginStatus, Option<String>)],
     records_in: u64,
     records_out: u64,
 ) -> Summary {
@@ -585,14 +815,15 @@ fn summarize(
         stages: report
             .stages
             .iter()
-            .zip(statuses)
-            .map(|(stage, status)| StageSummary {
+            .zip(ended)
+            .map(|(stage, (status, cleanup_error))| StageSummary {
                 plugin: stage.plugin.clone(),
                 batches: stage.batches,
                 records_out: stage.records_out,
                 busy_seconds: stage.busy.as_secs_f64(),
                 confinement: status.confinement.clone(),
                 state: status.state.clone(),
+                cleanup_error: cleanup_error.clone(),
             })
             .collect(),
     }
@@ -635,7 +866,10 @@ fn print_summary(summary: &Summary, json: bool, output_is_file: bool) -> Result<
             thousands(stage.records_out),
             human_duration(Duration::from_secs_f64(stage.busy_seconds)),
             stage.confinement.to_string(),
-            stage.state.to_string(),
+            match (&stage.state, &stage.cleanup_error) {
+                (State::Failed(_), _) | (_, None) => stage.state.to_string(),
+                (state, Some(_)) => format!("{state}, cleanup failed"),
+            },
         ]);
     }
     table.write(&mut err)?;
@@ -656,10 +890,38 @@ mod tests {
             Target::parse("target/release/libx.so").unwrap(),
             Target::Library("target/release/libx.so".into())
         );
-        assert!(Target::parse("data-processor")
+        assert_eq!(
+            Target::parse("data-processor").unwrap(),
+            Target::Registered("data-processor".into()),
+            "a bare name, for the registry to resolve"
+        );
+        assert!(Target::parse("Data Processor")
             .unwrap_err()
             .to_string()
             .contains("neither a plugin id"));
+    }
+
+    #[test]
+    fn plugin_dirs_are_dir_or_name_equals_dir() {
+        assert_eq!(
+            PluginDirArg::parse("plugins/shouter"),
+            PluginDirArg {
+                plugin: None,
+                dir: "plugins/shouter".into()
+            }
+        );
+        assert_eq!(
+            PluginDirArg::parse("shouter=plugins/shouter"),
+            PluginDirArg {
+                plugin: Some("shouter".into()),
+                dir: "plugins/shouter".into()
+            }
+        );
+        assert_eq!(
+            PluginDirArg::parse("/srv/a=b").plugin,
+            None,
+            "a path with `=` in it"
+        );
     }
 
     #[test]

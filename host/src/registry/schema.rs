@@ -55,7 +55,12 @@ const MIGRATIONS: &[&str] = &[
     // or approved before isolation existed, which means a worker process).
     "ALTER TABLE plugins ADD COLUMN isolation TEXT
         CHECK (isolation IS NULL OR isolation IN ('thread', 'process'));",
-    // 4: the current version of each plugin name (live upgrades): the version that
+    // 4: revisions. A rebuilt library registered for the same id (`update`) is the
+    // entry's next revision, pending review again; `previous` keeps the revision it
+    // replaced (its manifest, library digest and review, as JSON) for the reviewer.
+    "ALTER TABLE plugins ADD COLUMN revision INTEGER NOT NULL DEFAULT 1 CHECK (revision >= 1);
+     ALTER TABLE plugins ADD COLUMN previous TEXT;",
+    // 5: the current version of each plugin name (live upgrades): the version that
     // serves the name. A name whose one enabled version exists gets it.
     "CREATE TABLE current_versions (
         name TEXT PRIMARY KEY,

@@ -67,10 +67,18 @@ impl PluginHandle {
 
     /// Runs `cleanup` and stops the worker, which drops the instance; each has the
     /// call deadline. Returns the final status.
-    pub fn shutdown(mut self) -> Result<PluginStatus, CallError> {
+    pub fn shutdown(self) -> Result<PluginStatus, CallError> {
+        let (status, result) = self.shutdown_with_status();
+        result.map(|()| status)
+    }
+
+    /// [`shutdown`](PluginHandle::shutdown), returning the final status whether or
+    /// not it succeeded: after a cleanup that missed its deadline the state is
+    /// failed, after one that returned an error it is unloaded.
+    pub fn shutdown_with_status(mut self) -> (PluginStatus, Result<(), CallError>) {
         let cleaned = self.cleanup();
         let stopped = self.stop();
-        cleaned.and(stopped).map(|()| self.status.clone())
+        (self.status.clone(), cleaned.and(stopped))
     }
 
     /// Stops the worker without running `cleanup` (a caller that ran it already,

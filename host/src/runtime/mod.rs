@@ -164,7 +164,7 @@ impl Host {
     /// first process-isolated start launches the worker program, and every start
     /// after it finds a launched worker waiting and has the next one launched in the
     /// background. A waiting worker holds no plugin and costs a process of about
-    /// 2 MiB resident until it is used or the host exits; without it each start pays
+    /// 4 MiB resident until it is used or the host exits; without it each start pays
     /// for launching the program (see BENCHMARKS.md).
     pub fn with_spare_worker(mut self, spare: bool) -> Host {
         self.spare_worker = spare;

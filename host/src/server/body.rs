@@ -85,12 +85,27 @@ impl<S: Send + Sync> FromRequestParts<S> for PluginId {
     }
 }
 
-/// Parses a JSON body; an error names the field (`permissions[1]`) where it can.
+/// Parses a JSON object body; an error names the field (`permissions[1]`) where it
+/// can. Every body the API reads is an object: anything else is refused as what it
+/// is (`[1]` is an array, not invalid JSON).
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.trim_ascii().is_empty() {
+    let Some(&first) = bytes.trim_ascii().first() else {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,
             "request body is empty; send a JSON object",
+        ));
+    };
+    if first != b'{' && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        let found = match first {
+            b'[' => "an array",
+            b'"' => "a string",
+            b't' | b'f' => "a boolean",
+            b'n' => "null",
+            _ => "a number",
+        };
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("request body must be a JSON object, not {found}"),
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
@@ -309,5 +324,22 @@ mod tests {
         assert!(syntax.message.contains("not valid JSON"));
         let decision = parse_json::<ReviewBody>(br#"{"decision": "maybe"}"#).unwrap_err();
         assert_eq!(decision.field.as_deref(), Some("decision"));
+        for (body, found) in [
+            (&b"[1]"[..], "an array"),
+            (b" [{\"decision\": \"approve\"}] ", "an array"),
+            (b"\"approve\"", "a string"),
+            (b"null", "null"),
+            (b"1", "a number"),
+        ] {
+            let error = parse_json::<ReviewBody>(body).unwrap_err();
+            assert_eq!(
+                error.message,
+                format!("request body must be a JSON object, not {found}")
+            );
+        }
+        assert!(parse_json::<ReviewBody>(b"[1,")
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
     }
 }

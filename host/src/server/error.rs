@@ -24,6 +24,8 @@ pub(crate) enum ErrorCode {
     Forbidden,
     /// No plugin with this id.
     NotFound,
+    /// A bare name with several registered versions, not exactly one enabled.
+    AmbiguousName,
     /// No route with this path.
     RouteNotFound,
     /// The path exists, not with this method.
@@ -64,6 +66,20 @@ pub(crate) enum ErrorCode {
     CurrentChanged,
     /// Anything else on the server's side.
     Internal,
+    /// The request is not HTTP/1.1 the server can read.
+    BadRequest,
+    /// The request head did not arrive in full in time.
+    HeaderTimeout,
+    /// The request line is too long.
+    UriTooLong,
+    /// The request head is too large, or has too many fields.
+    HeadersTooLarge,
+    /// The server serves as many connections as it allows.
+    TooManyConnections,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Another HTTP version than 1.1 or 1.0.
+    VersionNotSupported,
 }
 
 impl ErrorCode {
@@ -74,6 +90,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
+        ErrorCode::AmbiguousName,
         ErrorCode::RouteNotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::AlreadyRegistered,
@@ -94,6 +111,13 @@ impl ErrorCode {
         ErrorCode::NoCurrentVersion,
         ErrorCode::CurrentChanged,
         ErrorCode::Internal,
+        ErrorCode::BadRequest,
+        ErrorCode::HeaderTimeout,
+        ErrorCode::UriTooLong,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::TooManyConnections,
+        ErrorCode::ShuttingDown,
+        ErrorCode::VersionNotSupported,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -103,6 +127,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::AmbiguousName => "ambiguous_name",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::AlreadyRegistered => "already_registered",
@@ -123,18 +148,35 @@ impl ErrorCode {
             ErrorCode::NoCurrentVersion => "no_current_version",
             ErrorCode::CurrentChanged => "current_changed",
             ErrorCode::Internal => "internal",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::HeaderTimeout => "header_timeout",
+            ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::VersionNotSupported => "http_version_not_supported",
         }
     }
 
     /// The status that goes with the code.
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            ErrorCode::InvalidBody | ErrorCode::InvalidId => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidBody | ErrorCode::InvalidId | ErrorCode::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::AlreadyRegistered
+            | ErrorCode::AmbiguousName
             | ErrorCode::NotApproved
             | ErrorCode::Disabled
             | ErrorCode::LibraryChanged
@@ -273,14 +315,16 @@ impl IntoResponse for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> ApiError {
         match err {
-            RegistryError::InvalidId { id } => ApiError::new(
-                ErrorCode::InvalidId,
-                format!("invalid plugin id `{id}`; ids look like `name@version`, e.g. `data-processor@1.0.0`"),
-            ),
+            err @ RegistryError::InvalidId { .. } => {
+                ApiError::new(ErrorCode::InvalidId, err.to_string())
+            }
             RegistryError::NotFound { id } => ApiError::new(
                 ErrorCode::NotFound,
                 format!("no plugin `{id}` in the registry; GET /plugins lists the registered ids"),
             ),
+            err @ RegistryError::Ambiguous { .. } => {
+                ApiError::new(ErrorCode::AmbiguousName, err.to_string())
+            }
             RegistryError::Conflict { id } => ApiError::new(
                 ErrorCode::AlreadyRegistered,
                 format!("plugin `{id}` is already registered; unregister it first (DELETE /plugins/{id}) or bump its version"),
@@ -309,7 +353,9 @@ impl From<RegistryError> for ApiError {
             err @ RegistryError::CurrentChanged { .. } => {
                 ApiError::new(ErrorCode::CurrentChanged, err.to_string())
             }
-            err @ RegistryError::NotRequested { .. } => ApiError::field("permissions", err.to_string()),
+            err @ (RegistryError::NotRequested { .. } | RegistryError::ProcessDataWithheld { .. }) => {
+                ApiError::field("permissions", err.to_string())
+            }
             RegistryError::NoReason { id } => {
                 ApiError::field("reason", format!("rejecting `{id}` needs a non-empty `reason`"))
             }

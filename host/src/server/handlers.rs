@@ -32,6 +32,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|err| ApiError::internal(format!("a request task failed: {err}")))?
 }
 
+/// The id a path's `{id}` names: an id as it is, or a bare name resolved by the
+/// registry to its one version, or its one enabled version.
+fn resolve(app: &App, id: &str) -> Result<String, ApiError> {
+    Ok(app.registries.with(|registry| registry.resolve(id))?)
+}
+
 /// Who the audit log says did it: the key's name and id (never its secret).
 fn actor(key: &ApiKey) -> String {
     format!("{} (api key {})", key.name, key.id)
@@ -60,6 +66,7 @@ pub(crate) async fn get_plugin(
     PluginId(id): PluginId,
 ) -> Result<Response, ApiError> {
     let plugin = blocking(move || {
+        let id = resolve(&app, &id)?;
         let entry = app.registries.with(|registry| registry.get(&id))?;
         let mut plugin = serde_json::to_value(entry)
             .map_err(|err| ApiError::internal(format!("cannot write plugin {id}: {err}")))?;
@@ -141,12 +148,13 @@ fn registration(host: &Host, body: RegisterBody) -> Result<Registration, ApiErro
                 format!("cannot read `entry_point` {}: {err}", library.display()),
             ))
         }
-        Ok(metadata) if metadata.is_dir() => {
+        Ok(metadata) if !metadata.is_file() => {
             return Err(ApiError::field(
                 "entry_point",
                 format!(
-                    "`entry_point` {} is a folder; give the plugin's library file",
-                    library.display()
+                    "`entry_point` {} is {}, not a library file; give the plugin's library file",
+                    library.display(),
+                    crate::image::kind_of(metadata.file_type())
                 ),
             ))
         }
@@ -258,6 +266,7 @@ pub(crate) async fn enable_plugin(
 ) -> Result<Response, ApiError> {
     let actor = actor(&key);
     let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
         Ok(app
             .registries
             .with(|registry| registry.enable(&id, &actor))?)
@@ -273,6 +282,7 @@ pub(crate) async fn disable_plugin(
 ) -> Result<Response, ApiError> {
     let actor = actor(&key);
     let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
         let entry = app
             .registries
             .with(|registry| registry.disable(&id, &actor))?;
@@ -290,6 +300,7 @@ pub(crate) async fn unregister_plugin(
 ) -> Result<Response, ApiError> {
     let actor = actor(&key);
     let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
         let entry = app
             .registries
             .with(|registry| registry.unregister(&id, &actor))?;
@@ -307,7 +318,22 @@ pub(crate) async fn review_plugin(
     JsonBody(body): JsonBody<ReviewBody>,
 ) -> Result<Response, ApiError> {
     let reviewer = actor(&key);
-    let entry = blocking(move || match body.decision {
+    let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
+        review(&app, &id, &reviewer, body)
+    })
+    .await?;
+    Ok(Json(entry).into_response())
+}
+
+/// Records a review's decision on plugin `id`.
+fn review(
+    app: &App,
+    id: &str,
+    reviewer: &str,
+    body: ReviewBody,
+) -> Result<crate::registry::Entry, ApiError> {
+    match body.decision {
         Decision::Approve => {
             if body.reason.is_some() {
                 return Err(ApiError::field(
@@ -329,12 +355,12 @@ pub(crate) async fn review_plugin(
             };
             let isolation = match body.isolation.as_deref() {
                 None => Isolation::Process,
-                Some(text) => text.parse::<Isolation>().map_err(|err| {
-                    ApiError::field("isolation", format!("`isolation`: {err}"))
-                })?,
+                Some(text) => text
+                    .parse::<Isolation>()
+                    .map_err(|err| ApiError::field("isolation", format!("`isolation`: {err}")))?,
             };
             Ok(app.registries.with(|registry| {
-                registry.approve_with_isolation(&id, &reviewer, grants, isolation)
+                registry.approve_with_isolation(id, reviewer, grants, isolation)
             })?)
         }
         Decision::Reject => {
@@ -353,13 +379,11 @@ pub(crate) async fn review_plugin(
             let reason = body.reason.unwrap_or_default();
             let entry = app
                 .registries
-                .with(|registry| registry.reject(&id, &reviewer, &reason))?;
-            app.instances.stop(&id);
+                .with(|registry| registry.reject(id, reviewer, &reason))?;
+            app.instances.stop(id);
             Ok(entry)
         }
-    })
-    .await?;
-    Ok(Json(entry).into_response())
+    }
 }
 
 /// A plugin's output, handed to the response without a copy.
@@ -377,10 +401,17 @@ pub(crate) async fn process_batch(
     Records(batch): Records,
 ) -> Result<Response, ApiError> {
     let output = blocking(move || {
-        if crate::registry::is_name(&id) {
-            // A bare name: its current version, which an upgrade may switch.
+        if crate::registry::is_name(&id)
+            && app
+                .registries
+                .with(|registry| registry.current(&id))?
+                .is_some()
+        {
+            // A bare name with a current version: it, and whichever version an
+            // upgrade makes current, from the next batch on.
             return app.upgrades.process(&app, &id, &batch);
         }
+        let id = resolve(&app, &id)?;
         app.instances
             .process(&app.registries, &app.host, &id, &batch)
     })

@@ -18,6 +18,15 @@
 //! The server listens on 127.0.0.1 by default and speaks plain HTTP: put a TLS
 //! proxy in front of it before listening on another address.
 //!
+//! # Connections
+//!
+//! hyper serves each connection behind a guard (`connection`) that closes
+//! connections idle for [`ServeOptions::idle_timeout`], answers 408 to a request
+//! head not in full within [`ServeOptions::header_timeout`], answers every head
+//! hyper would refuse with a JSON error (400, 414, 431, 505) instead of hyper's
+//! empty ones, and holds at most [`ServeOptions::max_connections`] connections (the
+//! next gets 503). A shutdown closes at once the connections that answer no request.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -40,6 +49,7 @@
 //! failure and abandoned workers.
 
 mod body;
+mod connection;
 mod error;
 mod handlers;
 mod instances;
@@ -70,6 +80,11 @@ use pool::Registries;
 use routes::{Access, Operation, ROUTES};
 use upgrades::Upgrades;
 
+pub use connection::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS,
+    MAX_REQUEST_LINE,
+};
+
 /// Where the server listens unless told otherwise: `127.0.0.1:7070`.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070));
 
@@ -93,6 +108,17 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// How long a request may take; longer ones get 503 `request_timeout`.
     pub request_timeout: Duration,
+    /// How long a connection may wait for a request's first byte, when it is new
+    /// and between requests ([`DEFAULT_IDLE_TIMEOUT`]); then it is closed.
+    pub idle_timeout: Duration,
+    /// How long a request head may take from its first byte to its end
+    /// ([`DEFAULT_HEADER_TIMEOUT`]); longer gets 408 `header_timeout`.
+    pub header_timeout: Duration,
+    /// How many connections are served at once ([`DEFAULT_MAX_CONNECTIONS`]); the
+    /// next one gets 503 `too_many_connections`. Lowered to half the process's
+    /// descriptor limit if that is lower, so that the server keeps descriptors for
+    /// its registry, libraries and worker processes.
+    pub max_connections: usize,
     /// The program plugins' worker processes run (process isolation); this
     /// executable if unset, whose `main` must call
     /// [`serve_worker_if_asked`](crate::serve_worker_if_asked) (the `plugbay` binary
@@ -111,6 +137,9 @@ impl ServeOptions {
             allow_unconfined: false,
             body_limit: DEFAULT_BODY_LIMIT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             worker_program: None,
             restarts: RestartPolicy::default(),
         }
@@ -124,6 +153,9 @@ pub enum ServerError {
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The home's data store could not be served.
+    #[error(transparent)]
+    DataStore(#[from] crate::StoreError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -161,6 +193,7 @@ pub struct Server {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
     app: Arc<App>,
+    limits: connection::Limits,
 }
 
 impl std::fmt::Debug for Server {
@@ -186,6 +219,7 @@ impl Server {
         // opened in the server; instances run where their review says.
         let mut host = Host::new()
             .with_data_dir(registry.data_dir())
+            .with_store(registry.store()?)
             .with_sandbox(sandbox)
             .with_isolation(crate::Isolation::Process);
         if let Some(program) = &options.worker_program {
@@ -201,9 +235,18 @@ impl Server {
         if !local_addr.ip().is_loopback() {
             tracing::warn!(%local_addr, "listening beyond loopback over plain HTTP: API keys cross the network unencrypted; put a TLS proxy in front");
         }
+        let limits = connection::Limits {
+            idle_timeout: options.idle_timeout,
+            header_timeout: options.header_timeout,
+            max_connections: connection_limit(options.max_connections),
+            // The requests in flight finish within the request timeout; their
+            // answers then have a few seconds to go out.
+            shutdown_grace: options.request_timeout + Duration::from_secs(5),
+        };
         Ok(Server {
             listener,
             local_addr,
+            limits,
             app: Arc::new(App {
                 registries: Registries::new(registry),
                 host,
@@ -231,9 +274,7 @@ impl Server {
         let listener =
             tokio::net::TcpListener::from_std(self.listener).map_err(ServerError::Serve)?;
         tracing::info!(addr = %self.local_addr, home = %self.app.registries.home().display(), "plugbay serve listening");
-        let result = axum::serve(listener, router(self.app.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        connection::serve(listener, router(self.app.clone()), self.limits, shutdown).await;
         let addr = self.local_addr;
         tracing::info!(%addr, "stopped accepting requests; stopping plugin instances");
         let app = self.app.clone();
@@ -241,7 +282,7 @@ impl Server {
             tracing::info_span!("shutdown", %addr).in_scope(|| app.instances.stop_all())
         })
         .await;
-        result.map_err(ServerError::Serve)
+        Ok(())
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts down gracefully as
@@ -336,6 +377,28 @@ impl Drop for RunningServer {
 /// Binds and serves until SIGINT or SIGTERM (what `plugbay serve` does).
 pub fn serve(options: ServeOptions) -> Result<(), ServerError> {
     Server::bind(options)?.run_blocking()
+}
+
+/// `requested`, or half the process's descriptor limit if that is lower (and at
+/// least 1): the rest stay for the registry, libraries and worker processes.
+fn connection_limit(requested: usize) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        if let Some(soft) = soft.and_then(|soft| usize::try_from(soft).ok()) {
+            let allowed = (soft / 2).max(1);
+            if allowed < requested {
+                tracing::warn!(
+                    requested,
+                    allowed,
+                    descriptor_limit = soft,
+                    "connection limit lowered to half the descriptor limit; raise the limit (`ulimit -n`) to serve more connections"
+                );
+                return allowed;
+            }
+        }
+    }
+    requested.max(1)
 }
 
 /// The OpenAPI 3.1 document of the API (what `GET /openapi.json` returns).

@@ -8,11 +8,48 @@ use super::routes::{Access, Operation, ROUTES};
 use crate::manifest::{FIELDS, HOOKS};
 use crate::registry::SCOPES;
 
-/// Semantic versions, as the semver crate (and semver.org) reads them.
-const SEMVER: &str = r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\+([0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*))?";
+/// Semantic versions, as the semver crate reads them: semver.org's, with major, minor
+/// and patch at most 18446744073709551615 (`u64::MAX`), as every version in
+/// Plugbay is.
+fn semver() -> String {
+    let number = at_most(&u64::MAX.to_string());
+    format!(
+        r"{number}\.{number}\.{number}(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\+([0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*))?"
+    )
+}
 
-/// Plugin names.
-const NAME: &str = "[a-z0-9-]+";
+/// A pattern for the decimal numbers from 0 to `max` (digits), without leading
+/// zeros: the shorter numbers, then for each digit of `max` the numbers that share
+/// its digits before and have a smaller one there, then `max` itself.
+fn at_most(max: &str) -> String {
+    let digits = max.as_bytes();
+    let mut choices = vec!["0".to_owned()];
+    if digits.len() > 1 {
+        choices.push(format!("[1-9][0-9]{{0,{}}}", digits.len() - 2));
+    }
+    for (at, &digit) in digits.iter().enumerate() {
+        let low = if at == 0 { b'1' } else { b'0' };
+        if digit > low {
+            let rest = digits.len() - at - 1;
+            let range = if digit - 1 == low {
+                (low as char).to_string()
+            } else {
+                format!("[{}-{}]", low as char, (digit - 1) as char)
+            };
+            let tail = match rest {
+                0 => String::new(),
+                rest => format!("[0-9]{{{rest}}}"),
+            };
+            choices.push(format!("{}{range}{tail}", &max[..at]));
+        }
+    }
+    choices.push(max.to_owned());
+    format!("({})", choices.join("|"))
+}
+
+/// Plugin names, as the manifest's validator reads them: 1 to 64 characters of
+/// `a-z`, `0-9` and `-`, neither first nor last a `-`.
+const NAME: &str = "[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?";
 
 /// Permissions, as the manifest validator reads them.
 const PERMISSION: &str = r"^(process:data|read:data|write:data|fs:(read|write):(/|\$\{plugin_dir\}|\$\{data_dir\})([^$]|\$(?!\{)|\$\{plugin_dir\}|\$\{data_dir\})*|net:(connect|bind):\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])|sys:dns)$";
@@ -152,7 +189,7 @@ pub(crate) fn document() -> Value {
         responses.insert(
             "default".to_owned(),
             json!({
-                "description": "any other failure: 500 `internal`, 503 `request_timeout`",
+                "description": "any other failure: 500 `internal`, 503 `request_timeout`; and what the HTTP layer answers before any route: 400 `bad_request` (not HTTP/1.1 the server can read), 408 `header_timeout`, 414 `uri_too_long`, 431 `headers_too_large`, 503 `too_many_connections` or `shutting_down`, 505 `http_version_not_supported`",
                 "content": json_content(schema("Error")),
             }),
         );
@@ -168,22 +205,22 @@ pub(crate) fn document() -> Value {
             "security": security,
             "responses": responses,
         });
-        if route.operation == Operation::ProcessBatch {
+        if route.operation == Operation::UpgradePlugin {
             operation["parameters"] = json!([{
                 "name": "id",
                 "in": "path",
                 "required": true,
-                "description": "the plugin's id, `name@version`, or its name alone for its current version",
-                "schema": { "type": "string", "pattern": format!("^{NAME}(@{SEMVER})?$") },
-                "example": "data-processor",
+                "description": "the id of the version to make current, `name@version`",
+                "schema": { "type": "string", "pattern": format!("^{NAME}@{}$", semver()) },
+                "example": "data-processor@1.1.0",
             }]);
         } else if route.path.contains("{id}") {
             operation["parameters"] = json!([{
                 "name": "id",
                 "in": "path",
                 "required": true,
-                "description": "the plugin's id, `name@version`",
-                "schema": { "type": "string", "pattern": format!("^{NAME}@{SEMVER}$") },
+                "description": "the plugin's id, `name@version`, or its name alone (its one registered version, else its current version, else its one enabled version)",
+                "schema": { "type": "string", "pattern": format!("^{NAME}(@{})?$", semver()) },
                 "example": "data-processor@1.0.0",
             }]);
         }
@@ -228,7 +265,7 @@ fn schemas() -> Value {
     for field in FIELDS {
         let property = match *field {
             "name" => json!({ "type": "string", "pattern": format!("^{NAME}$") }),
-            "version" => json!({ "type": "string", "pattern": format!("^{SEMVER}$") }),
+            "version" => json!({ "type": "string", "pattern": format!("^{}$", semver()) }),
             "hooks" => json!({ "type": "array", "items": { "type": "string", "enum": HOOKS } }),
             "permissions" => json!({ "type": "array", "items": schema("Permission") }),
             "api_version" => {
@@ -298,7 +335,7 @@ fn schemas() -> Value {
         },
         "Plugin": {
             "type": "object",
-            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at"],
+            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous"],
             "additionalProperties": false,
             "properties": {
                 "id": { "type": "string", "description": "`name@version`" },
@@ -312,6 +349,20 @@ fn schemas() -> Value {
                 "config": { "description": "the config passed to `init` (any JSON), null when unset" },
                 "created_at": { "type": "string", "description": "RFC 3339" },
                 "updated_at": { "type": "string", "description": "RFC 3339" },
+                "revision": { "type": "integer", "minimum": 1, "description": "1 at registration, one more for each rebuilt library registered for the same id (`plugbay register --update`), which is then pending review again" },
+                "previous": {
+                    "type": ["object", "null"],
+                    "description": "the revision this one replaced, for the reviewer to compare (null for the first)",
+                    "required": ["revision", "sha256", "manifest", "review", "replaced_at"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "revision": { "type": "integer", "minimum": 1 },
+                        "sha256": { "type": "string", "description": "its library's SHA-256" },
+                        "manifest": schema("Manifest"),
+                        "review": schema("Review"),
+                        "replaced_at": { "type": "string", "description": "RFC 3339" },
+                    },
+                },
                 "runtime": schema("Runtime"),
             },
         },
@@ -362,7 +413,7 @@ fn schemas() -> Value {
             "additionalProperties": false,
             "properties": {
                 "name": { "type": "string", "pattern": format!("^{NAME}$"), "description": "must be the manifest's" },
-                "version": { "type": "string", "pattern": format!("^{SEMVER}$"), "description": "must be the manifest's" },
+                "version": { "type": "string", "pattern": format!("^{}$", semver()), "description": "must be the manifest's" },
                 "description": { "type": "string", "pattern": "\\S", "description": "replaces the manifest's when given; not blank" },
                 "entry_point": { "type": "string", "description": "the library: an absolute path on the server's machine or a file:// URL (file:///PATH, file://localhost/PATH); remote URLs are refused" },
                 "permissions": { "type": "array", "items": schema("Permission"), "description": "must be exactly what the manifest requests (in any order)" },
@@ -406,6 +457,13 @@ fn schemas() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_up_to_a_limit_are_spelt_out() {
+        assert_eq!(at_most("9"), "(0|[1-8]|9)");
+        assert_eq!(at_most("205"), "(0|[1-9][0-9]{0,1}|1[0-9]{2}|20[0-4]|205)");
+        assert!(semver().starts_with("(0|[1-9][0-9]{0,18}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|"));
+    }
 
     #[test]
     fn every_route_is_documented_once() {

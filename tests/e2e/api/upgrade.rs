@@ -197,7 +197,7 @@ fn an_upgrade_over_rest_to_a_version_whose_init_fails_leaves_the_old_one_serving
         Some(&api.keys.execute),
         Some(json!([{}])),
     )
-    .assert_error(409, "no_current_version");
+    .assert_error(404, "not_found");
 }
 
 #[test]
