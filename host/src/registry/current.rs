@@ -78,6 +78,18 @@ impl Registry {
             .optional()?)
     }
 
+    /// The id of the current version of `name` if it has one and that version is
+    /// enabled: the version a bare name stands for ([`Registry::resolve`]).
+    pub fn enabled_current(&self, name: &str) -> Result<Option<String>, RegistryError> {
+        let Some(current) = self.current(name)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .find(&current.id)?
+            .filter(|entry| entry.enabled)
+            .map(|entry| entry.id))
+    }
+
     /// The id of the current version of `name`; an error that lists the registered
     /// versions when it has none.
     pub fn current_id(&self, name: &str) -> Result<String, RegistryError> {

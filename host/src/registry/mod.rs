@@ -1018,8 +1018,8 @@ impl Registry {
 
     /// The id a plugin is named by: an id (`name@version`) as it is, or a bare name
     /// (`data-processor`) resolved to its one registered version, else to its current
-    /// version ([`current`](Registry::current): the one live upgrades switch), else to
-    /// its one enabled version. A name with several versions, none current and not
+    /// version if that is enabled ([`current`](Registry::current): the one live
+    /// upgrades switch), else to its one enabled version. A name with several versions, none current and not
     /// exactly one enabled is [`RegistryError::Ambiguous`], listing them; an unknown
     /// name is [`RegistryError::NotFound`].
     pub fn resolve(&self, name_or_id: &str) -> Result<String, RegistryError> {
@@ -1054,8 +1054,8 @@ impl Registry {
         };
         versions.sort_by(|a, b| a.2.cmp(&b.2));
         if versions.len() > 1 {
-            if let Some(current) = self.current(name_or_id)? {
-                return Ok(current.id);
+            if let Some(current) = self.enabled_current(name_or_id)? {
+                return Ok(current);
             }
         }
         let enabled: Vec<&String> = versions

@@ -404,11 +404,11 @@ pub(crate) async fn process_batch(
         if crate::registry::is_name(&id)
             && app
                 .registries
-                .with(|registry| registry.current(&id))?
+                .with(|registry| registry.enabled_current(&id))?
                 .is_some()
         {
-            // A bare name with a current version: it, and whichever version an
-            // upgrade makes current, from the next batch on.
+            // A bare name with an enabled current version: it, and whichever version
+            // an upgrade makes current, from the next batch on.
             return app.upgrades.process(&app, &id, &batch);
         }
         let id = resolve(&app, &id)?;
