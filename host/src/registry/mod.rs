@@ -20,6 +20,8 @@
 //! library to review it), and swapping that file, even while plugins start, never
 //! gets unreviewed code loaded.
 
+#[cfg(feature = "market")]
+mod attested;
 mod keys;
 mod schema;
 
@@ -33,6 +35,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+#[cfg(feature = "market")]
+pub use attested::{AttestError, StoredAttestation};
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
 
 use crate::image::hex;

@@ -55,6 +55,19 @@ const MIGRATIONS: &[&str] = &[
     // or approved before isolation existed, which means a worker process).
     "ALTER TABLE plugins ADD COLUMN isolation TEXT
         CHECK (isolation IS NULL OR isolation IN ('thread', 'process'));",
+    // 4: signed reviews. One row per plugin: the attestation of its current approval
+    // (`review_at` is the `reviewed_at` of the approval it belongs to; a row of an
+    // earlier approval is stale and ignored), signed here or installed from `origin`.
+    "CREATE TABLE attestations (
+        plugin_id TEXT PRIMARY KEY,
+        review_at TEXT NOT NULL,
+        statement BLOB NOT NULL,
+        signature TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        origin TEXT,
+        created_at TEXT NOT NULL
+    );",
 ];
 
 /// The newest schema version this build knows.
