@@ -31,10 +31,11 @@ pub enum Outcome {
     },
 }
 
-/// An installed plugin.
+/// An installed plugin: its registry entry, and where it came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Installed {
     /// The registry entry.
+    #[serde(flatten)]
     pub entry: Entry,
     /// Where it came from.
     pub reference: String,
