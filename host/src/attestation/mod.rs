@@ -185,11 +185,18 @@ impl SigningKey {
     /// Reads an unencrypted Ed25519 OpenSSH private key (`ssh-keygen -t ed25519 -N ''`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<SigningKey, AttestationError> {
         let path = path.as_ref().to_owned();
-        let key = PrivateKey::read_openssh_file(&path).map_err(|source| {
-            AttestationError::KeyUnreadable {
+        let key = PrivateKey::read_openssh_file(&path).map_err(|source| match source {
+            // This build reads Ed25519 keys only: any other algorithm is unknown to it.
+            ssh_key::Error::AlgorithmUnknown | ssh_key::Error::AlgorithmUnsupported { .. } => {
+                AttestationError::KeyAlgorithm {
+                    path: path.clone(),
+                    algorithm: "non-Ed25519".to_owned(),
+                }
+            }
+            source => AttestationError::KeyUnreadable {
                 path: path.clone(),
                 source,
-            }
+            },
         })?;
         if key.is_encrypted() {
             return Err(AttestationError::KeyEncrypted { path });
