@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------
 
 /// A distribution registry serving on a loopback port from a temporary folder.
-struct Distribution {
+pub(crate) struct Distribution {
     child: Child,
     addr: String,
     storage: PathBuf,
@@ -35,7 +35,7 @@ struct Distribution {
 
 impl Distribution {
     /// Starts one, or says why the test skips.
-    fn start() -> Option<Distribution> {
+    pub(crate) fn start() -> Option<Distribution> {
         let Some(program) = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]
             .into_iter()
             .map(PathBuf::from)
@@ -93,7 +93,7 @@ impl Distribution {
     }
 
     /// `oci://ADDR/PATH`.
-    fn oci(&self, path: &str) -> String {
+    pub(crate) fn oci(&self, path: &str) -> String {
         format!("oci://{}/{path}", self.addr)
     }
 
@@ -102,7 +102,7 @@ impl Distribution {
     }
 
     /// The file that holds a blob in the registry's storage.
-    fn blob_file(&self, digest: &str) -> PathBuf {
+    pub(crate) fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
         self.storage
             .join("docker/registry/v2/blobs/sha256")
@@ -210,7 +210,7 @@ impl Attacker<'_> {
     }
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
         .iter()
@@ -327,7 +327,7 @@ impl Home {
 }
 
 /// A reviewer's Ed25519 key pair, made by `ssh-keygen`; returns (private, public).
-fn reviewer_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn reviewer_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(name);
     let status = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C"])
