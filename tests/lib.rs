@@ -26,6 +26,7 @@ pub const FIXTURES: &[&str] = &[
     "fixture-crasher",
     "fixture-raw-value",
     "fixture-popular",
+    "fixture-noop-next",
 ];
 
 /// The workspace's root directory.
@@ -107,6 +108,18 @@ pub fn plugbay_bin() -> &'static Path {
         run(command, "the plugbay binary");
         dir.join(format!("plugbay{}", std::env::consts::EXE_SUFFIX))
     })
+}
+
+/// A cargo command for a crate in `dir` (outside the workspace, too) that builds
+/// with the running tests' profile into their target folder, so that it reuses what
+/// they built: `cargo SUBCOMMAND --target-dir … [--release]`.
+pub fn cargo_in(dir: &Path, subcommand: &str) -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(dir)
+        .arg(subcommand)
+        .args(profile_args(&profile_dir()));
+    command
 }
 
 /// The library of a plugin package (`data-processor` → `…/libdata_processor.so`).

@@ -191,9 +191,7 @@ impl Image {
 fn not_readable(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
     move |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            LoadError::NotFound {
-                path: path.to_owned(),
-            }
+            LoadError::missing(path)
         } else {
             LoadError::Unreadable {
                 path: path.to_owned(),

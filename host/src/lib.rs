@@ -56,6 +56,8 @@ mod allocator;
 #[cfg(feature = "market")]
 pub mod attestation;
 mod batch;
+mod call;
+mod error;
 mod grants;
 mod hints;
 mod image;
@@ -74,6 +76,7 @@ pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
 mod services;
+mod stream;
 mod threads;
 
 pub use allocator::tune_allocator;
@@ -92,4 +95,4 @@ pub use runtime::{
     PluginSpec, PluginStatus, StartError, State, DEFAULT_TIMEOUT,
 };
 pub use sandbox::{Confinement, ConfinementLevel, Policy, SandboxError, SandboxMode};
-pub use services::{DataStore, MemoryStore};
+pub use services::{DataStore, MemoryStore, StoreError};

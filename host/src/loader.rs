@@ -32,6 +32,15 @@ pub enum LoadError {
         /// The path.
         path: PathBuf,
     },
+    /// There is no library at the path, but a Rust library (`.rlib`) of the same
+    /// crate beside it: the crate was built without `crate-type = ["cdylib"]`.
+    #[error("plugin library {path} does not exist, but {rlib} does: the crate is built as a Rust library (`rlib`), not a dynamic library; add `crate-type = [\"cdylib\"]` under `[lib]` in its Cargo.toml and build it again")]
+    BuiltAsRlib {
+        /// The path.
+        path: PathBuf,
+        /// The Rust library found beside it.
+        rlib: PathBuf,
+    },
     /// The file could not be read.
     #[error("cannot read plugin library {path}: {source}")]
     Unreadable {
@@ -91,13 +100,19 @@ pub enum LoadError {
         /// The host's ABI version.
         host: &'static str,
     },
-    /// The types the library was compiled with do not have the host's layout.
-    #[error("{path} has a different ABI layout than this host: {summary}; rebuild it against plugbay-api {API_VERSION}")]
+    /// The types the library was compiled with do not have the host's layout, although
+    /// its plugbay-api version is one this host accepts: the plugin ABI changed without
+    /// a change of [`ABI_VERSION`] (or of the crate's version).
+    #[error("{path} does not have this host's plugin ABI layout: {summary}. {}", layout_advice(plugin_api.as_deref()))]
     LayoutMismatch {
         /// The path.
         path: PathBuf,
-        /// The decisive part of abi_stable's report (the full report is logged at debug level).
+        /// The decisive part of abi_stable's report, naming the type and field (the
+        /// full report is logged at debug level).
         summary: String,
+        /// The plugbay-api version the library's ABI types come from, when the report
+        /// names it.
+        plugin_api: Option<String>,
     },
     /// The plugbay-api version the plugin was built against is not compatible.
     #[error("{path} was built against plugbay-api {plugin}, which this host (plugbay-api {host}) cannot load; rebuild it against plugbay-api {host}")]
@@ -145,6 +160,49 @@ pub enum LoadError {
         /// What the given manifest says.
         given: String,
     },
+}
+
+impl LoadError {
+    /// The error for a library file that does not exist at `path`:
+    /// [`LoadError::BuiltAsRlib`] when the crate's Rust library is there instead, else
+    /// [`LoadError::NotFound`].
+    pub fn missing(path: &Path) -> LoadError {
+        let rlib = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| {
+                let stem = name
+                    .strip_prefix(std::env::consts::DLL_PREFIX)
+                    .unwrap_or(name)
+                    .strip_suffix(std::env::consts::DLL_SUFFIX)?;
+                let rlib = path.with_file_name(format!("lib{stem}.rlib"));
+                rlib.is_file().then_some(rlib)
+            });
+        match rlib {
+            Some(rlib) => LoadError::BuiltAsRlib {
+                path: path.to_owned(),
+                rlib,
+            },
+            None => LoadError::NotFound {
+                path: path.to_owned(),
+            },
+        }
+    }
+}
+
+/// What to do about a layout mismatch between a plugin built against plugbay-api
+/// `plugin_api` and this host.
+fn layout_advice(plugin_api: Option<&str>) -> String {
+    let fix = format!("rebuild the plugin against the plugbay-api this host was built with ({API_VERSION}, the same release or source), and give a changed ABI type a new `ABI_VERSION`");
+    match plugin_api {
+        Some(plugin) if plugin == API_VERSION => format!(
+            "The plugin and this host were both built against plugbay-api {plugin}, so that version's plugin ABI was changed without a version bump: {fix}"
+        ),
+        Some(plugin) => format!(
+            "The plugin was built against plugbay-api {plugin} and this host against {API_VERSION}, versions that must share one plugin ABI, so the ABI was changed without a version bump: {fix}"
+        ),
+        None => format!("The plugin ABI was changed without a version bump: {fix}"),
+    }
 }
 
 /// A library that passed every check.
@@ -386,6 +444,7 @@ fn library_error(path: &Path, err: LibraryError) -> LoadError {
             LoadError::LayoutMismatch {
                 path: path.to_owned(),
                 summary: mismatch.to_string(),
+                plugin_api: mismatch.plugin_api.clone(),
             }
         }
         LibraryError::IncompatibleVersionNumber { actual_version, .. } => LoadError::AbiVersion {
@@ -414,10 +473,16 @@ fn first_line(text: &str) -> String {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct LayoutReport {
     kind: String,
+    /// What this host has there.
     expected: String,
+    /// What the plugin has there.
     found: String,
     /// `Type.field.field` leading to the mismatch.
     location: String,
+    /// The type whose layouts differ, when no field path leads to it.
+    type_name: String,
+    /// The plugbay-api version of the plugin's outermost mismatched type.
+    plugin_api: Option<String>,
 }
 
 impl LayoutReport {
@@ -443,10 +508,17 @@ impl LayoutReport {
             .rposition(|line| line.ends_with("error(s)inside:"))
             .unwrap_or(error_at);
         let mut location: Vec<&str> = Vec::new();
+        let mut plugin_api = None;
         let mut lines_in_block = lines[block_start..error_at].iter();
         while let Some(line) = lines_in_block.next() {
             if line.starts_with("Layout of expected type") {
                 break;
+            }
+            if plugin_api.is_none() {
+                plugin_api = line
+                    .strip_prefix("package:'plugbay-api' version:'")
+                    .and_then(|rest| rest.split_once('\''))
+                    .map(|(version, _)| version.to_owned());
             }
             if let Some(field) = line.strip_prefix("field_name:") {
                 if location.is_empty() {
@@ -459,6 +531,13 @@ impl LayoutReport {
                 }
             }
         }
+        // The mismatched type itself: the first `type:` after "Layout of expected type".
+        let type_name = lines[block_start..error_at]
+            .iter()
+            .skip_while(|line| !line.starts_with("Layout of expected type"))
+            .find_map(|line| line.strip_prefix("type:"))
+            .unwrap_or_default()
+            .to_owned();
         LayoutReport {
             kind: lines[error_at]
                 .trim_start_matches("Error:")
@@ -467,20 +546,36 @@ impl LayoutReport {
             expected: value_after("Expected:"),
             found: value_after("Found:"),
             location: location.join("."),
+            type_name,
+            plugin_api,
         }
     }
 }
 
+/// `` `PluginMod.panic_unwind` is `u32` in the plugin but `bool` in this host
+/// (mismatched type) ``.
 impl std::fmt::Display for LayoutReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.kind)?;
-        if !self.location.is_empty() {
-            write!(f, " at `{}`", self.location)?;
+        let place = if !self.location.is_empty() {
+            &self.location
+        } else {
+            &self.type_name
+        };
+        if place.is_empty() {
+            f.write_str("a type")?;
+        } else {
+            write!(f, "`{place}`")?;
         }
         if !self.expected.is_empty() || !self.found.is_empty() {
-            write!(f, ": expected `{}`, found `{}`", self.expected, self.found)?;
+            write!(
+                f,
+                " is `{}` in the plugin but `{}` in this host",
+                self.found, self.expected
+            )?;
+        } else {
+            f.write_str(" differs")?;
         }
-        Ok(())
+        write!(f, " ({})", self.kind)
     }
 }
 
@@ -516,11 +611,42 @@ mod tests {
 
     #[test]
     fn layout_reports_shrink_to_the_decisive_lines() {
-        let report = "Compared <this>:\n  --- Type Layout ---\n0 error(s).\n\n1 error(s)inside:\n    <other>\n\n    field_name:0\n    type:PluginMod\n    size:48 align:8\n\n    field_name:panic_unwind\n    type:bool\n\nLayout of expected type:\n    type:bool\n\nError:mismatched type\nExpected:\n    bool\nFound:\n    u32\n";
+        let report = "Compared <this>:\n  --- Type Layout ---\n0 error(s).\n\n1 error(s)inside:\n    <other>\n\n    field_name:0\n    type:PluginMod\n    size:48 align:8\n    package:'plugbay-api' version:'0.1.0'\n\n    field_name:panic_unwind\n    type:bool\n\nLayout of expected type:\n    --- Type Layout ---\n    type:bool\n    package:'std' version:'1.0.0'\n\nError:mismatched type\nExpected:\n    bool\nFound:\n    u32\n";
         let summary = LayoutReport::parse(report);
+        assert_eq!(summary.plugin_api.as_deref(), Some("0.1.0"));
         assert_eq!(
             summary.to_string(),
-            "mismatched type at `PluginMod.panic_unwind`: expected `bool`, found `u32`"
+            "`PluginMod.panic_unwind` is `u32` in the plugin but `bool` in this host (mismatched type)"
+        );
+        let err = LoadError::LayoutMismatch {
+            path: PathBuf::from("/p/libx.so"),
+            summary: summary.to_string(),
+            plugin_api: Some(API_VERSION.to_owned()),
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("were both built against plugbay-api {API_VERSION}, so that version's plugin ABI was changed without a version bump")),
+            "{text}"
+        );
+        assert!(!text.contains("rebuild it against plugbay-api"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_library_beside_an_rlib_says_how_the_crate_was_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = dir
+            .path()
+            .join(plugbay_api::manifest::library_file_name("shouter"));
+        assert!(matches!(
+            LoadError::missing(&library),
+            LoadError::NotFound { .. }
+        ));
+        std::fs::write(dir.path().join("libshouter.rlib"), "").unwrap();
+        let err = LoadError::missing(&library);
+        assert!(matches!(err, LoadError::BuiltAsRlib { .. }), "{err}");
+        assert!(
+            err.to_string().contains("libshouter.rlib does: the crate is built as a Rust library (`rlib`), not a dynamic library; add `crate-type = [\"cdylib\"]`"),
+            "{err}"
         );
     }
 

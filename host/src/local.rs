@@ -34,13 +34,11 @@ use plugbay_api::abi::{ErrorKind, PluginBox, PluginError};
 use plugbay_api::manifest::Hook;
 
 use crate::batch::Batch;
+use crate::call::{load_and_init, process_here, Outcome};
 use crate::grants;
 use crate::hints;
 use crate::isolation::Isolation;
-use crate::runtime::{
-    load_and_init, process_here, CallError, Host, Outcome, PluginSpec, PluginStatus, Prepared,
-    StartError, State,
-};
+use crate::runtime::{CallError, Host, PluginSpec, PluginStatus, Prepared, StartError, State};
 use crate::sandbox::{self, Rules};
 use crate::services::Revoker;
 

@@ -4,7 +4,8 @@
 //! and is logged with the plugin's id.
 //!
 //! Services run on the plugin's worker thread, which landlock confines: a
-//! [`DataStore`] must not open files or sockets per call (open them up front).
+//! [`DataStore`] must not open files or sockets per call (open them up front, or
+//! serve the calls from a thread of its own).
 //!
 //! # Services end with the instance
 //!
@@ -45,14 +46,35 @@ use plugbay_api::manifest::Permission;
 /// The data store plugins with `read:data` / `write:data` reach.
 ///
 /// Keys are shared by all plugins of a host; a plugin namespaces its own keys
-/// (`dedup/stats`).
+/// (`dedup/stats`). A call that fails returns a [`StoreError`], which the plugin
+/// receives as the error of its `store_get`, `store_put` or `store_delete`.
+///
+/// The calls run on the calling plugin's worker thread, which is confined: a store
+/// that needs files or sockets opens them up front, or serves the calls from a
+/// thread of its own (as the registry's `SqliteStore` does).
 pub trait DataStore: Send + Sync {
     /// The value under `key`.
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Stores `value` under `key`.
-    fn put(&self, key: &str, value: &[u8]);
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key`; says whether it was there.
-    fn delete(&self, key: &str) -> bool;
+    fn delete(&self, key: &str) -> Result<bool, StoreError>;
+}
+
+/// Why a data store call failed: what failed, naming the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    message: String,
+}
+
+impl StoreError {
+    /// An error that says `message` (lowercase, naming what failed and where).
+    pub fn new(message: impl Into<String>) -> StoreError {
+        StoreError {
+            message: message.into(),
+        }
+    }
 }
 
 /// A [`DataStore`] in memory.
@@ -71,16 +93,17 @@ impl MemoryStore {
 }
 
 impl DataStore for MemoryStore {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.entries().get(key).cloned()
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.entries().get(key).cloned())
     }
 
-    fn put(&self, key: &str, value: &[u8]) {
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.entries().insert(key.to_owned(), value.to_vec());
+        Ok(())
     }
 
-    fn delete(&self, key: &str) -> bool {
-        self.entries().remove(key).is_some()
+    fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.entries().remove(key).is_some())
     }
 }
 
@@ -136,6 +159,11 @@ impl Services {
                 self.plugin_id
             ),
         )
+    }
+
+    fn failed(&self, call: &str, err: StoreError) -> PluginError {
+        tracing::warn!(plugin = %self.plugin_id, call, error = %err, "data store call failed");
+        PluginError::new(ErrorKind::FAILED, format!("{call} failed: {err}"))
     }
 
     fn stopped(&self, call: &str) -> PluginError {
@@ -224,7 +252,10 @@ impl HostServices for Services {
         if !self.read {
             return RErr(self.denied("store_get", "read:data"));
         }
-        ROk(store.get(key.as_str()).map(RVec::from).into())
+        match store.get(key.as_str()) {
+            Ok(value) => ROk(value.map(RVec::from).into()),
+            Err(err) => RErr(self.failed("store_get", err)),
+        }
     }
 
     fn store_put(&self, key: RStr<'_>, value: RSlice<'_, u8>) -> RResult<(), PluginError> {
@@ -235,8 +266,10 @@ impl HostServices for Services {
         if !self.write {
             return RErr(self.denied("store_put", "write:data"));
         }
-        store.put(key.as_str(), value.as_slice());
-        ROk(())
+        match store.put(key.as_str(), value.as_slice()) {
+            Ok(()) => ROk(()),
+            Err(err) => RErr(self.failed("store_put", err)),
+        }
     }
 
     fn store_delete(&self, key: RStr<'_>) -> RResult<bool, PluginError> {
@@ -247,7 +280,10 @@ impl HostServices for Services {
         if !self.write {
             return RErr(self.denied("store_delete", "write:data"));
         }
-        ROk(store.delete(key.as_str()))
+        match store.delete(key.as_str()) {
+            Ok(deleted) => ROk(deleted),
+            Err(err) => RErr(self.failed("store_delete", err)),
+        }
     }
 }
 
@@ -285,7 +321,7 @@ mod tests {
             RStr::from_str(""),
             RStr::from_str("dropped"),
         );
-        assert_eq!(store.get("k"), Some(b"v".to_vec()));
+        assert_eq!(store.get("k"), Ok(Some(b"v".to_vec())));
         revoker.revoke();
     }
 

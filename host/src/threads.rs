@@ -22,10 +22,12 @@
 //! and the status says `None`.
 
 use std::sync::{Mutex, PoisonError};
+#[cfg(target_os = "linux")]
 use std::time::{Duration, Instant};
 
 /// How long a worker waits for threads that are ending (a thread pool dropped in
 /// `cleanup` or `Drop` tells its threads to end, without joining them).
+#[cfg(target_os = "linux")]
 const ENDING_WAIT: Duration = Duration::from_millis(50);
 
 /// A worker thread's means of finding its plugin's threads.

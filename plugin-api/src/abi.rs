@@ -165,9 +165,26 @@ pub type HostServicesBox = HostServices_TO<'static, RArc<()>>;
 
 /// What kind of failure a [`PluginError`] is. A number rather than an enum, so that
 /// new kinds do not break the ABI; unknown kinds read as [`ErrorKind::FAILED`].
+///
+/// Its `Debug` names the kind (`ErrorKind::INVALID_INPUT`), not the number.
 #[repr(transparent)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ErrorKind(pub u32);
+
+impl std::fmt::Debug for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match *self {
+            ErrorKind::FAILED => "FAILED",
+            ErrorKind::PANICKED => "PANICKED",
+            ErrorKind::INVALID_INPUT => "INVALID_INPUT",
+            ErrorKind::INVALID_OUTPUT => "INVALID_OUTPUT",
+            ErrorKind::DENIED => "DENIED",
+            ErrorKind::INVALID_CONFIG => "INVALID_CONFIG",
+            ErrorKind(other) => return write!(f, "ErrorKind({other}, unknown: read as FAILED)"),
+        };
+        write!(f, "ErrorKind::{name}")
+    }
+}
 
 impl ErrorKind {
     /// The plugin reported a failure.
@@ -216,9 +233,17 @@ impl PluginError {
     }
 }
 
+/// The message, after the kind's name when that adds something: a plain failure is
+/// its message alone, and a message that starts with its kind's name
+/// (`invalid config: …`) is not prefixed with it again.
 impl std::fmt::Display for PluginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind.name(), self.message)
+        let name = self.kind.name();
+        if name == "failed" || self.message.starts_with(name) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{name}: {}", self.message)
+        }
     }
 }
 
@@ -226,6 +251,34 @@ impl std::error::Error for PluginError {}
 
 #[cfg(test)]
 mod tests {
+    use super::{ErrorKind, PluginError};
+
+    #[test]
+    fn errors_read_without_numbers_or_repeated_prefixes() {
+        let config = PluginError::new(
+            ErrorKind::INVALID_CONFIG,
+            "invalid config: expected a string",
+        );
+        assert_eq!(config.to_string(), "invalid config: expected a string");
+        let input = PluginError::new(ErrorKind::INVALID_INPUT, "batch is not a JSON array");
+        assert_eq!(
+            input.to_string(),
+            "invalid input: batch is not a JSON array"
+        );
+        let failed = PluginError::new(ErrorKind::FAILED, "cannot read lookup.json");
+        assert_eq!(failed.to_string(), "cannot read lookup.json");
+        let unknown = PluginError::new(ErrorKind(99), "from a newer plugin");
+        assert_eq!(unknown.to_string(), "from a newer plugin");
+        assert_eq!(
+            format!("{input:?}"),
+            "PluginError { kind: ErrorKind::INVALID_INPUT, message: \"batch is not a JSON array\" }"
+        );
+        assert_eq!(
+            format!("{:?}", ErrorKind(99)),
+            "ErrorKind(99, unknown: read as FAILED)"
+        );
+    }
+
     #[test]
     fn the_export_name_is_abi_stables() {
         assert_eq!(

@@ -5,6 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -37,8 +38,12 @@ pub trait Plugin: Default + Send + 'static {
     type Output: Serialize;
 
     /// Called once before any batch, with the plugin's id, config and host services.
+    ///
+    /// List `init` in plugin.json's `hooks` when you implement it (the host calls it
+    /// either way; an implementation the manifest does not list is logged as a
+    /// warning, so that the manifest says what the plugin does).
     fn init(&mut self, ctx: &Context) -> Result<(), Error> {
-        let _ = ctx;
+        ctx.default_hook_ran(DEFAULT_INIT);
         Ok(())
     }
 
@@ -50,8 +55,11 @@ pub trait Plugin: Default + Send + 'static {
     ) -> Result<Vec<Self::Output>, Error>;
 
     /// Called once at the end; a good place to report what the instance saw.
+    ///
+    /// List `cleanup` in plugin.json's `hooks` when you implement it (as for
+    /// [`init`](Plugin::init)).
     fn cleanup(&mut self, ctx: &Context) -> Result<(), Error> {
-        let _ = ctx;
+        ctx.default_hook_ran(DEFAULT_CLEANUP);
         Ok(())
     }
 }
@@ -134,7 +142,15 @@ pub struct Context {
     services: HostServicesBox,
     /// The most verbose level the host records; `None`: nothing.
     log_level: Option<Level>,
+    /// Which of `Plugin`'s default hooks ran through this context ([`DEFAULT_INIT`],
+    /// [`DEFAULT_CLEANUP`]): how the SDK tells a hook the plugin implements.
+    default_hooks: AtomicU8,
 }
+
+/// `Plugin::init`'s default ran.
+const DEFAULT_INIT: u8 = 1;
+/// `Plugin::cleanup`'s default ran.
+const DEFAULT_CLEANUP: u8 = 2;
 
 impl Clone for Context {
     fn clone(&self) -> Self {
@@ -146,11 +162,31 @@ impl Clone for Context {
             // Another reference to the host's services object (its count goes up).
             services: HostServicesBox::from_sabi(self.services.obj.shallow_clone()),
             log_level: self.log_level,
+            default_hooks: AtomicU8::new(0),
         }
     }
 }
 
 impl Context {
+    fn default_hook_ran(&self, hook: u8) {
+        self.default_hooks.fetch_or(hook, Ordering::Relaxed);
+    }
+
+    /// Whether the plugin implements the hook whose default is `hook`: its default
+    /// did not run when the hook was called.
+    fn implements(&self, hook: u8) -> bool {
+        self.default_hooks.load(Ordering::Relaxed) & hook == 0
+    }
+
+    /// Warns when the plugin implements a hook its manifest does not list.
+    fn warn_if_undeclared(&self, hook: u8, name: &str, declared: bool) {
+        if !declared && self.implements(hook) {
+            self.warn(format_args!(
+                "the plugin implements `Plugin::{name}`, but its plugin.json does not list `{name}` in `hooks`; add it, so that the manifest says what the plugin does"
+            ));
+        }
+    }
+
     /// The plugin's id, `name@version`.
     pub fn plugin_id(&self) -> &str {
         &self.plugin_id
@@ -173,7 +209,7 @@ impl Context {
         &self.config
     }
 
-    /// The config as a typed value.
+    /// The config as a typed value. An error's message starts with `invalid config:`.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, Error> {
         T::deserialize(&self.config).map_err(|err| Error {
             kind: ErrorKind::INVALID_CONFIG,
@@ -267,6 +303,10 @@ impl Context {
 pub trait Export: 'static {
     /// The validated manifest, as compact JSON.
     const MANIFEST: &'static str;
+    /// Whether the manifest lists the `init` hook.
+    const DECLARES_INIT: bool;
+    /// Whether the manifest lists the `cleanup` hook.
+    const DECLARES_CLEANUP: bool;
 }
 
 /// The exported header of a plugin library of type `P`.
@@ -387,7 +427,7 @@ fn initialized<'a>(context: &'a Option<Context>, hook: &str) -> Result<&'a Conte
     })
 }
 
-impl<P: Plugin> PluginInstance for Adapter<P> {
+impl<P: Plugin + Export> PluginInstance for Adapter<P> {
     fn init(&mut self, context: PluginContext) -> RResult<(), PluginError> {
         let _running = logging::running(self.instance);
         guard("init", || {
@@ -414,10 +454,11 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
                 data_dir: PathBuf::from(context.data_dir.as_str()),
                 services: context.services,
                 log_level,
+                default_hooks: AtomicU8::new(0),
             });
-            live(&mut self.plugin)?
-                .init(context)
-                .map_err(Error::into_abi)
+            let result = live(&mut self.plugin)?.init(context);
+            context.warn_if_undeclared(DEFAULT_INIT, "init", P::DECLARES_INIT);
+            result.map_err(Error::into_abi)
         })
     }
 
@@ -458,9 +499,9 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
         let _running = logging::running(self.instance);
         let result = guard("cleanup", || {
             let context = initialized(&self.context, "cleanup")?;
-            live(&mut self.plugin)?
-                .cleanup(context)
-                .map_err(Error::into_abi)
+            let result = live(&mut self.plugin)?.cleanup(context);
+            context.warn_if_undeclared(DEFAULT_CLEANUP, "cleanup", P::DECLARES_CLEANUP);
+            result.map_err(Error::into_abi)
         });
         // The host ends this instance's services when cleanup returns.
         logging::detach(self.instance);

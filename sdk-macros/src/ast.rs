@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use plugbay_manifest::Manifest;
+use plugbay_manifest::{Hook, Manifest};
 use proc_macro2::{Span, TokenStream};
 use syn::spanned::Spanned;
 use syn::{Ident, Item, LitStr, Token};
@@ -95,12 +95,99 @@ impl Input {
                 ),
             )
         })?;
+        if !manifest.has_hook(Hook::Process) {
+            return Err(syn::Error::new(
+                span,
+                format!(
+                    "invalid plugin manifest {}: `hooks` does not list `process`, but every plugin implements `Plugin::process`, and a host sends batches only to plugins that list it; add \"process\" to `hooks`",
+                    file_name(&manifest_path)
+                ),
+            ));
+        }
+        check_crate_type()?;
         Ok(Input {
             ident,
             manifest,
             manifest_path,
         })
     }
+}
+
+/// Refuses a plugin crate whose library is not built as a dynamic library (a
+/// `cdylib`): cargo's default, an `rlib`, is nothing a host can load, and without
+/// this check the mistake shows only later, as a missing `lib….so`.
+///
+/// Read from the crate's `Cargo.toml`, and only for its library target: binaries
+/// (trybuild's test crates), tests and examples that use the attribute are not
+/// plugin libraries, and plugbay-api's own doctests are examples.
+fn check_crate_type() -> syn::Result<()> {
+    if std::env::var_os("CARGO_BIN_NAME").is_some() {
+        return Ok(());
+    }
+    let (Some(dir), Ok(crate_name)) = (
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+        std::env::var("CARGO_CRATE_NAME"),
+    ) else {
+        return Ok(());
+    };
+    let cargo_toml = Path::new(&dir).join("Cargo.toml");
+    let Ok(text) = std::fs::read_to_string(&cargo_toml) else {
+        return Ok(());
+    };
+    let Ok(document) = text.parse::<toml_edit::DocumentMut>() else {
+        return Ok(());
+    };
+    let Some(package) = document
+        .get("package")
+        .and_then(|package| package.get("name"))
+        .and_then(|name| name.as_str())
+    else {
+        return Ok(());
+    };
+    if package == "plugbay-api" {
+        return Ok(());
+    }
+    let lib = document.get("lib");
+    let lib_name = lib
+        .and_then(|lib| lib.get("name"))
+        .and_then(|name| name.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| package.replace('-', "_"));
+    if lib_name != crate_name {
+        return Ok(());
+    }
+    let types: Vec<String> = lib
+        .and_then(|lib| lib.get("crate-type").or_else(|| lib.get("crate_type")))
+        .and_then(|types| types.as_array())
+        .map(|types| {
+            types
+                .iter()
+                .filter_map(|value| value.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if types.iter().any(|kind| kind == "cdylib") {
+        return Ok(());
+    }
+    let built_as = if types.is_empty() {
+        "a Rust library (`rlib`, cargo's default)".to_owned()
+    } else {
+        format!(
+            "{} only",
+            types
+                .iter()
+                .map(|kind| format!("`{kind}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Err(syn::Error::new(
+        Span::call_site(),
+        format!(
+            "crate `{package}` is built as {built_as}, which no host can load: a plugin is a dynamic library; add `crate-type = [\"cdylib\"]` under `[lib]` in {}",
+            cargo_toml.display()
+        ),
+    ))
 }
 
 fn default_manifest_path() -> syn::Result<PathBuf> {

@@ -3,6 +3,8 @@
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::quote;
 
+use plugbay_manifest::Hook;
+
 use crate::ast::Input;
 
 /// abi_stable's name for the exported root module loader; plugbay-api checks that
@@ -15,10 +17,26 @@ pub fn expand(input: Input) -> TokenStream {
     let manifest = input.manifest.to_json();
     let manifest_path = input.manifest_path.to_string_lossy().into_owned();
     let export = Ident::new(ROOT_MODULE_EXPORT_NAME, Span::call_site());
+    let declares_init = input.manifest.has_hook(Hook::Init);
+    let declares_cleanup = input.manifest.has_hook(Hook::Cleanup);
+    let panic_abort = "a plugin must be built with `panic = \"unwind\"` (cargo's default): with `panic = \"abort\"` a panic in the plugin would end the host, and hosts refuse such libraries; remove `panic = \"abort\"` from the `[profile.*]` sections of Cargo.toml (the workspace's, if the plugin is in one)";
     quote! {
         impl #api::__private::Export for #ident {
             const MANIFEST: &'static str = #manifest;
+            const DECLARES_INIT: bool = #declares_init;
+            const DECLARES_CLEANUP: bool = #declares_cleanup;
         }
+
+        // A library exports one plugin: a second `#[plugbay::plugin]` in the crate
+        // defines this name again, an error that names it.
+        #[doc(hidden)]
+        #[macro_export]
+        macro_rules! __plugbay_allows_one_plugin_per_library {
+            () => {};
+        }
+
+        #[cfg(panic = "abort")]
+        ::core::compile_error!(#panic_abort);
 
         const _: () = {
             // Rebuild the plugin when its manifest changes.

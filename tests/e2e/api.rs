@@ -483,6 +483,171 @@ fn configure(api: &Api, id: &str, config: Value) {
 // The seed's example and the lifecycle
 // ---------------------------------------------------------------------------------
 
+/// The seed's manifest writes `hooks` as an object of handler names: a `plugin.json`
+/// so written beside the library registers (the names are informational), and the
+/// entry lists the hooks.
+#[test]
+fn a_plugin_json_with_the_seeds_hooks_object_registers() {
+    let api = Api::start();
+    let library = plugin_copy(api.dir.path(), "data-processor");
+    let manifest = library.with_file_name("plugin.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let seed = text.replace(
+        r#""hooks": ["init", "process", "cleanup"]"#,
+        r#""hooks": {"init": "onInit", "process": "onProcess", "cleanup": "onCleanup"}"#,
+    );
+    assert_ne!(seed, text);
+    std::fs::write(&manifest, seed).unwrap();
+    let mut body = seed_body("data-processor");
+    body["entry_point"] = json!(library.display().to_string());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&api.keys.write),
+        Some(body),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(
+        reply.body["plugin_dir"],
+        library.parent().unwrap().display().to_string(),
+        "the plugin.json beside the library is the manifest"
+    );
+    assert_eq!(
+        reply.body["manifest"]["hooks"],
+        json!(["init", "process", "cleanup"])
+    );
+}
+
+/// What plugins run by the server write with `store_put` stays in the home's
+/// `store.db` after the server stops, where `plugbay run` and `plugbay store` see it.
+#[test]
+fn the_servers_data_store_outlasts_it() {
+    let mut api = Api::start();
+    let id = api.ready("dedup");
+    let reply = api.call(
+        Method::POST,
+        &format!("/plugins/{id}/process"),
+        Some(&api.keys.execute),
+        Some(json!([{"id": 1}, {"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    api.stop();
+    use plugbay_host::DataStore;
+    let store = plugbay_host::registry::SqliteStore::open(&api.home).unwrap();
+    let stats: Value = serde_json::from_slice(
+        &store
+            .get("dedup/stats")
+            .unwrap()
+            .expect("written at cleanup"),
+    )
+    .unwrap();
+    assert_eq!(stats, json!({"distinct": 1, "dropped": 1, "kept": 1}));
+    assert!(api.home.join("store.db").is_file());
+}
+
+/// The seed's paths name a plugin by its bare name (`/plugins/data-processor`): it
+/// resolves to the one registered version, else to the one enabled; with several and
+/// not exactly one enabled, the answer is 409 `ambiguous_name`, listing them.
+#[test]
+fn a_bare_name_resolves_to_its_one_version_or_its_enabled_one() {
+    let api = Api::start();
+    let keys = &api.keys;
+    let dp = api.ready("data-processor");
+    let reply = api.call(
+        Method::GET,
+        "/plugins/data-processor",
+        Some(&keys.read),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["id"], dp.as_str());
+    let reply = api.call(
+        Method::POST,
+        "/plugins/data-processor/process",
+        Some(&keys.execute),
+        Some(json!([{"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body[0]["processed"], true);
+
+    // Two versions of `noop`, neither enabled: ambiguous for every route.
+    for package in ["fixture-noop", "fixture-noop-next"] {
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(seed_body(package)),
+        );
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    for (method, path, key, body) in [
+        (Method::GET, "/plugins/noop", &keys.read, None),
+        (Method::PUT, "/plugins/noop/enable", &keys.write, None),
+        (Method::PUT, "/plugins/noop/disable", &keys.write, None),
+        (Method::DELETE, "/plugins/noop", &keys.write, None),
+        (
+            Method::POST,
+            "/plugins/noop/review",
+            &keys.review,
+            Some(json!({"decision": "approve"})),
+        ),
+        (
+            Method::POST,
+            "/plugins/noop/process",
+            &keys.execute,
+            Some(json!([])),
+        ),
+    ] {
+        let reply = api.call(method.clone(), path, Some(key), body);
+        reply.assert_error(409, "ambiguous_name");
+        assert_eq!(
+            reply.message(),
+            "plugin name `noop` is ambiguous: 2 versions are registered (noop@0.1.0, noop@0.2.0) and none is enabled; give the id (`name@version`) of the one you mean",
+            "{method} {path}"
+        );
+    }
+
+    // With one of them enabled, the name means that one.
+    for (method, path, key, body) in [
+        (
+            Method::POST,
+            "/plugins/noop@0.2.0/review",
+            &keys.review,
+            Some(json!({"decision": "approve"})),
+        ),
+        (Method::PUT, "/plugins/noop@0.2.0/enable", &keys.write, None),
+    ] {
+        assert_eq!(api.call(method, path, Some(key), body).status, 200);
+    }
+    let reply = api.call(
+        Method::POST,
+        "/plugins/noop/process",
+        Some(&keys.execute),
+        Some(json!([{"id": 1}])),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, json!([{"id": 1, "version": "0.2.0"}]));
+    let reply = api.call(
+        Method::PUT,
+        "/plugins/noop/disable",
+        Some(&keys.write),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["id"], "noop@0.2.0");
+    api.call(Method::GET, "/plugins/noop", Some(&keys.read), None)
+        .assert_error(409, "ambiguous_name");
+    let reply = api.call(
+        Method::DELETE,
+        "/plugins/noop@0.1.0",
+        Some(&keys.write),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = api.call(Method::GET, "/plugins/noop", Some(&keys.read), None);
+    assert_eq!(reply.body["id"], "noop@0.2.0", "the one version left");
+}
+
 #[test]
 fn the_seeds_registration_request_is_answered_as_documented() {
     let api = Api::start();
@@ -604,7 +769,7 @@ fn the_seeds_registration_request_is_answered_as_documented() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["id"], 1);
     assert_eq!(records[0]["processed"], true);
-    assert!(records[1]["processed_at"].is_u64());
+    assert!(records[1]["timestamp"].is_string());
 
     let listed = api.call(Method::GET, "/plugins", Some(&api.keys.read), None);
     assert_eq!(listed.status, 200);
@@ -1122,24 +1287,26 @@ fn reviews_grant_what_was_asked_and_rejections_need_a_reason() {
     assert_eq!(reply.field(), "decision", "{reply:?}");
     assert!(reply.message().contains("approve"), "{reply:?}");
 
-    // Granted without process:data: the plugin may not receive batches.
+    // Granted without process:data, which its `process` hook needs: refused at review,
+    // not discovered at the first batch.
     let reply = review(json!({"decision": "approve", "permissions": ["read:data"]}));
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.body["review"]["granted"], json!(["read:data"]));
-    api.call(
-        Method::PUT,
-        "/plugins/faulty@0.1.0/enable",
-        Some(&api.keys.write),
-        None,
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "permissions", "{reply:?}");
+    assert!(
+        reply.message().contains(
+            "cannot approve `faulty@0.1.0` without `process:data`: it declares the `process` hook"
+        ),
+        "{reply:?}"
     );
-    let reply = api.call(
-        Method::POST,
-        "/plugins/faulty@0.1.0/process",
-        Some(&api.keys.execute),
-        Some(json!([1])),
+    assert_eq!(
+        api.registry()
+            .get("faulty@0.1.0")
+            .unwrap()
+            .review
+            .status
+            .to_string(),
+        "pending"
     );
-    reply.assert_error(409, "not_permitted");
-    assert!(reply.message().contains("process:data"), "{reply:?}");
 
     let reply = review(json!({"decision": "reject", "reason": "asks for the data store"}));
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -1475,6 +1642,15 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         std::fs::copy(plugbay_tests::library("dedup"), &stored).unwrap();
         reply.body["id"].as_str().unwrap().to_owned()
     };
+    // The next version of noop, beside the noop@0.1.0 that `POST /plugins/register`
+    // registers below: the bare name `noop` is then ambiguous.
+    let reply = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&keys.write),
+        Some(seed_body("fixture-noop-next")),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
     let ghost = "ghost@1.0.0";
     let big = json!({"padding": "x".repeat(70 * 1024)});
 
@@ -1505,7 +1681,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
     scenario!("GET", "/plugins", 401, None, "", None);
     scenario!("GET", "/plugins", 403, write, "", None);
     scenario!("GET", "/plugins/{id}", 200, read, &dp, None);
-    scenario!("GET", "/plugins/{id}", 400, read, "no-version", None);
+    scenario!("GET", "/plugins/{id}", 400, read, "no@version", None);
     scenario!("GET", "/plugins/{id}", 401, None, &dp, None);
     scenario!("GET", "/plugins/{id}", 403, execute, &dp, None);
     scenario!("GET", "/plugins/{id}", 404, read, ghost, None);
@@ -1679,7 +1855,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         "/plugins/{id}/disable",
         400,
         write,
-        "no-version",
+        "no@version",
         None
     );
     scenario!("PUT", "/plugins/{id}/disable", 401, None, &dp, None);
@@ -1691,7 +1867,7 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         "/plugins/{id}/enable",
         400,
         write,
-        "no-version",
+        "no@version",
         None
     );
     scenario!("PUT", "/plugins/{id}/enable", 401, None, &dp, None);
@@ -1755,10 +1931,14 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         Some(big.clone())
     );
     scenario!("DELETE", "/plugins/{id}", 200, write, &doomed, None);
-    scenario!("DELETE", "/plugins/{id}", 400, write, "no-version", None);
+    scenario!("DELETE", "/plugins/{id}", 400, write, "no@version", None);
     scenario!("DELETE", "/plugins/{id}", 401, None, &dp, None);
     scenario!("DELETE", "/plugins/{id}", 403, read, &dp, None);
     scenario!("DELETE", "/plugins/{id}", 404, write, ghost, None);
+    // Run after noop@0.1.0 was registered above: two versions, none enabled.
+    scenario!("GET", "/plugins/{id}", 409, read, "noop", None);
+    scenario!("PUT", "/plugins/{id}/disable", 409, write, "noop", None);
+    scenario!("DELETE", "/plugins/{id}", 409, write, "noop", None);
 
     // The marketplace routes. A registry that refuses every connection stands in for
     // an unreachable one; the outcomes that need a real registry run against the
@@ -1931,6 +2111,8 @@ fn errors_are_json_everywhere() {
     api.call(Method::GET, "/plugins/%FF%FE@1.0.0", key, None)
         .assert_error(400, "invalid_id");
     api.call(Method::GET, "/plugins/nope", key, None)
+        .assert_error(404, "not_found");
+    api.call(Method::GET, "/plugins/No_Pe", key, None)
         .assert_error(400, "invalid_id");
     api.raw(Method::POST, "/plugins/register", key, b"[1, 2".to_vec())
         .assert_error(400, "invalid_body");

@@ -46,6 +46,7 @@ impl Plugbay {
             .env("USER", "tester")
             .env_remove("PLUGBAY_HOME")
             .env_remove("RUST_LOG")
+            .env_remove("CARGO_TARGET_DIR")
             .stdin(Stdio::null());
         command
     }
@@ -519,7 +520,7 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
     assert_eq!(
         plugbay.fails(&["register", path(&folder)], 1),
         format!(
-            "error: plugin library {} does not exist (the manifest's `main`, `data_processor`, in the manifest's folder); build the plugin, or pass the built library with `--library PATH`\n",
+            "error: plugin library {} does not exist (the manifest's `main`, `data_processor`, in the manifest's folder), and cargo's target folder has none either; build the plugin (`cargo build --release`), or pass the built library with `--library PATH`\n",
             folder.join(library("data-processor").file_name().unwrap()).display()
         )
     );
@@ -626,11 +627,15 @@ fn bad_manifests_libraries_and_ids_each_get_their_own_error() {
     );
     assert_eq!(
         plugbay.fails(&["show", "nope"], 1),
-        "error: invalid plugin id `nope`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
+        "error: no plugin `nope` in the registry; `plugbay list` shows the registered ids\n"
+    );
+    assert_eq!(
+        plugbay.fails(&["show", "No_Pe"], 1),
+        "error: invalid plugin id `No_Pe`; ids look like `name@version`, e.g. `data-processor@1.0.0`\n"
     );
     assert_eq!(
         plugbay.fails_with(&["run", "nope"], Some("[]"), 1),
-        "error: `nope` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids\n"
+        "error: `nope` is neither a registered plugin nor a library file; `plugbay list` shows the registered ids\n"
     );
 }
 
@@ -643,7 +648,7 @@ fn the_review_gates_enabling_and_running() {
 
     assert_eq!(
         plugbay.fails(&["register", path(&folder)], 1),
-        "error: plugin `data-processor@1.0.0` is already registered; unregister it first or bump its version\n"
+        "error: plugin `data-processor@1.0.0` is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`, or bump its version\n"
     );
     assert_eq!(
         plugbay.fails(&["enable", "data-processor@1.0.0"], 1),
@@ -1091,7 +1096,7 @@ fn concurrent_processes_lose_nothing() {
                     assert!(
                         output.status.success()
                             || stderr
-                                == format!("error: plugin `{id}` is already registered; unregister it first or bump its version\n"),
+                                == format!("error: plugin `{id}` is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`, or bump its version\n"),
                         "worker {worker}: {stderr}"
                     );
                     done.push(("register".to_owned(), output.status.success()));

@@ -54,7 +54,23 @@ fn a_library_with_another_layout_is_refused_with_the_decisive_lines() {
     let text = err.to_string();
     assert!(text.contains("libabi_fixture_layout"), "{text}");
     assert!(text.len() < 1500, "the summary is short: {text}");
-    assert!(text.contains("u32") && text.contains("bool"), "{text}");
+    assert!(
+        text.contains(
+            "`PluginMod.panic_unwind` is `u32` in the plugin but `bool` in this host (mismatched type)"
+        ),
+        "the type and its field are named: {text}"
+    );
+    let api = plugbay_api::abi::API_VERSION;
+    assert!(
+        text.contains(&format!(
+            "both built against plugbay-api {api}, so that version's plugin ABI was changed without a version bump"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!("rebuild it against plugbay-api {api}")),
+        "no advice to rebuild against the version it was built against: {text}"
+    );
 }
 
 #[test]

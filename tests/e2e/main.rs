@@ -2,6 +2,7 @@
 //! host, on real landlock.
 
 mod api;
+mod authors;
 mod cli;
 mod crates;
 mod isolation;

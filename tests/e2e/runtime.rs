@@ -31,7 +31,13 @@ fn data_processor_marks_records_and_takes_config_from_init() {
     let out = records(&output);
     assert_eq!(out[1]["name"], "b");
     assert_eq!(out[0]["processed"], true);
-    assert!(out[0]["processed_at"].as_u64().unwrap() > 1_700_000_000_000);
+    // The seed's record: `processed: true` and an ISO 8601 `timestamp` in UTC.
+    let timestamp = out[0]["timestamp"].as_str().unwrap();
+    let stamped = humantime::parse_rfc3339(timestamp).unwrap();
+    assert!(timestamp.ends_with('Z') && timestamp.len() == "2026-11-25T15:42:39.863Z".len());
+    assert!(
+        stamped > std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+    );
     assert_eq!(plugin.status().state, State::Running);
     let status = plugin.shutdown().unwrap();
     assert_eq!(status.state, State::Unloaded);
@@ -44,9 +50,18 @@ fn data_processor_marks_records_and_takes_config_from_init() {
     assert_eq!(out[0]["done"], true);
     assert!(out[0].get("processed").is_none());
     assert!(
-        out[0].get("processed_at").is_some(),
+        out[0]["timestamp"].is_string(),
         "defaults stay for fields not given"
     );
+
+    let mut millis = host
+        .start(example("data-processor").with_config(
+            json!({"timestamp_field": "processed_at", "timestamp_format": "epoch_millis"}),
+        ))
+        .unwrap();
+    let out = records(&millis.process(&input).unwrap());
+    assert!(out[0]["processed_at"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(out[0].get("timestamp").is_none());
 }
 
 #[test]
@@ -266,7 +281,8 @@ fn dedup_keeps_state_across_batches_and_reports_at_cleanup() {
         .unwrap();
     assert_eq!(records(&second), vec![json!({"id": 3})]);
     plugin.shutdown().unwrap();
-    let stats: Value = serde_json::from_slice(&host.store().get("dedup/stats").unwrap()).unwrap();
+    let stats: Value =
+        serde_json::from_slice(&host.store().get("dedup/stats").unwrap().unwrap()).unwrap();
     assert_eq!(stats, json!({"kept": 3, "dropped": 2, "distinct": 3}));
 }
 

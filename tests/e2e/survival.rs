@@ -16,7 +16,7 @@ use plugbay_host::registry::{Registration, Registry, Scope};
 use plugbay_host::server::{ServeOptions, Server};
 use plugbay_host::{
     Batch, CallError, DataStore, Host, Manifest, MemoryStore, Pipeline, PipelineError, PluginSpec,
-    State,
+    State, StoreError,
 };
 use plugbay_tests::{fixture_manifest, library, plugbay_bin};
 use serde_json::{json, Value};
@@ -571,14 +571,14 @@ struct CountingStore {
 }
 
 impl DataStore for CountingStore {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(key)
     }
-    fn put(&self, key: &str, value: &[u8]) {
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put(key, value)
     }
-    fn delete(&self, key: &str) -> bool {
+    fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.delete(key)
     }
 }
@@ -618,7 +618,7 @@ fn a_stopped_plugins_threads_get_no_more_host_services() {
         let mut plugin = host.start(faulty(config)).unwrap();
         let key = format!("faulty/linger/{name}");
         let started = Instant::now();
-        while store.get(&key).is_none() {
+        while store.get(&key).unwrap().is_none() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "the thread never wrote"
@@ -633,7 +633,7 @@ fn a_stopped_plugins_threads_get_no_more_host_services() {
             plugin.process(&Batch::from_json("[1]")).unwrap();
             plugin.shutdown().unwrap();
         }
-        let (puts, value) = (store.puts.load(Ordering::SeqCst), store.get(&key));
+        let (puts, value) = (store.puts.load(Ordering::SeqCst), store.get(&key).unwrap());
         std::thread::sleep(Duration::from_millis(300));
         assert!(thread_runs(&name), "the plugin's thread runs on");
         assert_eq!(
@@ -641,7 +641,7 @@ fn a_stopped_plugins_threads_get_no_more_host_services() {
             0,
             "puts landed after the plugin was stopped ({extra})"
         );
-        assert_eq!(store.get(&key), value);
+        assert_eq!(store.get(&key).unwrap(), value);
     }
 }
 
@@ -669,7 +669,7 @@ fn a_copy_of_the_services_without_its_count_is_denied_not_freed() {
             // Its thread calls through the copy every 10 ms from now on.
             std::thread::sleep(Duration::from_millis(500));
             assert_eq!(store.puts.load(Ordering::SeqCst), 0);
-            assert!(store.get("raw-services/after-drop").is_none());
+            assert!(store.get("raw-services/after-drop").unwrap().is_none());
         },
     );
     if std::env::var_os(CHILD).is_none() {
@@ -698,7 +698,7 @@ fn local_plugins_revoke_their_services_too() {
     std::thread::spawn(move || {
         let plugin = host.start_local(spec).unwrap();
         let started = Instant::now();
-        while thread_store.get(&key).is_none() {
+        while thread_store.get(&key).unwrap().is_none() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "the thread never wrote"

@@ -157,7 +157,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         (None, None) => unreachable!("a temporary home is made when no --home is given"),
     };
     let mut registry = Registry::open(&home)?;
-    let host = context.host(&registry);
+    let host = context.host(&registry)?;
     let mut narrator = Narrator {
         json: context.json,
         stage: 0,
@@ -424,7 +424,7 @@ fn lifecycle(
         let status = handle.shutdown()?;
         narrator.say("cleaned up", Some(&id), format!("state {}", status.state))?;
     }
-    if let Some(stats) = host.store().get("dedup/stats") {
+    if let Some(stats) = host.store().get("dedup/stats")? {
         narrator.say(
             "data store",
             None,

@@ -14,14 +14,16 @@ Examples:
 
 A disabled plugin keeps its review; `plugbay enable ID` lets it run again.")]
 pub struct Args {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version`, or its name when it has one registered
+    /// version or one enabled
     pub id: String,
 }
 
 /// Disables the plugin.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
-    let entry = registry.disable(&args.id, context.actor())?;
+    let id = registry.resolve(&args.id)?;
+    let entry = registry.disable(&id, context.actor())?;
     if context.json {
         return print_json(&entry);
     }

@@ -15,14 +15,16 @@ Examples:
 Only an approved plugin whose library still has the SHA-256 that was reviewed can be
 enabled.")]
 pub struct Args {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version`, or its name when it has one registered
+    /// version or one enabled
     pub id: String,
 }
 
 /// Enables the plugin.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
-    let entry = registry.enable(&args.id, context.actor())?;
+    let id = registry.resolve(&args.id)?;
+    let entry = registry.enable(&id, context.actor())?;
     if context.json {
         return print_json(&entry);
     }

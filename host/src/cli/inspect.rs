@@ -28,9 +28,9 @@ pub struct Args {
 /// sandbox is built for it.
 pub fn inspect(host: &Host, library: &Path) -> Result<Inspection, StartError> {
     if !library.is_file() {
-        return Err(StartError::Load(LoadError::NotFound {
-            path: std::path::absolute(library).unwrap_or_else(|_| library.to_owned()),
-        }));
+        return Err(StartError::Load(LoadError::missing(
+            &std::path::absolute(library).unwrap_or_else(|_| library.to_owned()),
+        )));
     }
     host.inspect(library)
 }

@@ -156,7 +156,7 @@ that checks them against this home's trusted reviewer keys, e.g.
 A plugin has an attestation when its current approval was signed
 (`plugbay review approve ID --signing-key KEY`) or it was installed approved.")]
 pub struct AttestationArgs {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version` (or its name, when one version is registered)
     pub id: String,
     /// Write `attestation.json` and `attestation.json.sig` into this folder
     #[arg(long, value_name = "DIR")]
@@ -166,11 +166,10 @@ pub struct AttestationArgs {
 /// `plugbay attestation ID`.
 pub fn attestation(args: AttestationArgs, context: &Context) -> Result<()> {
     let registry = context.registry()?;
-    let Some(stored) = registry.attestation(&args.id)? else {
+    let id = registry.resolve(&args.id)?;
+    let Some(stored) = registry.attestation(&id)? else {
         bail!(
-            "plugin `{}` has no signed attestation of its current approval; sign one with `plugbay review approve {} --signing-key KEY`",
-            args.id,
-            args.id
+            "plugin `{id}` has no signed attestation of its current approval; sign one with `plugbay review approve {id} --signing-key KEY`"
         );
     };
     let Some(dir) = args.output else {
@@ -225,7 +224,7 @@ Credentials come from `--username`/`--password-stdin`, else the Docker config fi
 (`docker login`). An existing tag that names another artifact is refused unless
 `--force`. Prints the reference and the digest the tag names.")]
 pub struct PublishArgs {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version` (or its name, when one version is registered)
     pub id: String,
     /// Where: `oci://HOST/NAMESPACE/NAME` (NAME is the plugin's name)
     #[arg(value_name = "oci://HOST/NAMESPACE/NAME")]
@@ -244,7 +243,8 @@ pub struct PublishArgs {
 pub fn publish(args: PublishArgs, context: &Context) -> Result<()> {
     let target = PluginRef::parse(&args.target)?;
     let registry = context.registry()?;
-    let bundle = PublishBundle::from_registry(&registry, &args.id, &pairs(&args.platform_libraries))?;
+    let id = registry.resolve(&args.id)?;
+    let bundle = PublishBundle::from_registry(&registry, &id, &pairs(&args.platform_libraries))?;
     drop(registry);
     let market = args.registry.market()?;
     let published = market::block_on(market.publish(&bundle, &target, args.force))?;
@@ -313,7 +313,7 @@ pub fn install(args: InstallArgs, context: &Context) -> Result<()> {
     let marketplace = default_marketplace(args.marketplace.as_deref())?;
     let reference = PluginRef::for_install(&args.reference, marketplace.as_ref())?;
     let mut registry = context.registry()?;
-    let host = context.host(&registry);
+    let host = context.host(&registry)?;
     let trust = TrustStore::open(registry.home())?;
     let market = args.registry.market()?;
     let fetched = market::block_on(market.fetch(&reference, registry.home()))?;
@@ -426,7 +426,7 @@ pub fn search(args: SearchArgs, context: &Context) -> Result<()> {
 /// registers it pending review.
 pub fn register_remote(location: &str, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
-    let host = context.host(&registry);
+    let host = context.host(&registry)?;
     let dir = tempfile::Builder::new()
         .prefix(".incoming-")
         .tempdir_in(registry.home())

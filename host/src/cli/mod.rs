@@ -12,13 +12,17 @@ mod input;
 mod inspect;
 mod keys;
 mod list;
+mod locate;
 #[cfg(feature = "market")]
 mod market;
+mod new;
 mod register;
 mod review;
+mod revision;
 mod run;
 mod serve;
 mod show;
+mod store;
 mod table;
 #[cfg(feature = "market")]
 mod trust;
@@ -36,12 +40,14 @@ use serde::Serialize;
 const EXAMPLES: &str = "\
 Examples:
   plugbay demo
+  plugbay new shouter && cd shouter && cargo test
   plugbay register example-plugins/data-processor --library target/release/libdata_processor.so
   plugbay review approve data-processor@1.0.0 --grant process:data
   plugbay enable data-processor@1.0.0
   plugbay run data-processor@1.0.0 --input records.jsonl --output out.json
   echo '[{\"id\": 1}]' | plugbay run target/release/libdata_processor.so
   plugbay --json list
+  plugbay store get dedup/stats
   plugbay publish data-processor@1.0.0 oci://registry.example.com/plugins/data-processor
   plugbay install oci://registry.example.com/plugins/data-processor:1.0.0
 
@@ -89,6 +95,8 @@ pub struct Global {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a plugin crate that builds and runs with `cargo test`
+    New(new::Args),
     /// Register a plugin: check its manifest and library, record the library's
     /// SHA-256; the plugin then waits for review
     Register(register::Args),
@@ -114,6 +122,9 @@ pub enum Command {
     /// Manage the API keys of `plugbay serve`
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Read and delete what plugins keep in the data store of the home
+    #[command(subcommand)]
+    Store(store::Command),
     /// Serve the registry as a REST API guarded by scoped API keys
     Serve(serve::Args),
     /// Manage the reviewer keys whose signed reviews this host trusts
@@ -139,6 +150,7 @@ impl Cli {
     pub fn exec(self) -> Result<()> {
         let context = Context::new(&self.global);
         match self.command {
+            Command::New(args) => new::exec(args, &context),
             Command::Register(args) => register::exec(args, &context),
             Command::List(args) => list::exec(args, &context),
             Command::Show(args) => show::exec(args, &context),
@@ -150,6 +162,7 @@ impl Cli {
             Command::Run(args) => run::exec(args, &context),
             Command::Demo(args) => demo::exec(args, &context),
             Command::Keys(command) => keys::exec(command, &context),
+            Command::Store(command) => store::exec(command, &context),
             Command::Serve(args) => serve::exec(args, &context),
             #[cfg(feature = "market")]
             Command::Trust(command) => trust::exec(command, &context),
@@ -219,14 +232,16 @@ impl Context {
         Ok(Registry::open(self.home()?)?)
     }
 
-    /// A host for `registry`'s plugins, with this command line's sandbox mode.
-    pub fn host(&self, registry: &Registry) -> Host {
+    /// A host for `registry`'s plugins, with this command line's sandbox mode and
+    /// the data store of the registry's home.
+    pub fn host(&self, registry: &Registry) -> Result<Host> {
         // Registered plugins are untrusted until reviewed: inspect them in worker
         // processes, and run them where their review says (a spec's own isolation).
-        Host::new()
+        Ok(Host::new()
             .with_data_dir(registry.data_dir())
+            .with_store(registry.store()?)
             .with_sandbox(self.sandbox)
-            .with_isolation(plugbay_host::Isolation::Process)
+            .with_isolation(plugbay_host::Isolation::Process))
     }
 
     /// Who is acting, for the audit log: `$USER`, else `operator`.

@@ -45,7 +45,8 @@ Examples:
 /// `review approve`.
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version`, or its name when it has one registered
+    /// version or one enabled
     pub id: String,
     /// A permission to grant (repeat it; only requested permissions can be granted)
     /// [default: every requested permission]
@@ -73,7 +74,8 @@ pub struct ApproveArgs {
 /// `review reject`.
 #[derive(Debug, clap::Args)]
 pub struct RejectArgs {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version`, or its name when it has one registered
+    /// version or one enabled
     pub id: String,
     /// Why it is rejected
     #[arg(long, value_name = "TEXT")]
@@ -95,10 +97,11 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
     let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
     let grants = (!args.grants.is_empty()).then_some(args.grants);
+    let id = registry.resolve(&args.id)?;
     #[cfg(feature = "market")]
     if let Some(key) = &args.signing_key {
         let signed = super::market::SignedApproval {
-            id: &args.id,
+            id: &id,
             reviewer,
             grants,
             isolation: args.isolation,
@@ -107,7 +110,7 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
         };
         return super::market::approve_signed(&mut registry, signed, context);
     }
-    let entry = registry.approve_with_isolation(&args.id, reviewer, grants, args.isolation)?;
+    let entry = registry.approve_with_isolation(&id, reviewer, grants, args.isolation)?;
     if context.json {
         return print_json(&entry);
     }
@@ -131,12 +134,25 @@ pub(super) fn print_approval(
         &entry.manifest.version,
     );
     let mut out = std::io::stdout().lock();
+    super::revision::write_changes(&mut out, &entry, &data_dir, 0)?;
     writeln!(out, "{} requests:", entry.id)?;
+    let added = entry
+        .changes()
+        .map(|changes| changes.added)
+        .unwrap_or_default();
     let mut table = Table::new(&["PERMISSION", "DECISION"]).indent(2);
     for permission in &entry.manifest.permissions {
         let granted = entry.review.granted.contains(permission);
+        let new = if added.contains(permission) {
+            " (new in this revision)"
+        } else {
+            ""
+        };
         table.row(vec![
-            permission_with_path(permission, &entry.plugin_dir, &data_dir),
+            format!(
+                "{}{new}",
+                permission_with_path(permission, &entry.plugin_dir, &data_dir)
+            ),
             if granted { "granted" } else { "not granted" }.to_owned(),
         ]);
     }
@@ -155,7 +171,8 @@ pub(super) fn print_approval(
 fn reject(args: RejectArgs, context: &Context) -> Result<()> {
     let mut registry = context.registry()?;
     let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
-    let entry = registry.reject(&args.id, reviewer, &args.reason)?;
+    let id = registry.resolve(&args.id)?;
+    let entry = registry.reject(&id, reviewer, &args.reason)?;
     if context.json {
         return print_json(&entry);
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use plugbay_host::registry::Registry;
+use plugbay_host::registry::{Registry, RegistryError, SqliteStore};
 use plugbay_host::{
     Batch, Confinement, Host, IoError, Pipeline, PipelineError, PipelineReport, PluginSpec, State,
 };
@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::input::{self, InputError, Progress, Source};
+use super::locate;
 use super::table::Table;
 use super::{counted, human_duration, permission_list, thousands, Context};
 
@@ -36,8 +37,11 @@ A registered plugin must be approved and enabled, and runs with what its review
 granted, where its review put it (a worker process of its own unless approved for a
 thread). A library file (a plugin author's own build) is inspected first and runs
 confined to what its embedded manifest requests, on a worker thread unless
-`--isolation process` is given; its `${plugin_dir}` is the library's folder, and its
-`${data_dir}` a temporary folder (or one under `--data-dir`), never the registry's.
+`--isolation process` is given. Its `${plugin_dir}` is the folder of its plugin.json:
+beside the library, or, for a library in cargo's target folder, the crate in the
+workspace whose plugin.json has the plugin's name and version (else the library's
+folder); `--plugin-dir` sets it. Its `${data_dir}` and its data store are in a
+temporary folder (or under `--data-dir`), never the registry's.
 
 Input: a JSON array of records, or JSON Lines (one object per line). Output: one JSON
 array. The summary (records, time, records/s, per plugin) goes to stderr; a progress
@@ -63,6 +67,11 @@ pub struct Args {
     /// NAME=JSON for the plugin with that name or id (repeatable)
     #[arg(long, value_name = "JSON|NAME=JSON")]
     pub config: Vec<String>,
+    /// `${plugin_dir}` of the plugin library files given: DIR for each, or NAME=DIR
+    /// for the one with that name or id (repeatable) [default: the folder of the
+    /// library's plugin.json, found beside it or in the cargo workspace it was built in]
+    #[arg(long, value_name = "[NAME=]DIR")]
+    pub plugin_dir: Vec<String>,
     /// Where plugin library files run: `thread` or `process` (registered plugins run
     /// where their review put them)
     #[arg(long, value_name = "ISOLATION", default_value = "thread")]
@@ -96,7 +105,53 @@ impl Target {
         if has_separator || text.ends_with(std::env::consts::DLL_SUFFIX) {
             return Ok(Target::Library(path.to_owned()));
         }
+        // A bare name: the registry resolves it to its one version, or its enabled one.
+        let is_name = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if is_name {
+            return Ok(Target::Registered(text.to_owned()));
+        }
         bail!("`{text}` is neither a plugin id (`name@version`) nor a library file; `plugbay list` shows the registered ids")
+    }
+}
+
+/// A `--plugin-dir` value.
+#[derive(Debug, Clone, PartialEq)]
+struct PluginDirArg {
+    /// The plugin's name or id, or every library of the run.
+    plugin: Option<String>,
+    dir: PathBuf,
+}
+
+impl PluginDirArg {
+    fn parse(text: &str) -> PluginDirArg {
+        match text.split_once('=') {
+            Some((plugin, dir))
+                if !plugin.is_empty()
+                    && plugin.chars().all(|c| {
+                        c.is_ascii_lowercase()
+                            || c.is_ascii_digit()
+                            || matches!(c, '-' | '@' | '.' | '+')
+                    }) =>
+            {
+                PluginDirArg {
+                    plugin: Some(plugin.to_owned()),
+                    dir: PathBuf::from(dir),
+                }
+            }
+            _ => PluginDirArg {
+                plugin: None,
+                dir: PathBuf::from(text),
+            },
+        }
+    }
+
+    fn applies_to(&self, manifest: &plugbay_host::Manifest) -> bool {
+        self.plugin
+            .as_ref()
+            .is_none_or(|name| *name == manifest.name || *name == manifest.id())
     }
 }
 
@@ -184,7 +239,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         None
     };
     let host = match &registry {
-        Some(registry) => context.host(registry),
+        Some(registry) => context.host(registry)?,
         None => Host::new().with_sandbox(context.sandbox),
     };
     // A library file is a development build: its data never goes where a registered
@@ -200,6 +255,13 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
             scratch.path().to_owned()
         }
     };
+    // Its data store too: `store.db` in that folder. Registered plugins keep the home's.
+    let library_host = host.clone().with_store(SqliteStore::open(&library_data)?);
+    let plugin_dirs: Vec<PluginDirArg> = args
+        .plugin_dir
+        .iter()
+        .map(|text| PluginDirArg::parse(text))
+        .collect();
     let mut specs = targets
         .iter()
         .map(|target| {
@@ -208,10 +270,12 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
                 registry.as_ref(),
                 &host,
                 args.isolation,
+                &plugin_dirs,
                 &library_data,
             )
         })
         .collect::<Result<Vec<_>>>()?;
+    check_plugin_dirs(&plugin_dirs, &targets, &specs)?;
     apply_configs(&mut specs, &configs)?;
     // Close the registry before any plugin code runs: a plugin could otherwise use
     // the open descriptor (pread/pwrite need no path) to rewrite its own review.
@@ -221,8 +285,11 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     let batches = input::read_batches(source.clone(), batch_size, progress.clone())?;
 
     let mut stages = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let handle = host.start(spec)?;
+    for (spec, target) in specs.into_iter().zip(&targets) {
+        let handle = match target {
+            Target::Registered(_) => host.start(spec)?,
+            Target::Library(_) => library_host.start(spec)?,
+        };
         if !context.json {
             let status = handle.status();
             eprintln!(
@@ -314,15 +381,40 @@ fn spec(
     registry: Option<&Registry>,
     host: &Host,
     isolation: plugbay_host::Isolation,
+    plugin_dirs: &[PluginDirArg],
     library_data: &Path,
 ) -> Result<PluginSpec> {
     match target {
-        Target::Registered(id) => {
+        Target::Registered(name_or_id) => {
             let registry = registry.expect("the registry is open when an id is given");
-            Ok(registry.spec(id)?)
+            let id = match registry.resolve(name_or_id) {
+                Err(RegistryError::NotFound { .. }) if !name_or_id.contains('@') => bail!(
+                    "`{name_or_id}` is neither a registered plugin nor a library file; `plugbay list` shows the registered ids"
+                ),
+                resolved => resolved?,
+            };
+            Ok(registry.spec(&id)?)
         }
         Target::Library(path) => {
             let inspection = super::inspect::inspect(host, path)?;
+            let plugin_dir = match plugin_dirs
+                .iter()
+                .find(|dir| dir.applies_to(&inspection.manifest))
+            {
+                Some(given) => given.dir.clone(),
+                None => match locate::manifest_folder(&inspection.library, &inspection.manifest) {
+                    Ok(Some(dir)) => dir,
+                    Ok(None) => inspection
+                        .library
+                        .parent()
+                        .map(Path::to_owned)
+                        .unwrap_or_default(),
+                    Err(several) => {
+                        bail!("{several}; give the plugin's folder with `--plugin-dir DIR`")
+                    }
+                },
+            };
+            tracing::info!(plugin = %inspection.manifest.id(), plugin_dir = %plugin_dir.display(), "the plugin's folder");
             let data_dir = plugbay_host::sandbox::plugin_data_dir(
                 library_data,
                 &inspection.manifest.name,
@@ -330,11 +422,47 @@ fn spec(
             );
             // Run the bytes that were inspected, even if the file changes meanwhile.
             Ok(PluginSpec::new(inspection.library, inspection.manifest)
+                .with_plugin_dir(plugin_dir)
                 .with_sha256(inspection.sha256)
                 .with_isolation(isolation)
                 .with_data_dir(data_dir))
         }
     }
+}
+
+/// Refuses a `--plugin-dir NAME=DIR` that names no library file of the run.
+fn check_plugin_dirs(
+    plugin_dirs: &[PluginDirArg],
+    targets: &[Target],
+    specs: &[PluginSpec],
+) -> Result<()> {
+    let libraries: Vec<&PluginSpec> = targets
+        .iter()
+        .zip(specs)
+        .filter(|(target, _)| matches!(target, Target::Library(_)))
+        .map(|(_, spec)| spec)
+        .collect();
+    for given in plugin_dirs {
+        if !libraries
+            .iter()
+            .any(|spec| given.applies_to(&spec.manifest))
+        {
+            let names: Vec<String> = libraries.iter().map(|spec| spec.manifest.id()).collect();
+            bail!(
+                "`--plugin-dir {}` names no plugin library file of this run (a registered plugin's folder is the one it was registered with){}",
+                given.plugin.as_deref().map_or_else(
+                    || given.dir.display().to_string(),
+                    |name| format!("{name}={}", given.dir.display())
+                ),
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the library files are {}", names.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn apply_configs(specs: &mut [PluginSpec], configs: &[ConfigArg]) -> Result<()> {
@@ -656,10 +784,38 @@ mod tests {
             Target::parse("target/release/libx.so").unwrap(),
             Target::Library("target/release/libx.so".into())
         );
-        assert!(Target::parse("data-processor")
+        assert_eq!(
+            Target::parse("data-processor").unwrap(),
+            Target::Registered("data-processor".into()),
+            "a bare name, for the registry to resolve"
+        );
+        assert!(Target::parse("Data Processor")
             .unwrap_err()
             .to_string()
             .contains("neither a plugin id"));
+    }
+
+    #[test]
+    fn plugin_dirs_are_dir_or_name_equals_dir() {
+        assert_eq!(
+            PluginDirArg::parse("plugins/shouter"),
+            PluginDirArg {
+                plugin: None,
+                dir: "plugins/shouter".into()
+            }
+        );
+        assert_eq!(
+            PluginDirArg::parse("shouter=plugins/shouter"),
+            PluginDirArg {
+                plugin: Some("shouter".into()),
+                dir: "plugins/shouter".into()
+            }
+        );
+        assert_eq!(
+            PluginDirArg::parse("/srv/a=b").plugin,
+            None,
+            "a path with `=` in it"
+        );
     }
 
     #[test]

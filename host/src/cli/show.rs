@@ -20,7 +20,8 @@ Examples:
 gone): a plugin whose library changed since its review will not run. A permission whose
 path starts with `${plugin_dir}` or `${data_dir}` is followed by the path it grants.")]
 pub struct Args {
-    /// The plugin's id, `name@version`
+    /// The plugin's id, `name@version`, or its name when it has one registered
+    /// version or one enabled
     pub id: String,
 }
 
@@ -39,7 +40,7 @@ struct Shown<'a> {
 /// Prints the plugin's entry and history.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
     let registry = context.registry()?;
-    let entry = registry.get(&args.id)?;
+    let entry = registry.get(&registry.resolve(&args.id)?)?;
     let audit = registry.audit_log(Some(&entry.id))?;
     let library_sha256_now = match sha256_file(&entry.library) {
         Ok(hash) => hash,
@@ -134,6 +135,8 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     }
     field("registered", &entry.created_at)?;
     field("updated", &entry.updated_at)?;
+    field("revision", &entry.revision.to_string())?;
+    super::revision::write_changes(&mut out, &entry, &data_dir, 0)?;
     writeln!(out, "history")?;
     let mut table = Table::new(&["AT", "BY", "ACTION", "DETAIL"]).indent(2);
     for event in &audit {

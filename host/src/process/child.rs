@@ -35,9 +35,10 @@ use plugbay_api::manifest::{Manifest, Permission};
 use super::shm::{self, Shared};
 use super::wire::{self, Message, PluginErrorWire, ReplyKind, RequestKind};
 use super::{Setup, CONTROL_FD, HOST_NETWORK_ARG, SHARED_FD};
+use crate::call::load_and_init;
 use crate::image::Image;
 use crate::loader;
-use crate::runtime::{load_and_init, StartError};
+use crate::runtime::StartError;
 use crate::sandbox::{self, Rules, SandboxMode};
 
 /// Runs the worker on the descriptors the host gave it. Never returns to `main`'s

@@ -24,6 +24,7 @@
 mod attested;
 mod keys;
 mod schema;
+mod store;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -32,12 +33,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use plugbay_api::manifest::{Manifest, Permission};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 #[cfg(feature = "market")]
 pub use attested::{AttestError, StoredAttestation};
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
+pub use store::{SqliteStore, StoredKey, StoredValue, STORE_FILE};
 
 use crate::image::hex;
 use crate::isolation::Isolation;
@@ -93,6 +95,17 @@ pub enum RegistryError {
         /// The id given.
         id: String,
     },
+    /// A bare name with several registered versions, none of them the one enabled.
+    #[error(
+        "plugin name `{name}` is ambiguous: {}; give the id (`name@version`) of the one you mean",
+        describe_versions(versions)
+    )]
+    Ambiguous {
+        /// The name given.
+        name: String,
+        /// Every registered id with that name, and whether it is enabled.
+        versions: Vec<(String, bool)>,
+    },
     /// No plugin has this id.
     #[error("no plugin `{id}` in the registry; `plugbay list` shows the registered ids")]
     NotFound {
@@ -100,7 +113,7 @@ pub enum RegistryError {
         id: String,
     },
     /// The id is already registered.
-    #[error("plugin `{id}` is already registered; unregister it first or bump its version")]
+    #[error("plugin `{id}` is already registered; to register a rebuild of it as its next revision (reviewed again), add `--update`, or bump its version")]
     Conflict {
         /// The id.
         id: String,
@@ -142,6 +155,12 @@ pub enum RegistryError {
         permission: String,
         /// What the manifest requests.
         requested: String,
+    },
+    /// An approval that withholds `process:data` from a plugin with a `process` hook.
+    #[error("cannot approve `{id}` without `process:data`: it declares the `process` hook, and without `process:data` it could never receive a batch; grant `process:data` too, or reject the plugin")]
+    ProcessDataWithheld {
+        /// The id.
+        id: String,
     },
     /// A rejection needs a reason.
     #[error("rejecting `{id}` needs a reason (`--reason TEXT`)")]
@@ -189,7 +208,7 @@ pub enum RegistryError {
 }
 
 /// Where a plugin is in its security review.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewStatus {
     /// Registered, not reviewed yet.
@@ -229,7 +248,7 @@ impl FromStr for ReviewStatus {
 }
 
 /// A plugin's security review.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Review {
     /// Pending, approved or rejected.
     pub status: ReviewStatus,
@@ -246,6 +265,31 @@ pub struct Review {
     /// Where the reviewer decided it runs (approved plugins): a worker thread, for
     /// trusted plugins, or a worker process of its own.
     pub isolation: Option<Isolation>,
+}
+
+fn describe_versions(versions: &[(String, bool)]) -> String {
+    let enabled = versions.iter().filter(|(_, enabled)| *enabled).count();
+    let ids = versions
+        .iter()
+        .map(|(id, enabled)| {
+            if *enabled {
+                format!("{id} (enabled)")
+            } else {
+                id.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    match enabled {
+        0 => format!(
+            "{} versions are registered ({ids}) and none is enabled",
+            versions.len()
+        ),
+        _ => format!(
+            "{} versions are registered ({ids}) and {enabled} of them are enabled",
+            versions.len()
+        ),
+    }
 }
 
 fn join_differences(differences: &[ManifestDifference]) -> String {
@@ -283,6 +327,79 @@ pub struct Entry {
     pub created_at: String,
     /// When it last changed (RFC 3339).
     pub updated_at: String,
+    /// Its revision: 1 at registration, one more for each rebuilt library registered
+    /// for the same id ([`Registry::update`]).
+    pub revision: u32,
+    /// The revision this one replaced, for its reviewer to compare; `None` for the
+    /// first.
+    pub previous: Option<PreviousRevision>,
+}
+
+/// What an entry was before a rebuilt library replaced it ([`Registry::update`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousRevision {
+    /// Its revision number.
+    pub revision: u32,
+    /// Its library's SHA-256.
+    pub sha256: String,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its review, as it stood when it was replaced.
+    pub review: Review,
+    /// When it was replaced (RFC 3339).
+    pub replaced_at: String,
+}
+
+/// What changed from an entry's previous revision to it: what its reviewer looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RevisionChanges {
+    /// The library's SHA-256 before and now, when it changed.
+    pub library: Option<(String, String)>,
+    /// Permissions the manifest requests now and did not before.
+    pub added: Vec<Permission>,
+    /// Permissions the manifest no longer requests.
+    pub removed: Vec<Permission>,
+    /// Every other manifest field that changed (`built_in` is the previous value).
+    pub fields: Vec<ManifestDifference>,
+}
+
+impl Entry {
+    /// What changed since the previous revision, if there is one.
+    pub fn changes(&self) -> Option<RevisionChanges> {
+        let previous = self.previous.as_ref()?;
+        let library = (previous.sha256 != self.sha256)
+            .then(|| (previous.sha256.clone(), self.sha256.clone()));
+        let before = &previous.manifest.permissions;
+        let now = &self.manifest.permissions;
+        Some(RevisionChanges {
+            library,
+            added: now
+                .iter()
+                .filter(|p| !before.contains(p))
+                .cloned()
+                .collect(),
+            removed: before
+                .iter()
+                .filter(|p| !now.contains(p))
+                .cloned()
+                .collect(),
+            fields: loader::manifest_differences(&previous.manifest, &self.manifest)
+                .into_iter()
+                .filter(|difference| difference.field != "permissions")
+                .collect(),
+        })
+    }
+}
+
+/// What [`Registry::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// The id was not registered: it is now, as by [`Registry::register`].
+    Registered,
+    /// The library and the manifest are the ones registered: nothing changed.
+    Unchanged,
+    /// The entry is its next revision, pending review.
+    Revised,
 }
 
 /// One change in the audit log.
@@ -454,6 +571,12 @@ impl Registry {
         self.home.join("data")
     }
 
+    /// The data store of this registry's home (`store.db`), for a host to give its
+    /// plugins ([`Host::with_store`](crate::Host::with_store)); see [`SqliteStore`].
+    pub fn store(&self) -> Result<std::sync::Arc<SqliteStore>, crate::StoreError> {
+        SqliteStore::open(&self.home)
+    }
+
     /// Runs `body` in an immediate transaction (waiting out other writers up to the
     /// busy timeout) and commits it.
     pub(crate) fn write<T>(
@@ -489,26 +612,7 @@ impl Registry {
         if self.find(&id)?.is_some() {
             return Err(RegistryError::Conflict { id });
         }
-        let (library, sha256) = self.store_library(&source)?;
-        let checked = host
-            .inspect_copy(&library, &sha256, &source)
-            .map_err(RegistryError::from)
-            .and_then(|inspection| {
-                let differences = loader::manifest_differences(&inspection.manifest, &manifest);
-                if differences.is_empty() {
-                    Ok(())
-                } else {
-                    Err(RegistryError::ManifestDiffers {
-                        id: id.clone(),
-                        library: source.clone(),
-                        differences,
-                    })
-                }
-            });
-        if let Err(err) = checked {
-            self.release_library(&library)?;
-            return Err(err);
-        }
+        let (library, sha256) = self.checked_copy(host, &manifest, &source)?;
         let now = now();
         self.write(|tx| {
             let inserted = tx.execute(
@@ -534,6 +638,141 @@ impl Registry {
             audit(tx, actor, "register", Some(&id), Some(&format!("library {} sha256 {sha256}", source.display())))
         })?;
         self.get(&id)
+    }
+
+    /// Registers a rebuilt plugin under the id it already has: its library (copied
+    /// and inspected as [`register`](Registry::register) does) and manifest become
+    /// the entry's next revision, which is pending review and disabled. An approval
+    /// never carries over to other code. The revision it replaces is kept in
+    /// [`Entry::previous`], so that the reviewer sees what changed
+    /// ([`Entry::changes`]); the config set for it is kept too, unless it was the
+    /// old manifest's default (then it is the new one's).
+    ///
+    /// An id not registered yet is registered; the same library and manifest again
+    /// change nothing.
+    pub fn update(
+        &mut self,
+        host: &Host,
+        registration: Registration,
+        actor: &str,
+    ) -> Result<(Entry, Update), RegistryError> {
+        let id = registration.manifest.id();
+        let Some(old) = self.find(&id)? else {
+            return Ok((
+                self.register(host, registration, actor)?,
+                Update::Registered,
+            ));
+        };
+        let Registration {
+            manifest,
+            library: source,
+            plugin_dir,
+        } = registration;
+        let source = std::path::absolute(&source).unwrap_or(source);
+        let plugin_dir = std::path::absolute(&plugin_dir).unwrap_or(plugin_dir);
+        let (library, sha256) = self.checked_copy(host, &manifest, &source)?;
+        if sha256 == old.sha256 && manifest == old.manifest && plugin_dir == old.plugin_dir {
+            return Ok((old, Update::Unchanged));
+        }
+        let config = if old.config == old.manifest.config {
+            manifest.config.clone()
+        } else {
+            old.config.clone()
+        };
+        let now = now();
+        let previous = PreviousRevision {
+            revision: old.revision,
+            sha256: old.sha256.clone(),
+            manifest: old.manifest.clone(),
+            review: old.review.clone(),
+            replaced_at: now.clone(),
+        };
+        let previous_json = serde_json::to_string(&previous).expect("a revision serializes");
+        let revision = old.revision + 1;
+        let mut detail = format!(
+            "revision {revision}: library {} sha256 {sha256} (was {}); pending review again",
+            source.display(),
+            old.sha256
+        );
+        let written = self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE plugins SET manifest = ?2, library = ?3, source = ?4, sha256 = ?5,
+                 plugin_dir = ?6, config = ?7, enabled = 0, review_status = 'pending',
+                 reviewer = NULL, reviewed_at = NULL, reviewed_sha256 = NULL, granted = NULL,
+                 review_reason = NULL, isolation = NULL, revision = ?8, previous = ?9,
+                 updated_at = ?10
+                 WHERE id = ?1 AND revision = ?11",
+                params![
+                    id,
+                    manifest.to_json(),
+                    library.to_string_lossy(),
+                    source.to_string_lossy(),
+                    sha256,
+                    plugin_dir.to_string_lossy(),
+                    config.as_ref().map(|c| c.to_string()),
+                    revision,
+                    previous_json,
+                    now,
+                    old.revision,
+                ],
+            )?;
+            if changed == 0 {
+                return Err(RegistryError::Conflict { id: id.clone() });
+            }
+            let changes = loader::manifest_differences(&old.manifest, &manifest);
+            if !changes.is_empty() {
+                detail.push_str("; manifest changed: ");
+                detail.push_str(
+                    &changes
+                        .iter()
+                        .map(|change| {
+                            format!("`{}` {} → {}", change.field, change.built_in, change.given)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+            }
+            audit(tx, actor, "update", Some(&id), Some(&detail))
+        });
+        if let Err(err) = written {
+            self.release_library(&library)?;
+            return Err(err);
+        }
+        self.release_library(&old.library)?;
+        Ok((self.get(&id)?, Update::Revised))
+    }
+
+    /// Copies the library at `source` into the store, inspects the copy on a confined
+    /// thread (as loading does) and checks that the manifest built into it is
+    /// `manifest`, field by field. Returns the stored copy and its SHA-256; on an
+    /// error the copy is released again.
+    fn checked_copy(
+        &self,
+        host: &Host,
+        manifest: &Manifest,
+        source: &Path,
+    ) -> Result<(PathBuf, String), RegistryError> {
+        let (library, sha256) = self.store_library(source)?;
+        let checked = host
+            .inspect_copy(&library, &sha256, source)
+            .map_err(RegistryError::from)
+            .and_then(|inspection| {
+                let differences = loader::manifest_differences(&inspection.manifest, manifest);
+                if differences.is_empty() {
+                    Ok(())
+                } else {
+                    Err(RegistryError::ManifestDiffers {
+                        id: manifest.id(),
+                        library: source.to_owned(),
+                        differences,
+                    })
+                }
+            });
+        if let Err(err) = checked {
+            self.release_library(&library)?;
+            return Err(err);
+        }
+        Ok((library, sha256))
     }
 
     /// The folder of the library store.
@@ -709,6 +948,67 @@ impl Registry {
             .map_err(RegistryError::from)
     }
 
+    /// The id a plugin is named by: an id (`name@version`) as it is, or a bare name
+    /// (`data-processor`) resolved to its one registered version, or else to its one
+    /// enabled version. A name with several versions and not exactly one enabled is
+    /// [`RegistryError::Ambiguous`], listing them; an unknown name is
+    /// [`RegistryError::NotFound`].
+    pub fn resolve(&self, name_or_id: &str) -> Result<String, RegistryError> {
+        if name_or_id.contains('@') {
+            check_id(name_or_id)?;
+            return Ok(name_or_id.to_owned());
+        }
+        let is_name = !name_or_id.is_empty()
+            && name_or_id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !is_name {
+            return Err(RegistryError::InvalidId {
+                id: name_or_id.to_owned(),
+            });
+        }
+        let mut versions: Vec<(String, bool, semver::Version)> = {
+            let mut statement = self
+                .connection
+                .prepare("SELECT id, enabled, version FROM plugins WHERE name = ?1")?;
+            let rows = statement.query_map([name_or_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, bool>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            rows.map(|row| {
+                row.map(|(id, enabled, version)| {
+                    let version = semver::Version::parse(&version)
+                        .unwrap_or_else(|_| semver::Version::new(0, 0, 0));
+                    (id, enabled, version)
+                })
+            })
+            .collect::<Result<_, _>>()?
+        };
+        versions.sort_by(|a, b| a.2.cmp(&b.2));
+        let enabled: Vec<&String> = versions
+            .iter()
+            .filter(|(_, enabled, _)| *enabled)
+            .map(|(id, _, _)| id)
+            .collect();
+        match (versions.len(), enabled.as_slice()) {
+            (0, _) => Err(RegistryError::NotFound {
+                id: name_or_id.to_owned(),
+            }),
+            (1, _) => Ok(versions.remove(0).0),
+            (_, [one]) => Ok((*one).clone()),
+            _ => Err(RegistryError::Ambiguous {
+                name: name_or_id.to_owned(),
+                versions: versions
+                    .into_iter()
+                    .map(|(id, enabled, _)| (id, enabled))
+                    .collect(),
+            }),
+        }
+    }
+
     /// One plugin.
     pub fn get(&self, id: &str) -> Result<Entry, RegistryError> {
         check_id(id)?;
@@ -757,6 +1057,13 @@ impl Registry {
                     .collect()
             }
         };
+        if entry
+            .manifest
+            .has_hook(plugbay_api::manifest::Hook::Process)
+            && !granted.contains(&Permission::ProcessData)
+        {
+            return Err(RegistryError::ProcessDataWithheld { id: id.to_owned() });
+        }
         let actual = self.current_hash(&entry)?;
         if actual != entry.sha256 {
             return Err(RegistryError::LibraryChanged {
@@ -1043,7 +1350,8 @@ pub(crate) fn audit(
 }
 
 const SELECT_ENTRY: &str = "SELECT id, manifest, library, sha256, plugin_dir, enabled, review_status, reviewer,
-    reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at, source, isolation
+    reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at, source, isolation,
+    revision, previous
     FROM plugins";
 
 /// A row, or a description of what in it is corrupt.
@@ -1097,6 +1405,19 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusql
             )))
         }
     };
+    let previous_text: Option<String> = row.get(18)?;
+    let previous = match previous_text
+        .map(|text| serde_json::from_str::<PreviousRevision>(&text))
+        .transpose()
+    {
+        Ok(previous) => previous,
+        Err(err) => {
+            return Ok(Err(corrupt(
+                18,
+                format!("stored previous revision of `{id}` is invalid: {err}"),
+            )))
+        }
+    };
     Ok(Ok(Entry {
         id,
         manifest,
@@ -1123,5 +1444,7 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusql
         config,
         created_at: row.get(13)?,
         updated_at: row.get(14)?,
+        revision: row.get(17)?,
+        previous,
     }))
 }

@@ -55,7 +55,12 @@ const MIGRATIONS: &[&str] = &[
     // or approved before isolation existed, which means a worker process).
     "ALTER TABLE plugins ADD COLUMN isolation TEXT
         CHECK (isolation IS NULL OR isolation IN ('thread', 'process'));",
-    // 4: signed reviews. One row per plugin: the attestation of its current approval
+    // 4: revisions. A rebuilt library registered for the same id (`update`) is the
+    // entry's next revision, pending review again; `previous` keeps the revision it
+    // replaced (its manifest, library digest and review, as JSON) for the reviewer.
+    "ALTER TABLE plugins ADD COLUMN revision INTEGER NOT NULL DEFAULT 1 CHECK (revision >= 1);
+     ALTER TABLE plugins ADD COLUMN previous TEXT;",
+    // 5: signed reviews. One row per plugin: the attestation of its current approval
     // (`review_at` is the `reviewed_at` of the approval it belongs to; a row of an
     // earlier approval is stale and ignored), signed here or installed from `origin`.
     "CREATE TABLE attestations (

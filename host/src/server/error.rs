@@ -24,6 +24,8 @@ pub(crate) enum ErrorCode {
     Forbidden,
     /// No plugin with this id.
     NotFound,
+    /// A bare name with several registered versions, not exactly one enabled.
+    AmbiguousName,
     /// No route with this path.
     RouteNotFound,
     /// The path exists, not with this method.
@@ -77,6 +79,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
+        ErrorCode::AmbiguousName,
         ErrorCode::RouteNotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::AlreadyRegistered,
@@ -107,6 +110,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::AmbiguousName => "ambiguous_name",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::AlreadyRegistered => "already_registered",
@@ -140,6 +144,7 @@ impl ErrorCode {
             ErrorCode::NotFound | ErrorCode::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::AlreadyRegistered
+            | ErrorCode::AmbiguousName
             | ErrorCode::NotApproved
             | ErrorCode::Disabled
             | ErrorCode::LibraryChanged
@@ -285,6 +290,9 @@ impl From<RegistryError> for ApiError {
                 ErrorCode::NotFound,
                 format!("no plugin `{id}` in the registry; GET /plugins lists the registered ids"),
             ),
+            err @ RegistryError::Ambiguous { .. } => {
+                ApiError::new(ErrorCode::AmbiguousName, err.to_string())
+            }
             RegistryError::Conflict { id } => ApiError::new(
                 ErrorCode::AlreadyRegistered,
                 format!("plugin `{id}` is already registered; unregister it first (DELETE /plugins/{id}) or bump its version"),
@@ -300,7 +308,9 @@ impl From<RegistryError> for ApiError {
             err @ RegistryError::LibraryChanged { .. } => {
                 ApiError::new(ErrorCode::LibraryChanged, err.to_string())
             }
-            err @ RegistryError::NotRequested { .. } => ApiError::field("permissions", err.to_string()),
+            err @ (RegistryError::NotRequested { .. } | RegistryError::ProcessDataWithheld { .. }) => {
+                ApiError::field("permissions", err.to_string())
+            }
             RegistryError::NoReason { id } => {
                 ApiError::field("reason", format!("rejecting `{id}` needs a non-empty `reason`"))
             }

@@ -32,6 +32,12 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|err| ApiError::internal(format!("a request task failed: {err}")))?
 }
 
+/// The id a path's `{id}` names: an id as it is, or a bare name resolved by the
+/// registry to its one version, or its one enabled version.
+fn resolve(app: &App, id: &str) -> Result<String, ApiError> {
+    Ok(app.registries.with(|registry| registry.resolve(id))?)
+}
+
 /// Who the audit log says did it: the key's name and id (never its secret).
 pub(super) fn actor(key: &ApiKey) -> String {
     format!("{} (api key {})", key.name, key.id)
@@ -60,6 +66,7 @@ pub(crate) async fn get_plugin(
     PluginId(id): PluginId,
 ) -> Result<Response, ApiError> {
     let plugin = blocking(move || {
+        let id = resolve(&app, &id)?;
         let entry = app.registries.with(|registry| registry.get(&id))?;
         let mut plugin = serde_json::to_value(entry)
             .map_err(|err| ApiError::internal(format!("cannot write plugin {id}: {err}")))?;
@@ -278,6 +285,7 @@ pub(crate) async fn enable_plugin(
 ) -> Result<Response, ApiError> {
     let actor = actor(&key);
     let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
         Ok(app
             .registries
             .with(|registry| registry.enable(&id, &actor))?)
@@ -293,6 +301,7 @@ pub(crate) async fn disable_plugin(
 ) -> Result<Response, ApiError> {
     let actor = actor(&key);
     let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
         let entry = app
             .registries
             .with(|registry| registry.disable(&id, &actor))?;
@@ -310,6 +319,7 @@ pub(crate) async fn unregister_plugin(
 ) -> Result<Response, ApiError> {
     let actor = actor(&key);
     let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
         let entry = app
             .registries
             .with(|registry| registry.unregister(&id, &actor))?;
@@ -327,7 +337,22 @@ pub(crate) async fn review_plugin(
     JsonBody(body): JsonBody<ReviewBody>,
 ) -> Result<Response, ApiError> {
     let reviewer = actor(&key);
-    let entry = blocking(move || match body.decision {
+    let entry = blocking(move || {
+        let id = resolve(&app, &id)?;
+        review(&app, &id, &reviewer, body)
+    })
+    .await?;
+    Ok(Json(entry).into_response())
+}
+
+/// Records a review's decision on plugin `id`.
+fn review(
+    app: &App,
+    id: &str,
+    reviewer: &str,
+    body: ReviewBody,
+) -> Result<crate::registry::Entry, ApiError> {
+    match body.decision {
         Decision::Approve => {
             if body.reason.is_some() {
                 return Err(ApiError::field(
@@ -349,12 +374,12 @@ pub(crate) async fn review_plugin(
             };
             let isolation = match body.isolation.as_deref() {
                 None => Isolation::Process,
-                Some(text) => text.parse::<Isolation>().map_err(|err| {
-                    ApiError::field("isolation", format!("`isolation`: {err}"))
-                })?,
+                Some(text) => text
+                    .parse::<Isolation>()
+                    .map_err(|err| ApiError::field("isolation", format!("`isolation`: {err}")))?,
             };
             Ok(app.registries.with(|registry| {
-                registry.approve_with_isolation(&id, &reviewer, grants, isolation)
+                registry.approve_with_isolation(id, reviewer, grants, isolation)
             })?)
         }
         Decision::Reject => {
@@ -373,13 +398,11 @@ pub(crate) async fn review_plugin(
             let reason = body.reason.unwrap_or_default();
             let entry = app
                 .registries
-                .with(|registry| registry.reject(&id, &reviewer, &reason))?;
-            app.instances.stop(&id);
+                .with(|registry| registry.reject(id, reviewer, &reason))?;
+            app.instances.stop(id);
             Ok(entry)
         }
-    })
-    .await?;
-    Ok(Json(entry).into_response())
+    }
 }
 
 /// A plugin's output, handed to the response without a copy.
@@ -397,6 +420,7 @@ pub(crate) async fn process_batch(
     Records(batch): Records,
 ) -> Result<Response, ApiError> {
     let output = blocking(move || {
+        let id = resolve(&app, &id)?;
         app.instances
             .process(&app.registries, &app.host, &id, &batch)
     })

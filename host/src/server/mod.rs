@@ -125,6 +125,9 @@ pub enum ServerError {
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The home's data store could not be served.
+    #[error(transparent)]
+    DataStore(#[from] crate::StoreError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -185,6 +188,7 @@ impl Server {
         // opened in the server; instances run where their review says.
         let mut host = Host::new()
             .with_data_dir(registry.data_dir())
+            .with_store(registry.store()?)
             .with_sandbox(sandbox)
             .with_isolation(crate::Isolation::Process);
         if let Some(program) = &options.worker_program {

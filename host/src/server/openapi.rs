@@ -334,7 +334,7 @@ fn base_schemas() -> Value {
         },
         "Plugin": {
             "type": "object",
-            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at"],
+            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous"],
             "additionalProperties": false,
             "properties": {
                 "id": { "type": "string", "description": "`name@version`" },
@@ -348,6 +348,20 @@ fn base_schemas() -> Value {
                 "config": { "description": "the config passed to `init` (any JSON), null when unset" },
                 "created_at": { "type": "string", "description": "RFC 3339" },
                 "updated_at": { "type": "string", "description": "RFC 3339" },
+                "revision": { "type": "integer", "minimum": 1, "description": "1 at registration, one more for each rebuilt library registered for the same id (`plugbay register --update`), which is then pending review again" },
+                "previous": {
+                    "type": ["object", "null"],
+                    "description": "the revision this one replaced, for the reviewer to compare (null for the first)",
+                    "required": ["revision", "sha256", "manifest", "review", "replaced_at"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "revision": { "type": "integer", "minimum": 1 },
+                        "sha256": { "type": "string", "description": "its library's SHA-256" },
+                        "manifest": schema("Manifest"),
+                        "review": schema("Review"),
+                        "replaced_at": { "type": "string", "description": "RFC 3339" },
+                    },
+                },
                 "runtime": schema("Runtime"),
             },
         },

@@ -154,8 +154,15 @@ impl Operation {
             "`unauthorized`: no `Authorization: Bearer KEY` header, or a malformed, unknown or revoked key",
         );
         const FORBIDDEN: (u16, &str) = (403, "`forbidden`: the key lacks the route's scope");
-        const BAD_ID: (u16, &str) = (400, "`invalid_id`: the id is not `name@version`");
-        const NOT_FOUND: (u16, &str) = (404, "`not_found`: no plugin has this id");
+        const BAD_ID: (u16, &str) = (
+            400,
+            "`invalid_id`: the id is neither `name@version` nor a plugin's name",
+        );
+        const NOT_FOUND: (u16, &str) = (404, "`not_found`: no plugin has this id or name");
+        const AMBIGUOUS: (u16, &str) = (
+            409,
+            "`ambiguous_name`: the `{id}` is a bare name with several registered versions, not exactly one of them enabled; the message lists them",
+        );
         const TOO_LARGE: (u16, &str) = (
             413,
             "`payload_too_large`: the body is larger than the server's limit",
@@ -170,6 +177,7 @@ impl Operation {
                 UNAUTHORIZED,
                 FORBIDDEN,
                 NOT_FOUND,
+                AMBIGUOUS,
             ],
             Operation::RegisterPlugin => &[
                 (201, "registered, pending review; `Location` names the new plugin"),
@@ -218,7 +226,7 @@ impl Operation {
                 NOT_FOUND,
                 (
                     409,
-                    "`not_approved`: the plugin has not been approved; `library_changed`: its library changed since review",
+                    "`not_approved`: the plugin has not been approved; `library_changed`: its library changed since review; `ambiguous_name`: a bare name with several versions, not exactly one enabled",
                 ),
             ],
             Operation::DisablePlugin => &[
@@ -227,6 +235,7 @@ impl Operation {
                 UNAUTHORIZED,
                 FORBIDDEN,
                 NOT_FOUND,
+                AMBIGUOUS,
             ],
             Operation::UnregisterPlugin => &[
                 (200, "the plugin as it was; a running instance was drained, cleaned up and stopped"),
@@ -234,17 +243,18 @@ impl Operation {
                 UNAUTHORIZED,
                 FORBIDDEN,
                 NOT_FOUND,
+                AMBIGUOUS,
             ],
             Operation::ReviewPlugin => &[
                 (200, "the plugin, approved or rejected"),
                 (
                     400,
-                    "`invalid_id`, or `invalid_body`: a bad body, a grant the manifest does not request, or a rejection without a reason; `field` names the field",
+                    "`invalid_id`, or `invalid_body`: a bad body, a grant the manifest does not request, an approval without `process:data` for a plugin with a `process` hook, or a rejection without a reason; `field` names the field",
                 ),
                 UNAUTHORIZED,
                 FORBIDDEN,
                 NOT_FOUND,
-                (409, "`library_changed`: the library changed since registration"),
+                (409, "`library_changed`: the library changed since registration; `ambiguous_name`: a bare name with several versions, not exactly one enabled"),
                 TOO_LARGE,
             ],
             Operation::ProcessBatch => &[
@@ -255,7 +265,7 @@ impl Operation {
                 NOT_FOUND,
                 (
                     409,
-                    "`not_approved`, `disabled`, `library_changed` (since review), or `not_permitted` (the review did not grant `process:data`)",
+                    "`not_approved`, `disabled`, `library_changed` (since review), `not_permitted` (the plugin's manifest has no `process` hook, or a review made before plugbay refused it did not grant `process:data`), or `ambiguous_name` (a bare name with several versions, none enabled or several)",
                 ),
                 TOO_LARGE,
                 (422, "`plugin_error`: the plugin refused the batch; the message is the plugin's"),

@@ -26,12 +26,15 @@
 #![deny(missing_docs)]
 
 mod permission;
+mod suggest;
 
 use std::fmt;
 
 pub use permission::{FsPath, Permission, PermissionError, PLACEHOLDERS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+pub use suggest::closest;
+use suggest::expected;
 
 /// Every field a manifest may have, in the order they are documented.
 pub const FIELDS: &[&str] = &[
@@ -100,7 +103,11 @@ pub struct Manifest {
     /// The library: a bare name (`data_processor`) resolves to the platform's file
     /// name (`libdata_processor.so`, `data_processor.dll`, `libdata_processor.dylib`).
     pub main: String,
-    /// The hooks the plugin implements.
+    /// The hooks the plugin implements. `plugin.json` may list them
+    /// (`["init", "process"]`) or, as the seed's manifests do, map each to the name
+    /// of its handler (`{"init": "onInit", "process": "onProcess"}`): for a native
+    /// plugin the names are informational (its hooks are the methods of its `Plugin`
+    /// impl), so only the hooks are kept, in the order they run.
     pub hooks: Vec<Hook>,
     /// The permissions the plugin asks for.
     pub permissions: Vec<Permission>,
@@ -137,8 +144,8 @@ pub enum ManifestError {
     },
     /// A field that the manifest format does not have.
     #[error(
-        "unknown field `{field}` (line {line}); expected one of {}",
-        list(FIELDS)
+        "unknown field `{field}` (line {line}){}",
+        expected(closest(field, FIELDS.iter().copied()), &list(FIELDS))
     )]
     UnknownField {
         /// The field's name.
@@ -211,7 +218,7 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn invalid(&self, field: &str, message: impl Into<String>) -> ManifestError {
-        let key = field.split('[').next().unwrap_or(field);
+        let key = field.split(['[', '.']).next().unwrap_or(field);
         ManifestError::InvalidField {
             field: field.to_owned(),
             line: line_of(self.text, key),
@@ -252,6 +259,83 @@ impl Fields<'_> {
                 format!("expected an array of strings, found {}", json_type(&other)),
             )),
         }
+    }
+}
+
+impl Fields<'_> {
+    /// `hooks`: a list of hook names (`["init", "process"]`), or the seed's object
+    /// of hook names to handler names (`{"init": "onInit", "process": "onProcess"}`),
+    /// whose values are informational for a native plugin (its hooks are the methods
+    /// of its `Plugin` impl) and are not kept.
+    fn hooks(&mut self) -> Result<Vec<Hook>, ManifestError> {
+        let value = self.required("hooks")?;
+        let object_form = value.is_object();
+        let names: Vec<(String, String)> = match value {
+            Value::Object(object) => {
+                let mut names = Vec::with_capacity(object.len());
+                for (hook, handler) in object {
+                    let field = format!("hooks.{hook}");
+                    match handler {
+                        Value::String(_) => names.push((field, hook)),
+                        other => {
+                            return Err(self.invalid(
+                                &field,
+                                format!(
+                                    "expected the name of the hook's handler (a string; informational for a native plugin), found {}",
+                                    json_type(&other)
+                                ),
+                            ))
+                        }
+                    }
+                }
+                names
+            }
+            Value::Array(items) => {
+                let mut names = Vec::with_capacity(items.len());
+                for (index, item) in items.into_iter().enumerate() {
+                    let field = format!("hooks[{index}]");
+                    let name = self.as_string(&field, item)?;
+                    names.push((field, name));
+                }
+                names
+            }
+            other => {
+                return Err(self.invalid(
+                    "hooks",
+                    format!(
+                        "expected an array of hook names (`[\"init\", \"process\"]`) or an object of hook names to handler names (`{{\"process\": \"onProcess\"}}`), found {}",
+                        json_type(&other)
+                    ),
+                ))
+            }
+        };
+        let mut hooks = Vec::with_capacity(names.len());
+        for (field, name) in names {
+            let parsed = match name.as_str() {
+                "init" => Hook::Init,
+                "process" => Hook::Process,
+                "cleanup" => Hook::Cleanup,
+                other => {
+                    return Err(self.invalid(
+                        &field,
+                        format!(
+                            "unknown hook `{other}`{}",
+                            expected(closest(other, HOOKS.iter().copied()), &list(HOOKS))
+                        ),
+                    ))
+                }
+            };
+            if hooks.contains(&parsed) {
+                return Err(self.invalid(&field, format!("hook `{name}` is listed twice")));
+            }
+            hooks.push(parsed);
+        }
+        if object_form {
+            // An object's keys have no order of their own: list the hooks in the
+            // order they run.
+            hooks.sort();
+        }
+        Ok(hooks)
     }
 }
 
@@ -318,25 +402,7 @@ impl Manifest {
         let main = fields.string("main")?;
         validate_main(&main).map_err(|message| fields.invalid("main", message))?;
 
-        let mut hooks = Vec::new();
-        for (index, hook) in fields.strings("hooks")?.into_iter().enumerate() {
-            let field = format!("hooks[{index}]");
-            let parsed = match hook.as_str() {
-                "init" => Hook::Init,
-                "process" => Hook::Process,
-                "cleanup" => Hook::Cleanup,
-                other => {
-                    return Err(fields.invalid(
-                        &field,
-                        format!("unknown hook `{other}`; expected one of {}", list(HOOKS)),
-                    ))
-                }
-            };
-            if hooks.contains(&parsed) {
-                return Err(fields.invalid(&field, format!("hook `{hook}` is listed twice")));
-            }
-            hooks.push(parsed);
-        }
+        let hooks = fields.hooks()?;
 
         let mut permissions = Vec::new();
         for (index, text) in fields.strings("permissions")?.into_iter().enumerate() {
@@ -668,6 +734,62 @@ mod tests {
             let err = Manifest::parse(comment).unwrap_err().to_string();
             assert!(err.ends_with("; JSON has no comments, remove it"), "{err}");
         }
+    }
+
+    #[test]
+    fn hooks_may_be_the_seeds_object_of_handler_names() {
+        let seed = with(
+            "hooks",
+            r#"{"init": "onInit", "process": "onProcess", "cleanup": "onCleanup"}"#,
+        );
+        let manifest = Manifest::parse(&seed).unwrap();
+        assert_eq!(
+            manifest.hooks,
+            vec![Hook::Init, Hook::Process, Hook::Cleanup]
+        );
+        assert_eq!(manifest, Manifest::parse(GOOD).unwrap(), "the same plugin");
+        let only_process = Manifest::parse(&with("hooks", r#"{"process": "run"}"#)).unwrap();
+        assert_eq!(only_process.hooks, vec![Hook::Process]);
+
+        for (hooks, expected) in [
+            (
+                r#"{"init": "onInit", "proces": "onProcess"}"#,
+                "unknown hook `proces`; did you mean `process`? expected one of `init`, `process`, `cleanup`",
+            ),
+            (
+                r#"{"process": true}"#,
+                "expected the name of the hook's handler (a string; informational for a native plugin), found a boolean",
+            ),
+            (r#""process""#, "expected an array of hook names"),
+            (r#"["init", "Process"]"#, "unknown hook `Process`; did you mean `process`?"),
+        ] {
+            let err = Manifest::parse(&with("hooks", hooks)).unwrap_err();
+            let ManifestError::InvalidField { field, line, .. } = &err else {
+                panic!("{err}");
+            };
+            assert!(field.starts_with("hooks"), "{err}");
+            assert_eq!(*line, line_of(&with("hooks", hooks), "hooks"), "{err}");
+            let err = err.to_string();
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn misspelt_fields_get_a_suggestion() {
+        let err = Manifest::parse(&with("permission", r#"["process:data"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `permission` (line 14); did you mean `permissions`? expected one of `name`,"),
+            "{err}"
+        );
+        let err = Manifest::parse(&with("permissions", r#"["process:data", "read:dta"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown permission `read:dta`; did you mean `read:data`? expected one of `process:data`,"),
+            "{err}"
+        );
     }
 
     #[test]

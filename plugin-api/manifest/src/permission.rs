@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::suggest::{closest, expected};
+
 /// The placeholders a filesystem permission may start with.
 pub const PLACEHOLDERS: &[&str] = &["${plugin_dir}", "${data_dir}"];
 
@@ -97,8 +99,13 @@ pub enum Permission {
 #[non_exhaustive]
 pub enum PermissionError {
     /// Not one of the known forms.
-    #[error("unknown permission `{0}`; expected one of {known}", known = known())]
-    Unknown(String),
+    #[error("unknown permission `{permission}`{}", expected(suggestion.as_deref(), &known()))]
+    Unknown {
+        /// The permission as written.
+        permission: String,
+        /// The known permission it most likely means, if one is close.
+        suggestion: Option<String>,
+    },
     /// A filesystem permission with a path that is neither absolute nor placeholder-based.
     #[error("permission `{permission}` has path `{path}`; a path must be absolute or start with `${{plugin_dir}}` or `${{data_dir}}`")]
     RelativePath {
@@ -218,8 +225,62 @@ impl FromStr for Permission {
                 Permission::NetBind(number)
             });
         }
-        Err(PermissionError::Unknown(text.to_owned()))
+        Err(PermissionError::Unknown {
+            permission: text.to_owned(),
+            suggestion: suggest(text),
+        })
     }
+}
+
+/// The permissions without a parameter.
+const PLAIN: &[&str] = &["process:data", "read:data", "write:data", "sys:dns"];
+
+/// The permissions with a parameter, by their `kind:operation` head.
+const PARAMETERISED: &[(&str, &str)] = &[
+    ("fs:read", "PATH"),
+    ("fs:write", "PATH"),
+    ("net:connect", "PORT"),
+    ("net:bind", "PORT"),
+];
+
+/// The permission an unknown one most likely means: a near miss of a known form
+/// (`read:dta`, `proces:data`), other separators (`read-data`, `read_data`), the
+/// words swapped (`data:read`), or a misspelt head with its parameter kept
+/// (`fs:raed:/etc` is `fs:read:/etc`).
+fn suggest(text: &str) -> Option<String> {
+    let trimmed = text.trim().to_ascii_lowercase();
+    let plain = trimmed.replace(['-', '_', '.', ' '], ":");
+    if PLAIN.contains(&plain.as_str()) {
+        return Some(plain);
+    }
+    if let Some((first, second)) = plain.split_once(':') {
+        let swapped = format!("{second}:{first}");
+        if PLAIN.contains(&swapped.as_str()) {
+            return Some(swapped);
+        }
+    }
+    let heads = PARAMETERISED.iter().map(|(head, _)| *head);
+    let (head, rest) = match trimmed.splitn(3, ':').collect::<Vec<_>>()[..] {
+        [kind, operation, rest] => (format!("{kind}:{operation}"), Some(rest)),
+        _ => (trimmed.trim_end_matches(':').to_owned(), None),
+    };
+    let fixed_head = if heads.clone().any(|known| known == head) {
+        Some(head.as_str())
+    } else {
+        closest(&head, heads)
+    };
+    match (fixed_head, rest) {
+        (Some(fixed), Some(rest)) if !rest.is_empty() => return Some(format!("{fixed}:{rest}")),
+        (Some(fixed), _) => {
+            let parameter = PARAMETERISED
+                .iter()
+                .find(|(known, _)| *known == fixed)
+                .map_or("PATH", |(_, parameter)| *parameter);
+            return Some(format!("{fixed}:{parameter}"));
+        }
+        (None, _) => {}
+    }
+    closest(&plain, PLAIN.iter().copied()).map(str::to_owned)
 }
 
 fn parse_path(permission: &str, path: &str) -> Result<FsPath, PermissionError> {
@@ -347,13 +408,49 @@ mod tests {
             ("fs:read:${home}/x", "unknown placeholder `${home}`"),
             ("net:bind:0", "port `0`"),
             ("net:connect:http", "port `http`"),
-            ("", "unknown permission ``"),
+            ("", "unknown permission ``; expected"),
         ] {
             let err = text.parse::<Permission>().unwrap_err().to_string();
             assert!(
                 err.contains(expected),
                 "{err:?} should contain {expected:?}"
             );
+        }
+    }
+
+    #[test]
+    fn misspelt_permissions_get_a_suggestion() {
+        for (text, suggestion) in [
+            ("read:dta", Some("read:data")),
+            ("proces:data", Some("process:data")),
+            ("process-data", Some("process:data")),
+            ("write_data", Some("write:data")),
+            ("data:read", Some("read:data")),
+            ("Process:Data", Some("process:data")),
+            ("fs:raed:/etc/hosts", Some("fs:read:/etc/hosts")),
+            ("net:conect:8080", Some("net:connect:8080")),
+            ("fs:read", Some("fs:read:PATH")),
+            ("net:bind", Some("net:bind:PORT")),
+            ("sys:dsn", Some("sys:dns")),
+            ("everything", None),
+            ("", None),
+        ] {
+            let err = text.parse::<Permission>().unwrap_err();
+            let PermissionError::Unknown {
+                suggestion: found, ..
+            } = &err
+            else {
+                panic!("{text}: {err}");
+            };
+            assert_eq!(found.as_deref(), suggestion, "{text}");
+            let message = err.to_string();
+            match suggestion {
+                Some(suggestion) => assert!(
+                    message.contains(&format!("did you mean `{suggestion}`?")),
+                    "{message}"
+                ),
+                None => assert!(!message.contains("did you mean"), "{message}"),
+            }
         }
     }
 

@@ -1,0 +1,312 @@
+//! The worker thread of an instance in thread isolation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::RResult;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use plugbay_api::abi::{ErrorKind, PluginContext, PluginError};
+use plugbay_api::manifest::Manifest;
+
+use super::StartError;
+use crate::batch::Batch;
+use crate::call::{load_and_init, process_here, recv_by, Outcome};
+use crate::image::Image;
+use crate::sandbox::{self, Confinement, Rules, SandboxMode};
+use crate::services::Revoker;
+use crate::stream::{self, Stopped, Stream, StreamEnd};
+use crate::threads;
+
+/// Joins a worker thread that has left its loop, if it ends by `deadline` (its
+/// plugin's thread-local destructors still run after that); else abandons it.
+pub(super) fn join_by(thread: JoinHandle<()>, life: &WorkerLife, deadline: Option<Instant>) {
+    let mut pause = Duration::from_micros(20);
+    while !thread.is_finished() {
+        let now = Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            life.abandon();
+            return;
+        }
+        let left = deadline.map_or(pause, |deadline| deadline - now);
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    let _ = thread.join();
+}
+
+/// The workers a host abandoned whose threads still run, per plugin id.
+#[derive(Debug, Default)]
+pub(super) struct Census {
+    pub(super) running: Mutex<HashMap<String, usize>>,
+}
+
+impl Census {
+    pub(super) fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn total(&self) -> usize {
+        self.counts().values().sum()
+    }
+
+    pub(super) fn of(&self, id: &str) -> usize {
+        self.counts().get(id).copied().unwrap_or(0)
+    }
+}
+
+/// Where a worker thread is in its life, as its handle and the thread see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Life {
+    /// Starting, serving calls, or dropping its instance, for a handle that waits.
+    Serving,
+    /// The host gave up waiting for it after a missed deadline: it may never return.
+    Abandoned,
+    /// The thread has left its function.
+    Ended,
+}
+
+/// One worker's [`Life`], shared by its handle and its thread. The transitions:
+/// `Serving → Abandoned` ([`abandon`](WorkerLife::abandon), the host), and
+/// `Serving | Abandoned → Ended` ([`end`](WorkerLife::end), the thread). The host's
+/// [`Census`] counts the workers in `Abandoned`.
+pub(super) struct WorkerLife {
+    pub(super) id: String,
+    pub(super) life: Mutex<Life>,
+    pub(super) census: Arc<Census>,
+}
+
+impl WorkerLife {
+    pub(super) fn life(&self) -> std::sync::MutexGuard<'_, Life> {
+        self.life.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The host gives up on the worker; a worker that has ended stays ended.
+    pub(super) fn abandon(&self) {
+        let mut life = self.life();
+        if *life == Life::Serving {
+            *life = Life::Abandoned;
+            *self.census.counts().entry(self.id.clone()).or_default() += 1;
+            tracing::warn!(plugin = %self.id, "worker thread abandoned; it may never return from the plugin");
+        }
+    }
+
+    /// The worker thread ends; an abandoned one leaves the census.
+    pub(super) fn end(&self) {
+        let mut life = self.life();
+        if *life == Life::Abandoned {
+            let mut counts = self.census.counts();
+            if let Some(count) = counts.get_mut(&self.id) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&self.id);
+                }
+            }
+            tracing::info!(plugin = %self.id, "an abandoned worker thread returned from the plugin and ended");
+        }
+        *life = Life::Ended;
+    }
+}
+
+/// Ends the worker's [`Life`] when the worker's function returns or unwinds.
+pub(super) struct Ending(Arc<WorkerLife>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// How long before a reply is due the caller stops sleeping and starts to spin.
+///
+/// Waking a parked thread costs tens of microseconds where cores sleep when idle
+/// (measured on the 2-core virtual machine of BENCHMARKS.md: 50–100 µs, as long as a
+/// batch of 50 records takes), and a sleeping timer wakes as late. Spinning this long
+/// before the reply is due absorbs both.
+pub(super) const WAKE_AHEAD: Duration = Duration::from_micros(200);
+
+/// How a caller waits for its worker's reply: it learns how long calls take, sleeps
+/// (parked, no CPU) until shortly before the reply is due, spins (yielding the core to
+/// any thread that wants it) until it comes, and parks again if it is late.
+///
+/// A call shorter than [`WAKE_AHEAD`] is spun for whole, so a small batch costs a
+/// hand-off of about a microsecond instead of a wake-up; a long call costs at most
+/// about `2 × WAKE_AHEAD` of spinning.
+#[derive(Debug, Default)]
+pub(super) struct ReplyWait {
+    /// A moving average of recent calls' durations.
+    pub(super) expected: Duration,
+}
+
+impl ReplyWait {
+    pub(super) fn reply(
+        &mut self,
+        replies: &Receiver<Reply>,
+        sent: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, RecvTimeoutError> {
+        let result = self.wait(replies, sent, deadline);
+        if result.is_ok() {
+            self.expected = (self.expected * 3 + sent.elapsed()) / 4;
+        }
+        result
+    }
+
+    pub(super) fn wait(
+        &self,
+        replies: &Receiver<Reply>,
+        sent: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, RecvTimeoutError> {
+        let by_deadline = |instant: Instant| deadline.map_or(instant, |due| due.min(instant));
+        if let Some(sleep) = self.expected.checked_sub(WAKE_AHEAD) {
+            match replies.recv_deadline(by_deadline(sent + sleep)) {
+                Err(RecvTimeoutError::Timeout) => {}
+                other => return other,
+            }
+        }
+        let spin_until = by_deadline(Instant::now() + self.expected.min(WAKE_AHEAD) + WAKE_AHEAD);
+        loop {
+            match replies.try_recv() {
+                Ok(reply) => return Ok(reply),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= spin_until {
+                return recv_by(replies, deadline);
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+pub(super) enum Request {
+    Process(Batch),
+    Stream(Stream),
+    Cleanup,
+}
+
+pub(super) enum Reply {
+    Processed(Result<Batch, Outcome>),
+    Streamed(StreamEnd),
+    CleanedUp(RResult<(), PluginError>),
+}
+
+pub(super) struct Ready {
+    pub(super) confinement: Confinement,
+    pub(super) api_version: semver::Version,
+}
+
+pub(super) struct Setup {
+    pub(super) id: String,
+    pub(super) image: Image,
+    pub(super) manifest: Manifest,
+    pub(super) rules: Rules,
+    pub(super) mode: SandboxMode,
+    pub(super) context: PluginContext,
+    pub(super) services: Revoker,
+    pub(super) life: Arc<WorkerLife>,
+    pub(super) left: Arc<threads::Left>,
+}
+
+/// The worker thread: confine, load, construct, init, then serve requests; at the
+/// end drop the instance (the handle waits for that with a deadline) and revoke its
+/// host services. They are revoked as soon as `cleanup` returns, too.
+pub(super) fn worker(
+    setup: Setup,
+    ready: Sender<Result<Ready, StartError>>,
+    requests: Receiver<Request>,
+    replies: Sender<Reply>,
+) {
+    let _ending = Ending(setup.life.clone());
+    let services = setup.services.clone();
+    // Before confinement: how the worker will find the threads its plugin leaves.
+    let mut watch = threads::Watch::start();
+    let left = setup.left.clone();
+    let started = sandbox::confine_current_thread(&setup.id, &setup.rules, setup.mode)
+        .map_err(StartError::from)
+        .and_then(|confinement| {
+            let (instance, api_version) =
+                load_and_init(&setup.id, &setup.image, &setup.manifest, setup.context)?;
+            Ok((
+                instance,
+                Ready {
+                    confinement,
+                    api_version,
+                },
+            ))
+        });
+    let mut instance = match started {
+        Ok((instance, ready_message)) => {
+            if ready.send(Ok(ready_message)).is_err() {
+                // The caller gave up waiting (timeout): nobody will call us.
+                services.revoke();
+                drop(instance);
+                return;
+            }
+            instance
+        }
+        Err(err) => {
+            services.revoke();
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    drop(ready);
+    while let Some(request) = next_request(&requests) {
+        let reply = match request {
+            Request::Process(batch) => Reply::Processed(process_here(&mut instance, &batch)),
+            Request::Stream(stream) => Reply::Streamed(stream::stream_here(&mut instance, stream)),
+            Request::Cleanup => {
+                let result = instance.cleanup();
+                // Nothing the plugin does from now on reaches the host's services.
+                services.revoke();
+                Reply::CleanedUp(result)
+            }
+        };
+        let panicked = matches!(
+            &reply,
+            Reply::Processed(Err(Outcome::Plugin(error)))
+                | Reply::Streamed(Some((_, _, Stopped::Failed(Outcome::Plugin(error)))))
+                | Reply::CleanedUp(RResult::RErr(error))
+                if error.kind == ErrorKind::PANICKED
+        );
+        if panicked {
+            // After a panic the instance's state is unknown: never call or drop it again.
+            std::mem::forget(instance);
+            services.revoke();
+            let _ = replies.send(reply);
+            return;
+        }
+        if replies.send(reply).is_err() {
+            // The handle is gone (it abandoned this worker, which returned late).
+            break;
+        }
+    }
+    // The SDK runs the plugin's `Drop` under `catch_unwind`; the handle waits for
+    // this with the call deadline, and abandons the worker past it.
+    drop(instance);
+    services.revoke();
+    left.record(watch.left());
+    // Dropping `replies` (with the function's arguments) tells the handle.
+}
+
+/// How long a worker keeps looking for the next request after a reply before it
+/// parks: callers that stream batches send the next one within microseconds, and
+/// catching it awake saves them a wake-up (tens of microseconds on a virtual machine).
+pub(super) const NEXT_REQUEST_SPIN: Duration = Duration::from_micros(50);
+
+/// The next request, or `None` once the handle is gone. Spins (yielding the core)
+/// for [`NEXT_REQUEST_SPIN`], then parks: an idle worker costs no CPU.
+pub(super) fn next_request(requests: &Receiver<Request>) -> Option<Request> {
+    let spin_until = Instant::now() + NEXT_REQUEST_SPIN;
+    loop {
+        match requests.try_recv() {
+            Ok(request) => return Some(request),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if Instant::now() < spin_until => std::thread::yield_now(),
+            Err(TryRecvError::Empty) => return requests.recv().ok(),
+        }
+    }
+}
