@@ -56,6 +56,7 @@ pub use artifact::{
     SIGNATURE_MEDIA_TYPE,
 };
 pub use fetch::{download, is_http_url, Download, DownloadLimits};
+#[cfg(feature = "server")]
 pub(crate) use install::name_after;
 pub use install::{install, register_download, register_fetched, Installed, Outcome};
 pub use oci::{Fetched, Market, Offer, OfferTrust, PublishBundle, Published};
