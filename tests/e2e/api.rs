@@ -1949,28 +1949,124 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
     let (signing_key, _) = crate::market::reviewer_key(signing.path(), "alice");
     let signing_key = plugbay_host::attestation::SigningKey::from_file(&signing_key).unwrap();
     let sign = |package: &str| -> String {
-        let reply = api.call(Method::POST, "/plugins/register", Some(&keys.write), Some(seed_body(package)));
+        let reply = api.call(
+            Method::POST,
+            "/plugins/register",
+            Some(&keys.write),
+            Some(seed_body(package)),
+        );
         assert_eq!(reply.status, 201, "{reply:?}");
         let id = reply.body["id"].as_str().unwrap().to_owned();
         api.registry()
-            .approve_signed(&id, "alice", None, plugbay_host::Isolation::Process, &signing_key, &[])
+            .approve_signed(
+                &id,
+                "alice",
+                None,
+                plugbay_host::Isolation::Process,
+                &signing_key,
+                &[],
+            )
             .unwrap();
         id
     };
     let signed = sign("fixture-raw-value");
     let name = |id: &str| id.split('@').next().unwrap().to_owned();
-    scenario!("POST", "/plugins/install", 400, install, "", Some(json!({"reference": "raw-value@0.1.0"})));
-    scenario!("POST", "/plugins/install", 401, None, "", Some(json!({"reference": format!("{unreachable}/x:1.0.0")})));
-    scenario!("POST", "/plugins/install", 403, publish, "", Some(json!({"reference": format!("{unreachable}/x:1.0.0")})));
-    scenario!("POST", "/plugins/install", 413, install, "", Some(big.clone()));
-    scenario!("POST", "/plugins/install", 502, install, "", Some(json!({"reference": format!("{unreachable}/x:1.0.0")})));
-    scenario!("POST", "/plugins/{id}/publish", 400, publish, &signed, Some(json!({"reference": "ghcr.io/x"})));
-    scenario!("POST", "/plugins/{id}/publish", 401, None, &signed, Some(json!({"reference": format!("{unreachable}/x")})));
-    scenario!("POST", "/plugins/{id}/publish", 403, install, &signed, Some(json!({"reference": format!("{unreachable}/x")})));
-    scenario!("POST", "/plugins/{id}/publish", 404, publish, ghost, Some(json!({"reference": format!("{unreachable}/ghost")})));
-    scenario!("POST", "/plugins/{id}/publish", 409, publish, &dp, Some(json!({"reference": format!("{unreachable}/data-processor")})));
-    scenario!("POST", "/plugins/{id}/publish", 413, publish, &signed, Some(big.clone()));
-    scenario!("POST", "/plugins/{id}/publish", 502, publish, &signed, Some(json!({"reference": format!("{unreachable}/{}", name(&signed))})));
+    scenario!(
+        "POST",
+        "/plugins/install",
+        400,
+        install,
+        "",
+        Some(json!({"reference": "raw-value@0.1.0"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/install",
+        401,
+        None,
+        "",
+        Some(json!({"reference": format!("{unreachable}/x:1.0.0")}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/install",
+        403,
+        publish,
+        "",
+        Some(json!({"reference": format!("{unreachable}/x:1.0.0")}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/install",
+        413,
+        install,
+        "",
+        Some(big.clone())
+    );
+    scenario!(
+        "POST",
+        "/plugins/install",
+        502,
+        install,
+        "",
+        Some(json!({"reference": format!("{unreachable}/x:1.0.0")}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/publish",
+        400,
+        publish,
+        &signed,
+        Some(json!({"reference": "ghcr.io/x"}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/publish",
+        401,
+        None,
+        &signed,
+        Some(json!({"reference": format!("{unreachable}/x")}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/publish",
+        403,
+        install,
+        &signed,
+        Some(json!({"reference": format!("{unreachable}/x")}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/publish",
+        404,
+        publish,
+        ghost,
+        Some(json!({"reference": format!("{unreachable}/ghost")}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/publish",
+        409,
+        publish,
+        &dp,
+        Some(json!({"reference": format!("{unreachable}/data-processor")}))
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/publish",
+        413,
+        publish,
+        &signed,
+        Some(big.clone())
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/publish",
+        502,
+        publish,
+        &signed,
+        Some(json!({"reference": format!("{unreachable}/{}", name(&signed))}))
+    );
     let distribution = crate::market::Distribution::start();
     let mut need_a_registry = BTreeSet::new();
     if let Some(registry) = &distribution {
@@ -1995,10 +2091,38 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         stored[1000] ^= 0xff;
         std::fs::write(&blob, stored).unwrap();
         let target = registry.oci(&format!("team/{}", name(&signed)));
-        scenario!("POST", "/plugins/{id}/publish", 200, publish, &signed, Some(json!({"reference": target})));
-        scenario!("POST", "/plugins/install", 201, install, "", Some(json!({"reference": away_reference})));
-        scenario!("POST", "/plugins/install", 409, install, "", Some(json!({"reference": format!("{target}:0.1.0")})));
-        scenario!("POST", "/plugins/install", 422, install, "", Some(json!({"reference": tampered_reference})));
+        scenario!(
+            "POST",
+            "/plugins/{id}/publish",
+            200,
+            publish,
+            &signed,
+            Some(json!({"reference": target}))
+        );
+        scenario!(
+            "POST",
+            "/plugins/install",
+            201,
+            install,
+            "",
+            Some(json!({"reference": away_reference}))
+        );
+        scenario!(
+            "POST",
+            "/plugins/install",
+            409,
+            install,
+            "",
+            Some(json!({"reference": format!("{target}:0.1.0")}))
+        );
+        scenario!(
+            "POST",
+            "/plugins/install",
+            422,
+            install,
+            "",
+            Some(json!({"reference": tampered_reference}))
+        );
     } else {
         for (method_name, path, status) in [
             ("POST", "/plugins/{id}/publish", 200),
@@ -2015,7 +2139,11 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
     let mut expected = BTreeSet::new();
     for ((method_name, path), responses) in &routes {
         for status in responses.keys().filter(|status| *status != "default") {
-            let key = (method_name.clone(), path.clone(), status.parse::<u16>().unwrap());
+            let key = (
+                method_name.clone(),
+                path.clone(),
+                status.parse::<u16>().unwrap(),
+            );
             if !need_a_registry.contains(&key) {
                 expected.insert(key);
             }

@@ -73,7 +73,9 @@ impl Distribution {
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10) {
                 if let Some(status) = child.try_wait().unwrap() {
-                    eprintln!("docker-registry on {addr} exited at start ({status}); trying another port");
+                    eprintln!(
+                        "docker-registry on {addr} exited at start ({status}); trying another port"
+                    );
                     break;
                 }
                 if http_status(&format!("http://{addr}/v2/")) == Some(200) {
@@ -144,7 +146,10 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 impl Attacker<'_> {
     fn manifest(&self, reference: &str) -> Value {
         let response = http()
-            .get(self.registry.url(&format!("{}/manifests/{reference}", self.repository)))
+            .get(
+                self.registry
+                    .url(&format!("{}/manifests/{reference}", self.repository)),
+            )
             .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
             .send()
             .unwrap();
@@ -154,7 +159,10 @@ impl Attacker<'_> {
 
     fn blob(&self, digest: &str) -> Vec<u8> {
         let response = http()
-            .get(self.registry.url(&format!("{}/blobs/{digest}", self.repository)))
+            .get(
+                self.registry
+                    .url(&format!("{}/blobs/{digest}", self.repository)),
+            )
             .send()
             .unwrap();
         assert!(response.status().is_success(), "{response:?}");
@@ -165,7 +173,10 @@ impl Attacker<'_> {
     fn push_blob(&self, bytes: &[u8]) -> (String, usize) {
         let digest = format!("sha256:{}", sha256(bytes));
         let start = http()
-            .post(self.registry.url(&format!("{}/blobs/uploads/", self.repository)))
+            .post(
+                self.registry
+                    .url(&format!("{}/blobs/uploads/", self.repository)),
+            )
             .send()
             .unwrap();
         assert_eq!(start.status().as_u16(), 202, "{start:?}");
@@ -188,9 +199,15 @@ impl Attacker<'_> {
 
     fn push_manifest(&self, reference: &str, manifest: &Value) -> String {
         let bytes = serde_json::to_vec(manifest).unwrap();
-        let media_type = manifest["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_owned();
+        let media_type = manifest["mediaType"]
+            .as_str()
+            .unwrap_or(OCI_MANIFEST)
+            .to_owned();
         let response = http()
-            .put(self.registry.url(&format!("{}/manifests/{reference}", self.repository)))
+            .put(
+                self.registry
+                    .url(&format!("{}/manifests/{reference}", self.repository)),
+            )
             .header("content-type", media_type)
             .body(bytes.clone())
             .send()
@@ -313,7 +330,9 @@ impl Home {
             .map(|dir| dir.filter_map(Result::ok).map(|e| e.file_name()).collect())
             .unwrap_or_default();
         assert!(
-            stored.iter().all(|name| name.to_string_lossy().starts_with(".incoming")),
+            stored
+                .iter()
+                .all(|name| name.to_string_lossy().starts_with(".incoming")),
             "{stored:?}"
         );
         let leftovers: Vec<_> = std::fs::read_dir(self.path())
@@ -394,7 +413,10 @@ fn a_signed_review_is_verified_by_ssh_keygen_itself() {
     assert_eq!(attestation["plugin"], id);
     assert_eq!(attestation["reviewer"], "alice@example.com");
     assert_eq!(attestation["isolation"], "process");
-    assert_eq!(attestation["granted"], approved["plugin"]["review"]["granted"]);
+    assert_eq!(
+        attestation["granted"],
+        approved["plugin"]["review"]["granted"]
+    );
     assert_eq!(attestation["manifest"], approved["plugin"]["manifest"]);
     assert_eq!(
         attestation["libraries"][0]["sha256"],
@@ -449,7 +471,10 @@ fn trust_keys_are_added_listed_and_removed() {
         "{text}"
     );
     let listed = home.ok(&["trust", "list"]);
-    assert!(listed.contains("alice") && listed.contains(&fingerprint), "{listed}");
+    assert!(
+        listed.contains("alice") && listed.contains(&fingerprint),
+        "{listed}"
+    );
     let err = home.fails(&["trust", "add", "alice", &path(&alice_pub)]);
     assert!(err.contains("already trusted"), "{err}");
     let err = home.fails(&["trust", "add", "two words", &path(&alice_pub)]);
@@ -459,7 +484,10 @@ fn trust_keys_are_added_listed_and_removed() {
     home.ok(&["trust", "remove", &fingerprint]);
     assert!(home.json(&["trust", "list"]).as_array().unwrap().is_empty());
     let err = home.fails(&["trust", "remove", "alice"]);
-    assert!(err.contains("no trusted reviewer key matches `alice`"), "{err}");
+    assert!(
+        err.contains("no trusted reviewer key matches `alice`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -475,11 +503,23 @@ fn a_signing_key_that_is_not_ed25519_or_not_a_key_is_refused_with_what_to_do() {
     let home = Home::new();
     let id = home.register("redactor");
     let err = home.fails(&["review", "approve", &id, "--signing-key", &path(&rsa)]);
-    assert!(err.contains("Ed25519 keys only") && err.contains("ssh-keygen -t ed25519"), "{err}");
-    let err = home.fails(&["review", "approve", &id, "--signing-key", "/nonexistent/key"]);
+    assert!(
+        err.contains("Ed25519 keys only") && err.contains("ssh-keygen -t ed25519"),
+        "{err}"
+    );
+    let err = home.fails(&[
+        "review",
+        "approve",
+        &id,
+        "--signing-key",
+        "/nonexistent/key",
+    ]);
     assert!(err.contains("/nonexistent/key"), "{err}");
     // Nothing was approved by the failed attempts.
-    assert_eq!(home.registry().get(&id).unwrap().review.status.to_string(), "pending");
+    assert_eq!(
+        home.registry().get(&id).unwrap().review.status.to_string(),
+        "pending"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -488,7 +528,9 @@ fn a_signing_key_that_is_not_ed25519_or_not_a_key_is_refused_with_what_to_do() {
 
 #[test]
 fn a_plugin_published_from_one_home_installs_approved_in_another() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let keys = tempfile::tempdir().unwrap();
     let (_reviewers_home, reference) = publish_data_processor(&registry, keys.path());
     let alice_pub = keys.path().join("alice.pub");
@@ -527,10 +569,18 @@ fn a_plugin_published_from_one_home_installs_approved_in_another() {
     let input = other.dir.path().join("in.json");
     std::fs::write(&input, r#"[{"id": 1}]"#).unwrap();
     let ran = other.ok(&["run", "data-processor@1.0.0", "--input", &path(&input)]);
-    assert!(ran.contains("\"processed\":true") || ran.contains("\"processed\": true"), "{ran}");
+    assert!(
+        ran.contains("\"processed\":true") || ran.contains("\"processed\": true"),
+        "{ran}"
+    );
     // Its attestation travelled with it: ssh-keygen checks it in the new home.
     let out = tempfile::tempdir().unwrap();
-    let written = other.json(&["attestation", "data-processor@1.0.0", "--output", &path(out.path())]);
+    let written = other.json(&[
+        "attestation",
+        "data-processor@1.0.0",
+        "--output",
+        &path(out.path()),
+    ]);
     let verified = Command::new("sh")
         .arg("-c")
         .arg(written["verify"].as_str().unwrap())
@@ -548,7 +598,10 @@ fn a_plugin_published_from_one_home_installs_approved_in_another() {
         .clone();
     assert!(
         install["detail"].as_str().unwrap().contains(&reference)
-            && install["detail"].as_str().unwrap().contains("reviewer alice"),
+            && install["detail"]
+                .as_str()
+                .unwrap()
+                .contains("reviewer alice"),
         "{install}"
     );
 
@@ -561,10 +614,18 @@ fn a_plugin_published_from_one_home_installs_approved_in_another() {
     assert_eq!(offers[0]["reviewer"], "alice");
     assert_eq!(offers[0]["trust"]["status"], "trusted");
     let table = other.ok(&["search", &registry.oci("team")]);
-    assert!(table.contains("APPROVED BY") && table.contains("alice"), "{table}");
+    assert!(
+        table.contains("APPROVED BY") && table.contains("alice"),
+        "{table}"
+    );
 
     // `NAME@VERSION` in the default marketplace; already installed here.
-    let err = other.fails(&["install", "data-processor@1.0.0", "--marketplace", &registry.oci("team")]);
+    let err = other.fails(&[
+        "install",
+        "data-processor@1.0.0",
+        "--marketplace",
+        &registry.oci("team"),
+    ]);
     assert!(err.contains("already registered"), "{err}");
     let err = other.fails(&["install", "data-processor@1.0.0"]);
     assert!(err.contains("PLUGBAY_MARKETPLACE"), "{err}");
@@ -572,7 +633,9 @@ fn a_plugin_published_from_one_home_installs_approved_in_another() {
 
 #[test]
 fn only_an_approved_and_signed_plugin_can_be_published() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let home = Home::new();
     let id = home.register("redactor");
     let target = registry.oci("team/redactor");
@@ -592,9 +655,18 @@ fn only_an_approved_and_signed_plugin_can_be_published() {
     let (key, _) = reviewer_key(keys.path(), "alice");
     home.ok(&["review", "approve", &id, "--signing-key", &path(&key)]);
     let err = home.fails(&["publish", &id, &registry.oci("team/other")]);
-    assert!(err.contains("ends in `other`, but the plugin is `redactor`"), "{err}");
-    assert_eq!(http_status(&registry.url("team/other/tags/list")), Some(404));
-    assert_eq!(http_status(&registry.url("team/redactor/tags/list")), Some(404));
+    assert!(
+        err.contains("ends in `other`, but the plugin is `redactor`"),
+        "{err}"
+    );
+    assert_eq!(
+        http_status(&registry.url("team/other/tags/list")),
+        Some(404)
+    );
+    assert_eq!(
+        http_status(&registry.url("team/redactor/tags/list")),
+        Some(404)
+    );
     // A later unsigned approval makes the signed one stale.
     home.ok(&["review", "approve", &id, "--grant", "process:data"]);
     let err = home.fails(&["publish", &id, &target]);
@@ -603,7 +675,9 @@ fn only_an_approved_and_signed_plugin_can_be_published() {
 
 #[test]
 fn a_tampered_blob_is_refused_and_nothing_is_stored() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let keys = tempfile::tempdir().unwrap();
     let (_reviewers_home, reference) = publish_data_processor(&registry, keys.path());
     let attacker = Attacker {
@@ -611,7 +685,8 @@ fn a_tampered_blob_is_refused_and_nothing_is_stored() {
         repository: "team/data-processor".to_owned(),
     };
     let manifest = attacker.manifest("1.0.0");
-    let library = &manifest["layers"][Attacker::layer(&manifest, "application/vnd.plugbay.plugin.library.v1")];
+    let library = &manifest["layers"]
+        [Attacker::layer(&manifest, "application/vnd.plugbay.plugin.library.v1")];
     // The registry's disk is changed under it: same digest, other bytes.
     let file = registry.blob_file(library["digest"].as_str().unwrap());
     let mut bytes = std::fs::read(&file).unwrap();
@@ -620,7 +695,12 @@ fn a_tampered_blob_is_refused_and_nothing_is_stored() {
     std::fs::write(&file, &bytes).unwrap();
 
     let other = Home::new();
-    other.ok(&["trust", "add", "alice", &path(&keys.path().join("alice.pub"))]);
+    other.ok(&[
+        "trust",
+        "add",
+        "alice",
+        &path(&keys.path().join("alice.pub")),
+    ]);
     let err = other.fails(&["install", &reference]);
     assert!(
         err.contains("its library has digest") && err.contains("nothing was stored"),
@@ -631,7 +711,9 @@ fn a_tampered_blob_is_refused_and_nothing_is_stored() {
 
 #[test]
 fn a_rewritten_attestation_does_not_verify_and_is_refused() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let keys = tempfile::tempdir().unwrap();
     let (_reviewers_home, reference) = publish_data_processor(&registry, keys.path());
     let attacker = Attacker {
@@ -651,7 +733,12 @@ fn a_rewritten_attestation_does_not_verify_and_is_refused() {
     attacker.push_manifest("1.0.0", &manifest);
 
     let other = Home::new();
-    other.ok(&["trust", "add", "alice", &path(&keys.path().join("alice.pub"))]);
+    other.ok(&[
+        "trust",
+        "add",
+        "alice",
+        &path(&keys.path().join("alice.pub")),
+    ]);
     let err = other.fails(&["install", &reference]);
     assert!(
         err.contains("signature does not verify") && err.contains("nothing was stored"),
@@ -669,7 +756,9 @@ fn a_rewritten_attestation_does_not_verify_and_is_refused() {
 
 #[test]
 fn a_tag_moved_to_another_library_after_signing_is_refused() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let keys = tempfile::tempdir().unwrap();
     let (reviewers, reference) = publish_data_processor(&registry, keys.path());
     let attacker = Attacker {
@@ -690,7 +779,12 @@ fn a_tag_moved_to_another_library_after_signing_is_refused() {
     let moved_digest = attacker.push_manifest("1.0.0", &moved);
 
     let other = Home::new();
-    other.ok(&["trust", "add", "alice", &path(&keys.path().join("alice.pub"))]);
+    other.ok(&[
+        "trust",
+        "add",
+        "alice",
+        &path(&keys.path().join("alice.pub")),
+    ]);
     let err = other.fails(&["install", &reference]);
     assert!(
         err.contains("but reviewer `alice` attested") && err.contains("nothing was stored"),
@@ -712,22 +806,47 @@ fn a_tag_moved_to_another_library_after_signing_is_refused() {
     other.assert_nothing_stored();
 
     // Publishing the real plugin again does not silently move the tag back.
-    let err = reviewers.fails(&["publish", "data-processor@1.0.0", &registry.oci("team/data-processor")]);
-    assert!(err.contains("already names another artifact") && err.contains("--force"), "{err}");
-    reviewers.ok(&["publish", "data-processor@1.0.0", &registry.oci("team/data-processor"), "--force"]);
-    assert_eq!(other.json(&["install", &reference])["outcome"]["status"], "approved");
+    let err = reviewers.fails(&[
+        "publish",
+        "data-processor@1.0.0",
+        &registry.oci("team/data-processor"),
+    ]);
+    assert!(
+        err.contains("already names another artifact") && err.contains("--force"),
+        "{err}"
+    );
+    reviewers.ok(&[
+        "publish",
+        "data-processor@1.0.0",
+        &registry.oci("team/data-processor"),
+        "--force",
+    ]);
+    assert_eq!(
+        other.json(&["install", &reference])["outcome"]["status"],
+        "approved"
+    );
 }
 
 #[test]
 fn a_review_signed_by_a_key_nobody_trusts_stays_pending() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let keys = tempfile::tempdir().unwrap();
     let (_, alice_pub) = reviewer_key(keys.path(), "alice");
     let (mallory, _) = reviewer_key(keys.path(), "mallory");
     // Mallory signs, claiming to be alice.
     let home = Home::new();
     let id = home.register("data-processor");
-    home.ok(&["review", "approve", &id, "--reviewer", "alice", "--signing-key", &path(&mallory)]);
+    home.ok(&[
+        "review",
+        "approve",
+        &id,
+        "--reviewer",
+        "alice",
+        "--signing-key",
+        &path(&mallory),
+    ]);
     home.ok(&["publish", &id, &registry.oci("team/data-processor")]);
 
     let other = Home::new();
@@ -746,11 +865,19 @@ fn a_review_signed_by_a_key_nobody_trusts_stays_pending() {
     assert!(err.contains("pending"), "{err}");
     // Trusted under another name than the statement gives: still pending.
     let third = Home::new();
-    third.ok(&["trust", "add", "bob", &path(&keys.path().join("mallory.pub"))]);
+    third.ok(&[
+        "trust",
+        "add",
+        "bob",
+        &path(&keys.path().join("mallory.pub")),
+    ]);
     let installed = third.json(&["install", &registry.oci("team/data-processor:1.0.0")]);
     assert_eq!(installed["outcome"]["status"], "pending", "{installed}");
     assert!(
-        installed["outcome"]["reason"].as_str().unwrap().contains("trusted as `bob`"),
+        installed["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("trusted as `bob`"),
         "{installed}"
     );
 }
@@ -763,13 +890,20 @@ fn windows_library() -> PathBuf {
     let target_dir = plugbay_tests::profile_dir().parent().unwrap().to_owned();
     // The target's standard library is installed when its folder holds `libstd-*`.
     let std_installed = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", "x86_64-pc-windows-gnu"])
+        .args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "x86_64-pc-windows-gnu",
+        ])
         .output()
         .ok()
         .filter(|output| output.status.success())
         .and_then(|output| std::fs::read_dir(String::from_utf8_lossy(&output.stdout).trim()).ok())
         .is_some_and(|mut files| {
-            files.any(|file| file.is_ok_and(|file| file.file_name().to_string_lossy().starts_with("libstd-")))
+            files.any(|file| {
+                file.is_ok_and(|file| file.file_name().to_string_lossy().starts_with("libstd-"))
+            })
         });
     let mingw = Command::new("x86_64-w64-mingw32-gcc")
         .arg("--version")
@@ -778,11 +912,21 @@ fn windows_library() -> PathBuf {
     if std_installed && mingw {
         let status = Command::new(env!("CARGO"))
             .current_dir(&root)
-            .args(["build", "-p", "fixture-noop", "--target", "x86_64-pc-windows-gnu", "--target-dir"])
+            .args([
+                "build",
+                "-p",
+                "fixture-noop",
+                "--target",
+                "x86_64-pc-windows-gnu",
+                "--target-dir",
+            ])
             .arg(&target_dir)
             .status()
             .unwrap();
-        assert!(status.success(), "cross-building fixture-noop for windows failed");
+        assert!(
+            status.success(),
+            "cross-building fixture-noop for windows failed"
+        );
         eprintln!("the windows library is cross-built with x86_64-pc-windows-gnu");
         return target_dir.join("x86_64-pc-windows-gnu/debug/fixture_noop.dll");
     }
@@ -800,7 +944,9 @@ fn windows_library() -> PathBuf {
 
 #[test]
 fn a_multi_platform_artifact_installs_this_platforms_library() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let dll = windows_library();
     let keys = tempfile::tempdir().unwrap();
     let (alice, alice_pub) = reviewer_key(keys.path(), "alice");
@@ -809,44 +955,92 @@ fn a_multi_platform_artifact_installs_this_platforms_library() {
     let windows = format!("windows/amd64={}", path(&dll));
     // A library for the wrong platform, or one built from another plugin, is refused.
     let err = home.fails(&[
-        "review", "approve", &id, "--signing-key", &path(&alice),
-        "--platform-library", &format!("windows/amd64={}", path(&library("fixture-noop"))),
+        "review",
+        "approve",
+        &id,
+        "--signing-key",
+        &path(&alice),
+        "--platform-library",
+        &format!("windows/amd64={}", path(&library("fixture-noop"))),
     ]);
-    assert!(err.contains("it is an ELF file (linux), not a windows library"), "{err}");
+    assert!(
+        err.contains("it is an ELF file (linux), not a windows library"),
+        "{err}"
+    );
     let err = home.fails(&[
-        "review", "approve", &id, "--signing-key", &path(&alice),
-        "--platform-library", &format!("linux/amd64={}", path(&library("fixture-noop"))),
+        "review",
+        "approve",
+        &id,
+        "--signing-key",
+        &path(&alice),
+        "--platform-library",
+        &format!("linux/amd64={}", path(&library("fixture-noop"))),
     ]);
     assert!(err.contains("is this host's platform"), "{err}");
     let approved = home.json(&[
-        "review", "approve", &id, "--reviewer", "alice", "--signing-key", &path(&alice),
-        "--platform-library", &windows,
+        "review",
+        "approve",
+        &id,
+        "--reviewer",
+        "alice",
+        "--signing-key",
+        &path(&alice),
+        "--platform-library",
+        &windows,
     ]);
-    let libraries = approved["attestation"]["libraries"].as_array().unwrap().clone();
+    let libraries = approved["attestation"]["libraries"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(libraries.len(), 2, "{approved}");
     assert_eq!(libraries[1]["platform"], "windows/amd64");
     assert_eq!(libraries[1]["file"], "fixture_noop.dll");
-    assert_eq!(libraries[1]["sha256"], plugbay_host::sha256_file(&dll).unwrap());
+    assert_eq!(
+        libraries[1]["sha256"],
+        plugbay_host::sha256_file(&dll).unwrap()
+    );
 
     let target = registry.oci("team/noop");
     let err = home.fails(&["publish", &id, &target]);
-    assert!(err.contains("no library was given for it") && err.contains("--platform-library windows/amd64=PATH"), "{err}");
+    assert!(
+        err.contains("no library was given for it")
+            && err.contains("--platform-library windows/amd64=PATH"),
+        "{err}"
+    );
     let other_dll = home.dir.path().join("other.dll");
     std::fs::write(&other_dll, b"MZ not the reviewed one").unwrap();
-    let err = home.fails(&["publish", &id, &target, "--platform-library", &format!("windows/amd64={}", path(&other_dll))]);
+    let err = home.fails(&[
+        "publish",
+        &id,
+        &target,
+        "--platform-library",
+        &format!("windows/amd64={}", path(&other_dll)),
+    ]);
     assert!(err.contains("but the attestation says"), "{err}");
     let published = home.json(&["publish", &id, &target, "--platform-library", &windows]);
-    assert_eq!(published["platforms"], json!(["linux/amd64", "windows/amd64"]));
+    assert_eq!(
+        published["platforms"],
+        json!(["linux/amd64", "windows/amd64"])
+    );
 
     // The tag names an image index with a manifest per platform.
-    let attacker = Attacker { registry: &registry, repository: "team/noop".to_owned() };
+    let attacker = Attacker {
+        registry: &registry,
+        repository: "team/noop".to_owned(),
+    };
     let index = attacker.manifest("0.1.0");
     assert_eq!(index["mediaType"], OCI_INDEX, "{index}");
     let platforms: Vec<String> = index["manifests"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|entry| format!("{}/{}", entry["platform"]["os"].as_str().unwrap(), entry["platform"]["architecture"].as_str().unwrap()))
+        .map(|entry| {
+            format!(
+                "{}/{}",
+                entry["platform"]["os"].as_str().unwrap(),
+                entry["platform"]["architecture"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(platforms, ["linux/amd64", "windows/amd64"]);
 
@@ -854,19 +1048,43 @@ fn a_multi_platform_artifact_installs_this_platforms_library() {
     other.ok(&["trust", "add", "alice", &path(&alice_pub)]);
     let installed = other.json(&["install", &registry.oci("team/noop:0.1.0")]);
     assert_eq!(installed["outcome"]["status"], "approved", "{installed}");
-    assert_eq!(installed["platforms"], json!(["linux/amd64", "windows/amd64"]));
-    assert_eq!(installed["sha256"], plugbay_host::sha256_file(&library("fixture-noop")).unwrap());
-    assert!(installed["library"].as_str().unwrap().ends_with("/libfixture_noop.so"), "{installed}");
+    assert_eq!(
+        installed["platforms"],
+        json!(["linux/amd64", "windows/amd64"])
+    );
+    assert_eq!(
+        installed["sha256"],
+        plugbay_host::sha256_file(&library("fixture-noop")).unwrap()
+    );
+    assert!(
+        installed["library"]
+            .as_str()
+            .unwrap()
+            .ends_with("/libfixture_noop.so"),
+        "{installed}"
+    );
     let offers = other.json(&["search", &registry.oci("team")]);
-    assert_eq!(offers[0]["platforms"], json!(["linux/amd64", "windows/amd64"]), "{offers}");
+    assert_eq!(
+        offers[0]["platforms"],
+        json!(["linux/amd64", "windows/amd64"]),
+        "{offers}"
+    );
 }
 
 // ---------------------------------------------------------------------------------
 // The REST API
 // ---------------------------------------------------------------------------------
 
-fn api_call(base: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = http().request(method, format!("{base}{path}")).header("authorization", format!("Bearer {key}"));
+fn api_call(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http()
+        .request(method, format!("{base}{path}"))
+        .header("authorization", format!("Bearer {key}"));
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -887,58 +1105,156 @@ fn serve(home: &Path) -> (plugbay_host::server::RunningServer, String) {
 
 #[test]
 fn install_and_publish_over_the_api_need_their_scopes() {
-    let Some(registry) = Distribution::start() else { return };
+    let Some(registry) = Distribution::start() else {
+        return;
+    };
     let keys = tempfile::tempdir().unwrap();
     let (reviewers, reference) = publish_data_processor(&registry, keys.path());
     // The reviewers' server publishes it again, under another namespace.
     let (publish_key, write_key) = {
         let mut db = reviewers.registry();
         (
-            db.create_key("publisher", &[Scope::Publish], "test").unwrap().1,
-            db.create_key("writer", &[Scope::Write, Scope::Read], "test").unwrap().1,
+            db.create_key("publisher", &[Scope::Publish], "test")
+                .unwrap()
+                .1,
+            db.create_key("writer", &[Scope::Write, Scope::Read], "test")
+                .unwrap()
+                .1,
         )
     };
     let (server, base) = serve(&reviewers.path());
     let body = json!({"reference": registry.oci("mirror/data-processor")});
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/data-processor@1.0.0/publish", &write_key, Some(body.clone()));
-    assert_eq!((status, reply["error"]["code"].as_str()), (403, Some("forbidden")), "{reply}");
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/data-processor@1.0.0/publish", &publish_key, Some(body));
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/data-processor@1.0.0/publish",
+        &write_key,
+        Some(body.clone()),
+    );
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{reply}"
+    );
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/data-processor@1.0.0/publish",
+        &publish_key,
+        Some(body),
+    );
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply["reference"], registry.oci("mirror/data-processor:1.0.0"));
+    assert_eq!(
+        reply["reference"],
+        registry.oci("mirror/data-processor:1.0.0")
+    );
     assert_eq!(reply["reviewer"], "alice");
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/redactor@1.0.0/publish", &publish_key, Some(json!({"reference": registry.oci("mirror/redactor")})));
-    assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")), "{reply}");
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/redactor@1.0.0/publish",
+        &publish_key,
+        Some(json!({"reference": registry.oci("mirror/redactor")})),
+    );
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{reply}"
+    );
     drop(server);
 
     // Another server installs it.
     let other = Home::new();
-    other.ok(&["trust", "add", "alice", &path(&keys.path().join("alice.pub"))]);
+    other.ok(&[
+        "trust",
+        "add",
+        "alice",
+        &path(&keys.path().join("alice.pub")),
+    ]);
     let (install_key, review_key) = {
         let mut db = other.registry();
         (
-            db.create_key("installer", &[Scope::Install], "test").unwrap().1,
-            db.create_key("reviewer", &[Scope::Review, Scope::Write], "test").unwrap().1,
+            db.create_key("installer", &[Scope::Install], "test")
+                .unwrap()
+                .1,
+            db.create_key("reviewer", &[Scope::Review, Scope::Write], "test")
+                .unwrap()
+                .1,
         )
     };
     let (_server, base) = serve(&other.path());
     let body = json!({"reference": reference});
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/install", &review_key, Some(body.clone()));
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/install",
+        &review_key,
+        Some(body.clone()),
+    );
     assert_eq!(status, 403, "{reply}");
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/install", &install_key, Some(json!({"reference": "data-processor@1.0.0"})));
-    assert_eq!((status, reply["error"]["field"].as_str()), (400, Some("reference")), "{reply}");
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/install", &install_key, Some(body.clone()));
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/install",
+        &install_key,
+        Some(json!({"reference": "data-processor@1.0.0"})),
+    );
+    assert_eq!(
+        (status, reply["error"]["field"].as_str()),
+        (400, Some("reference")),
+        "{reply}"
+    );
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/install",
+        &install_key,
+        Some(body.clone()),
+    );
     assert_eq!(status, 201, "{reply}");
     assert_eq!(reply["id"], "data-processor@1.0.0");
     assert_eq!(reply["outcome"]["status"], "approved");
     assert_eq!(reply["review"]["isolation"], "thread");
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/install", &install_key, Some(body));
-    assert_eq!((status, reply["error"]["code"].as_str()), (409, Some("already_registered")), "{reply}");
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/install", &install_key, Some(json!({"reference": registry.oci("team/nothing:1.0.0")})));
-    assert_eq!((status, reply["error"]["code"].as_str()), (502, Some("upstream_failed")), "{reply}");
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/install",
+        &install_key,
+        Some(body),
+    );
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (409, Some("already_registered")),
+        "{reply}"
+    );
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/install",
+        &install_key,
+        Some(json!({"reference": registry.oci("team/nothing:1.0.0")})),
+    );
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (502, Some("upstream_failed")),
+        "{reply}"
+    );
     // The OpenAPI document lists both routes with their scopes.
-    let (_, doc) = api_call(&base, reqwest::Method::GET, "/openapi.json", &install_key, None);
-    assert_eq!(doc["paths"]["/plugins/install"]["post"]["security"][0]["bearer"][0], "plugins:install");
-    assert_eq!(doc["paths"]["/plugins/{id}/publish"]["post"]["security"][0]["bearer"][0], "plugins:publish");
+    let (_, doc) = api_call(
+        &base,
+        reqwest::Method::GET,
+        "/openapi.json",
+        &install_key,
+        None,
+    );
+    assert_eq!(
+        doc["paths"]["/plugins/install"]["post"]["security"][0]["bearer"][0],
+        "plugins:install"
+    );
+    assert_eq!(
+        doc["paths"]["/plugins/{id}/publish"]["post"]["security"][0]["bearer"][0],
+        "plugins:publish"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -984,7 +1300,11 @@ fn serve_one(mut stream: TcpStream, files: &[(&str, Vec<u8>)], own: &str) {
             break;
         }
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_owned();
     let reply = |stream: &mut TcpStream, head: String, body: &[u8]| {
         let _ = stream.write_all(head.as_bytes());
         let _ = stream.write_all(body);
@@ -1025,7 +1345,11 @@ fn the_seeds_registration_request_downloads_the_library_from_its_url() {
         std::fs::read(library("data-processor")).unwrap(),
     )]);
     let home = Home::new();
-    let key = home.registry().create_key("writer", &[Scope::Write], "test").unwrap().1;
+    let key = home
+        .registry()
+        .create_key("writer", &[Scope::Write], "test")
+        .unwrap()
+        .1;
     let (_server, base) = serve(&home.path());
     let entry_point = files.url("/my-plugin/init");
     // The seed's request, as written, with its entry point on this machine.
@@ -1055,30 +1379,60 @@ fn the_seeds_registration_request_downloads_the_library_from_its_url() {
             .ends_with(&format!("/libraries/{sha256}/libdata_processor.so")),
         "{entry}"
     );
-    let registered = home.registry().audit_log(Some("data-processor@1.0.0")).unwrap();
+    let registered = home
+        .registry()
+        .audit_log(Some("data-processor@1.0.0"))
+        .unwrap();
     assert!(registered.iter().any(|event| event.action == "download"
         && event.detail.as_deref().unwrap_or("").contains(&entry_point)));
     // The body is still checked against the plugin it downloaded.
-    let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/register", &key, Some(json!({
-        "name": "data-processor", "version": "1.0.0", "entry_point": files.url("/my-plugin/init"),
-        "permissions": ["process:data", "read:data"],
-    })));
-    assert_eq!((status, reply["error"]["field"].as_str()), (400, Some("permissions")), "{reply}");
+    let (status, reply) = api_call(
+        &base,
+        reqwest::Method::POST,
+        "/plugins/register",
+        &key,
+        Some(json!({
+            "name": "data-processor", "version": "1.0.0", "entry_point": files.url("/my-plugin/init"),
+            "permissions": ["process:data", "read:data"],
+        })),
+    );
+    assert_eq!(
+        (status, reply["error"]["field"].as_str()),
+        (400, Some("permissions")),
+        "{reply}"
+    );
     for (path, needle) in [
         ("/nothing-here", "404"),
         ("/loop", "redirect"),
         ("/to-file", "file"),
         ("/huge", "more than the limit"),
     ] {
-        let (status, reply) = api_call(&base, reqwest::Method::POST, "/plugins/register", &key, Some(json!({
-            "name": "redactor", "version": "1.0.0", "entry_point": files.url(path), "permissions": ["process:data"],
-        })));
-        assert_eq!((status, reply["error"]["field"].as_str()), (400, Some("entry_point")), "{path}: {reply}");
-        assert!(reply["error"]["message"].as_str().unwrap().contains(needle), "{path}: {reply}");
+        let (status, reply) = api_call(
+            &base,
+            reqwest::Method::POST,
+            "/plugins/register",
+            &key,
+            Some(json!({
+                "name": "redactor", "version": "1.0.0", "entry_point": files.url(path), "permissions": ["process:data"],
+            })),
+        );
+        assert_eq!(
+            (status, reply["error"]["field"].as_str()),
+            (400, Some("entry_point")),
+            "{path}: {reply}"
+        );
+        assert!(
+            reply["error"]["message"].as_str().unwrap().contains(needle),
+            "{path}: {reply}"
+        );
     }
     // Nothing of the refused downloads stays in the home.
     assert_eq!(home.registry().list().unwrap().len(), 1);
-    assert!(std::fs::read_dir(home.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".incoming")));
+    assert!(std::fs::read_dir(home.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".incoming")));
 }
 
 #[test]
@@ -1093,14 +1447,25 @@ fn register_takes_a_url_on_the_command_line() {
     assert_eq!(entry["id"], "dedup@1.0.0");
     assert_eq!(entry["review"]["status"], "pending");
     assert_eq!(entry["source"], files.url("/moved"));
-    assert!(entry["library"].as_str().unwrap().ends_with("/libdedup.so"), "{entry}");
+    assert!(
+        entry["library"].as_str().unwrap().ends_with("/libdedup.so"),
+        "{entry}"
+    );
     let shown = home.ok(&["show", "dedup@1.0.0"]);
-    assert!(shown.contains(&files.url("/my-plugin/init")), "the final URL is in the history: {shown}");
+    assert!(
+        shown.contains(&files.url("/my-plugin/init")),
+        "the final URL is in the history: {shown}"
+    );
     let err = home.fails(&["register", &files.url("/my-plugin/init")]);
     assert!(err.contains("already registered"), "{err}");
     let err = home.fails(&["register", &files.url("/loop")]);
     assert!(err.contains("redirect"), "{err}");
-    let err = home.fails(&["register", &files.url("/my-plugin/init"), "--library", "x.so"]);
+    let err = home.fails(&[
+        "register",
+        &files.url("/my-plugin/init"),
+        "--library",
+        "x.so",
+    ]);
     assert!(err.contains("`--library` is for a local manifest"), "{err}");
 }
 
@@ -1118,10 +1483,15 @@ fn downloads_keep_to_their_limits() {
     };
     let ok = run(files.url("/small"), "small").unwrap();
     assert_eq!((ok.size, ok.sha256.len()), (100, 64));
-    let err = run(files.url("/endless"), "endless").unwrap_err().to_string();
+    let err = run(files.url("/endless"), "endless")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("more than the limit of 1000 bytes"), "{err}");
     let err = run(files.url("/huge"), "huge").unwrap_err().to_string();
-    assert!(err.contains("1000000000 bytes, more than the limit"), "{err}");
+    assert!(
+        err.contains("1000000000 bytes, more than the limit"),
+        "{err}"
+    );
     let started = Instant::now();
     let err = run(files.url("/slow"), "slow").unwrap_err().to_string();
     assert!(err.contains("did not finish within 1 s"), "{err}");

@@ -475,7 +475,9 @@ c+9f5+PjSZQRHweKN2rTAAAACHJldmlld2VyAQIDBAU=
         let dir = tempfile::tempdir().unwrap();
         let key = test_key(dir.path());
         let signed = key.sign(&attestation(&key)).unwrap();
-        assert!(signed.signature.starts_with("-----BEGIN SSH SIGNATURE-----"));
+        assert!(signed
+            .signature
+            .starts_with("-----BEGIN SSH SIGNATURE-----"));
         let mut trust = TrustStore::open(dir.path()).unwrap();
         match signed.verify(&trust).unwrap() {
             Verdict::Untrusted { reason, .. } => {
@@ -506,7 +508,10 @@ c+9f5+PjSZQRHweKN2rTAAAACHJldmlld2VyAQIDBAU=
         signed.statement = text.replace("\"process\"", "\"thread\"").into_bytes();
         let trust = TrustStore::open(dir.path()).unwrap();
         let err = signed.verify(&trust).unwrap_err();
-        assert!(matches!(err, AttestationError::BadSignature { .. }), "{err}");
+        assert!(
+            matches!(err, AttestationError::BadSignature { .. }),
+            "{err}"
+        );
     }
 
     #[test]

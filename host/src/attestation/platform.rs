@@ -61,11 +61,7 @@ impl Platform {
     /// `main` with a `.` or a `/` is used as written (its last component).
     pub fn library_file_name(&self, main: &str) -> String {
         if main.contains(['.', '/', '\\']) {
-            return main
-                .rsplit(['/', '\\'])
-                .next()
-                .unwrap_or(main)
-                .to_owned();
+            return main.rsplit(['/', '\\']).next().unwrap_or(main).to_owned();
         }
         match self.os.as_str() {
             "windows" => format!("{main}.dll"),
@@ -153,15 +149,24 @@ mod tests {
     fn platforms_read_and_print_as_oci_writes_them() {
         let windows: Platform = "windows/amd64".parse().unwrap();
         assert_eq!(windows.to_string(), "windows/amd64");
-        assert_eq!(windows.library_file_name("data_processor"), "data_processor.dll");
+        assert_eq!(
+            windows.library_file_name("data_processor"),
+            "data_processor.dll"
+        );
         let mac: Platform = "darwin/arm64".parse().unwrap();
         assert_eq!(mac.library_file_name("x"), "libx.dylib");
         assert_eq!(
-            "linux/amd64".parse::<Platform>().unwrap().library_file_name("x"),
+            "linux/amd64"
+                .parse::<Platform>()
+                .unwrap()
+                .library_file_name("x"),
             "libx.so"
         );
         let err = "win64".parse::<Platform>().unwrap_err().to_string();
-        assert!(err.contains("`win64`") && err.contains("windows/amd64"), "{err}");
+        assert!(
+            err.contains("`win64`") && err.contains("windows/amd64"),
+            "{err}"
+        );
         assert!("linux/x86_64".parse::<Platform>().is_err());
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         assert_eq!(Platform::current().to_string(), "linux/amd64");

@@ -41,7 +41,9 @@ pub enum TrustError {
         name: String,
     },
     /// The key text is not an OpenSSH public key.
-    #[error("{what} is not an OpenSSH public key (`ssh-ed25519 AAAA…`, as in a `.pub` file): {reason}")]
+    #[error(
+        "{what} is not an OpenSSH public key (`ssh-ed25519 AAAA…`, as in a `.pub` file): {reason}"
+    )]
     InvalidKey {
         /// The file or text given.
         what: String,
@@ -146,9 +148,10 @@ impl TrustStore {
         self.lines
             .iter()
             .filter_map(|line| match line {
-                Line::Trusted { key: trusted, entry } if trusted.key_data() == key.key_data() => {
-                    Some(entry.name.as_str())
-                }
+                Line::Trusted {
+                    key: trusted,
+                    entry,
+                } if trusted.key_data() == key.key_data() => Some(entry.name.as_str()),
                 _ => None,
             })
             .collect()
@@ -395,7 +398,10 @@ mod tests {
         assert_eq!(store.principals_for(&key), ["a", "b"]);
         store.remove("a").unwrap();
         let rewritten = std::fs::read_to_string(dir.path().join(ALLOWED_SIGNERS_FILE)).unwrap();
-        assert!(rewritten.starts_with("# reviewers\nb namespaces"), "{rewritten}");
+        assert!(
+            rewritten.starts_with("# reviewers\nb namespaces"),
+            "{rewritten}"
+        );
         assert!(rewritten.contains("*@corp "), "{rewritten}");
     }
 
@@ -408,9 +414,13 @@ mod tests {
             let err = store.add(name, &key).unwrap_err().to_string();
             assert!(err.contains("invalid reviewer name"), "{err}");
         }
-        let err = read_public_key("ssh-ed25519 not-base64").unwrap_err().to_string();
+        let err = read_public_key("ssh-ed25519 not-base64")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not an OpenSSH public key"), "{err}");
-        let err = read_public_key("/nonexistent/key.pub").unwrap_err().to_string();
+        let err = read_public_key("/nonexistent/key.pub")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/key.pub"), "{err}");
     }
 }

@@ -176,7 +176,9 @@ pub fn attestation(args: AttestationArgs, context: &Context) -> Result<()> {
         if context.json {
             return print_json(&stored);
         }
-        std::io::stdout().lock().write_all(&stored.signed.statement)?;
+        std::io::stdout()
+            .lock()
+            .write_all(&stored.signed.statement)?;
         return Ok(());
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -202,7 +204,12 @@ pub fn attestation(args: AttestationArgs, context: &Context) -> Result<()> {
         }));
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "wrote {} and {}", statement.display(), signature.display())?;
+    writeln!(
+        out,
+        "wrote {} and {}",
+        statement.display(),
+        signature.display()
+    )?;
     writeln!(out, "check them with OpenSSH:\n  {command}")?;
     Ok(())
 }
@@ -266,7 +273,11 @@ pub fn publish(args: PublishArgs, context: &Context) -> Result<()> {
         published.reviewer
     )?;
     writeln!(out, "  digest  {}", published.digest)?;
-    writeln!(out, "install elsewhere: plugbay install {}", published.reference)?;
+    writeln!(
+        out,
+        "install elsewhere: plugbay install {}",
+        published.reference
+    )?;
     Ok(())
 }
 
@@ -274,9 +285,13 @@ pub fn publish(args: PublishArgs, context: &Context) -> Result<()> {
 fn default_marketplace(flag: Option<&str>) -> Result<Option<MarketplaceRef>> {
     let given = match flag {
         Some(flag) => Some(flag.to_owned()),
-        None => std::env::var(MARKETPLACE_ENV).ok().filter(|value| !value.trim().is_empty()),
+        None => std::env::var(MARKETPLACE_ENV)
+            .ok()
+            .filter(|value| !value.trim().is_empty()),
     };
-    Ok(given.map(|text| MarketplaceRef::parse(text.trim())).transpose()?)
+    Ok(given
+        .map(|text| MarketplaceRef::parse(text.trim()))
+        .transpose()?)
 }
 
 /// Install a plugin from a marketplace.
@@ -383,7 +398,9 @@ pub struct SearchArgs {
 /// `plugbay search`.
 pub fn search(args: SearchArgs, context: &Context) -> Result<()> {
     let marketplace = default_marketplace(args.marketplace.as_deref())?.ok_or_else(|| {
-        anyhow::anyhow!("no marketplace given; pass `oci://HOST/NAMESPACE` or set `{MARKETPLACE_ENV}`")
+        anyhow::anyhow!(
+            "no marketplace given; pass `oci://HOST/NAMESPACE` or set `{MARKETPLACE_ENV}`"
+        )
     })?;
     let trust = TrustStore::open(context.home()?)?;
     let market = args.registry.market()?;
@@ -396,7 +413,14 @@ pub fn search(args: SearchArgs, context: &Context) -> Result<()> {
         writeln!(out, "{marketplace} offers no plugbay plugins")?;
         return Ok(());
     }
-    let mut table = Table::new(&["NAME", "VERSION", "PLATFORMS", "APPROVED BY", "TRUST", "DESCRIPTION"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "VERSION",
+        "PLATFORMS",
+        "APPROVED BY",
+        "TRUST",
+        "DESCRIPTION",
+    ]);
     for offer in offers {
         let trust = match &offer.trust {
             OfferTrust::Trusted { .. } => "trusted",
@@ -438,7 +462,8 @@ pub fn register_remote(location: &str, context: &Context) -> Result<()> {
         market::register_fetched(&mut registry, &host, &fetched, manifest, context.actor())?
     } else {
         let into = dir.path().join("download");
-        let download = market::block_on(market::download(location, &into, DownloadLimits::default()))?;
+        let download =
+            market::block_on(market::download(location, &into, DownloadLimits::default()))?;
         market::register_download(&mut registry, &host, &download, None, context.actor())?
     };
     if context.json {

@@ -67,7 +67,11 @@ pub struct ApproveArgs {
     /// The plugin's library for another platform, attested with the signature
     /// (repeat it; needs `--signing-key`)
     #[cfg(feature = "market")]
-    #[arg(long = "platform-library", value_name = "OS/ARCH=PATH", requires = "signing_key")]
+    #[arg(
+        long = "platform-library",
+        value_name = "OS/ARCH=PATH",
+        requires = "signing_key"
+    )]
     pub platform_libraries: Vec<super::market::PlatformLibrary>,
 }
 
@@ -116,12 +120,16 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     }
     print_approval(&registry, &entry, reviewer, args.isolation)?;
     if !entry.enabled {
-        writeln!(std::io::stdout().lock(), "next: plugbay enable {}", entry.id)?;
+        writeln!(
+            std::io::stdout().lock(),
+            "next: plugbay enable {}",
+            entry.id
+        )?;
     }
     Ok(())
 }
 
-/// Prints what an approval granted, and what comes next.
+/// Prints what an approval granted (and what changed since the last revision).
 pub(super) fn print_approval(
     registry: &plugbay_host::registry::Registry,
     entry: &plugbay_host::registry::Entry,
@@ -134,7 +142,7 @@ pub(super) fn print_approval(
         &entry.manifest.version,
     );
     let mut out = std::io::stdout().lock();
-    super::revision::write_changes(&mut out, &entry, &data_dir, 0)?;
+    super::revision::write_changes(&mut out, entry, &data_dir, 0)?;
     writeln!(out, "{} requests:", entry.id)?;
     let added = entry
         .changes()

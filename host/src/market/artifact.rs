@@ -135,7 +135,7 @@ fn oci_platform(platform: &Platform) -> oci_client::manifest::Platform {
 /// What a pulled manifest is.
 pub(crate) enum Pulled {
     /// One platform's image manifest.
-    Image(OciImageManifest),
+    Image(Box<OciImageManifest>),
     /// An index of per-platform manifests.
     Index(OciImageIndex),
 }
@@ -166,7 +166,7 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Pulled, String> {
             .map_err(|err| format!("its image index is not valid: {err}"))
     } else {
         serde_json::from_slice(bytes)
-            .map(Pulled::Image)
+            .map(|image| Pulled::Image(Box::new(image)))
             .map_err(|err| format!("its image manifest is not valid: {err}"))
     }
 }
@@ -174,7 +174,9 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Pulled, String> {
 /// The platform of an index entry, if it names one Plugbay knows.
 pub(crate) fn entry_platform(entry: &ImageIndexEntry) -> Option<Platform> {
     let platform = entry.platform.as_ref()?;
-    format!("{}/{}", platform.os, platform.architecture).parse().ok()
+    format!("{}/{}", platform.os, platform.architecture)
+        .parse()
+        .ok()
 }
 
 /// The layers of a plugin's image manifest, by role.
@@ -249,14 +251,25 @@ mod tests {
 
     #[test]
     fn an_image_of_something_else_is_not_a_plugin() {
-        let config = Blob::new(b"{}".to_vec(), "application/vnd.oci.image.config.v1+json", None);
-        let layer = Blob::new(b"tar".to_vec(), "application/vnd.oci.image.layer.v1.tar", None);
+        let config = Blob::new(
+            b"{}".to_vec(),
+            "application/vnd.oci.image.config.v1+json",
+            None,
+        );
+        let layer = Blob::new(
+            b"tar".to_vec(),
+            "application/vnd.oci.image.layer.v1.tar",
+            None,
+        );
         let manifest = image_manifest(&config, &[&layer], BTreeMap::new());
         let Ok(Pulled::Image(mut read)) = parse_manifest(&manifest.bytes) else {
             panic!("an image manifest reads back");
         };
         read.artifact_type = None;
         let err = plugin_layers(&read).err().unwrap();
-        assert!(err.contains("application/vnd.oci.image.config.v1+json"), "{err}");
+        assert!(
+            err.contains("application/vnd.oci.image.config.v1+json"),
+            "{err}"
+        );
     }
 }

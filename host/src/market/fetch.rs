@@ -57,12 +57,17 @@ pub fn is_http_url(text: &str) -> bool {
 }
 
 /// Downloads `url` into the file `into` (which must not exist), within `limits`.
-pub async fn download(url: &str, into: &Path, limits: DownloadLimits) -> Result<Download, MarketError> {
+pub async fn download(
+    url: &str,
+    into: &Path,
+    limits: DownloadLimits,
+) -> Result<Download, MarketError> {
     let refused = |reason: String| MarketError::Download {
         url: url.to_owned(),
         reason,
     };
-    let parsed = reqwest::Url::parse(url).map_err(|err| refused(format!("it is not a valid URL: {err}")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|err| refused(format!("it is not a valid URL: {err}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(refused(format!(
             "`{}:` URLs are not downloaded; give an `https://` or `http://` URL",
@@ -101,7 +106,10 @@ pub async fn download(url: &str, into: &Path, limits: DownloadLimits) -> Result<
                 limits.timeout.as_secs_f64()
             ))
         } else if err.is_redirect() {
-            refused(format!("it redirected too far: {}", super::error_text(&err)))
+            refused(format!(
+                "it redirected too far: {}",
+                super::error_text(&err)
+            ))
         } else {
             refused(super::error_text(&err))
         }
@@ -110,7 +118,9 @@ pub async fn download(url: &str, into: &Path, limits: DownloadLimits) -> Result<
     let final_url = response.url().to_string();
     let status = response.status();
     if !status.is_success() {
-        return Err(refused(format!("the server answered {status} (from {final_url})")));
+        return Err(refused(format!(
+            "the server answered {status} (from {final_url})"
+        )));
     }
     if let Some(length) = response.content_length() {
         if length > limits.max_bytes {

@@ -79,10 +79,14 @@ pub fn install(
     let shown = fetched.reference.to_string();
     let verdict = match &fetched.signed {
         None => None,
-        Some(signed) => Some(signed.verify(trust).map_err(|source| MarketError::BadSignature {
-            reference: shown.clone(),
-            source,
-        })?),
+        Some(signed) => Some(
+            signed
+                .verify(trust)
+                .map_err(|source| MarketError::BadSignature {
+                    reference: shown.clone(),
+                    source,
+                })?,
+        ),
     };
     if let Some(verdict) = &verdict {
         let attestation = verdict.attestation();
@@ -133,7 +137,6 @@ pub fn install(
                 host,
                 registration,
                 signed,
-                &attestation,
                 &fingerprint,
                 &shown,
                 actor,
@@ -203,7 +206,11 @@ pub fn register_download(
 ) -> Result<Entry, MarketError> {
     let manifest = match manifest {
         Some(manifest) => manifest,
-        None => host.inspect(&download.path).map_err(crate::registry::RegistryError::from)?.manifest,
+        None => {
+            host.inspect(&download.path)
+                .map_err(crate::registry::RegistryError::from)?
+                .manifest
+        }
     };
     let library = name_after(&download.path, &manifest)?;
     let registration = Registration {

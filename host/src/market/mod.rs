@@ -222,7 +222,10 @@ impl std::fmt::Debug for MarketOptions {
             .field("plain_http", &self.plain_http)
             .field(
                 "credentials",
-                &self.credentials.as_ref().map(|(user, _)| (user, "<redacted>")),
+                &self
+                    .credentials
+                    .as_ref()
+                    .map(|(user, _)| (user, "<redacted>")),
             )
             .field("max_library_bytes", &self.max_library_bytes)
             .field("timeout", &self.timeout)
@@ -235,7 +238,9 @@ pub const DEFAULT_MAX_LIBRARY_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Runs `future` to completion on a runtime of its own, for callers outside async code
 /// (the CLI).
-pub fn block_on<T>(future: impl std::future::Future<Output = Result<T, MarketError>>) -> Result<T, MarketError> {
+pub fn block_on<T>(
+    future: impl std::future::Future<Output = Result<T, MarketError>>,
+) -> Result<T, MarketError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use super::artifact::{
     digest_of, entry_platform, image_index, image_manifest, parse_manifest, plugin_layers, Blob,
-    Pulled, Written, ATTESTATION_MEDIA_TYPE, DESCRIPTION, LIBRARY_MEDIA_TYPE,
-    MANIFEST_MEDIA_TYPE, PLATFORM, REVIEWER, SIGNATURE_MEDIA_TYPE, TITLE, VERSION,
+    Pulled, Written, ATTESTATION_MEDIA_TYPE, DESCRIPTION, LIBRARY_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
+    PLATFORM, REVIEWER, SIGNATURE_MEDIA_TYPE, TITLE, VERSION,
 };
 use super::reference::{is_loopback, version_tag, MarketplaceRef, PluginRef};
 use super::{error_text, MarketError, MarketOptions, DEFAULT_MAX_LIBRARY_BYTES};
@@ -192,7 +192,10 @@ impl PublishBundle {
                 })?;
                 (bytes, entry.library.clone())
             } else {
-                let Some((_, path)) = files.iter().find(|(platform, _)| *platform == attested.platform) else {
+                let Some((_, path)) = files
+                    .iter()
+                    .find(|(platform, _)| *platform == attested.platform)
+                else {
                     return Err(refuse(format!(
                         "the attestation covers {} but no library was given for it; pass `--platform-library {}=PATH` with the file that was attested",
                         attested.platform, attested.platform
@@ -311,7 +314,9 @@ impl Market {
             )));
         }
         if target.digest.is_some() {
-            return Err(refuse(format!("{target} names a digest; publish to a repository (`oci://HOST/NAMESPACE/NAME`)")));
+            return Err(refuse(format!(
+                "{target} names a digest; publish to a repository (`oci://HOST/NAMESPACE/NAME`)"
+            )));
         }
         if let Some(given) = &target.tag {
             if *given != tag {
@@ -405,7 +410,6 @@ impl Market {
         }
         let push_manifest = |reference: oci_client::Reference, written: Written| {
             let client = client.clone();
-            let failed = failed.clone();
             async move {
                 let content_type = reqwest::header::HeaderValue::from_static(written.media_type);
                 client
@@ -424,7 +428,10 @@ impl Market {
             id: bundle.id.clone(),
             reference: target.to_string(),
             digest: top.digest,
-            platforms: manifests.into_iter().map(|(platform, _)| platform).collect(),
+            platforms: manifests
+                .into_iter()
+                .map(|(platform, _)| platform)
+                .collect(),
             reviewer: bundle.attestation.reviewer.clone(),
             uploaded_blobs: uploaded.len(),
         })
@@ -471,7 +478,8 @@ impl Market {
         let here = Platform::current();
         let (platforms, image) = match parse_manifest(&top_bytes).map_err(not_a_plugin)? {
             Pulled::Index(index) => {
-                let platforms: Vec<Platform> = index.manifests.iter().filter_map(entry_platform).collect();
+                let platforms: Vec<Platform> =
+                    index.manifests.iter().filter_map(entry_platform).collect();
                 let entry = index
                     .manifests
                     .iter()
@@ -515,7 +523,9 @@ impl Market {
                     .as_ref()
                     .and_then(|annotations| annotations.get(PLATFORM))
                     .and_then(|text| text.parse::<Platform>().ok())
-                    .ok_or_else(|| not_a_plugin(format!("its manifest has no `{PLATFORM}` annotation")))?;
+                    .ok_or_else(|| {
+                        not_a_plugin(format!("its manifest has no `{PLATFORM}` annotation"))
+                    })?;
                 if platform != here {
                     return Err(MarketError::NoPlatform {
                         reference: shown,
@@ -529,9 +539,17 @@ impl Market {
         let layers = plugin_layers(&image).map_err(not_a_plugin)?;
         let oci = reference.oci();
         let config = self
-            .pull_bytes(&client, &oci, &image.config, "its plugin manifest", MAX_DOCUMENT_BYTES, &shown)
+            .pull_bytes(
+                &client,
+                &oci,
+                &image.config,
+                "its plugin manifest",
+                MAX_DOCUMENT_BYTES,
+                &shown,
+            )
             .await?;
-        let text = String::from_utf8(config).map_err(|_| not_a_plugin("its plugin manifest is not UTF-8".to_owned()))?;
+        let text = String::from_utf8(config)
+            .map_err(|_| not_a_plugin("its plugin manifest is not UTF-8".to_owned()))?;
         let manifest = Manifest::parse(&text)
             .map_err(|err| not_a_plugin(format!("its plugin manifest is invalid: {err}")))?;
         if manifest.name != reference.name() {
@@ -548,17 +566,34 @@ impl Market {
             if *tag != version_tag(&manifest.version) {
                 return Err(MarketError::Tampered {
                     reference: shown,
-                    reason: format!("tag `{tag}` names version {} of `{}`", manifest.version, manifest.name),
+                    reason: format!(
+                        "tag `{tag}` names version {} of `{}`",
+                        manifest.version, manifest.name
+                    ),
                 });
             }
         }
         let signed = match (layers.attestation, layers.signature) {
             (Some(statement), Some(signature)) => {
                 let statement = self
-                    .pull_bytes(&client, &oci, statement, "its attestation", MAX_DOCUMENT_BYTES, &shown)
+                    .pull_bytes(
+                        &client,
+                        &oci,
+                        statement,
+                        "its attestation",
+                        MAX_DOCUMENT_BYTES,
+                        &shown,
+                    )
                     .await?;
                 let signature = self
-                    .pull_bytes(&client, &oci, signature, "its signature", MAX_SIGNATURE_BYTES, &shown)
+                    .pull_bytes(
+                        &client,
+                        &oci,
+                        signature,
+                        "its signature",
+                        MAX_SIGNATURE_BYTES,
+                        &shown,
+                    )
                     .await?;
                 Some(SignedAttestation {
                     statement,
@@ -581,11 +616,20 @@ impl Market {
             path: library.clone(),
             source,
         })?;
-        let limit = self.options.max_library_bytes.unwrap_or(DEFAULT_MAX_LIBRARY_BYTES);
+        let limit = self
+            .options
+            .max_library_bytes
+            .unwrap_or(DEFAULT_MAX_LIBRARY_BYTES);
         let library_digest = self
-            .pull_into(&client, &oci, layers.library, "its library", limit, &shown, |chunk| {
-                std::io::Write::write_all(&mut file, chunk)
-            })
+            .pull_into(
+                &client,
+                &oci,
+                layers.library,
+                "its library",
+                limit,
+                &shown,
+                |chunk| std::io::Write::write_all(&mut file, chunk),
+            )
             .await?;
         file.sync_all().map_err(|source| MarketError::Io {
             action: "write",
@@ -643,7 +687,10 @@ impl Market {
         if !descriptor.digest.starts_with("sha256:") {
             return Err(MarketError::NotAPlugin {
                 reference: shown.to_owned(),
-                reason: format!("{what} has digest `{}`; plugbay checks sha256 digests only", descriptor.digest),
+                reason: format!(
+                    "{what} has digest `{}`; plugbay checks sha256 digests only",
+                    descriptor.digest
+                ),
             });
         }
         let size = u64::try_from(descriptor.size).unwrap_or(u64::MAX);
@@ -773,23 +820,34 @@ impl Market {
             trust: OfferTrust::Invalid { reason },
         };
         let accepted = [OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE];
-        let (bytes, _) = match client.pull_manifest_raw(&reference.oci(), auth, &accepted).await {
+        let (bytes, _) = match client
+            .pull_manifest_raw(&reference.oci(), auth, &accepted)
+            .await
+        {
             Ok(pulled) => pulled,
             Err(err) => return Some(invalid(error_text(&err), Vec::new())),
         };
         let (platforms, image) = match parse_manifest(&bytes).ok()? {
             Pulled::Index(index) => {
-                let platforms: Vec<Platform> = index.manifests.iter().filter_map(entry_platform).collect();
+                let platforms: Vec<Platform> =
+                    index.manifests.iter().filter_map(entry_platform).collect();
                 let first = index.manifests.first()?;
                 let (bytes, _) = match client
-                    .pull_manifest_raw(&reference.oci_at(&first.digest), auth, &[OCI_IMAGE_MEDIA_TYPE])
+                    .pull_manifest_raw(
+                        &reference.oci_at(&first.digest),
+                        auth,
+                        &[OCI_IMAGE_MEDIA_TYPE],
+                    )
                     .await
                 {
                     Ok(pulled) => pulled,
                     Err(err) => return Some(invalid(error_text(&err), platforms)),
                 };
                 if digest_of(&bytes) != first.digest {
-                    return Some(invalid("a manifest does not have the digest its index gives".to_owned(), platforms));
+                    return Some(invalid(
+                        "a manifest does not have the digest its index gives".to_owned(),
+                        platforms,
+                    ));
                 }
                 match parse_manifest(&bytes).ok()? {
                     Pulled::Image(image) => (platforms, image),
@@ -826,10 +884,24 @@ impl Market {
         };
         let pulled = async {
             let statement = self
-                .pull_bytes(client, &oci, statement, "its attestation", MAX_DOCUMENT_BYTES, &shown)
+                .pull_bytes(
+                    client,
+                    &oci,
+                    statement,
+                    "its attestation",
+                    MAX_DOCUMENT_BYTES,
+                    &shown,
+                )
                 .await?;
             let signature = self
-                .pull_bytes(client, &oci, signature, "its signature", MAX_SIGNATURE_BYTES, &shown)
+                .pull_bytes(
+                    client,
+                    &oci,
+                    signature,
+                    "its signature",
+                    MAX_SIGNATURE_BYTES,
+                    &shown,
+                )
                 .await?;
             Ok::<_, MarketError>(SignedAttestation {
                 statement,

@@ -71,9 +71,9 @@ fn invalid(given: &str, reason: impl Into<String>) -> MarketError {
 /// `[a-z0-9]+([._-][a-z0-9]+)*`, as OCI repository path components are.
 fn is_path_component(text: &str) -> bool {
     !text.is_empty()
-        && text
-            .split(['.', '_', '-'])
-            .all(|part| !part.is_empty() && part.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9')))
+        && text.split(['.', '_', '-']).all(|part| {
+            !part.is_empty() && part.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9'))
+        })
 }
 
 fn is_tag(text: &str) -> bool {
@@ -123,10 +123,16 @@ impl PluginRef {
             None => (rest, None),
         };
         let (registry, path) = rest.split_once('/').ok_or_else(|| {
-            invalid(given, "it has no repository; write `oci://HOST/NAMESPACE/NAME:VERSION`")
+            invalid(
+                given,
+                "it has no repository; write `oci://HOST/NAMESPACE/NAME:VERSION`",
+            )
         })?;
         if !is_host(registry) {
-            return Err(invalid(given, format!("`{registry}` is not a registry host (`HOST` or `HOST:PORT`)")));
+            return Err(invalid(
+                given,
+                format!("`{registry}` is not a registry host (`HOST` or `HOST:PORT`)"),
+            ));
         }
         let (repository, tag) = match path.rsplit_once(':') {
             Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag.to_owned())),
@@ -173,8 +179,12 @@ impl PluginRef {
                 "install takes `oci://HOST/NAMESPACE/NAME:VERSION`, or `NAME@VERSION` with a default marketplace",
             ));
         };
-        let version = semver::Version::parse(version)
-            .map_err(|err| invalid(given, format!("`{version}` is not a semantic version: {err}")))?;
+        let version = semver::Version::parse(version).map_err(|err| {
+            invalid(
+                given,
+                format!("`{version}` is not a semantic version: {err}"),
+            )
+        })?;
         if !is_path_component(name) {
             return Err(invalid(given, format!("`{name}` is not a plugin name")));
         }
@@ -196,7 +206,10 @@ impl PluginRef {
 
     /// The plugin name the repository ends with.
     pub fn name(&self) -> &str {
-        self.repository.rsplit('/').next().unwrap_or(&self.repository)
+        self.repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.repository)
     }
 
     /// This reference with `tag` and no digest.
@@ -240,7 +253,10 @@ impl MarketplaceRef {
         let rest = strip_scheme(given)?.trim_end_matches('/');
         let (registry, namespace) = rest.split_once('/').unwrap_or((rest, ""));
         if !is_host(registry) {
-            return Err(invalid(given, format!("`{registry}` is not a registry host (`HOST` or `HOST:PORT`)")));
+            return Err(invalid(
+                given,
+                format!("`{registry}` is not a registry host (`HOST` or `HOST:PORT`)"),
+            ));
         }
         if !namespace.is_empty() {
             if let Some(bad) = namespace.split('/').find(|part| !is_path_component(part)) {
@@ -255,7 +271,11 @@ impl MarketplaceRef {
 
     /// A reference to the registry itself (for the catalog).
     pub(crate) fn oci(&self) -> oci_client::Reference {
-        oci_client::Reference::with_tag(self.registry.clone(), "plugbay".to_owned(), "latest".to_owned())
+        oci_client::Reference::with_tag(
+            self.registry.clone(),
+            "plugbay".to_owned(),
+            "latest".to_owned(),
+        )
     }
 
     /// The plugin `repository` of this registry at `tag`.
@@ -289,7 +309,8 @@ mod tests {
 
     #[test]
     fn references_read_as_oci_writes_them() {
-        let reference = PluginRef::parse("oci://127.0.0.1:5000/plugbay/data-processor:1.0.0").unwrap();
+        let reference =
+            PluginRef::parse("oci://127.0.0.1:5000/plugbay/data-processor:1.0.0").unwrap();
         assert_eq!(reference.registry, "127.0.0.1:5000");
         assert_eq!(reference.repository, "plugbay/data-processor");
         assert_eq!(reference.tag.as_deref(), Some("1.0.0"));
@@ -318,8 +339,13 @@ mod tests {
     fn a_name_and_version_is_looked_up_in_the_default_marketplace() {
         let market = MarketplaceRef::parse("oci://localhost:5000/team").unwrap();
         let reference = PluginRef::for_install("redactor@1.2.0+b7", Some(&market)).unwrap();
-        assert_eq!(reference.to_string(), "oci://localhost:5000/team/redactor:1.2.0_b7");
-        let err = PluginRef::for_install("redactor@1.2.0", None).unwrap_err().to_string();
+        assert_eq!(
+            reference.to_string(),
+            "oci://localhost:5000/team/redactor:1.2.0_b7"
+        );
+        let err = PluginRef::for_install("redactor@1.2.0", None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PLUGBAY_MARKETPLACE"), "{err}");
         let err = PluginRef::for_install("oci://localhost:5000/team/redactor", Some(&market))
             .unwrap_err()

@@ -146,7 +146,15 @@ impl Registry {
         let signed = key.sign(&attestation)?;
         let review_at = attestation.reviewed_at.clone();
         self.write(|tx| {
-            keep_attestation(tx, id, &review_at, &signed, reviewer, &key.fingerprint(), None)?;
+            keep_attestation(
+                tx,
+                id,
+                &review_at,
+                &signed,
+                reviewer,
+                &key.fingerprint(),
+                None,
+            )?;
             audit(
                 tx,
                 reviewer,
@@ -218,8 +226,8 @@ impl Registry {
         }))
     }
 
-    /// Registers a plugin from a marketplace whose attestation was verified against
-    /// a trusted key: registers `registration` (its library copied into the store and
+    /// Registers a plugin from a marketplace whose attestation `signed` was verified
+    /// against a trusted key (whose fingerprint is `fingerprint`): registers `registration` (its library copied into the store and
     /// inspected, as any registration, which checks that it embeds the attested
     /// manifest), checks that the stored library has the attested SHA-256 for this
     /// platform, then approves it with the attested grants and isolation, for the
@@ -230,20 +238,21 @@ impl Registry {
         host: &Host,
         registration: Registration,
         signed: &SignedAttestation,
-        attestation: &Attestation,
         fingerprint: &str,
         origin: &str,
         actor: &str,
     ) -> Result<Entry, AttestError> {
+        let attestation = &signed.statement()?;
         let id = attestation.plugin.clone();
         let here = Platform::current();
-        let attested = attestation.library_for(&here).ok_or_else(|| {
-            AttestError::NoLibraryForPlatform {
-                id: id.clone(),
-                platform: here.clone(),
-                attested: platform_list(attestation),
-            }
-        })?;
+        let attested =
+            attestation
+                .library_for(&here)
+                .ok_or_else(|| AttestError::NoLibraryForPlatform {
+                    id: id.clone(),
+                    platform: here.clone(),
+                    attested: platform_list(attestation),
+                })?;
         let entry = self.register(host, registration, actor)?;
         if entry.sha256 != attested.sha256 {
             self.unregister(&id, actor)?;

@@ -17,9 +17,7 @@ use super::error::{chain, ApiError, ErrorCode};
 use super::handlers::{actor, blocking, check_body, registration, registration_error};
 use super::App;
 use crate::attestation::{Platform, TrustStore};
-use crate::market::{
-    self, DownloadLimits, Market, MarketError, PluginRef, PublishBundle, SCHEME,
-};
+use crate::market::{self, DownloadLimits, Market, MarketError, PluginRef, PublishBundle, SCHEME};
 use crate::registry::{ApiKey, AttestError};
 
 /// `POST /plugins/install`.
@@ -69,7 +67,9 @@ impl From<MarketError> for ApiError {
             err @ MarketError::NotPublishable { .. } => {
                 ApiError::new(ErrorCode::NotPublishable, err.to_string())
             }
-            err @ MarketError::TagExists { .. } => ApiError::new(ErrorCode::TagExists, err.to_string()),
+            err @ MarketError::TagExists { .. } => {
+                ApiError::new(ErrorCode::TagExists, err.to_string())
+            }
             err @ MarketError::Download { .. } => ApiError::field("entry_point", err.to_string()),
             MarketError::Local(err) => err.into(),
             MarketError::Attest(AttestError::Registry(err)) => err.into(),
@@ -110,7 +110,9 @@ pub(crate) async fn install_plugin(
         let trust = TrustStore::open(&home).map_err(|err| ApiError::internal(chain(&err)))?;
         let mut outcome = None;
         app.registries.with(|registry| {
-            outcome = Some(market::install(registry, &app.host, &fetched, &trust, &actor));
+            outcome = Some(market::install(
+                registry, &app.host, &fetched, &trust, &actor,
+            ));
             Ok(())
         })?;
         Ok(outcome.expect("the registry ran the install")?)
@@ -135,7 +137,10 @@ pub(crate) async fn publish_plugin(
         if !path.is_absolute() {
             return Err(ApiError::field(
                 field,
-                format!("`{}` is not an absolute path on the server's machine", path.display()),
+                format!(
+                    "`{}` is not an absolute path on the server's machine",
+                    path.display()
+                ),
             ));
         }
         files.push((parsed, path));
@@ -204,11 +209,17 @@ pub(crate) async fn register_remote(
         // The store keeps a library under the file name its manifest gives.
         let manifest = match &fetched {
             Some(fetched) => fetched.manifest.clone(),
-            None => app
-                .host
-                .inspect(&library)
-                .map_err(|err| in_terms_of_the_url(ApiError::field("entry_point", format!("`entry_point` cannot be loaded: {}", chain(&err)))))?
-                .manifest,
+            None => {
+                app.host
+                    .inspect(&library)
+                    .map_err(|err| {
+                        in_terms_of_the_url(ApiError::field(
+                            "entry_point",
+                            format!("`entry_point` cannot be loaded: {}", chain(&err)),
+                        ))
+                    })?
+                    .manifest
+            }
         };
         let library = market::name_after(&library, &manifest)?;
         let shown = library.display().to_string();
@@ -216,7 +227,8 @@ pub(crate) async fn register_remote(
             err.message = err.message.replace(&shown, &location);
             err
         };
-        let registration = registration(&app.host, body, Some(library)).map_err(in_terms_of_the_url)?;
+        let registration =
+            registration(&app.host, body, Some(library)).map_err(in_terms_of_the_url)?;
         let entry = app
             .registries
             .with(|registry| registry.register(&app.host, registration, &actor))

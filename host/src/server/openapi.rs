@@ -233,7 +233,8 @@ fn schemas() -> Value {
             .as_object_mut()
             .expect("a schema has properties")
             .remove("runtime");
-        installed["properties"]["reference"] = json!({ "type": "string", "description": "where it was installed from" });
+        installed["properties"]["reference"] =
+            json!({ "type": "string", "description": "where it was installed from" });
         installed["properties"]["digest"] = json!({ "type": "string", "description": "the digest of what the reference named (an image index or manifest)" });
         installed["properties"]["platforms"] = json!({ "type": "array", "items": { "type": "string" }, "description": "the platforms the artifact offers, `os/arch`" });
         installed["properties"]["outcome"] = json!({
