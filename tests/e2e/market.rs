@@ -36,6 +36,12 @@ pub(crate) struct Distribution {
 impl Distribution {
     /// Starts one, or says why the test skips.
     pub(crate) fn start() -> Option<Distribution> {
+        Distribution::start_with(None)
+    }
+
+    /// Starts one that wants `(user, password)` for every request (htpasswd, basic
+    /// authentication), or any client if `None`.
+    pub(crate) fn start_with(credentials: Option<(&str, &str)>) -> Option<Distribution> {
         let Some(program) = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]
             .into_iter()
             .map(PathBuf::from)
@@ -54,14 +60,20 @@ impl Distribution {
                 .port();
             let addr = format!("127.0.0.1:{port}");
             let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                    storage.display()
-                ),
-            )
-            .unwrap();
+            let mut text = format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                storage.display()
+            );
+            if let Some((user, password)) = credentials {
+                let htpasswd = dir.path().join("htpasswd");
+                let hash = bcrypt::hash(password, 4).unwrap();
+                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+                text.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: plugbay-tests\n    path: {}\n",
+                    htpasswd.display()
+                ));
+            }
+            std::fs::write(&config, text).unwrap();
             let mut child = Command::new(&program)
                 .arg("serve")
                 .arg(&config)
@@ -78,7 +90,8 @@ impl Distribution {
                     );
                     break;
                 }
-                if http_status(&format!("http://{addr}/v2/")) == Some(200) {
+                let up = if credentials.is_some() { 401 } else { 200 };
+                if http_status(&format!("http://{addr}/v2/")) == Some(up) {
                     return Some(Distribution {
                         child,
                         addr,
@@ -253,10 +266,19 @@ impl Home {
         self.dir.path().join("home")
     }
 
+    /// The Docker config folder the commands read (`$DOCKER_CONFIG`).
+    fn docker_config(&self) -> PathBuf {
+        self.dir.path().join("docker")
+    }
+
     fn output(&self, args: &[&str]) -> Output {
-        let docker = self.dir.path().join("docker");
+        self.output_with(args, None)
+    }
+
+    fn output_with(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let docker = self.docker_config();
         std::fs::create_dir_all(&docker).unwrap();
-        Command::new(plugbay_bin())
+        let mut child = Command::new(plugbay_bin())
             .arg("--home")
             .arg(self.path())
             .args(args)
@@ -267,9 +289,24 @@ impl Home {
             .env_remove("PLUGBAY_SIGNING_KEY")
             .env_remove("PLUGBAY_MARKETPLACE")
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -1069,6 +1106,70 @@ fn a_multi_platform_artifact_installs_this_platforms_library() {
         json!(["linux/amd64", "windows/amd64"]),
         "{offers}"
     );
+}
+
+#[test]
+fn registry_credentials_come_from_the_flags_or_the_docker_config_file() {
+    let Some(registry) = Distribution::start_with(Some(("publisher", "s3cret"))) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let (alice, _) = reviewer_key(keys.path(), "alice");
+    let home = Home::new();
+    let id = home.register("redactor");
+    home.ok(&["review", "approve", &id, "--signing-key", &path(&alice)]);
+    let target = registry.oci("team/redactor");
+    let err = home.fails(&["publish", &id, &target]);
+    assert!(err.contains("401") && err.contains("docker login"), "{err}");
+    let wrong = home.output_with(
+        &[
+            "publish",
+            &id,
+            &target,
+            "--username",
+            "publisher",
+            "--password-stdin",
+        ],
+        Some("guess\n"),
+    );
+    assert_eq!(wrong.status.code(), Some(1));
+    let output = home.output_with(
+        &[
+            "publish",
+            &id,
+            &target,
+            "--username",
+            "publisher",
+            "--password-stdin",
+        ],
+        Some("s3cret\n"),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Another home reads the credentials `docker login` would have written.
+    let other = Home::new();
+    let err = other.fails(&["install", &registry.oci("team/redactor:1.0.0")]);
+    assert!(err.contains("docker login"), "{err}");
+    other.assert_nothing_stored();
+    std::fs::create_dir_all(other.docker_config()).unwrap();
+    // `publisher:s3cret` in base64, as `docker login` writes it.
+    let auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("publisher:s3cret")
+    };
+    std::fs::write(
+        other.docker_config().join("config.json"),
+        json!({"auths": {registry.addr.clone(): {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let installed = other.json(&["install", &registry.oci("team/redactor:1.0.0")]);
+    assert_eq!(installed["outcome"]["status"], "pending", "{installed}");
+    let offers = other.json(&["search", &registry.oci("team")]);
+    assert_eq!(offers[0]["name"], "redactor", "{offers}");
 }
 
 // ---------------------------------------------------------------------------------

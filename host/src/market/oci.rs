@@ -229,6 +229,17 @@ impl PublishBundle {
     }
 }
 
+/// What a registry said, and what to do when it wants credentials.
+fn registry_reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let text = error_text(err);
+    let lower = text.to_lowercase();
+    if lower.contains("401") || lower.contains("unauthorized") || lower.contains("not authorized") {
+        format!("{text}; the registry wants credentials: `docker login` to it (plugbay reads the Docker config file), or pass `--username USER --password-stdin`")
+    } else {
+        text
+    }
+}
+
 fn platform_list(platforms: &[Platform]) -> String {
     platforms
         .iter()
@@ -334,7 +345,7 @@ impl Market {
             move |err: oci_client::errors::OciDistributionError| MarketError::Registry {
                 registry,
                 action,
-                reason: error_text(&err),
+                reason: registry_reason(&err),
             }
         };
         let tagged = target.oci();
@@ -458,7 +469,7 @@ impl Market {
             .map_err(|err| MarketError::Registry {
                 registry: registry.clone(),
                 action: format!("pull {shown}"),
-                reason: error_text(&err),
+                reason: registry_reason(&err),
             })?;
         let digest = digest_of(&top_bytes);
         if let Some(expected) = &reference.digest {
@@ -499,7 +510,7 @@ impl Market {
                     .map_err(|err| MarketError::Registry {
                         registry: registry.clone(),
                         action: format!("pull the {here} manifest of {shown}"),
-                        reason: error_text(&err),
+                        reason: registry_reason(&err),
                     })?;
                 let actual = digest_of(&bytes);
                 if actual != entry.digest {
@@ -701,7 +712,7 @@ impl Market {
         let failed = |err: &(dyn std::error::Error + 'static)| MarketError::Registry {
             registry: registry.clone(),
             action: format!("pull {what} of {shown}"),
-            reason: error_text(err),
+            reason: registry_reason(err),
         };
         let mut stream = client
             .pull_blob_stream(reference, descriptor)
@@ -757,7 +768,7 @@ impl Market {
             move |err: oci_client::errors::OciDistributionError| MarketError::Registry {
                 registry,
                 action,
-                reason: error_text(&err),
+                reason: registry_reason(&err),
             }
         };
         let prefix = if marketplace.namespace.is_empty() {
