@@ -48,21 +48,24 @@ pub struct Installed {
 }
 
 /// The `${plugin_dir}` of a plugin that came from a marketplace or a URL: a folder of
-/// its own in the home, holding its `plugin.json`.
-fn plugin_dir(registry: &Registry, manifest: &Manifest) -> Result<PathBuf, MarketError> {
-    let dir = registry
-        .home()
-        .join("plugins")
+/// its own in the home (`plugins/NAME/VERSION`), made by [`keep_manifest`] once the
+/// plugin is registered.
+pub(crate) fn plugin_dir(home: &Path, manifest: &Manifest) -> PathBuf {
+    home.join("plugins")
         .join(&manifest.name)
-        .join(manifest.version.to_string());
+        .join(manifest.version.to_string())
+}
+
+/// Makes a registered plugin's `${plugin_dir}` and writes its `plugin.json` there.
+pub(crate) fn keep_manifest(entry: &Entry) -> Result<(), MarketError> {
+    let dir = &entry.plugin_dir;
     let io = |source| MarketError::Io {
         action: "write",
         path: dir.clone(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    std::fs::write(dir.join("plugin.json"), manifest.to_json()).map_err(io)?;
-    Ok(dir)
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(dir.join("plugin.json"), entry.manifest.to_json()).map_err(io)
 }
 
 /// Registers a fetched plugin as its attestation allows: approved with the attested
@@ -125,7 +128,7 @@ pub fn install(
     let registration = Registration {
         manifest: fetched.manifest.clone(),
         library: fetched.library.clone(),
-        plugin_dir: plugin_dir(registry, &fetched.manifest)?,
+        plugin_dir: plugin_dir(registry.home(), &fetched.manifest),
     };
     let (entry, outcome) = match verdict {
         Some(Verdict::Trusted {
@@ -162,6 +165,7 @@ pub fn install(
             (entry, Outcome::Pending { reason })
         }
     };
+    keep_manifest(&entry)?;
     Ok(Installed {
         entry,
         reference: shown,
@@ -181,11 +185,12 @@ pub fn register_fetched(
     actor: &str,
 ) -> Result<Entry, MarketError> {
     let registration = Registration {
-        plugin_dir: plugin_dir(registry, &manifest)?,
+        plugin_dir: plugin_dir(registry.home(), &manifest),
         manifest,
         library: fetched.library.clone(),
     };
     let entry = registry.register(host, registration, actor)?;
+    keep_manifest(&entry)?;
     Ok(registry.record_origin(
         &entry.id,
         &fetched.reference.to_string(),
@@ -214,11 +219,12 @@ pub fn register_download(
     };
     let library = name_after(&download.path, &manifest)?;
     let registration = Registration {
-        plugin_dir: plugin_dir(registry, &manifest)?,
+        plugin_dir: plugin_dir(registry.home(), &manifest),
         manifest,
         library,
     };
     let entry = registry.register(host, registration, actor)?;
+    keep_manifest(&entry)?;
     Ok(registry.record_origin(
         &entry.id,
         &download.url,

@@ -56,9 +56,9 @@ pub use artifact::{
     SIGNATURE_MEDIA_TYPE,
 };
 pub use fetch::{download, is_http_url, Download, DownloadLimits};
-#[cfg(feature = "server")]
-pub(crate) use install::name_after;
 pub use install::{install, register_download, register_fetched, Installed, Outcome};
+#[cfg(feature = "server")]
+pub(crate) use install::{keep_manifest, name_after, plugin_dir};
 pub use oci::{Fetched, Market, Offer, OfferTrust, PublishBundle, Published};
 pub use reference::{is_loopback, version_tag, MarketplaceRef, PluginRef, SCHEME};
 

@@ -171,6 +171,7 @@ pub(crate) async fn register_remote(
     check_body(&body)?;
     let home = app.registries.home().to_owned();
     let location = body.entry_point.clone();
+    let home_for_fetch = home.clone();
     let dir = tempfile::Builder::new()
         .prefix(".incoming-")
         .tempdir_in(&home)
@@ -183,7 +184,7 @@ pub(crate) async fn register_remote(
     let (library, fetched, detail) = if location.starts_with(SCHEME) {
         let reference = PluginRef::for_install(&location, None)
             .map_err(|err| ApiError::field("entry_point", err.to_string()))?;
-        let fetched = Market::default().fetch(&reference, &home).await?;
+        let fetched = Market::default().fetch(&reference, &home_for_fetch).await?;
         let detail = format!("digest {}", fetched.digest);
         (fetched.library.clone(), Some(fetched), detail)
     } else {
@@ -201,42 +202,26 @@ pub(crate) async fn register_remote(
     };
     let actor = actor(&key);
     let entry = blocking(move || {
+        // Messages name the URL, not the temporary file it was downloaded to.
         let shown = library.display().to_string();
         let in_terms_of_the_url = |mut err: ApiError| {
             err.message = err.message.replace(&shown, &location);
             err
         };
+        let mut registration =
+            registration(&app.host, body, Some(library.clone())).map_err(&in_terms_of_the_url)?;
         // The store keeps a library under the file name its manifest gives.
-        let manifest = match &fetched {
-            Some(fetched) => fetched.manifest.clone(),
-            None => {
-                app.host
-                    .inspect(&library)
-                    .map_err(|err| {
-                        in_terms_of_the_url(ApiError::field(
-                            "entry_point",
-                            format!("`entry_point` cannot be loaded: {}", chain(&err)),
-                        ))
-                    })?
-                    .manifest
-            }
-        };
-        let library = market::name_after(&library, &manifest)?;
-        let shown = library.display().to_string();
-        let in_terms_of_the_url = |mut err: ApiError| {
-            err.message = err.message.replace(&shown, &location);
-            err
-        };
-        let registration =
-            registration(&app.host, body, Some(library)).map_err(in_terms_of_the_url)?;
+        registration.library = market::name_after(&library, &registration.manifest)?;
+        registration.plugin_dir = market::plugin_dir(&home, &registration.manifest);
         let entry = app
             .registries
             .with(|registry| registry.register(&app.host, registration, &actor))
             .map_err(|err| in_terms_of_the_url(registration_error(err)))?;
+        market::keep_manifest(&entry)?;
         let entry = app
             .registries
             .with(|registry| registry.record_origin(&entry.id, &location, &detail, &actor))?;
-        drop(dir);
+        drop((dir, fetched));
         Ok(entry)
     })
     .await?;
