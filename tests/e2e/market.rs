@@ -379,6 +379,10 @@ impl Home {
             .filter(|name| name.starts_with(".incoming"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(
+            !self.path().join("plugins").exists(),
+            "no plugin folder was made"
+        );
     }
 }
 
@@ -1480,6 +1484,10 @@ fn the_seeds_registration_request_downloads_the_library_from_its_url() {
             .ends_with(&format!("/libraries/{sha256}/libdata_processor.so")),
         "{entry}"
     );
+    // Its `${plugin_dir}` is a folder of its own in the home, with its manifest.
+    let plugin_dir = PathBuf::from(entry["plugin_dir"].as_str().unwrap());
+    assert_eq!(plugin_dir, home.path().join("plugins/data-processor/1.0.0"));
+    assert!(plugin_dir.join("plugin.json").is_file());
     let registered = home
         .registry()
         .audit_log(Some("data-processor@1.0.0"))
