@@ -58,6 +58,15 @@ pub(crate) enum ErrorCode {
     RequestTimeout,
     /// The plugin's instance failed too often: the next one starts later.
     PluginBackoff,
+    /// A marketplace artifact was refused: a digest or signature does not verify, or
+    /// it contradicts its attestation, or it is not a plugin for this platform.
+    ArtifactRefused,
+    /// The plugin cannot be published (not approved, or not signed).
+    NotPublishable,
+    /// The marketplace tag already names another artifact.
+    TagExists,
+    /// The marketplace (an OCI registry) could not be reached or refused.
+    UpstreamFailed,
     /// Anything else on the server's side.
     Internal,
     /// The request is not HTTP/1.1 the server can read.
@@ -101,6 +110,10 @@ impl ErrorCode {
         ErrorCode::PluginTimeout,
         ErrorCode::RequestTimeout,
         ErrorCode::PluginBackoff,
+        ErrorCode::ArtifactRefused,
+        ErrorCode::NotPublishable,
+        ErrorCode::TagExists,
+        ErrorCode::UpstreamFailed,
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::HeaderTimeout,
@@ -135,6 +148,10 @@ impl ErrorCode {
             ErrorCode::PluginTimeout => "plugin_timeout",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::PluginBackoff => "plugin_backoff",
+            ErrorCode::ArtifactRefused => "artifact_refused",
+            ErrorCode::NotPublishable => "not_publishable",
+            ErrorCode::TagExists => "tag_exists",
+            ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::Internal => "internal",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::HeaderTimeout => "header_timeout",
@@ -168,14 +185,16 @@ impl ErrorCode {
             | ErrorCode::NotApproved
             | ErrorCode::Disabled
             | ErrorCode::LibraryChanged
-            | ErrorCode::NotPermitted => StatusCode::CONFLICT,
+            | ErrorCode::NotPermitted
+            | ErrorCode::NotPublishable
+            | ErrorCode::TagExists => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PluginError => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::PluginError | ErrorCode::ArtifactRefused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PluginPanicked
             | ErrorCode::PluginFailed
             | ErrorCode::PluginStartFailed
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::InvalidPluginOutput => StatusCode::BAD_GATEWAY,
+            ErrorCode::InvalidPluginOutput | ErrorCode::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestTimeout | ErrorCode::PluginBackoff => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
