@@ -56,6 +56,8 @@
 #![deny(missing_docs)]
 
 mod allocator;
+#[cfg(feature = "market")]
+pub mod attestation;
 mod batch;
 mod call;
 mod error;
@@ -65,6 +67,8 @@ mod image;
 mod isolation;
 pub mod loader;
 pub mod local;
+#[cfg(feature = "market")]
+pub mod market;
 mod pipeline;
 #[cfg(target_os = "linux")]
 mod process;

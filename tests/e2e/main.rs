@@ -9,6 +9,7 @@ mod isolation;
 mod isolation_faults;
 mod loader;
 mod local;
+mod market;
 mod pipeline;
 mod readme;
 mod registry;

@@ -18,7 +18,8 @@ Examples:
   plugbay keys create --name ci --scope plugins:read --scope plugins:execute
   TOKEN=$(plugbay keys create --name ops --scope plugins:read plugins:write)
 
-Scopes: plugins:read, plugins:write, plugins:review, plugins:execute.
+Scopes: plugins:read, plugins:write, plugins:review, plugins:execute, plugins:install
+(install from a marketplace), plugins:publish (publish to one).
 The token goes to stdout alone; the note about it goes to stderr.")]
     Create(CreateArgs),
     /// List the keys (never their tokens)
@@ -40,7 +41,8 @@ pub struct CreateArgs {
     /// A name for people (unique among active keys)
     #[arg(long, value_name = "N")]
     pub name: String,
-    /// What the key may do: plugins:read, plugins:write, plugins:review, plugins:execute
+    /// What the key may do: plugins:read, plugins:write, plugins:review, plugins:execute,
+    /// plugins:install, plugins:publish
     #[arg(long = "scope", value_name = "S", required = true, num_args = 1..)]
     pub scopes: Vec<Scope>,
 }

@@ -14,6 +14,8 @@ mod inspect;
 mod keys;
 mod list;
 mod locate;
+#[cfg(feature = "market")]
+mod market;
 mod new;
 mod register;
 mod review;
@@ -23,6 +25,8 @@ mod serve;
 mod show;
 mod store;
 mod table;
+#[cfg(feature = "market")]
+mod trust;
 mod unregister;
 mod upgrade;
 
@@ -46,9 +50,13 @@ Examples:
   echo '[{\"id\": 1}]' | plugbay run target/release/libdata_processor.so
   plugbay --json list
   plugbay store get dedup/stats
+  plugbay publish data-processor@1.0.0 oci://registry.example.com/plugins/data-processor
+  plugbay install oci://registry.example.com/plugins/data-processor:1.0.0
 
 Environment:
   PLUGBAY_HOME   the registry's home folder (`--home` overrides it)
+  PLUGBAY_MARKETPLACE  the default marketplace, `oci://HOST/NAMESPACE`
+  PLUGBAY_SIGNING_KEY  the reviewer's signing key for `review approve`
   RUST_LOG       log filter for stderr, e.g. `plugbay_host=debug` (`-v` overrides it)
 
 Exit codes: 0 ok, 1 error, 2 usage.";
@@ -125,6 +133,22 @@ pub enum Command {
     Store(store::Command),
     /// Serve the registry as a REST API guarded by scoped API keys
     Serve(serve::Args),
+    /// Manage the reviewer keys whose signed reviews this host trusts
+    #[cfg(feature = "market")]
+    #[command(subcommand)]
+    Trust(trust::Command),
+    /// Show a plugin's signed attestation, or write it out for `ssh-keygen -Y verify`
+    #[cfg(feature = "market")]
+    Attestation(market::AttestationArgs),
+    /// Publish an approved, signed plugin to an OCI registry (the marketplace)
+    #[cfg(feature = "market")]
+    Publish(market::PublishArgs),
+    /// Install a plugin from a marketplace, checking its digests and its signed review
+    #[cfg(feature = "market")]
+    Install(market::InstallArgs),
+    /// List the plugins a marketplace offers, with who approved them
+    #[cfg(feature = "market")]
+    Search(market::SearchArgs),
 }
 
 impl Cli {
@@ -148,6 +172,16 @@ impl Cli {
             Command::Keys(command) => keys::exec(command, &context),
             Command::Store(command) => store::exec(command, &context),
             Command::Serve(args) => serve::exec(args, &context),
+            #[cfg(feature = "market")]
+            Command::Trust(command) => trust::exec(command, &context),
+            #[cfg(feature = "market")]
+            Command::Attestation(args) => market::attestation(args, &context),
+            #[cfg(feature = "market")]
+            Command::Publish(args) => market::publish(args, &context),
+            #[cfg(feature = "market")]
+            Command::Install(args) => market::install(args, &context),
+            #[cfg(feature = "market")]
+            Command::Search(args) => market::search(args, &context),
         }
     }
 }

@@ -15,6 +15,7 @@ use super::{locate, permission_list, print_json, revision, Context};
 Examples:
   plugbay register example-plugins/data-processor --library target/release/libdata_processor.so
   plugbay register my-plugin/plugin.json
+  plugbay register https://plugins.example.com/my-plugin/init
   cargo build --release && plugbay register my-plugin --update
 
 The library is copied into the registry's store (`libraries/<sha256>/` in the home,
@@ -27,10 +28,17 @@ until `plugbay review approve ID`.
 After a rebuild, `plugbay register DIR --update` registers the new library as the
 plugin's next revision: its approval does not carry over to other code, so it is
 pending review and disabled again, and `show` and `review approve` list what changed
-since the revision that was reviewed. The same library again changes nothing.")]
+since the revision that was reviewed. The same library again changes nothing.
+
+An `https://` or `http://` URL is downloaded (at most 256 MiB, within 60 s, at most 5
+redirects and never from https to http) and registered from its embedded manifest, as a
+local library would be; `oci://HOST/NAMESPACE/NAME:VERSION` pulls this platform's
+library from an OCI registry and registers it pending review, ignoring any attestation
+(`plugbay install` is the command that takes one). `file:` URLs are local paths.")]
 pub struct Args {
-    /// The plugin's `plugin.json`, or the folder that holds it (its `${plugin_dir}`)
-    #[arg(value_name = "MANIFEST|DIR")]
+    /// The plugin's `plugin.json`, or the folder that holds it (its `${plugin_dir}`), or
+    /// a URL to download the library from
+    #[arg(value_name = "MANIFEST|DIR|URL")]
     pub manifest: PathBuf,
     /// The plugin's library [default: the manifest's `main`, in the manifest's
     /// folder, else the newest that cargo built in `target/release` or `target/debug`]
@@ -106,6 +114,15 @@ fn cargo_output(registration: &Registration) -> Result<PathBuf> {
 
 /// Registers the plugin and prints its entry.
 pub fn exec(args: Args, context: &Context) -> Result<()> {
+    #[cfg(feature = "market")]
+    if let Some(location) = args.manifest.to_str().filter(|text| {
+        plugbay_host::market::is_http_url(text) || text.starts_with(plugbay_host::market::SCHEME)
+    }) {
+        if args.library.is_some() {
+            bail!("`--library` is for a local manifest; a plugin registered from {location} is the library downloaded from there");
+        }
+        return super::market::register_remote(location, context);
+    }
     let mut registry = context.create_registry()?;
     let host = context.host(&registry)?;
     if args.manifest.is_dir() && !args.manifest.join("plugin.json").is_file() {

@@ -25,7 +25,15 @@ manifest does not request is an error. The plugin runs in a worker process of it
 unless `--isolation thread` is given: a worker thread of the host is faster for tiny
 batches but shares the host's memory and descriptors, so approve it only for code you
 trust. The approval records the reviewer, the time, the isolation and the library's
-SHA-256: if the library changes afterwards, the plugin will not run.")]
+SHA-256: if the library changes afterwards, the plugin will not run.
+
+With `--signing-key` (an Ed25519 OpenSSH key, `ssh-keygen -t ed25519`), the approval
+is also signed: an attestation of the plugin, its manifest, the SHA-256 of its library
+on each platform (this one, and each `--platform-library`), the grants, the isolation,
+the reviewer and the time, which `plugbay publish` ships with the plugin and
+`plugbay attestation ID` shows. Example:
+  plugbay review approve x@1.0.0 --signing-key ~/.ssh/review_ed25519 --reviewer alice \
+      --platform-library windows/amd64=target/x86_64-pc-windows-gnu/release/x.dll")]
     Approve(ApproveArgs),
     /// Reject a plugin, with a reason; it is disabled and cannot be enabled
     #[command(after_help = "\
@@ -52,6 +60,19 @@ pub struct ApproveArgs {
     /// for tiny batches, for trusted plugins only)
     #[arg(long, value_name = "ISOLATION", default_value = "process")]
     pub isolation: Isolation,
+    /// Sign the approval with this Ed25519 OpenSSH private key
+    #[cfg(feature = "market")]
+    #[arg(long, value_name = "KEY", env = "PLUGBAY_SIGNING_KEY")]
+    pub signing_key: Option<std::path::PathBuf>,
+    /// The plugin's library for another platform, attested with the signature
+    /// (repeat it; needs `--signing-key`)
+    #[cfg(feature = "market")]
+    #[arg(
+        long = "platform-library",
+        value_name = "OS/ARCH=PATH",
+        requires = "signing_key"
+    )]
+    pub platform_libraries: Vec<super::market::PlatformLibrary>,
 }
 
 /// `review reject`.
@@ -81,17 +102,47 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
     let reviewer = args.reviewer.as_deref().unwrap_or(context.actor());
     let grants = (!args.grants.is_empty()).then_some(args.grants);
     let id = registry.resolve(&args.id)?;
+    #[cfg(feature = "market")]
+    if let Some(key) = &args.signing_key {
+        let signed = super::market::SignedApproval {
+            id: &id,
+            reviewer,
+            grants,
+            isolation: args.isolation,
+            key,
+            platform_libraries: &args.platform_libraries,
+        };
+        return super::market::approve_signed(&mut registry, signed, context);
+    }
     let entry = registry.approve_with_isolation(&id, reviewer, grants, args.isolation)?;
     if context.json {
         return print_json(&entry);
     }
+    print_approval(&registry, &entry, reviewer, args.isolation)?;
+    if !entry.enabled {
+        writeln!(
+            std::io::stdout().lock(),
+            "next: plugbay enable {}",
+            entry.id
+        )?;
+    }
+    Ok(())
+}
+
+/// Prints what an approval granted (and what changed since the last revision).
+pub(super) fn print_approval(
+    registry: &plugbay_host::registry::Registry,
+    entry: &plugbay_host::registry::Entry,
+    reviewer: &str,
+    isolation: Isolation,
+) -> Result<()> {
     let data_dir = plugbay_host::sandbox::plugin_data_dir(
         &registry.data_dir(),
         &entry.manifest.name,
         &entry.manifest.version,
     );
     let mut out = std::io::stdout().lock();
-    super::revision::write_changes(&mut out, &entry, &data_dir, 0)?;
+    super::revision::write_changes(&mut out, entry, &data_dir, 0)?;
     writeln!(out, "{} requests:", entry.id)?;
     let added = entry
         .changes()
@@ -119,12 +170,9 @@ fn approve(args: ApproveArgs, context: &Context) -> Result<()> {
         "approved {} by {reviewer}: granted {}, isolation {} (library sha256 {})",
         entry.id,
         permission_list(&entry.review.granted),
-        args.isolation,
+        isolation,
         entry.review.reviewed_sha256.as_deref().unwrap_or("unknown")
     )?;
-    if !entry.enabled {
-        writeln!(out, "next: plugbay enable {}", entry.id)?;
-    }
     Ok(())
 }
 

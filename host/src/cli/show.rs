@@ -31,6 +31,9 @@ struct Shown<'a> {
     #[serde(flatten)]
     entry: &'a Entry,
     library_sha256_now: String,
+    /// The signed attestation of the current approval, if any.
+    #[cfg(feature = "market")]
+    attestation: Option<plugbay_host::registry::StoredAttestation>,
     audit: Vec<AuditEvent>,
 }
 
@@ -44,10 +47,14 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => "missing".to_owned(),
         Err(err) => format!("unreadable: {err}"),
     };
+    #[cfg(feature = "market")]
+    let attestation = registry.attestation(&entry.id)?;
     if context.json {
         return print_json(&Shown {
             entry: &entry,
             library_sha256_now,
+            #[cfg(feature = "market")]
+            attestation: attestation.clone(),
             audit,
         });
     }
@@ -103,6 +110,24 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         field("granted", &permissions(&review.granted))?;
         let isolation = review.isolation.unwrap_or(plugbay_host::Isolation::Process);
         field("isolation", isolation.as_str())?;
+        #[cfg(feature = "market")]
+        field(
+            "signed",
+            &match &attestation {
+                Some(stored) => format!(
+                    "by {} with key {}{} (`plugbay attestation {}`)",
+                    stored.reviewer,
+                    stored.fingerprint,
+                    stored
+                        .origin
+                        .as_deref()
+                        .map(|origin| format!(", installed from {origin}"))
+                        .unwrap_or_default(),
+                    entry.id
+                ),
+                None => "no: a local approval, not publishable".to_owned(),
+            },
+        )?;
     }
     field("enabled", if entry.enabled { "yes" } else { "no" })?;
     if let Some(config) = &entry.config {

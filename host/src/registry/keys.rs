@@ -21,6 +21,8 @@ pub const SCOPES: &[&str] = &[
     "plugins:write",
     "plugins:review",
     "plugins:execute",
+    "plugins:install",
+    "plugins:publish",
 ];
 
 /// What a key may do.
@@ -34,6 +36,11 @@ pub enum Scope {
     Review,
     /// Process batches.
     Execute,
+    /// Install plugins from a marketplace (registering them approved when a trusted
+    /// reviewer signed them).
+    Install,
+    /// Publish approved plugins to a marketplace.
+    Publish,
 }
 
 impl Scope {
@@ -44,6 +51,8 @@ impl Scope {
             Scope::Write => "plugins:write",
             Scope::Review => "plugins:review",
             Scope::Execute => "plugins:execute",
+            Scope::Install => "plugins:install",
+            Scope::Publish => "plugins:publish",
         }
     }
 }
@@ -62,6 +71,8 @@ impl FromStr for Scope {
             "plugins:write" => Ok(Scope::Write),
             "plugins:review" => Ok(Scope::Review),
             "plugins:execute" => Ok(Scope::Execute),
+            "plugins:install" => Ok(Scope::Install),
+            "plugins:publish" => Ok(Scope::Publish),
             other => Err(AuthError::UnknownScope(other.to_owned())),
         }
     }
@@ -90,7 +101,7 @@ pub enum AuthError {
         id: String,
     },
     /// A scope that does not exist.
-    #[error("unknown scope `{0}`; expected one of `plugins:read`, `plugins:write`, `plugins:review`, `plugins:execute`")]
+    #[error("unknown scope `{0}`; expected one of `plugins:read`, `plugins:write`, `plugins:review`, `plugins:execute`, `plugins:install`, `plugins:publish`")]
     UnknownScope(String),
     /// A key needs at least one scope.
     #[error("a key needs at least one scope (`--scope plugins:read`, …)")]

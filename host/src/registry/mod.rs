@@ -20,6 +20,8 @@
 //! library to review it), and swapping that file, even while plugins start, never
 //! gets unreviewed code loaded.
 
+#[cfg(feature = "market")]
+mod attested;
 mod current;
 mod keys;
 mod schema;
@@ -35,6 +37,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+#[cfg(feature = "market")]
+pub use attested::{AttestError, StoredAttestation};
 pub use current::{is_name, CurrentVersion, Switched};
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
 pub use store::{SqliteStore, StoredKey, StoredValue, STORE_FILE};

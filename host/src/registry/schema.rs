@@ -60,7 +60,20 @@ const MIGRATIONS: &[&str] = &[
     // replaced (its manifest, library digest and review, as JSON) for the reviewer.
     "ALTER TABLE plugins ADD COLUMN revision INTEGER NOT NULL DEFAULT 1 CHECK (revision >= 1);
      ALTER TABLE plugins ADD COLUMN previous TEXT;",
-    // 5: the current version of each plugin name (live upgrades): the version that
+    // 5: signed reviews. One row per plugin: the attestation of its current approval
+    // (`review_at` is the `reviewed_at` of the approval it belongs to; a row of an
+    // earlier approval is stale and ignored), signed here or installed from `origin`.
+    "CREATE TABLE attestations (
+        plugin_id TEXT PRIMARY KEY,
+        review_at TEXT NOT NULL,
+        statement BLOB NOT NULL,
+        signature TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        origin TEXT,
+        created_at TEXT NOT NULL
+    );",
+    // 6: the current version of each plugin name (live upgrades): the version that
     // serves the name. A name whose one enabled version exists gets it.
     "CREATE TABLE current_versions (
         name TEXT PRIMARY KEY,

@@ -203,10 +203,15 @@ pub(crate) fn entry_point_path(entry_point: &str) -> Result<PathBuf, ApiError> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if is_scheme {
             if !scheme.eq_ignore_ascii_case("file") {
+                let downloaded = if cfg!(feature = "market") {
+                    ", or an https://, http:// or oci:// location to download it from"
+                } else {
+                    ""
+                };
                 return Err(ApiError::field(
                     FIELD,
                     format!(
-                        "`entry_point` `{entry_point}` is a remote `{scheme}` URL; remote entry points are not supported: copy the library to the server's machine and give its local path or a file:// URL"
+                        "`entry_point` `{entry_point}` is a remote `{scheme}` URL; remote entry points are not supported: copy the library to the server's machine and give its local path or a file:// URL{downloaded}"
                     ),
                 ));
             }

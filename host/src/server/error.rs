@@ -64,6 +64,15 @@ pub(crate) enum ErrorCode {
     NoCurrentVersion,
     /// Another upgrade changed the name's current version meanwhile.
     CurrentChanged,
+    /// A marketplace artifact was refused: a digest or signature does not verify, or
+    /// it contradicts its attestation, or it is not a plugin for this platform.
+    ArtifactRefused,
+    /// The plugin cannot be published (not approved, or not signed).
+    NotPublishable,
+    /// The marketplace tag already names another artifact.
+    TagExists,
+    /// The marketplace (an OCI registry) could not be reached or refused.
+    UpstreamFailed,
     /// Anything else on the server's side.
     Internal,
     /// The request is not HTTP/1.1 the server can read.
@@ -110,6 +119,10 @@ impl ErrorCode {
         ErrorCode::UpgradeFailed,
         ErrorCode::NoCurrentVersion,
         ErrorCode::CurrentChanged,
+        ErrorCode::ArtifactRefused,
+        ErrorCode::NotPublishable,
+        ErrorCode::TagExists,
+        ErrorCode::UpstreamFailed,
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::HeaderTimeout,
@@ -147,6 +160,10 @@ impl ErrorCode {
             ErrorCode::UpgradeFailed => "upgrade_failed",
             ErrorCode::NoCurrentVersion => "no_current_version",
             ErrorCode::CurrentChanged => "current_changed",
+            ErrorCode::ArtifactRefused => "artifact_refused",
+            ErrorCode::NotPublishable => "not_publishable",
+            ErrorCode::TagExists => "tag_exists",
+            ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::Internal => "internal",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::HeaderTimeout => "header_timeout",
@@ -182,15 +199,17 @@ impl ErrorCode {
             | ErrorCode::LibraryChanged
             | ErrorCode::NotPermitted
             | ErrorCode::NoCurrentVersion
-            | ErrorCode::CurrentChanged => StatusCode::CONFLICT,
+            | ErrorCode::CurrentChanged
+            | ErrorCode::NotPublishable
+            | ErrorCode::TagExists => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PluginError => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::PluginError | ErrorCode::ArtifactRefused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PluginPanicked
             | ErrorCode::PluginFailed
             | ErrorCode::PluginStartFailed
             | ErrorCode::UpgradeFailed
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::InvalidPluginOutput => StatusCode::BAD_GATEWAY,
+            ErrorCode::InvalidPluginOutput | ErrorCode::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestTimeout | ErrorCode::PluginBackoff => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
         }

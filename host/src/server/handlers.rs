@@ -24,7 +24,7 @@ use crate::Batch;
 use crate::Isolation;
 
 /// Runs blocking work (SQLite, plugin calls) off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
@@ -39,7 +39,7 @@ fn resolve(app: &App, id: &str) -> Result<String, ApiError> {
 }
 
 /// Who the audit log says did it: the key's name and id (never its secret).
-fn actor(key: &ApiKey) -> String {
+pub(super) fn actor(key: &ApiKey) -> String {
     format!("{} (api key {})", key.name, key.id)
 }
 
@@ -84,9 +84,13 @@ pub(crate) async fn register_plugin(
     Extension(key): Extension<ApiKey>,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> Result<Response, ApiError> {
+    #[cfg(feature = "market")]
+    if super::market::is_remote(&body.entry_point) {
+        return super::market::register_remote(app, key, body).await;
+    }
     let actor = actor(&key);
     let entry = blocking(move || {
-        let registration = registration(&app.host, body)?;
+        let registration = registration(&app.host, body, None)?;
         app.registries
             .with(|registry| registry.register(&app.host, registration, &actor))
             .map_err(registration_error)
@@ -103,35 +107,18 @@ pub(crate) async fn register_plugin(
 
 /// Maps the seed's registration body onto a manifest: the `plugin.json` beside the
 /// library if it describes that library, else the manifest embedded in the library.
-/// The body's name, version and permissions must agree with it.
-fn registration(host: &Host, body: RegisterBody) -> Result<Registration, ApiError> {
-    let library = entry_point_path(&body.entry_point)?;
-    let version = semver::Version::parse(&body.version).map_err(|err| {
-        ApiError::field(
-            "version",
-            format!(
-                "`version` `{}` is not a semantic version ({err}); write it like `1.0.0`",
-                body.version
-            ),
-        )
-    })?;
-    let mut requested = Vec::with_capacity(body.permissions.len());
-    for (index, text) in body.permissions.iter().enumerate() {
-        let permission: Permission = text
-            .parse()
-            .map_err(|err| ApiError::field(format!("permissions[{index}]"), format!("{err}")))?;
-        requested.push(permission);
-    }
-    if body
-        .description
-        .as_deref()
-        .is_some_and(|text| text.trim().is_empty())
-    {
-        return Err(ApiError::field(
-            "description",
-            "`description` must not be empty when given",
-        ));
-    }
+/// The body's name, version and permissions must agree with it. The library is
+/// `downloaded` when the entry point was fetched, else the local file it names.
+pub(super) fn registration(
+    host: &Host,
+    body: RegisterBody,
+    downloaded: Option<PathBuf>,
+) -> Result<Registration, ApiError> {
+    let library = match downloaded {
+        Some(path) => path,
+        None => entry_point_path(&body.entry_point)?,
+    };
+    let (version, requested) = check_body(&body)?;
     match std::fs::metadata(&library) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::field(
@@ -204,6 +191,39 @@ fn registration(host: &Host, body: RegisterBody) -> Result<Registration, ApiErro
     })
 }
 
+/// The body's version and permissions, parsed, and its description checked.
+pub(super) fn check_body(
+    body: &RegisterBody,
+) -> Result<(semver::Version, Vec<Permission>), ApiError> {
+    let version = semver::Version::parse(&body.version).map_err(|err| {
+        ApiError::field(
+            "version",
+            format!(
+                "`version` `{}` is not a semantic version ({err}); write it like `1.0.0`",
+                body.version
+            ),
+        )
+    })?;
+    let mut requested = Vec::with_capacity(body.permissions.len());
+    for (index, text) in body.permissions.iter().enumerate() {
+        let permission: Permission = text
+            .parse()
+            .map_err(|err| ApiError::field(format!("permissions[{index}]"), format!("{err}")))?;
+        requested.push(permission);
+    }
+    if body
+        .description
+        .as_deref()
+        .is_some_and(|text| text.trim().is_empty())
+    {
+        return Err(ApiError::field(
+            "description",
+            "`description` must not be empty when given",
+        ));
+    }
+    Ok((version, requested))
+}
+
 fn list(permissions: &[Permission]) -> String {
     let items: Vec<String> = permissions.iter().map(|p| format!("\"{p}\"")).collect();
     format!("[{}]", items.join(", "))
@@ -245,7 +265,7 @@ fn inspect_error(err: StartError) -> ApiError {
     }
 }
 
-fn registration_error(err: RegistryError) -> ApiError {
+pub(super) fn registration_error(err: RegistryError) -> ApiError {
     if let RegistryError::ManifestDiffers { differences, .. } = &err {
         let field = differences.first().map_or("manifest", |d| d.field);
         return ApiError::field(field, err.to_string());

@@ -13,7 +13,8 @@
 //! `plugbay keys create` ([`Registry::create_key`](crate::registry::Registry::create_key)),
 //! stored as a hash and compared in constant time; keys are never logged. Each route
 //! needs one scope (`plugins:read`, `plugins:write`, `plugins:review`,
-//! `plugins:execute`). Errors are JSON: `{"error": {"code", "message", "field"?}}`.
+//! `plugins:execute`; `plugins:install` and `plugins:publish` for the marketplace).
+//! Errors are JSON: `{"error": {"code", "message", "field"?}}`.
 //!
 //! The server listens on 127.0.0.1 by default and speaks plain HTTP: put a TLS
 //! proxy in front of it before listening on another address.
@@ -53,6 +54,8 @@ mod connection;
 mod error;
 mod handlers;
 mod instances;
+#[cfg(feature = "market")]
+mod market;
 mod middleware;
 mod openapi;
 mod pool;
@@ -443,6 +446,10 @@ fn handler(operation: Operation, filter: MethodFilter) -> MethodRouter<Arc<App>>
         Operation::ReviewPlugin => on(filter, handlers::review_plugin),
         Operation::ProcessBatch => on(filter, handlers::process_batch),
         Operation::UpgradePlugin => on(filter, handlers::upgrade_plugin),
+        #[cfg(feature = "market")]
+        Operation::InstallPlugin => on(filter, market::install_plugin),
+        #[cfg(feature = "market")]
+        Operation::PublishPlugin => on(filter, market::publish_plugin),
     }
 }
 

@@ -103,7 +103,7 @@ fn doc_of(operation: Operation) -> Doc {
         Operation::RegisterPlugin => Doc {
             operation_id: "registerPlugin",
             summary: "Register a plugin",
-            description: "The library named by `entry_point` (an absolute path on the server's machine, or a `file://` URL; remote URLs are refused) is copied into the server's library store by its SHA-256 and inspected in a confined worker process (never in the server). Its manifest is the `plugin.json` beside the library if that describes the library, else the manifest embedded in the library; `name`, `version`, `permissions` and `description` (when given) must agree with it and with the manifest built into the library, field by field. The plugin is left pending review.",
+            description: "The library named by `entry_point` (an absolute path on the server's machine, a `file://` URL, an `https://` or `http://` URL, downloaded within 256 MiB, 60 s and 5 redirects and never from https down to http, or an `oci://HOST/NAMESPACE/NAME:VERSION` reference, whose library for the server's platform is pulled with every digest checked; its attestation, if any, is ignored: `POST /plugins/install` is the route that takes one) is copied into the server's library store by its SHA-256 and inspected in a confined worker process (never in the server). Its manifest is the `plugin.json` beside the library if that describes the library, else the manifest embedded in the library; `name`, `version`, `permissions` and `description` (when given) must agree with it and with the manifest built into the library, field by field. The plugin is left pending review.",
             request: Some(schema("RegisterRequest")),
             success: schema("Plugin"),
         },
@@ -148,6 +148,22 @@ fn doc_of(operation: Operation) -> Doc {
             description: "Sends a JSON array of records through the plugin's `process` hook and returns the array it produced. `{id}` is an id (`name@version`: that version), or a bare name (`data-processor`: its current version, which follows upgrades at a batch boundary). The first batch starts an instance (confined to the granted permissions); later batches reuse it, one at a time. Each call has the plugin's deadline (`timeout_ms`).",
             request: Some(json!({ "type": "array", "items": {}, "description": "the records" })),
             success: json!({ "type": "array", "items": {}, "description": "the processed records" }),
+        },
+        #[cfg(feature = "market")]
+        Operation::InstallPlugin => Doc {
+            operation_id: "installPlugin",
+            summary: "Install a plugin from a marketplace (an OCI registry)",
+            description: "Pulls the artifact `reference` names for the server's platform, checking the SHA-256 of every manifest and blob, then checks its attestation against the server's trusted reviewer keys (`allowed_signers` in its home, managed with `plugbay trust`). Signed by a trusted key: registered approved with the attested grants and isolation (still disabled). No attestation, or one signed by a key that is not trusted: registered pending review. A signature that does not verify, an artifact that contradicts its attestation, or one naming another plugin: refused, nothing stored. Registry credentials are those of the server's Docker config file.",
+            request: Some(schema("InstallRequest")),
+            success: schema("Installed"),
+        },
+        #[cfg(feature = "market")]
+        Operation::PublishPlugin => Doc {
+            operation_id: "publishPlugin",
+            summary: "Publish an approved, signed plugin to a marketplace",
+            description: "Pushes the plugin as one OCI artifact tagged with its version: per attested platform an image manifest holding the library, the plugin's manifest, the attestation and its signature; an image index when there is more than one platform. The plugin's current approval must be signed (`plugbay review approve ID --signing-key KEY`); libraries of platforms other than the server's are read from `platform_libraries` and must have their attested SHA-256. Registry credentials are those of the server's Docker config file.",
+            request: Some(schema("PublishRequest")),
+            success: schema("Published"),
         },
     }
 }
@@ -238,7 +254,7 @@ pub(crate) fn document() -> Value {
         "info": {
             "title": "Plugbay Plugins API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The registry of `plugbay serve`: register, review, enable, run and unregister native plugins. Every route but `/health` needs `Authorization: Bearer KEY` with a key from `plugbay keys create`; scopes: `plugins:read`, `plugins:write`, `plugins:review`, `plugins:execute`. Every error is a JSON body `{\"error\": {\"code\", \"message\", \"field\"?}}`: an unknown path is 404 `route_not_found`, a known path with another method is 405 `method_not_allowed` (with `Allow`). `HEAD` is answered wherever `GET` is.",
+            "description": "The registry of `plugbay serve`: register, review, enable, run and unregister native plugins, and install them from or publish them to a marketplace (any OCI registry). Every route but `/health` needs `Authorization: Bearer KEY` with a key from `plugbay keys create`; scopes: `plugins:read`, `plugins:write`, `plugins:review`, `plugins:execute`, `plugins:install`, `plugins:publish`. Every error is a JSON body `{\"error\": {\"code\", \"message\", \"field\"?}}`: an unknown path is 404 `route_not_found`, a known path with another method is 405 `method_not_allowed` (with `Allow`). `HEAD` is answered wherever `GET` is.",
         },
         "servers": [{ "url": "/", "description": "the server that serves this document (127.0.0.1:7070 by default)" }],
         "paths": paths,
@@ -260,6 +276,43 @@ fn nullable(kind: &str) -> Value {
 }
 
 fn schemas() -> Value {
+    #[allow(unused_mut)]
+    let mut schemas = base_schemas();
+    #[cfg(feature = "market")]
+    {
+        // A plugin as `GET /plugins/{id}` shows it, and where it was installed from.
+        let mut installed = schemas["Plugin"].clone();
+        installed["properties"]
+            .as_object_mut()
+            .expect("a schema has properties")
+            .remove("runtime");
+        installed["properties"]["reference"] =
+            json!({ "type": "string", "description": "where it was installed from" });
+        installed["properties"]["digest"] = json!({ "type": "string", "description": "the digest of what the reference named (an image index or manifest)" });
+        installed["properties"]["platforms"] = json!({ "type": "array", "items": { "type": "string" }, "description": "the platforms the artifact offers, `os/arch`" });
+        installed["properties"]["outcome"] = json!({
+            "type": "object",
+            "required": ["status"],
+            "additionalProperties": false,
+            "properties": {
+                "status": { "type": "string", "enum": ["approved", "pending"] },
+                "reviewer": { "type": "string", "description": "who approved it (approved)" },
+                "fingerprint": { "type": "string", "description": "their key, `SHA256:…` (approved)" },
+                "reason": { "type": "string", "description": "why it waits for a local review (pending)" },
+            },
+        });
+        for field in ["reference", "digest", "platforms", "outcome"] {
+            installed["required"]
+                .as_array_mut()
+                .expect("a schema has required fields")
+                .push(json!(field));
+        }
+        schemas["Installed"] = installed;
+    }
+    schemas
+}
+
+fn base_schemas() -> Value {
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|code| code.as_str()).collect();
     let mut manifest_properties = Map::new();
     for field in FIELDS {
@@ -415,7 +468,7 @@ fn schemas() -> Value {
                 "name": { "type": "string", "pattern": format!("^{NAME}$"), "description": "must be the manifest's" },
                 "version": { "type": "string", "pattern": format!("^{}$", semver()), "description": "must be the manifest's" },
                 "description": { "type": "string", "pattern": "\\S", "description": "replaces the manifest's when given; not blank" },
-                "entry_point": { "type": "string", "description": "the library: an absolute path on the server's machine or a file:// URL (file:///PATH, file://localhost/PATH); remote URLs are refused" },
+                "entry_point": { "type": "string", "description": "the library: an absolute path on the server's machine, a file:// URL (file:///PATH, file://localhost/PATH), an https:// or http:// URL to download it from, or an oci://HOST/NAMESPACE/NAME:VERSION reference to pull it from" },
                 "permissions": { "type": "array", "items": schema("Permission"), "description": "must be exactly what the manifest requests (in any order)" },
             },
             "example": {
@@ -424,6 +477,39 @@ fn schemas() -> Value {
                 "description": "Processes data records",
                 "entry_point": "/opt/plugins/data-processor/libdata_processor.so",
                 "permissions": ["process:data"],
+            },
+        },
+        "InstallRequest": {
+            "type": "object",
+            "required": ["reference"],
+            "additionalProperties": false,
+            "properties": {
+                "reference": { "type": "string", "pattern": "^oci://", "description": "`oci://HOST/NAMESPACE/NAME:VERSION`, or `…@sha256:…` to pin a digest" },
+            },
+            "example": { "reference": "oci://registry.example.com/plugins/data-processor:1.0.0" },
+        },
+        "PublishRequest": {
+            "type": "object",
+            "required": ["reference"],
+            "additionalProperties": false,
+            "properties": {
+                "reference": { "type": "string", "pattern": "^oci://", "description": "`oci://HOST/NAMESPACE/NAME`, NAME being the plugin's name; the tag is the version's" },
+                "platform_libraries": { "type": "object", "additionalProperties": { "type": "string" }, "description": "the libraries of platforms other than the server's, by `os/arch`, as absolute paths on the server's machine; each must have its attested SHA-256" },
+                "force": { "type": "boolean", "description": "move the version's tag if it names another artifact" },
+            },
+            "example": { "reference": "oci://registry.example.com/plugins/data-processor" },
+        },
+        "Published": {
+            "type": "object",
+            "required": ["id", "reference", "digest", "platforms", "reviewer", "uploaded_blobs"],
+            "additionalProperties": false,
+            "properties": {
+                "id": { "type": "string" },
+                "reference": { "type": "string", "description": "`oci://HOST/NAMESPACE/NAME:VERSION`" },
+                "digest": { "type": "string", "description": "what the tag names" },
+                "platforms": { "type": "array", "items": { "type": "string" } },
+                "reviewer": { "type": "string" },
+                "uploaded_blobs": { "type": "integer", "minimum": 0, "description": "blobs uploaded (the others were in the registry already)" },
             },
         },
         "ReviewRequest": {

@@ -28,6 +28,10 @@ pub(crate) enum Operation {
     ReviewPlugin,
     ProcessBatch,
     UpgradePlugin,
+    #[cfg(feature = "market")]
+    InstallPlugin,
+    #[cfg(feature = "market")]
+    PublishPlugin,
 }
 
 /// One route.
@@ -66,6 +70,13 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/plugins/register",
         operation: Operation::RegisterPlugin,
         access: Access::Scope(Scope::Write),
+    },
+    #[cfg(feature = "market")]
+    Route {
+        method: "POST",
+        path: "/plugins/install",
+        operation: Operation::InstallPlugin,
+        access: Access::Scope(Scope::Install),
     },
     Route {
         method: "GET",
@@ -108,6 +119,13 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/plugins/{id}/upgrade",
         operation: Operation::UpgradePlugin,
         access: Access::Scope(Scope::Write),
+    },
+    #[cfg(feature = "market")]
+    Route {
+        method: "POST",
+        path: "/plugins/{id}/publish",
+        operation: Operation::PublishPlugin,
+        access: Access::Scope(Scope::Publish),
     },
 ];
 
@@ -178,6 +196,34 @@ impl Operation {
                 FORBIDDEN,
                 (409, "`already_registered`: a plugin with this name and version is registered"),
                 TOO_LARGE,
+            ],
+            #[cfg(feature = "market")]
+            Operation::InstallPlugin => &[
+                (201, "installed: approved when a trusted reviewer signed it, else pending; `Location` names the plugin"),
+                (400, "`invalid_body`: the body is not valid or `reference` is not an OCI reference; `field` names the field"),
+                UNAUTHORIZED,
+                FORBIDDEN,
+                (409, "`already_registered`: a plugin with this name and version is registered"),
+                TOO_LARGE,
+                (
+                    422,
+                    "`artifact_refused`: a digest or the signature does not verify, the artifact contradicts its attestation (a tag moved, a blob was replaced) or names another plugin, it has no library for this platform, or it is not a plugbay plugin; nothing was stored",
+                ),
+                (502, "`upstream_failed`: the OCI registry could not be reached, or refused"),
+            ],
+            #[cfg(feature = "market")]
+            Operation::PublishPlugin => &[
+                (200, "published: the reference and the digest its tag names"),
+                (400, "`invalid_id`, or `invalid_body`: a bad body, a bad `reference`, or a platform library that cannot be read; `field` names the field"),
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+                (
+                    409,
+                    "`not_publishable`: the plugin is not approved, its approval is not signed, or a platform library is missing or differs from the attested one; `tag_exists`: the version's tag names another artifact (`force` moves it)",
+                ),
+                TOO_LARGE,
+                (502, "`upstream_failed`: the OCI registry could not be reached, or refused"),
             ],
             Operation::EnablePlugin => &[
                 (200, "the plugin, enabled"),
