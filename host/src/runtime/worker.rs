@@ -193,11 +193,7 @@ impl Worker {
                     .process
                     .as_mut()
                     .expect("a serving worker holds its process");
-                match worker.process(batch, Instant::now().checked_add(timeout)) {
-                    Ok(Ok(bytes)) => Ok(check_output(RVec::from(bytes))),
-                    Ok(Err(error)) => Ok(Err(Outcome::Plugin(error))),
-                    Err(fault) => Err(fault.into()),
-                }
+                process_batch(worker, batch, timeout).map_err(Lost::from)
             }
         };
         self.settle(result)
@@ -459,10 +455,8 @@ impl ProcessSide {
             .name(format!("plugbay-relay-{}", self.id))
             .spawn(move || {
                 let end = crate::stream::stream_with(stream, |batch| {
-                    let deadline = Instant::now().checked_add(timeout);
-                    match worker.process(batch, deadline) {
-                        Ok(Ok(bytes)) => check_output(RVec::from(bytes)),
-                        Ok(Err(error)) => Err(Outcome::Plugin(error)),
+                    match process_batch(&mut worker, batch, timeout) {
+                        Ok(result) => result,
                         Err(Fault::Timeout) => Err(Outcome::Late),
                         Err(Fault::Crashed(cause)) => Err(Outcome::Crashed(cause)),
                     }
@@ -474,6 +468,22 @@ impl ProcessSide {
         self.relay = Some((relay, reply_rx));
         Ok(())
     }
+}
+
+/// Runs `process` on `batch` in a worker process, within `timeout`, and checks the
+/// batch it returns as any plugin output.
+#[cfg(target_os = "linux")]
+fn process_batch(
+    worker: &mut ProcessWorker,
+    batch: &Batch,
+    timeout: Duration,
+) -> Result<Result<Batch, Outcome>, Fault> {
+    Ok(
+        match worker.process(batch, Instant::now().checked_add(timeout))? {
+            Ok(bytes) => check_output(RVec::from(bytes)),
+            Err(error) => Err(Outcome::Plugin(error)),
+        },
+    )
 }
 
 #[cfg(target_os = "linux")]
