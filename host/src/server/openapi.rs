@@ -388,7 +388,7 @@ fn base_schemas() -> Value {
         },
         "Plugin": {
             "type": "object",
-            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous"],
+            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous", "current"],
             "additionalProperties": false,
             "properties": {
                 "id": { "type": "string", "description": "`name@version`" },
@@ -416,6 +416,7 @@ fn base_schemas() -> Value {
                         "replaced_at": { "type": "string", "description": "RFC 3339" },
                     },
                 },
+                "current": { "type": "boolean", "description": "whether this is the current version of its name, the one a bare name and live upgrades (`POST /plugins/{id}/upgrade`) refer to" },
                 "runtime": schema("Runtime"),
             },
         },
