@@ -13,7 +13,13 @@ use plugbay_api::manifest::library_file_name;
 pub mod memory;
 
 /// The example plugins, by package name.
-pub const EXAMPLES: &[&str] = &["data-processor", "redactor", "dedup", "enricher"];
+pub const EXAMPLES: &[&str] = &[
+    "data-processor",
+    "redactor",
+    "dedup",
+    "enricher",
+    "sequencer",
+];
 
 /// The fixture plugins, by package name.
 pub const FIXTURES: &[&str] = &[
@@ -29,6 +35,8 @@ pub const FIXTURES: &[&str] = &[
     "fixture-raw-value",
     "fixture-popular",
     "fixture-noop-next",
+    "fixture-sequencer-next",
+    "fixture-sequencer-broken",
 ];
 
 /// The workspace's root directory.

@@ -8,12 +8,17 @@
 //! memfd through `/proc/self/fd/N`. A path on disk is read once and never opened
 //! again for the same load.
 //!
-//! One memfd is kept per distinct library content (by SHA-256) for the life of the
-//! process: a library is never unloaded (see [`loader`](crate::loader)), the dynamic
-//! loader knows it by the memfd's `/proc/self/fd/N` name, and reusing that name is
-//! how a second instance of the same library shares the first one's mapping instead
-//! of mapping another copy. When the caller already knows the digest it wants (a
-//! reviewed plugin) and that content is loaded, the file is not read at all.
+//! One memfd is kept per distinct library content (by SHA-256) while an image of it
+//! exists, and for the life of the process once the dynamic loader has opened it
+//! here, or once it was loaded by an expected digest (reviewed bytes)
+//! ([`Image::pin`]): a library is never unloaded (see [`loader`](crate::loader)),
+//! the dynamic loader knows it by the memfd's `/proc/self/fd/N` name, and reusing
+//! that name is how a second instance of the same library shares the first one's
+//! mapping instead of mapping another copy. A copy of a library opened without a
+//! digest (a development build) and only handed to worker processes is closed with
+//! its last image, so a host that reloads process-isolated builds again and again
+//! keeps no copy of the builds it no longer runs. When the caller already knows the digest it
+//! wants (a reviewed plugin) and that content is sealed, the file is not read at all.
 //!
 //! A file hashed before is not read again while its stamp (inode, size, modification
 //! and change times) is the same: any write changes its change time, so the sealed
@@ -27,7 +32,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 #[cfg(target_os = "linux")]
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use sha2::{Digest, Sha256};
 
@@ -47,11 +52,19 @@ pub(crate) struct Image {
     _sealed: Arc<std::os::fd::OwnedFd>,
 }
 
-/// The sealed copies made so far, by SHA-256.
+/// The sealed copies that exist, by SHA-256 (an image holds its copy open).
 #[cfg(target_os = "linux")]
-fn sealed_copies() -> &'static Mutex<HashMap<String, Arc<std::os::fd::OwnedFd>>> {
-    static COPIES: OnceLock<Mutex<HashMap<String, Arc<std::os::fd::OwnedFd>>>> = OnceLock::new();
+fn sealed_copies() -> &'static Mutex<HashMap<String, Weak<std::os::fd::OwnedFd>>> {
+    static COPIES: OnceLock<Mutex<HashMap<String, Weak<std::os::fd::OwnedFd>>>> = OnceLock::new();
     COPIES.get_or_init(Default::default)
+}
+
+/// The sealed copies the dynamic loader opened in this process, held open for good:
+/// a loaded library's `/proc/self/fd/N` name must never come to mean another file.
+#[cfg(target_os = "linux")]
+fn pinned_copies() -> &'static Mutex<Vec<Arc<std::os::fd::OwnedFd>>> {
+    static PINNED: OnceLock<Mutex<Vec<Arc<std::os::fd::OwnedFd>>>> = OnceLock::new();
+    PINNED.get_or_init(Default::default)
 }
 
 impl Image {
@@ -82,7 +95,15 @@ impl Image {
                 });
             }
         }
-        Image::from_bytes(path, sha256, bytes)
+        let image = Image::from_bytes(path, sha256, bytes)?;
+        // Reviewed bytes (loaded by their digest, as every registry run is) stay
+        // sealed: a later load of the same review reads no file, so a stored library
+        // tampered with meanwhile does not stop what was reviewed from running.
+        #[cfg(target_os = "linux")]
+        if expected.is_some() {
+            image.pin();
+        }
+        Ok(image)
     }
 
     /// The sealed copy a host handed a worker process, with the path and digest the
@@ -90,6 +111,17 @@ impl Image {
     #[cfg(target_os = "linux")]
     pub fn sealed(path: PathBuf, sha256: String, sealed: std::os::fd::OwnedFd) -> Image {
         Image::with_sealed(path, sha256, Arc::new(sealed))
+    }
+
+    /// Keeps this image's sealed copy open until the process exits: call it before
+    /// the dynamic loader opens the copy here (a library is never unloaded, and its
+    /// `/proc/self/fd/N` name must keep naming it).
+    #[cfg(target_os = "linux")]
+    pub fn pin(&self) {
+        let mut pinned = pinned_copies().lock().unwrap_or_else(|e| e.into_inner());
+        if !pinned.iter().any(|copy| Arc::ptr_eq(copy, &self._sealed)) {
+            pinned.push(self._sealed.clone());
+        }
     }
 
     /// The sealed copy's descriptor (to hand to a worker process).
@@ -142,11 +174,11 @@ impl Image {
     #[cfg(target_os = "linux")]
     fn already_sealed(path: &Path, sha256: &str) -> Option<Image> {
         let copies = sealed_copies().lock().unwrap_or_else(|e| e.into_inner());
-        let sealed = copies.get(&sha256.to_ascii_lowercase())?;
+        let sealed = copies.get(&sha256.to_ascii_lowercase())?.upgrade()?;
         Some(Image::with_sealed(
             path.to_owned(),
             sha256.to_ascii_lowercase(),
-            sealed.clone(),
+            sealed,
         ))
     }
 
@@ -164,14 +196,15 @@ impl Image {
     #[cfg(target_os = "linux")]
     fn from_bytes(path: PathBuf, sha256: String, bytes: Vec<u8>) -> Result<Image, LoadError> {
         let mut copies = sealed_copies().lock().unwrap_or_else(|e| e.into_inner());
-        let sealed = match copies.get(&sha256) {
-            Some(sealed) => sealed.clone(),
+        let sealed = match copies.get(&sha256).and_then(Weak::upgrade) {
+            Some(sealed) => sealed,
             None => {
                 let sealed = Arc::new(seal(&path, &bytes).map_err(|source| LoadError::Seal {
                     path: path.clone(),
                     source,
                 })?);
-                copies.insert(sha256.clone(), sealed.clone());
+                copies.retain(|_, copy| copy.strong_count() > 0);
+                copies.insert(sha256.clone(), Arc::downgrade(&sealed));
                 sealed
             }
         };
@@ -427,6 +460,35 @@ mod tests {
         // Asked for the first digest, the load gets the sealed bytes that had it.
         let reviewed = Image::open(&path, Some(&first.sha256)).unwrap();
         assert_eq!(std::fs::read(&reviewed.load_path).unwrap(), b"before!");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_copy_not_loaded_here_goes_with_its_last_image_and_a_loaded_one_stays() {
+        let dir = tempfile_dir();
+        let gone = dir.join("libgone.so");
+        std::fs::write(&gone, b"handed to worker processes only").unwrap();
+        let image = Image::open(&gone, None).unwrap();
+        let sha256 = image.sha256.clone();
+        assert!(Image::already_sealed(&gone, &sha256).is_some());
+        drop(image);
+        assert!(
+            Image::already_sealed(&gone, &sha256).is_none(),
+            "closed with its last image"
+        );
+
+        let kept = dir.join("libkept.so");
+        std::fs::write(&kept, b"opened by the dynamic loader here").unwrap();
+        let image = Image::open(&kept, None).unwrap();
+        let sha256 = image.sha256.clone();
+        image.pin();
+        drop(image);
+        let again = Image::already_sealed(&kept, &sha256).expect("a pinned copy stays");
+        assert_eq!(
+            std::fs::read(&again.load_path).unwrap(),
+            b"opened by the dynamic loader here"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -11,6 +11,9 @@
 //! - Run one plugin over your data: [`Host::start`] then [`PluginHandle::process`].
 //! - Chain plugins so that they work on successive batches at once: [`Pipeline`].
 //! - Offer plugins a data store and logging: [`DataStore`], [`Host::with_store`].
+//! - Replace a running plugin with another version of it, start before stop, without
+//!   losing a batch: [`Host::upgrade`], and for one stage of a running pipeline,
+//!   [`Pipeline::switch`] ([`StageSwitch`]).
 //!
 //! # Examples
 //!
@@ -78,6 +81,7 @@ pub mod server;
 mod services;
 mod stream;
 mod threads;
+mod upgrade;
 
 pub use allocator::tune_allocator;
 pub use batch::Batch;
@@ -96,3 +100,4 @@ pub use runtime::{
 };
 pub use sandbox::{Confinement, ConfinementLevel, Policy, SandboxError, SandboxMode};
 pub use services::{DataStore, MemoryStore, StoreError};
+pub use upgrade::{StageSwitch, Upgrade, UpgradeError};

@@ -243,6 +243,9 @@ pub fn host_api_version() -> semver::Version {
 /// Opening a library runs its initializers: call this only on a confined thread.
 pub(crate) fn open(image: &Image) -> Result<LoadedLibrary, LoadError> {
     let path = image.path.as_path();
+    // Once opened here, the library stays: so does the copy it was opened from.
+    #[cfg(target_os = "linux")]
+    image.pin();
     // SAFETY: opening a library runs its initializers, which may do anything native
     // code can. That is the premise of in-process plugins: the caller runs this on a
     // thread that landlock has already confined, and the threat model in the README

@@ -14,9 +14,9 @@ use plugbay_api::manifest::Hook;
 use serde::Serialize;
 
 use crate::batch::Batch;
-use crate::call::recv_by;
 use crate::runtime::{CallError, PluginHandle};
 use crate::stream::{Clock, Stream};
+use crate::upgrade::{Counters, Switchboard, Switching, Waited};
 
 /// Batches waiting between two stages (back-pressure beyond that).
 const STAGE_QUEUE: usize = 2;
@@ -42,7 +42,9 @@ const STAGE_QUEUE: usize = 2;
 /// ```
 #[derive(Debug)]
 pub struct Pipeline {
-    stages: Vec<PluginHandle>,
+    pub(crate) stages: Vec<PluginHandle>,
+    /// Where stage upgrades are asked for (see [`Pipeline::switch`]).
+    pub(crate) switchboard: Switchboard,
 }
 
 /// An error from outside the plugins: reading input or writing output.
@@ -82,6 +84,20 @@ pub enum PipelineError {
         /// What failed.
         error: IoError,
     },
+    /// A stage could not switch to the new version of its plugin (its worker was gone
+    /// when the stream was handed to it); the run stopped.
+    #[error("pipeline stage {stage} could not switch from {from} to {to}: {error}")]
+    Switch {
+        /// 0-based stage.
+        stage: usize,
+        /// The plugin that was serving the stage.
+        from: String,
+        /// The plugin that was to serve it.
+        to: String,
+        /// What failed.
+        #[source]
+        error: Box<CallError>,
+    },
     /// The thread that reads the input could not be spawned.
     #[error("cannot spawn the pipeline's input thread: {source}")]
     Spawn {
@@ -120,7 +136,11 @@ pub struct PipelineReport {
 impl Pipeline {
     /// A pipeline through `stages`, in order.
     pub fn new(stages: Vec<PluginHandle>) -> Pipeline {
-        Pipeline { stages }
+        let switchboard = Switchboard::new(&stages);
+        Pipeline {
+            stages,
+            switchboard,
+        }
     }
 
     /// The stages.
@@ -164,7 +184,9 @@ impl Pipeline {
             return self.refuse(input, stage, error);
         }
         let started = Instant::now();
-        let before = self.counters();
+        // Upgrades asked for while no run was going take effect now, before any batch.
+        let mut switching = Switching::start(&self.switchboard, &mut self.stages);
+        let mut before = self.counters();
         // Dropping a stage's sender in `aborts` wakes it out of its waits, and it
         // starts no other batch; the feeder goes with the first stage.
         let (mut aborts, abort_receivers): (Vec<_>, Vec<_>) = (0..self.stages.len())
@@ -189,6 +211,7 @@ impl Pipeline {
                 aborted: abort_receivers[stage].clone(),
                 clock: clock.clone(),
                 timeout: handle.timeout(),
+                handover: switching.handover(stage),
             };
             clocks.push(clock);
             if let Err(error) = handle.open_stream(stream) {
@@ -260,7 +283,28 @@ impl Pipeline {
             } else {
                 Some(now + END_GRACE)
             };
-            match recv_by(&upstream, wake) {
+            let received = match switching.wait(&upstream, wake) {
+                Waited::Upstream(received) => received,
+                Waited::Switch(event) => {
+                    // An upgrade of a stage: asked for, or handed over at a batch
+                    // boundary (then the new version serves the stage from its next
+                    // batch on). Its deadline is watched from the top of the loop.
+                    let live = switching.on(
+                        event,
+                        &mut self.stages,
+                        &mut clocks,
+                        &abort_receivers,
+                        &mut before,
+                    );
+                    if let Err(error) = live {
+                        aborts.clear();
+                        errors.push(error);
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match received {
                 Ok((index, batch)) => {
                     match std::panic::catch_unwind(AssertUnwindSafe(|| sink(batch))) {
                         Ok(Ok(())) => delivered += 1,
@@ -323,6 +367,8 @@ impl Pipeline {
                 }
             }
         }
+        // Upgrades still waiting for a batch boundary get the end of the run.
+        switching.finish(&mut self.stages, &mut before);
         if let Some(panic) = raised {
             std::panic::resume_unwind(panic);
         }
@@ -331,12 +377,14 @@ impl Pipeline {
             PipelineError::Stage { index, .. }
             | PipelineError::Input { index, .. }
             | PipelineError::Output { index, .. } => *index,
-            PipelineError::Spawn { .. } | PipelineError::Empty => u64::MAX,
+            PipelineError::Spawn { .. } | PipelineError::Switch { .. } | PipelineError::Empty => {
+                u64::MAX
+            }
         });
         if let Some(error) = errors.into_iter().next() {
             return Err(error);
         }
-        Ok(self.report(started, &before, delivered))
+        Ok(self.report_with(started, &before, switching.carried(), delivered))
     }
 
     /// The error of a run that could not start because `stage` cannot take batches:
@@ -378,6 +426,20 @@ impl Pipeline {
         before: &[(u64, u64, Duration)],
         delivered: u64,
     ) -> PipelineReport {
+        let carried = vec![Counters::default(); self.stages.len()];
+        self.report_with(started, before, &carried, delivered)
+    }
+
+    /// The report of a run, counting for each stage what the plugins it retired in
+    /// upgrades during the run did (`carried`) and what the one serving it now did
+    /// since `before`.
+    fn report_with(
+        &self,
+        started: Instant,
+        before: &[(u64, u64, Duration)],
+        carried: &[Counters],
+        delivered: u64,
+    ) -> PipelineReport {
         PipelineReport {
             batches: delivered,
             elapsed: started.elapsed(),
@@ -385,11 +447,12 @@ impl Pipeline {
                 .stages
                 .iter()
                 .zip(before)
-                .map(|(stage, (batches, records, busy))| StageReport {
+                .zip(carried)
+                .map(|((stage, (batches, records, busy)), carried)| StageReport {
                     plugin: stage.id().to_owned(),
-                    batches: stage.status().batches - batches,
-                    records_out: stage.status().records_out - records,
-                    busy: stage.status().busy - *busy,
+                    batches: carried.batches + (stage.status().batches - batches),
+                    records_out: carried.records_out + (stage.status().records_out - records),
+                    busy: carried.busy + stage.status().busy.saturating_sub(*busy),
                 })
                 .collect(),
         }

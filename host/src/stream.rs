@@ -11,6 +11,7 @@ use plugbay_api::abi::{ErrorKind, PluginBox, PluginError};
 
 use crate::batch::Batch;
 use crate::call::{process_here, Outcome};
+use crate::upgrade::{Handover, Lanes};
 
 /// What a stage's worker tells the pipeline's driver as it goes: the batch it took
 /// last and, while its plugin works on it, since when (for the deadline), and what
@@ -107,6 +108,9 @@ pub(crate) struct Stream {
     pub aborted: Receiver<()>,
     pub clock: Arc<Clock>,
     pub timeout: Duration,
+    /// Asks the stream to stop at its next batch boundary and hand its input and
+    /// output to the driver, for the next version of the plugin (an upgrade).
+    pub handover: Handover,
 }
 
 /// Why a stream stopped on a batch: the plugin failed, or returned after its
@@ -138,6 +142,7 @@ pub(crate) fn stream_with(
         aborted,
         clock,
         timeout,
+        handover,
     } = stream;
     // Once the run is aborted no new batch starts, even one already waiting.
     let is_aborted = || matches!(aborted.try_recv(), Err(TryRecvError::Disconnected));
@@ -145,9 +150,21 @@ pub(crate) fn stream_with(
         if is_aborted() {
             return None;
         }
+        // An upgrade takes the stream between two batches: none is taken from the
+        // input and dropped, and the batch before went out whole.
+        if handover.asked() {
+            handover.hand_back(Lanes { input, output });
+            return None;
+        }
         let next = select! {
             recv(input) -> next => next.ok(),
             recv(aborted) -> _ => None,
+            recv(handover.asking()) -> asked => {
+                if asked.is_ok() {
+                    handover.hand_back(Lanes { input, output });
+                }
+                return None;
+            }
         };
         let (index, batch) = next?;
         if is_aborted() {

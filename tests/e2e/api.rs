@@ -17,6 +17,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+mod upgrade;
+
 // ---------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------
@@ -1373,7 +1375,7 @@ fn every_scope_is_allowed_where_it_belongs_and_refused_elsewhere() {
             assert!(anonymous.header("www-authenticate").starts_with("Bearer"));
         }
     }
-    assert_eq!(checked, 12 * 6);
+    assert_eq!(checked, 13 * 6);
 }
 
 #[test]
@@ -1507,6 +1509,7 @@ fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
         ("DELETE", "/plugins/{id}"),
         ("POST", "/plugins/{id}/review"),
         ("POST", "/plugins/{id}/process"),
+        ("POST", "/plugins/{id}/upgrade"),
         ("POST", "/plugins/install"),
         ("POST", "/plugins/{id}/publish"),
     ]
@@ -1515,7 +1518,7 @@ fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
     .collect();
     assert_eq!(
         pairs, expected,
-        "the seed's endpoints plus review, process, health, openapi, install and publish"
+        "the seed's endpoints plus review, process, upgrade, health, openapi, install and publish"
     );
 
     let paths: BTreeSet<&String> = routes.keys().map(|(_, path)| path).collect();
@@ -1939,6 +1942,37 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
     scenario!("GET", "/plugins/{id}", 409, read, "noop", None);
     scenario!("PUT", "/plugins/{id}/disable", 409, write, "noop", None);
     scenario!("DELETE", "/plugins/{id}", 409, write, "noop", None);
+    // Upgrades: `sequencer@1.0.0` is current, `sequencer@3.0.0` does not start.
+    let sequencer = api.ready("sequencer");
+    let broken = api.ready("fixture-sequencer-broken");
+    scenario!(
+        "POST",
+        "/plugins/{id}/upgrade",
+        200,
+        write,
+        &sequencer,
+        None
+    );
+    scenario!(
+        "POST",
+        "/plugins/{id}/upgrade",
+        400,
+        write,
+        "no@version",
+        None
+    );
+    scenario!("POST", "/plugins/{id}/upgrade", 401, None, &sequencer, None);
+    scenario!(
+        "POST",
+        "/plugins/{id}/upgrade",
+        403,
+        execute,
+        &sequencer,
+        None
+    );
+    scenario!("POST", "/plugins/{id}/upgrade", 404, write, ghost, None);
+    scenario!("POST", "/plugins/{id}/upgrade", 409, write, &pending, None);
+    scenario!("POST", "/plugins/{id}/upgrade", 500, write, &broken, None);
 
     // The marketplace routes. A registry that refuses every connection stands in for
     // an unreachable one; the outcomes that need a real registry run against the

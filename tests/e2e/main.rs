@@ -16,6 +16,7 @@ mod registry;
 mod runtime;
 mod sandbox;
 mod survival;
+mod upgrade;
 
 use plugbay_host::{Host, PluginSpec};
 use plugbay_tests::{example_manifest, fixture_manifest, library};

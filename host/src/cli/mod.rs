@@ -6,6 +6,7 @@
 //! progress and errors go to stderr. Exit codes: 0 ok, 1 error, 2 usage.
 
 mod demo;
+mod dev;
 mod disable;
 mod enable;
 mod input;
@@ -27,6 +28,7 @@ mod table;
 #[cfg(feature = "market")]
 mod trust;
 mod unregister;
+mod upgrade;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -117,6 +119,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Run records through plugins: registered ids or library files, chained in order
     Run(run::Args),
+    /// Make a version the current version of its name (a live upgrade)
+    Upgrade(upgrade::Args),
+    /// Run a plugin library you are building, and reload it each time it is rebuilt
+    Dev(dev::Args),
     /// Walk the example plugins through their whole lifecycle on a temporary registry
     Demo(demo::Args),
     /// Manage the API keys of `plugbay serve`
@@ -160,6 +166,8 @@ impl Cli {
             Command::Review(command) => review::exec(command, &context),
             Command::Inspect(args) => inspect::exec(args, &context),
             Command::Run(args) => run::exec(args, &context),
+            Command::Upgrade(args) => upgrade::exec(args, &context),
+            Command::Dev(args) => dev::exec(args, &context),
             Command::Demo(args) => demo::exec(args, &context),
             Command::Keys(command) => keys::exec(command, &context),
             Command::Store(command) => store::exec(command, &context),

@@ -22,6 +22,7 @@
 
 #[cfg(feature = "market")]
 mod attested;
+mod current;
 mod keys;
 mod schema;
 mod store;
@@ -38,6 +39,7 @@ use sha2::{Digest, Sha256};
 
 #[cfg(feature = "market")]
 pub use attested::{AttestError, StoredAttestation};
+pub use current::{is_name, CurrentVersion, Switched};
 pub use keys::{ApiKey, AuthError, Scope, SCOPES};
 pub use store::{SqliteStore, StoredKey, StoredValue, STORE_FILE};
 
@@ -211,6 +213,30 @@ pub enum RegistryError {
     /// An API key operation failed.
     #[error(transparent)]
     Key(#[from] AuthError),
+    /// A plugin name is not `[a-z0-9-]+`.
+    #[error("invalid plugin name `{name}`; names are lowercase letters, digits and `-`, e.g. `data-processor`")]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// A plugin name has no current version.
+    #[error("plugin name `{name}` has no current version{}; `plugbay upgrade {name}@VERSION` makes an approved, enabled version current", if versions.is_empty() { " (no version of it is registered)".to_owned() } else { format!(" (registered: {})", versions.join(", ")) })]
+    NoCurrentVersion {
+        /// The name.
+        name: String,
+        /// Its registered versions' ids.
+        versions: Vec<String>,
+    },
+    /// Another upgrade of the name changed its current version meanwhile.
+    #[error("the current version of `{name}` changed meanwhile (expected {}, found {}); look again and retry", expected.as_deref().unwrap_or("none"), found.as_deref().unwrap_or("none"))]
+    CurrentChanged {
+        /// The name.
+        name: String,
+        /// The version expected to be current.
+        expected: Option<String>,
+        /// The version that is.
+        found: Option<String>,
+    },
 }
 
 /// Where a plugin is in its security review.
@@ -339,6 +365,9 @@ pub struct Entry {
     /// The revision this one replaced, for its reviewer to compare; `None` for the
     /// first.
     pub previous: Option<PreviousRevision>,
+    /// Whether it is the current version of its name, the one a bare name and live
+    /// upgrades refer to ([`Registry::current`]).
+    pub current: bool,
 }
 
 /// What an entry was before a rebuilt library replaced it ([`Registry::update`]).
@@ -995,10 +1024,11 @@ impl Registry {
     }
 
     /// The id a plugin is named by: an id (`name@version`) as it is, or a bare name
-    /// (`data-processor`) resolved to its one registered version, or else to its one
-    /// enabled version. A name with several versions and not exactly one enabled is
-    /// [`RegistryError::Ambiguous`], listing them; an unknown name is
-    /// [`RegistryError::NotFound`].
+    /// (`data-processor`) resolved to its one registered version, else to its current
+    /// version if that is enabled ([`current`](Registry::current): the one live
+    /// upgrades switch), else to its one enabled version. A name with several versions, none current and not
+    /// exactly one enabled is [`RegistryError::Ambiguous`], listing them; an unknown
+    /// name is [`RegistryError::NotFound`].
     pub fn resolve(&self, name_or_id: &str) -> Result<String, RegistryError> {
         if name_or_id.contains('@') {
             check_id(name_or_id)?;
@@ -1030,6 +1060,11 @@ impl Registry {
             .collect::<Result<_, _>>()?
         };
         versions.sort_by(|a, b| a.2.cmp(&b.2));
+        if versions.len() > 1 {
+            if let Some(current) = self.enabled_current(name_or_id)? {
+                return Ok(current);
+            }
+        }
         let enabled: Vec<&String> = versions
             .iter()
             .filter(|(_, enabled, _)| *enabled)
@@ -1175,7 +1210,10 @@ impl Registry {
     pub fn enable(&mut self, id: &str, actor: &str) -> Result<Entry, RegistryError> {
         let entry = self.get(id)?;
         self.check_runnable(&entry, false)?;
-        self.set_enabled(id, true, actor)
+        let entry = self.set_enabled(id, true, actor)?;
+        // The first version of a name to be enabled serves the name (see `current`).
+        self.adopt_current(&entry)?;
+        Ok(entry)
     }
 
     /// Disables a plugin (a running instance is the host's to drain and stop).
@@ -1393,7 +1431,8 @@ pub(crate) fn audit(
 
 const SELECT_ENTRY: &str = "SELECT id, manifest, library, sha256, plugin_dir, enabled, review_status, reviewer,
     reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at, source, isolation,
-    revision, previous
+    revision, previous,
+    EXISTS (SELECT 1 FROM current_versions WHERE current_versions.id = plugins.id)
     FROM plugins";
 
 /// A row, or a description of what in it is corrupt.
@@ -1488,5 +1527,6 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusql
         updated_at: row.get(14)?,
         revision: row.get(17)?,
         previous,
+        current: row.get(19)?,
     }))
 }

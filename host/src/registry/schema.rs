@@ -73,6 +73,16 @@ const MIGRATIONS: &[&str] = &[
         origin TEXT,
         created_at TEXT NOT NULL
     );",
+    // 6: the current version of each plugin name (live upgrades): the version that
+    // serves the name. A name whose one enabled version exists gets it.
+    "CREATE TABLE current_versions (
+        name TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE REFERENCES plugins (id) ON DELETE CASCADE,
+        since TEXT NOT NULL
+    );
+    INSERT INTO current_versions (name, id, since)
+        SELECT name, min(id), strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM plugins
+        WHERE enabled = 1 GROUP BY name HAVING count(*) = 1;",
 ];
 
 /// The newest schema version this build knows.

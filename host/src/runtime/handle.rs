@@ -81,6 +81,13 @@ impl PluginHandle {
         (self.status.clone(), cleaned.and(stopped))
     }
 
+    /// Stops the worker without running `cleanup` (a caller that ran it already,
+    /// such as an upgrade), and returns the final status. See `upgrade`.
+    pub(crate) fn stop_with_status(mut self) -> (PluginStatus, Result<(), CallError>) {
+        let stopped = self.stop();
+        (self.status.clone(), stopped)
+    }
+
     /// Runs the plugin's `cleanup` hook; the instance takes no more calls after it.
     pub fn cleanup(&mut self) -> Result<(), CallError> {
         self.live()?;

@@ -58,6 +58,12 @@ pub(crate) enum ErrorCode {
     RequestTimeout,
     /// The plugin's instance failed too often: the next one starts later.
     PluginBackoff,
+    /// The version an upgrade asked for did not start; the one before stays current.
+    UpgradeFailed,
+    /// A plugin name has no current version.
+    NoCurrentVersion,
+    /// Another upgrade changed the name's current version meanwhile.
+    CurrentChanged,
     /// A marketplace artifact was refused: a digest or signature does not verify, or
     /// it contradicts its attestation, or it is not a plugin for this platform.
     ArtifactRefused,
@@ -110,6 +116,9 @@ impl ErrorCode {
         ErrorCode::PluginTimeout,
         ErrorCode::RequestTimeout,
         ErrorCode::PluginBackoff,
+        ErrorCode::UpgradeFailed,
+        ErrorCode::NoCurrentVersion,
+        ErrorCode::CurrentChanged,
         ErrorCode::ArtifactRefused,
         ErrorCode::NotPublishable,
         ErrorCode::TagExists,
@@ -148,6 +157,9 @@ impl ErrorCode {
             ErrorCode::PluginTimeout => "plugin_timeout",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::PluginBackoff => "plugin_backoff",
+            ErrorCode::UpgradeFailed => "upgrade_failed",
+            ErrorCode::NoCurrentVersion => "no_current_version",
+            ErrorCode::CurrentChanged => "current_changed",
             ErrorCode::ArtifactRefused => "artifact_refused",
             ErrorCode::NotPublishable => "not_publishable",
             ErrorCode::TagExists => "tag_exists",
@@ -186,6 +198,8 @@ impl ErrorCode {
             | ErrorCode::Disabled
             | ErrorCode::LibraryChanged
             | ErrorCode::NotPermitted
+            | ErrorCode::NoCurrentVersion
+            | ErrorCode::CurrentChanged
             | ErrorCode::NotPublishable
             | ErrorCode::TagExists => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -193,6 +207,7 @@ impl ErrorCode {
             ErrorCode::PluginPanicked
             | ErrorCode::PluginFailed
             | ErrorCode::PluginStartFailed
+            | ErrorCode::UpgradeFailed
             | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::InvalidPluginOutput | ErrorCode::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::RequestTimeout | ErrorCode::PluginBackoff => StatusCode::SERVICE_UNAVAILABLE,
@@ -343,6 +358,19 @@ impl From<RegistryError> for ApiError {
             ),
             err @ RegistryError::LibraryChanged { .. } => {
                 ApiError::new(ErrorCode::LibraryChanged, err.to_string())
+            }
+            err @ RegistryError::InvalidName { .. } => {
+                ApiError::new(ErrorCode::InvalidId, err.to_string())
+            }
+            RegistryError::NoCurrentVersion { name, versions } => ApiError::new(
+                ErrorCode::NoCurrentVersion,
+                format!(
+                    "plugin name `{name}` has no current version{}; POST /plugins/{name}@VERSION/upgrade makes an approved, enabled version current",
+                    if versions.is_empty() { " (no version of it is registered)".to_owned() } else { format!(" (registered: {})", versions.join(", ")) }
+                ),
+            ),
+            err @ RegistryError::CurrentChanged { .. } => {
+                ApiError::new(ErrorCode::CurrentChanged, err.to_string())
             }
             err @ (RegistryError::NotRequested { .. } | RegistryError::ProcessDataWithheld { .. }) => {
                 ApiError::field("permissions", err.to_string())

@@ -421,6 +421,16 @@ pub(crate) async fn process_batch(
     Records(batch): Records,
 ) -> Result<Response, ApiError> {
     let output = blocking(move || {
+        if crate::registry::is_name(&id)
+            && app
+                .registries
+                .with(|registry| registry.enabled_current(&id))?
+                .is_some()
+        {
+            // A bare name with an enabled current version: it, and whichever version
+            // an upgrade makes current, from the next batch on.
+            return app.upgrades.process(&app, &id, &batch);
+        }
         let id = resolve(&app, &id)?;
         app.instances
             .process(&app.registries, &app.host, &id, &batch)
@@ -431,6 +441,26 @@ pub(crate) async fn process_batch(
         Body::from(Bytes::from_owner(Output(output))),
     )
         .into_response())
+}
+
+/// `POST /plugins/{id}/upgrade`: makes version `id` the current version of its name,
+/// starting it before the old one stops (see `upgrades`).
+pub(crate) async fn upgrade_plugin(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<ApiKey>,
+    PluginId(id): PluginId,
+) -> Result<Response, ApiError> {
+    let actor = actor(&key);
+    let report = blocking(move || {
+        let (entry, current) = app
+            .registries
+            .with(|registry| registry.check_upgrade(&id))?;
+        let from = current.map(|current| current.id);
+        app.upgrades
+            .upgrade(&app, &entry.manifest.name, from.as_deref(), &id, &actor)
+    })
+    .await?;
+    Ok(Json(report).into_response())
 }
 
 /// Any path the table does not have.

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::error::{ApiError, ErrorCode};
 use super::pool::Registries;
 use crate::registry::{Entry, RegistryError, ReviewStatus};
-use crate::runtime::{Host, PluginHandle, State};
+use crate::runtime::{Host, PluginHandle, PluginStatus, State};
 use crate::Batch;
 
 /// When the server starts a fresh instance of a plugin whose instance failed (a
@@ -320,6 +320,41 @@ impl Instances {
         id: &str,
         batch: &Batch,
     ) -> Result<Batch, ApiError> {
+        let served = self.hold(registries, host, id, None, |handle| handle.process(batch))?;
+        Ok(served.expect("a plugin named by its id is never moved")?)
+    }
+
+    /// [`process`](Self::process) for plugin `id` as the current version of plugin
+    /// name `name`: `None` if `id` is no longer current when its turn comes (an
+    /// upgrade switched the name meanwhile), so that the caller asks again.
+    pub(crate) fn process_current(
+        &self,
+        registries: &Registries,
+        host: &Host,
+        id: &str,
+        name: &str,
+        batch: &Batch,
+    ) -> Result<Option<Batch>, ApiError> {
+        match self.hold(registries, host, id, Some(name), |handle| {
+            handle.process(batch)
+        })? {
+            None => Ok(None),
+            Some(result) => Ok(Some(result?)),
+        }
+    }
+
+    /// Runs `body` on plugin `id`'s instance, with its slot held (one call at a time
+    /// per plugin), starting an instance if none runs; a failed instance is dropped
+    /// afterwards. With `current_of`, gives `None` without running anything if `id`
+    /// is not the current version of that name once the slot is held.
+    pub(crate) fn hold<T>(
+        &self,
+        registries: &Registries,
+        host: &Host,
+        id: &str,
+        current_of: Option<&str>,
+        body: impl FnOnce(&mut PluginHandle) -> T,
+    ) -> Result<Option<T>, ApiError> {
         // Refuse unknown ids before a slot exists for them.
         registries.with(|registry| registry.get(id))?;
         let slot_arc = self.slot(id);
@@ -344,6 +379,12 @@ impl Instances {
         if !entry.enabled {
             stop(id, slot.take());
             return Err(RegistryError::Disabled { id: entry.id }.into());
+        }
+        if let Some(name) = current_of {
+            let current = registries.with(|registry| registry.current(name))?;
+            if current.map(|current| current.id).as_deref() != Some(id) {
+                return Ok(None);
+            }
         }
         let fingerprint = fingerprint(&entry);
         let stale = slot.as_ref().is_some_and(|running| {
@@ -390,14 +431,27 @@ impl Instances {
                 })
             }
         };
-        let result = running.handle.process(batch);
+        let result = body(&mut running.handle);
         if let State::Failed(failure) = &running.handle.status().state {
             // A failed instance takes no more batches: the next call starts a fresh
             // one, when the restart policy allows.
             lock(&slot_arc.history).fail(&self.policy, failure.to_string());
             *slot = None;
         }
-        Ok(result?)
+        Ok(Some(result))
+    }
+
+    /// Takes plugin `id`'s instance out of this server, if one runs: waits for the
+    /// batch in flight, runs `cleanup` and stops the worker. Returns its final status
+    /// and, if the cleanup or the stop failed, why.
+    pub(crate) fn retire(&self, id: &str) -> Option<(PluginStatus, Option<String>)> {
+        let slot = lock(&self.slots).remove(id)?;
+        let running = lock(&slot.running).take()?;
+        let status = running.handle.status().clone();
+        Some(match running.handle.shutdown() {
+            Ok(status) => (status, None),
+            Err(err) => (status, Some(err.to_string())),
+        })
     }
 
     fn forget(&self, id: &str, slot: &Arc<Slot>) {

@@ -60,6 +60,7 @@ mod middleware;
 mod openapi;
 mod pool;
 mod routes;
+mod upgrades;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -80,6 +81,7 @@ use instances::Instances;
 pub use instances::RestartPolicy;
 use pool::Registries;
 use routes::{Access, Operation, ROUTES};
+use upgrades::Upgrades;
 
 pub use connection::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS,
@@ -182,6 +184,8 @@ pub(crate) struct App {
     registries: Registries,
     host: Host,
     instances: Instances,
+    /// The version each plugin name is served with, and switches between versions.
+    upgrades: Upgrades,
     body_limit: usize,
     request_timeout: Duration,
     openapi: serde_json::Value,
@@ -250,6 +254,7 @@ impl Server {
                 registries: Registries::new(registry),
                 host,
                 instances: Instances::new(options.restarts),
+                upgrades: Upgrades::default(),
                 body_limit: options.body_limit,
                 request_timeout: options.request_timeout,
                 openapi: openapi::document(),
@@ -440,6 +445,7 @@ fn handler(operation: Operation, filter: MethodFilter) -> MethodRouter<Arc<App>>
         Operation::UnregisterPlugin => on(filter, handlers::unregister_plugin),
         Operation::ReviewPlugin => on(filter, handlers::review_plugin),
         Operation::ProcessBatch => on(filter, handlers::process_batch),
+        Operation::UpgradePlugin => on(filter, handlers::upgrade_plugin),
         #[cfg(feature = "market")]
         Operation::InstallPlugin => on(filter, market::install_plugin),
         #[cfg(feature = "market")]

@@ -135,10 +135,17 @@ fn doc_of(operation: Operation) -> Doc {
             request: Some(schema("ReviewRequest")),
             success: schema("Plugin"),
         },
+        Operation::UpgradePlugin => Doc {
+            operation_id: "upgradePlugin",
+            summary: "Make a version the current version of its name (a live upgrade)",
+            description: "The version (approved, enabled, its library the one reviewed) is started and initialised while the current one serves on; if it starts, it becomes current, the batch the old version's instance is on finishes there, the old instance runs `cleanup` and stops, and batches sent to the name go to the new version from then on (none is lost or refused). If it does not start, nothing changes: the old version stays current, and the error names the new one. Audited as `upgrade` or `upgrade-failed`.",
+            request: None,
+            success: schema("Upgrade"),
+        },
         Operation::ProcessBatch => Doc {
             operation_id: "processBatch",
             summary: "Process a batch of records",
-            description: "Sends a JSON array of records through the plugin's `process` hook and returns the array it produced. The first batch starts an instance (confined to the granted permissions); later batches reuse it, one at a time. Each call has the plugin's deadline (`timeout_ms`).",
+            description: "Sends a JSON array of records through the plugin's `process` hook and returns the array it produced. `{id}` is an id (`name@version`: that version), or a bare name (`data-processor`: its current version, which follows upgrades at a batch boundary). The first batch starts an instance (confined to the granted permissions); later batches reuse it, one at a time. Each call has the plugin's deadline (`timeout_ms`).",
             request: Some(json!({ "type": "array", "items": {}, "description": "the records" })),
             success: json!({ "type": "array", "items": {}, "description": "the processed records" }),
         },
@@ -214,12 +221,21 @@ pub(crate) fn document() -> Value {
             "security": security,
             "responses": responses,
         });
-        if route.path.contains("{id}") {
+        if route.operation == Operation::UpgradePlugin {
             operation["parameters"] = json!([{
                 "name": "id",
                 "in": "path",
                 "required": true,
-                "description": "the plugin's id, `name@version`, or its name alone (its one registered version, or the enabled one)",
+                "description": "the id of the version to make current, `name@version`",
+                "schema": { "type": "string", "pattern": format!("^{NAME}@{}$", semver()) },
+                "example": "data-processor@1.1.0",
+            }]);
+        } else if route.path.contains("{id}") {
+            operation["parameters"] = json!([{
+                "name": "id",
+                "in": "path",
+                "required": true,
+                "description": "the plugin's id, `name@version`, or its name alone (its one registered version, else its current version, else its one enabled version)",
                 "schema": { "type": "string", "pattern": format!("^{NAME}(@{})?$", semver()) },
                 "example": "data-processor@1.0.0",
             }]);
@@ -372,7 +388,7 @@ fn base_schemas() -> Value {
         },
         "Plugin": {
             "type": "object",
-            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous"],
+            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous", "current"],
             "additionalProperties": false,
             "properties": {
                 "id": { "type": "string", "description": "`name@version`" },
@@ -400,6 +416,7 @@ fn base_schemas() -> Value {
                         "replaced_at": { "type": "string", "description": "RFC 3339" },
                     },
                 },
+                "current": { "type": "boolean", "description": "whether this is the current version of its name, the one a bare name and live upgrades (`POST /plugins/{id}/upgrade`) refer to" },
                 "runtime": schema("Runtime"),
             },
         },
@@ -423,6 +440,19 @@ fn base_schemas() -> Value {
                 },
                 "abandoned_workers": { "type": "integer", "minimum": 0, "description": "worker threads abandoned after a missed deadline that still run plugin code" },
                 "next_start_at": { "type": ["string", "null"], "description": "RFC 3339: batches before then get 503 `plugin_backoff`" },
+            },
+        },
+        "Upgrade": {
+            "type": "object",
+            "required": ["name", "from", "to", "changed", "retired", "cleanup_errors"],
+            "additionalProperties": false,
+            "properties": {
+                "name": { "type": "string", "pattern": format!("^{NAME}$") },
+                "from": { "type": ["string", "null"], "description": "the version that was current (null: none was)" },
+                "to": { "type": "string", "description": "the version that is current now" },
+                "changed": { "type": "boolean", "description": "false when `to` was current already" },
+                "retired": { "type": "array", "items": { "type": "object" }, "description": "the final status of each old instance this server stopped (id, state, batches, records_out, …)" },
+                "cleanup_errors": { "type": "array", "items": { "type": "string" }, "description": "why an old instance's cleanup or stop failed, if one did; the upgrade happened all the same" },
             },
         },
         "PluginList": {

@@ -27,6 +27,7 @@ pub(crate) enum Operation {
     UnregisterPlugin,
     ReviewPlugin,
     ProcessBatch,
+    UpgradePlugin,
     #[cfg(feature = "market")]
     InstallPlugin,
     #[cfg(feature = "market")]
@@ -112,6 +113,12 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/plugins/{id}/process",
         operation: Operation::ProcessBatch,
         access: Access::Scope(Scope::Execute),
+    },
+    Route {
+        method: "POST",
+        path: "/plugins/{id}/upgrade",
+        operation: Operation::UpgradePlugin,
+        access: Access::Scope(Scope::Write),
     },
     #[cfg(feature = "market")]
     Route {
@@ -257,6 +264,18 @@ impl Operation {
                 (409, "`library_changed`: the library changed since registration; `ambiguous_name`: a bare name with several versions, not exactly one enabled"),
                 TOO_LARGE,
             ],
+            Operation::UpgradePlugin => &[
+                (200, "the version is current; the instances of the version before it were drained, cleaned up and stopped"),
+                BAD_ID,
+                UNAUTHORIZED,
+                FORBIDDEN,
+                NOT_FOUND,
+                (
+                    409,
+                    "`not_approved`, `disabled` or `library_changed` (since review): only an approved, enabled version whose library is the one reviewed can become current; `current_changed`: another upgrade of the name happened meanwhile",
+                ),
+                (500, "`upgrade_failed`: the version did not start (its message says why, naming it); the version before it stays current and serves on"),
+            ],
             Operation::ProcessBatch => &[
                 (200, "the processed records"),
                 (400, "`invalid_id`, or `invalid_body`: the body is not a JSON array"),
@@ -265,7 +284,7 @@ impl Operation {
                 NOT_FOUND,
                 (
                     409,
-                    "`not_approved`, `disabled`, `library_changed` (since review), `not_permitted` (the plugin's manifest has no `process` hook, or a review made before plugbay refused it did not grant `process:data`), or `ambiguous_name` (a bare name with several versions, none enabled or several)",
+                    "`not_approved`, `disabled`, `library_changed` (since review), `not_permitted` (the plugin's manifest has no `process` hook, or a review made before plugbay refused it did not grant `process:data`), `ambiguous_name` (a bare name with several versions, none of them current, and not exactly one enabled), or `no_current_version` (a bare name whose current version was unregistered while the batch waited)",
                 ),
                 TOO_LARGE,
                 (422, "`plugin_error`: the plugin refused the batch; the message is the plugin's"),
