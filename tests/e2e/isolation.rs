@@ -276,10 +276,27 @@ fn a_start_takes_the_worker_launched_ahead_and_a_dead_one_is_replaced() {
 fn without_a_spare_worker_none_is_launched_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let (host, program) = host_with_own_program(dir.path());
-    let host = host.with_spare_worker(false);
-    let plugin = host.start(example("data-processor")).unwrap();
+    let without = host.clone().with_spare_worker(false);
+    let plugin = without.start(example("data-processor")).unwrap();
     let pid = plugin.status().pid.unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(workers_of(&program), vec![pid]);
-    plugin.shutdown().unwrap();
+
+    // Nor does it take one that another host of the process keeps waiting.
+    let with = host.start(example("data-processor")).unwrap();
+    let with_pid = with.status().pid.unwrap();
+    let ahead = waiting_worker(&program, &[pid, with_pid]);
+    let own = without.start(example("data-processor")).unwrap();
+    let own_pid = own.status().pid.unwrap();
+    assert_ne!(
+        own_pid, ahead,
+        "a start without spare workers launched its own"
+    );
+    assert!(
+        workers_of(&program).contains(&ahead),
+        "the waiting worker still waits"
+    );
+    for plugin in [plugin, with, own] {
+        plugin.shutdown().unwrap();
+    }
 }

@@ -220,8 +220,9 @@ impl ProcessWorker {
     /// Starts a worker process for `setup`, loading the sealed library `library`,
     /// with `services` answering its host-service calls. Returns once `init` ran.
     ///
-    /// It takes the worker launched ahead for `program` if one waits (see [`spare`]),
-    /// and, with `keep_spare`, has the next one launched in the background.
+    /// With `keep_spare`, it takes the worker launched ahead for `program` if one
+    /// waits (see [`spare`]) and has the next one launched in the background; without
+    /// it, it launches a worker of its own, whatever waits.
     pub fn start(
         program: &std::path::Path,
         setup: Setup,
@@ -235,8 +236,9 @@ impl ProcessWorker {
         // Workers launched ahead have entered a network namespace: a plugin that
         // needs the host's network gets a worker launched for it.
         let network = setup.network;
-        let mut waiting = if network { None } else { spare::take(program) };
+        let mut waiting = None;
         if keep_spare && !network {
+            waiting = spare::take(program);
             spare::order(program);
         }
         let (mut child, host_end, shared) = loop {

@@ -164,8 +164,10 @@ impl Host {
     /// first process-isolated start launches the worker program, and every start
     /// after it finds a launched worker waiting and has the next one launched in the
     /// background. A waiting worker holds no plugin and costs a process of about
-    /// 4 MiB resident until it is used or the host exits; without it each start pays
-    /// for launching the program (see BENCHMARKS.md).
+    /// 4 MiB resident until it is used or the host exits. Waiting workers are kept
+    /// per worker program for the whole process, so hosts of one process share them.
+    /// Without it each start of this host launches the program itself (see
+    /// BENCHMARKS.md), even where another host keeps a worker waiting.
     pub fn with_spare_worker(mut self, spare: bool) -> Host {
         self.spare_worker = spare;
         self
