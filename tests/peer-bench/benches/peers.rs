@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use plugbay_host::Isolation;
 use plugbay_peer_bench::{
-    compile_extism, plugbay_host, quantile, same_output, tune_allocator_unless_defaults,
-    Artifacts, Extism, ExtismSource, InHost, Input, Peer, Plugbay, Subprocess, SIZES,
+    compile_extism, plugbay_host, quantile, same_output, tune_allocator_unless_defaults, Artifacts,
+    Extism, ExtismSource, InHost, Input, Peer, Plugbay, Subprocess, SIZES,
 };
 use serde_json::Value;
 
@@ -96,7 +96,8 @@ fn check_outputs(ways: &mut Ways, inputs: &[Input], empty: &Input) {
         let expected = ways.peers[0].process(input);
         for peer in &mut ways.peers[1..] {
             let output = peer.process(input);
-            if let Err(difference) = same_output(peer.name(), output.as_bytes(), expected.as_bytes())
+            if let Err(difference) =
+                same_output(peer.name(), output.as_bytes(), expected.as_bytes())
             {
                 panic!(
                     "the ways disagree on a batch of {} records, so their timings would compare different work: {difference}",
@@ -272,7 +273,13 @@ const STARTS: [&str; 6] = [
 fn start_times(artifacts: &Artifacts, wasm: &[u8], count: usize) -> Vec<Vec<f64>> {
     let thread_host = plugbay_host(Isolation::Thread, artifacts);
     let process_host = plugbay_host(Isolation::Process, artifacts);
-    let cold_host = plugbay_host(Isolation::Process, artifacts).with_spare_worker(false);
+    // Waiting workers are kept per worker program, for the whole process, and a
+    // start takes one whatever its host's setting: the host that keeps none runs the
+    // same program under another name, or it would take the other host's.
+    let cold_program = cold_worker_program(&artifacts.plugbay);
+    let cold_host = plugbay_host(Isolation::Process, artifacts)
+        .with_worker_program(&cold_program)
+        .with_spare_worker(false);
     let compiled = compile_extism(wasm);
     // One untimed start of each first: the first start of a library hashes it and
     // launches the first waiting worker.
@@ -318,10 +325,33 @@ fn start_times(artifacts: &Artifacts, wasm: &[u8], count: usize) -> Vec<Vec<f64>
             }
         }
     }
+    drop(cold_host);
+    let _ = std::fs::remove_file(&cold_program);
     for way in &mut times {
         way.sort_by(f64::total_cmp);
     }
     times
+}
+
+/// The worker program under a name of its own (a hard link beside it, or a copy),
+/// for the starts that launch their worker themselves.
+fn cold_worker_program(plugbay: &Path) -> std::path::PathBuf {
+    let other = plugbay.with_file_name(format!(
+        "plugbay-peer-bench-cold-{}{}",
+        std::process::id(),
+        std::env::consts::EXE_SUFFIX
+    ));
+    let _ = std::fs::remove_file(&other);
+    if std::fs::hard_link(plugbay, &other).is_err() {
+        std::fs::copy(plugbay, &other).unwrap_or_else(|err| {
+            panic!(
+                "cannot copy {} to {}: {err}",
+                plugbay.display(),
+                other.display()
+            )
+        });
+    }
+    other
 }
 
 /// A host program of `src/bin`, its arguments and what it stands for.
@@ -371,28 +401,35 @@ const HOST_PROGRAMS: [HostProgram; 5] = [
     },
 ];
 
-/// A file's size, and its size with symbols and debug information stripped (by
-/// `strip`, into a temporary file), in bytes.
-fn sizes(path: &Path) -> (u64, Option<u64>) {
+/// A file's size with symbols and debug information stripped (by `strip`, into a
+/// temporary file), in bytes; a WebAssembly module's size as built (its debug
+/// sections are not stripped, `strip` does not read WebAssembly).
+fn stripped_size(path: &Path) -> u64 {
     let size = std::fs::metadata(path)
         .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
         .len();
+    if path.extension().is_some_and(|ext| ext == "wasm") {
+        return size;
+    }
     let stripped_path = std::env::temp_dir().join(format!(
         "plugbay-peer-bench-stripped-{}-{}",
         std::process::id(),
-        path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|name| name.to_string_lossy())
+            .unwrap_or_default()
     ));
-    let stripped = Command::new("strip")
+    let status = Command::new("strip")
         .arg("-o")
         .arg(&stripped_path)
         .arg(path)
         .status()
-        .ok()
-        .filter(|status| status.success())
-        .and_then(|_| std::fs::metadata(&stripped_path).ok())
-        .map(|metadata| metadata.len());
+        .unwrap_or_else(|err| panic!("cannot run strip (binutils) on {}: {err}", path.display()));
+    assert!(status.success(), "strip failed on {}", path.display());
+    let stripped = std::fs::metadata(&stripped_path)
+        .unwrap_or_else(|err| panic!("strip wrote no {}: {err}", stripped_path.display()))
+        .len();
     let _ = std::fs::remove_file(&stripped_path);
-    (size, stripped)
+    stripped
 }
 
 fn mib(bytes: f64) -> String {
@@ -400,12 +437,7 @@ fn mib(bytes: f64) -> String {
 }
 
 fn size_cell(path: &Path) -> String {
-    match sizes(path) {
-        (size, Some(stripped)) if path.extension().is_none_or(|ext| ext != "wasm") => {
-            format!("{} ({} stripped)", mib(size as f64), mib(stripped as f64))
-        }
-        (size, _) => mib(size as f64),
-    }
+    mib(stripped_size(path) as f64)
 }
 
 /// Step 6: runs each host program `runs` times and returns, per program, the
@@ -433,7 +465,12 @@ fn footprints(runs: usize) -> Vec<Value> {
                 }));
             }
             let mut median = serde_json::Map::new();
-            for key in ["ready_kib", "ready_children_kib", "after_kib", "after_children_kib"] {
+            for key in [
+                "ready_kib",
+                "ready_children_kib",
+                "after_kib",
+                "after_children_kib",
+            ] {
                 let mut values: Vec<f64> = reports
                     .iter()
                     .filter_map(|report| report[key].as_f64())
@@ -444,6 +481,36 @@ fn footprints(runs: usize) -> Vec<Value> {
             Value::Object(median)
         })
         .collect()
+}
+
+/// Criterion's median time per iteration and its median absolute deviation, in
+/// seconds, for `peers/GROUP/WAY`, read back from criterion's report (none if that
+/// benchmark was filtered out).
+fn criterion_median(group: &str, way: &str) -> Option<(f64, f64)> {
+    let dir = match (
+        std::env::var_os("CRITERION_HOME"),
+        std::env::var_os("CARGO_TARGET_DIR"),
+    ) {
+        (Some(home), _) => std::path::PathBuf::from(home),
+        (None, Some(target)) => std::path::PathBuf::from(target).join("criterion"),
+        (None, None) => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion"),
+    };
+    let path = dir
+        .join(format!("peers_{group}"))
+        .join(slug(way))
+        .join("new/estimates.json");
+    let estimates: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    Some((
+        estimates["median"]["point_estimate"].as_f64()? / 1e9,
+        estimates["median_abs_dev"]["point_estimate"].as_f64()? / 1e9,
+    ))
+}
+
+fn criterion_cell(group: &str, way: &str) -> String {
+    match criterion_median(group, way) {
+        Some((median, mad)) => format!("{} ± {}", time(median), time(mad)),
+        None => "—".to_owned(),
+    }
 }
 
 /// Prints a markdown table.
@@ -481,7 +548,12 @@ fn rate(per_second: f64) -> String {
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
@@ -552,13 +624,21 @@ fn main() {
                         result.ratio.median, result.ratio.low, result.ratio.high
                     )
                 },
+                criterion_cell(&input.records.to_string(), names[way]),
                 made.to_string(),
             ]);
         }
     }
     table(
         "Throughput, rotating interleaved rounds: records/s (median of rounds) and ratio to in-host in the same round (median, IQR)",
-        &["records/batch", "way", "records/s", "× in-host", "rounds"],
+        &[
+            "records/batch",
+            "way",
+            "records/s",
+            "× in-host",
+            "criterion, per batch (± MAD)",
+            "rounds",
+        ],
         &rows,
     );
     let rows: Vec<Vec<String>> = latencies
@@ -570,13 +650,21 @@ fn main() {
                 time(quantile(times, 0.5) / 1e9),
                 time(quantile(times, 0.99) / 1e9),
                 time(quantile(times, 0.999) / 1e9),
+                criterion_cell("empty", names[way]),
                 times.len().to_string(),
             ]
         })
         .collect();
     table(
         "Empty batch (`[]`), each call timed alone in rotating rounds of 500 per way",
-        &["way", "median", "p99", "p99.9", "calls"],
+        &[
+            "way",
+            "median",
+            "p99",
+            "p99.9",
+            "criterion (± MAD)",
+            "calls",
+        ],
         &rows,
     );
     let rows: Vec<Vec<String>> = start
@@ -620,13 +708,14 @@ fn main() {
                 },
                 kib(&report["ready_kib"]),
                 kib(&report["after_kib"]),
+                kib(&report["ready_children_kib"]),
                 kib(&report["after_children_kib"]),
             ]
         })
         .collect();
     table(
         &format!(
-            "Smallest host of each way (`src/bin`), each run alone: binary size, resident memory (VmRSS, median of {footprint_runs} runs) when ready and after {} batches of 10,000 records, and its children's",
+            "Smallest host of each way (`src/bin`), each run alone: sizes stripped, resident memory (VmRSS, median of {footprint_runs} runs) when ready and after {} batches of 10,000 records, and its children's",
             plugbay_peer_bench::FOOTPRINT_BATCHES
         ),
         &[
@@ -635,6 +724,7 @@ fn main() {
             "also ships",
             "host RSS, ready",
             "host RSS, after",
+            "children RSS, ready",
             "children RSS, after",
         ],
         &rows,

@@ -224,7 +224,9 @@ pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the running program has a path");
     let dir = exe.parent().expect("the program is in a folder");
     if dir.file_name().is_some_and(|name| name == "deps") {
-        dir.parent().expect("deps/ is in the profile folder").to_owned()
+        dir.parent()
+            .expect("deps/ is in the profile folder")
+            .to_owned()
     } else {
         dir.to_owned()
     }
@@ -253,10 +255,8 @@ impl Artifacts {
                 .join("wasm32-unknown-unknown")
                 .join(&profile_name)
                 .join("peer_wasm_plugin.wasm"),
-            subprocess_plugin: profile.join(format!(
-                "subprocess-plugin{}",
-                std::env::consts::EXE_SUFFIX
-            )),
+            subprocess_plugin: profile
+                .join(format!("subprocess-plugin{}", std::env::consts::EXE_SUFFIX)),
         };
         for path in [
             &artifacts.manifest,
@@ -568,7 +568,10 @@ pub fn children() -> Vec<u32> {
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                pids.extend(text.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()));
+                pids.extend(
+                    text.split_whitespace()
+                        .filter_map(|pid| pid.parse::<u32>().ok()),
+                );
             }
         }
     }

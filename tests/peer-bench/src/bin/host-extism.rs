@@ -11,7 +11,10 @@ fn main() {
         std::process::exit(1);
     });
     let wasm = std::fs::read(&artifacts.wasm).unwrap_or_else(|err| {
-        eprintln!("host-extism: cannot read {}: {err}", artifacts.wasm.display());
+        eprintln!(
+            "host-extism: cannot read {}: {err}",
+            artifacts.wasm.display()
+        );
         std::process::exit(1);
     });
     footprint(Extism::start(ExtismSource::Wasm(&wasm)));

@@ -7,7 +7,7 @@
 //! host for the time once per batch, through the host function `now_millis` in
 //! Extism's user namespace, as a plugin that stamps records must.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use extism_pdk::{plugin_fn, FnResult};
 use serde_json::{Map, Value};
