@@ -616,3 +616,79 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processed(n: usize) -> Vec<u8> {
+        in_host(&Config::default(), &records(n))
+    }
+
+    /// Replaces the value of `field` in record `place` of a written batch.
+    fn with_field(batch: &[u8], place: usize, field: &str, value: Value) -> Vec<u8> {
+        let mut records: Vec<Map<String, Value>> = serde_json::from_slice(batch).unwrap();
+        records[place].insert(field.to_owned(), value);
+        serde_json::to_vec(&records).unwrap()
+    }
+
+    #[test]
+    fn the_same_work_agrees_though_read_at_another_millisecond() {
+        let first = processed(100);
+        std::thread::sleep(Duration::from_millis(5));
+        let second = processed(100);
+        assert_ne!(first, second, "the stamps differ");
+        same_output("again", &second, &first).unwrap();
+    }
+
+    #[test]
+    fn a_changed_record_is_named() {
+        let expected = processed(3);
+        let output = with_field(&expected, 1, "name", Value::from("someone else"));
+        let err = same_output("changed", &output, &expected).unwrap_err();
+        assert!(err.contains("changed's record 1 differs"), "{err}");
+        assert!(err.contains("someone else"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_or_stale_or_uneven_stamp_is_refused() {
+        let expected = processed(3);
+        let mut records: Vec<Map<String, Value>> = serde_json::from_slice(&expected).unwrap();
+        records[2].remove(TIMESTAMP_FIELD);
+        let missing = serde_json::to_vec(&records).unwrap();
+        let err = same_output("missing", &missing, &expected).unwrap_err();
+        assert!(err.contains("record 2 has no `timestamp`"), "{err}");
+
+        let stale = with_field(
+            &expected,
+            0,
+            TIMESTAMP_FIELD,
+            Value::from("2001-01-01T00:00:00.000Z"),
+        );
+        let err = same_output("stale", &stale, &expected).unwrap_err();
+        assert!(err.contains("is not the time of the batch"), "{err}");
+
+        let now = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(1));
+        let uneven = with_field(&expected, 1, TIMESTAMP_FIELD, Value::from(now.to_string()));
+        let err = same_output("uneven", &uneven, &expected).unwrap_err();
+        assert!(err.contains("another stamp"), "{err}");
+    }
+
+    #[test]
+    fn fewer_records_or_other_bytes_are_refused() {
+        let expected = processed(3);
+        let err = same_output("short", &processed(2), &expected).unwrap_err();
+        assert!(err.contains("returned 2 records, in-host 3"), "{err}");
+        let pretty =
+            serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&expected).unwrap())
+                .unwrap();
+        let err = same_output("pretty", &pretty, &expected).unwrap_err();
+        assert!(err.contains("written differently"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_batch_is_written_as_an_empty_array() {
+        assert_eq!(in_host(&Config::default(), b"[]"), b"[]");
+        same_output("empty", b"[]", b"[]").unwrap();
+    }
+}
