@@ -276,3 +276,13 @@ pub fn paired_budget() -> Duration {
         Duration::from_secs(5)
     }
 }
+
+/// A field of `/proc/self/status` in kB (`VmRSS`, …); 0 where there is none.
+pub fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
