@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use plugbay_host::Isolation;
 use plugbay_peer_bench::{
-    compile_extism, plugbay_host, quantile, same_output, tune_allocator_unless_defaults, Artifacts,
+    bench_host, compile_extism, quantile, same_output, tune_allocator_unless_defaults, Artifacts,
     Extism, ExtismSource, InHost, Input, Peer, Plugbay, Subprocess, SIZES,
 };
 use serde_json::Value;
@@ -69,8 +69,8 @@ struct Ways {
 }
 
 fn start_ways(artifacts: &Artifacts, wasm: &[u8]) -> Ways {
-    let thread_host = plugbay_host(Isolation::Thread, artifacts);
-    let process_host = plugbay_host(Isolation::Process, artifacts);
+    let thread_host = bench_host(Isolation::Thread, artifacts);
+    let process_host = bench_host(Isolation::Process, artifacts);
     let peers: Vec<Box<dyn Peer>> = vec![
         Box::new(InHost::new()),
         Box::new(Plugbay::start(
@@ -271,13 +271,13 @@ const STARTS: [&str; 6] = [
 /// from nothing to ready for a first batch, then stopped (untimed). Returns sorted
 /// times in seconds, per way.
 fn start_times(artifacts: &Artifacts, wasm: &[u8], count: usize) -> Vec<Vec<f64>> {
-    let thread_host = plugbay_host(Isolation::Thread, artifacts);
-    let process_host = plugbay_host(Isolation::Process, artifacts);
+    let thread_host = bench_host(Isolation::Thread, artifacts);
+    let process_host = bench_host(Isolation::Process, artifacts);
     // Waiting workers are kept per worker program, for the whole process, and a
     // start takes one whatever its host's setting: the host that keeps none runs the
     // same program under another name, or it would take the other host's.
     let cold_program = cold_worker_program(&artifacts.plugbay);
-    let cold_host = plugbay_host(Isolation::Process, artifacts)
+    let cold_host = bench_host(Isolation::Process, artifacts)
         .with_worker_program(&cold_program)
         .with_spare_worker(false);
     let compiled = compile_extism(wasm);

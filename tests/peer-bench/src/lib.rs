@@ -278,7 +278,7 @@ impl Artifacts {
 
 /// A host for the bench's Plugbay plugins, with its data folder in the temporary
 /// folder.
-pub fn plugbay_host(isolation: Isolation, artifacts: &Artifacts) -> Host {
+pub fn bench_host(isolation: Isolation, artifacts: &Artifacts) -> Host {
     Host::new()
         .with_data_dir(std::env::temp_dir().join("plugbay-peer-bench-data"))
         .with_isolation(isolation)

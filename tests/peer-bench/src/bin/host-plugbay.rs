@@ -4,7 +4,7 @@
 //! `plugbay_peer_bench::footprint`); the bench reads it and this program's size.
 
 use plugbay_host::Isolation;
-use plugbay_peer_bench::{footprint, plugbay_host, Artifacts, Plugbay};
+use plugbay_peer_bench::{bench_host, footprint, Artifacts, Plugbay};
 
 fn main() {
     plugbay_peer_bench::tune_allocator_unless_defaults();
@@ -20,6 +20,6 @@ fn main() {
         eprintln!("host-plugbay: {err}");
         std::process::exit(1);
     });
-    let host = plugbay_host(isolation, &artifacts);
+    let host = bench_host(isolation, &artifacts);
     footprint(Plugbay::start(&host, &artifacts, "Plugbay"));
 }
