@@ -7,11 +7,14 @@
 //! `timestamp`), `timestamp_format`: `iso8601` (the default) or `epoch_millis`
 //! (milliseconds since the Unix epoch, a number).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use plugbay::prelude::*;
-use serde::Deserialize;
 use serde_json::{Map, Value};
+
+mod transform;
+
+use transform::Config;
 
 /// The plugin: config from `init`, a count for `cleanup`.
 #[derive(Default)]
@@ -19,50 +22,6 @@ use serde_json::{Map, Value};
 pub struct DataProcessor {
     config: Config,
     records: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct Config {
-    field: String,
-    timestamp_field: String,
-    timestamp_format: TimestampFormat,
-}
-
-/// How the timestamp is written.
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum TimestampFormat {
-    /// `"2026-11-25T15:42:39.863Z"`.
-    #[default]
-    Iso8601,
-    /// `1795620250831`.
-    EpochMillis,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            field: "processed".to_owned(),
-            timestamp_field: "timestamp".to_owned(),
-            timestamp_format: TimestampFormat::Iso8601,
-        }
-    }
-}
-
-impl TimestampFormat {
-    fn stamp(self, now: SystemTime) -> Value {
-        match self {
-            TimestampFormat::Iso8601 => {
-                Value::String(humantime::format_rfc3339_millis(now).to_string())
-            }
-            TimestampFormat::EpochMillis => Value::from(
-                now.duration_since(UNIX_EPOCH)
-                    .map(|elapsed| elapsed.as_millis() as u64)
-                    .unwrap_or(0),
-            ),
-        }
-    }
 }
 
 impl Plugin for DataProcessor {
@@ -79,11 +38,7 @@ impl Plugin for DataProcessor {
         _ctx: &Context,
         mut batch: Vec<Self::Input>,
     ) -> Result<Vec<Self::Output>, Error> {
-        let stamp = self.config.timestamp_format.stamp(SystemTime::now());
-        for record in &mut batch {
-            record.insert(self.config.field.clone(), Value::Bool(true));
-            record.insert(self.config.timestamp_field.clone(), stamp.clone());
-        }
+        self.config.apply(&mut batch, SystemTime::now());
         self.records += batch.len() as u64;
         Ok(batch)
     }
