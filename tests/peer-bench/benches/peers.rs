@@ -273,13 +273,9 @@ const STARTS: [&str; 6] = [
 fn start_times(artifacts: &Artifacts, wasm: &[u8], count: usize) -> Vec<Vec<f64>> {
     let thread_host = bench_host(Isolation::Thread, artifacts);
     let process_host = bench_host(Isolation::Process, artifacts);
-    // Waiting workers are kept per worker program, for the whole process, and a
-    // start takes one whatever its host's setting: the host that keeps none runs the
-    // same program under another name, or it would take the other host's.
-    let cold_program = cold_worker_program(&artifacts.plugbay);
-    let cold_host = bench_host(Isolation::Process, artifacts)
-        .with_worker_program(&cold_program)
-        .with_spare_worker(false);
+    // A host that keeps no worker waiting launches one for each start, even while
+    // the other host of this process keeps one waiting.
+    let cold_host = bench_host(Isolation::Process, artifacts).with_spare_worker(false);
     let compiled = compile_extism(wasm);
     // One untimed start of each first: the first start of a library hashes it and
     // launches the first waiting worker.
@@ -325,33 +321,10 @@ fn start_times(artifacts: &Artifacts, wasm: &[u8], count: usize) -> Vec<Vec<f64>
             }
         }
     }
-    drop(cold_host);
-    let _ = std::fs::remove_file(&cold_program);
     for way in &mut times {
         way.sort_by(f64::total_cmp);
     }
     times
-}
-
-/// The worker program under a name of its own (a hard link beside it, or a copy),
-/// for the starts that launch their worker themselves.
-fn cold_worker_program(plugbay: &Path) -> std::path::PathBuf {
-    let other = plugbay.with_file_name(format!(
-        "plugbay-peer-bench-cold-{}{}",
-        std::process::id(),
-        std::env::consts::EXE_SUFFIX
-    ));
-    let _ = std::fs::remove_file(&other);
-    if std::fs::hard_link(plugbay, &other).is_err() {
-        std::fs::copy(plugbay, &other).unwrap_or_else(|err| {
-            panic!(
-                "cannot copy {} to {}: {err}",
-                plugbay.display(),
-                other.display()
-            )
-        });
-    }
-    other
 }
 
 /// A host program of `src/bin`, its arguments and what it stands for.
