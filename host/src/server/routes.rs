@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(allowed_methods("/plugins/register"), ["POST"]);
         assert_eq!(
             allowed_methods("/plugins/a@1.0.0"),
-            ["GET", "DELETE", "HEAD"]
+            ["GET", "PUT", "DELETE", "HEAD"]
         );
         assert_eq!(allowed_methods("/plugins/a@1.0.0/enable"), ["PUT"]);
         assert!(allowed_methods("/nope").is_empty());
