@@ -262,7 +262,20 @@ fn a_start_takes_the_worker_launched_ahead_and_a_dead_one_is_replaced() {
         .status()
         .unwrap();
     assert!(killed.success());
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Dead once the kernel has run its exit (its descriptors closed): a zombie, or
+    // reaped. A loaded machine can take a while to get there.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(format!("/proc/{next}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    }) {
+        assert!(
+            std::time::Instant::now() < until,
+            "worker {next} outlived SIGKILL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let mut third = host.start(example("data-processor")).unwrap();
     assert_ne!(third.status().pid, Some(next));
     let out = third.process(&Batch::from_json(r#"[{"id": 2}]"#)).unwrap();
