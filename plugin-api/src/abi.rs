@@ -44,6 +44,11 @@ use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 ///   `tracing` name it), and [`PluginContext::log_level`] tells the plugin the most
 ///   verbose level the host records, so that the SDK's bridge for the `log` and
 ///   `tracing` crates drops what the host would not record before it formats it.
+///
+/// Additions that keep every plugin of the current version loading do not change it:
+/// [`PluginInstance::process_into`] is an entry added at the end of the instance's
+/// vtable (a prefix type), which plugins built before it lack and the host then
+/// replaces with its default.
 pub const ABI_VERSION: &str = "0.3.0";
 
 /// The plugbay-api version this crate is, compiled into every plugin.
@@ -100,6 +105,30 @@ pub trait PluginInstance: Send {
     /// `cleanup()`: the last call an instance receives.
     #[sabi(last_prefix_field)]
     fn cleanup(&mut self) -> RResult<(), PluginError>;
+
+    /// [`process`](PluginInstance::process), writing the output into `output`, a
+    /// buffer the host keeps from call to call: the plugin clears it and writes the
+    /// output array into it (growing it if it must), so that a stream of batches
+    /// reuses one buffer instead of allocating and freeing one per batch. The
+    /// output's contract is `process`'s. On an error `output` holds nothing the host
+    /// reads.
+    ///
+    /// Added to ABI 0.3.0 without a new version: a plugin built before it has no
+    /// entry for it in its vtable, and the host then runs this default, which calls
+    /// `process` and takes its output vector as the buffer.
+    fn process_into(
+        &mut self,
+        batch: RSlice<'_, u8>,
+        output: &mut RVec<u8>,
+    ) -> RResult<(), PluginError> {
+        match self.process(batch) {
+            RResult::ROk(bytes) => {
+                *output = bytes;
+                RResult::ROk(())
+            }
+            RResult::RErr(error) => RResult::RErr(error),
+        }
+    }
 }
 
 /// An owned plugin instance.
