@@ -529,6 +529,26 @@ fn initialized<'a>(context: &'a Option<Context>, hook: &str) -> Result<&'a Conte
     })
 }
 
+impl<P: Plugin + Export> Adapter<P> {
+    /// `process`: reads the batch's records, runs the plugin on them and writes its
+    /// records into `output`.
+    fn process_records(&mut self, input: &[u8], output: &mut RVec<u8>) -> RResult<(), PluginError> {
+        let _running = logging::running(self.instance);
+        guard("process", || {
+            let context = initialized(&self.context, "process")?;
+            let records: Vec<P::Input> = if is_empty_array(input) {
+                Vec::new()
+            } else {
+                read_records(input)?
+            };
+            let records = live(&mut self.plugin)?
+                .process(context, records)
+                .map_err(Error::into_abi)?;
+            write_records(&records, input.len(), output)
+        })
+    }
+}
+
 impl<P: Plugin + Export> PluginInstance for Adapter<P> {
     fn init(&mut self, context: PluginContext) -> RResult<(), PluginError> {
         let _running = logging::running(self.instance);
@@ -566,7 +586,7 @@ impl<P: Plugin + Export> PluginInstance for Adapter<P> {
 
     fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
         let mut output = RVec::new();
-        match self.process_into(batch, &mut output) {
+        match self.process_records(batch.as_slice(), &mut output) {
             ROk(()) => ROk(output),
             RErr(error) => RErr(error),
         }
@@ -577,20 +597,7 @@ impl<P: Plugin + Export> PluginInstance for Adapter<P> {
         batch: RSlice<'_, u8>,
         output: &mut RVec<u8>,
     ) -> RResult<(), PluginError> {
-        let _running = logging::running(self.instance);
-        guard("process", || {
-            let context = initialized(&self.context, "process")?;
-            let input = batch.as_slice();
-            let records: Vec<P::Input> = if is_empty_array(input) {
-                Vec::new()
-            } else {
-                read_records(input)?
-            };
-            let records = live(&mut self.plugin)?
-                .process(context, records)
-                .map_err(Error::into_abi)?;
-            write_records(&records, input.len(), output)
-        })
+        self.process_records(batch.as_slice(), output)
     }
 
     fn cleanup(&mut self) -> RResult<(), PluginError> {

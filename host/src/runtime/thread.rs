@@ -1,6 +1,7 @@
 //! The worker thread of an instance in thread isolation.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -127,18 +128,25 @@ impl Drop for Ending {
 pub(super) const WAKE_AHEAD: Duration = Duration::from_micros(200);
 
 /// How long a waiting side (a caller for its reply, a worker for its next request)
-/// polls without giving its core away, before it spins yielding and then parks.
+/// polls at least without giving its core away, before it spins yielding and then
+/// parks; a caller polls for up to twice the length of its recent calls, within
+/// [`HOT_SPIN_MAX`].
 ///
-/// A hand-off between two threads that both poll takes a few hundred nanoseconds; one
-/// that yields its core between polls can lose it for a whole time slice to another
-/// thread of the machine, and one that has parked must be woken (a system call for
-/// the waker, tens of microseconds for the wake-up). Small batches are answered, and
-/// a streaming caller's next request comes, well within this window.
-pub(super) const HOT_SPIN: Duration = Duration::from_micros(20);
+/// A hand-off between two threads that both poll, each on a core of its own, takes a
+/// few hundred nanoseconds; one that yields its core between polls can lose it for a
+/// whole time slice to another thread of the machine, and one that has parked must be
+/// woken (a system call for the waker, tens of microseconds for the wake-up). But when
+/// the two threads share one core (the machine's other cores busy), the side that
+/// polls keeps the other from running until it stops: so polling is short, and a
+/// shared core costs a hand-off a few microseconds, not a time slice.
+pub(super) const HOT_SPIN: Duration = Duration::from_micros(2);
+
+/// The longest a caller polls without yielding, for calls of up to half as long.
+pub(super) const HOT_SPIN_MAX: Duration = Duration::from_micros(20);
 
 /// Polls between two readings of the clock in a hot spin: reading it costs more than
 /// a poll (tens to a hundred nanoseconds in a virtual machine).
-const POLLS_PER_CLOCK: u32 = 32;
+const POLLS_PER_CLOCK: u32 = 16;
 
 /// Polls `channel` without yielding the core until `until`; `Ok(None)` if nothing
 /// came by then.
@@ -160,8 +168,57 @@ pub(super) fn poll_hot<T>(
     }
 }
 
+/// The cores a caller and its worker thread were last seen on, each written by its own
+/// side when it starts to wait for the other. Two threads that share a core must not
+/// poll for each other without yielding: the one polling keeps the other, which it
+/// waits for, from running.
+#[derive(Debug)]
+pub(super) struct Cores {
+    caller: AtomicUsize,
+    worker: AtomicUsize,
+}
+
+impl Default for Cores {
+    fn default() -> Cores {
+        Cores {
+            caller: AtomicUsize::new(usize::MAX),
+            worker: AtomicUsize::new(usize::MAX - 1),
+        }
+    }
+}
+
+impl Cores {
+    /// The caller is about to wait for its worker: whether the worker was last seen on
+    /// another core.
+    pub(super) fn caller_waits(&self) -> bool {
+        let here = current_core();
+        self.caller.store(here, Ordering::Relaxed);
+        self.worker.load(Ordering::Relaxed) != here
+    }
+
+    /// The worker is about to wait for its caller: whether the caller was last seen on
+    /// another core.
+    pub(super) fn worker_waits(&self) -> bool {
+        let here = current_core();
+        self.worker.store(here, Ordering::Relaxed);
+        self.caller.load(Ordering::Relaxed) != here
+    }
+}
+
+/// The core the calling thread runs on (a read of the virtual DSO, no system call).
+#[cfg(target_os = "linux")]
+fn current_core() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
+/// Elsewhere: unknown, so never the same as the other side's.
+#[cfg(not(target_os = "linux"))]
+fn current_core() -> usize {
+    usize::MAX - 2
+}
+
 /// How a caller waits for its worker's reply: it learns how long calls take; a short
-/// call it polls for without giving its core away (up to [`HOT_SPIN`]); for a longer
+/// call it polls for without giving its core away (up to [`HOT_SPIN_MAX`]); for a longer
 /// one it sleeps (parked, no CPU) until shortly before the reply is due, spins
 /// (yielding the core to any thread that wants it) until it comes, and parks again if
 /// it is late.
@@ -183,22 +240,42 @@ impl ReplyWait {
         replies: &Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
+        hot: bool,
     ) -> Result<(Reply, Instant), RecvTimeoutError> {
-        let reply = self.wait(replies, sent, deadline)?;
+        let reply = self.wait(replies, sent, deadline, hot)?;
         let came = Instant::now();
-        self.expected = (self.expected * 3 + came.saturating_duration_since(sent)) / 4;
+        // A call that took far longer than the last ones (its worker was descheduled,
+        // or parked and woken) teaches at most a doubling, so that one such call does
+        // not turn the next hundred short ones into sleeps; calls that really got
+        // longer are learnt within a few dozen.
+        let took = came
+            .saturating_duration_since(sent)
+            .min(self.expected * 2 + HOT_SPIN_MAX);
+        self.expected = (self.expected * 3 + took) / 4;
         Ok((reply, came))
     }
 
+    /// Waits as the type says; `hot`: the worker is on another core, so polling for a
+    /// short call without yielding keeps nothing from running.
     pub(super) fn wait(
         &self,
         replies: &Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
+        hot: bool,
     ) -> Result<Reply, RecvTimeoutError> {
         let by_deadline = |instant: Instant| deadline.map_or(instant, |due| due.min(instant));
-        if self.expected < HOT_SPIN {
-            if let Some(reply) = poll_hot(replies, by_deadline(sent + HOT_SPIN))? {
+        if self.expected < HOT_SPIN_MAX {
+            if !hot {
+                // The worker waits for this core: let it run.
+                std::thread::yield_now();
+            }
+            let window = if hot {
+                (self.expected * 2).clamp(HOT_SPIN, HOT_SPIN_MAX)
+            } else {
+                Duration::ZERO
+            };
+            if let Some(reply) = poll_hot(replies, by_deadline(sent + window))? {
                 return Ok(reply);
             }
         } else if let Some(sleep) = self.expected.checked_sub(WAKE_AHEAD) {
@@ -249,6 +326,7 @@ pub(super) struct Setup {
     pub(super) services: Revoker,
     pub(super) life: Arc<WorkerLife>,
     pub(super) left: Arc<threads::Left>,
+    pub(super) cores: Arc<Cores>,
 }
 
 /// The worker thread: confine, load, construct, init, then serve requests; at the
@@ -296,7 +374,7 @@ pub(super) fn worker(
     };
     drop(ready);
     let mut outputs = Outputs::default();
-    while let Some(request) = next_request(&requests) {
+    while let Some(request) = next_request(&requests, setup.cores.worker_waits()) {
         let reply = match request {
             Request::Process(batch) => {
                 Reply::Processed(process_here(&mut instance, &batch, &mut outputs))
@@ -344,14 +422,16 @@ pub(super) fn worker(
 pub(super) const NEXT_REQUEST_SPIN: Duration = Duration::from_micros(50);
 
 /// The next request, or `None` once the handle is gone. Polls without yielding for
-/// [`HOT_SPIN`], spins yielding the core until [`NEXT_REQUEST_SPIN`], then parks: an
-/// idle worker costs no CPU.
-pub(super) fn next_request(requests: &Receiver<Request>) -> Option<Request> {
+/// [`HOT_SPIN`] if `hot` (the caller is on another core), spins yielding the core until
+/// [`NEXT_REQUEST_SPIN`], then parks: an idle worker costs no CPU.
+pub(super) fn next_request(requests: &Receiver<Request>, hot: bool) -> Option<Request> {
     let started = Instant::now();
-    match poll_hot(requests, started + HOT_SPIN) {
-        Ok(Some(request)) => return Some(request),
-        Ok(None) => {}
-        Err(_) => return None,
+    if hot {
+        match poll_hot(requests, started + HOT_SPIN) {
+            Ok(Some(request)) => return Some(request),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
     }
     let spin_until = started + NEXT_REQUEST_SPIN;
     loop {
@@ -401,8 +481,8 @@ mod tests {
     fn an_idle_worker_parks_and_wakes_for_the_next_request() {
         let (requests_tx, requests_rx) = crossbeam_channel::bounded::<Request>(1);
         let (worker, tid) = waiting(move || {
-            let first = matches!(next_request(&requests_rx), Some(Request::Cleanup));
-            (first, next_request(&requests_rx).is_none())
+            let first = matches!(next_request(&requests_rx, true), Some(Request::Cleanup));
+            (first, next_request(&requests_rx, false).is_none())
         });
         let used = idle_cpu(tid);
         assert!(
@@ -425,7 +505,7 @@ mod tests {
             // It expects a short call (nothing learnt yet), so it polls first.
             let mut wait = ReplyWait::default();
             let sent = Instant::now();
-            let (reply, came) = wait.reply(&replies_rx, sent, None).ok().unwrap();
+            let (reply, came) = wait.reply(&replies_rx, sent, None, true).ok().unwrap();
             let learnt = wait.expected;
             (
                 matches!(reply, Reply::CleanedUp(RResult::ROk(()))),

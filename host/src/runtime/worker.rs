@@ -30,7 +30,7 @@ use abi_stable::std_types::RVec;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use plugbay_api::abi::PluginError;
 
-use super::thread::{join_by, Reply, ReplyWait, Request, WorkerLife};
+use super::thread::{join_by, Cores, Reply, ReplyWait, Request, WorkerLife};
 use crate::batch::Batch;
 #[cfg(target_os = "linux")]
 use crate::call::check_output;
@@ -108,6 +108,8 @@ pub(super) struct ThreadSide {
     pub replies: Receiver<Reply>,
     pub thread: Option<JoinHandle<()>>,
     pub wait: ReplyWait,
+    /// The cores it and its caller were last seen on.
+    pub cores: Arc<Cores>,
     pub life: Arc<WorkerLife>,
     /// The threads the plugin left running, as its worker thread found them.
     pub left: Arc<threads::Left>,
@@ -411,8 +413,9 @@ impl ThreadSide {
     ) -> Result<(Reply, Instant), Lost> {
         self.send(request)?;
         let deadline = deadline_after(sent, timeout);
+        let hot = self.cores.caller_waits();
         loop {
-            return match self.wait.reply(&self.replies, sent, deadline) {
+            return match self.wait.reply(&self.replies, sent, deadline, hot) {
                 // The end of a pipeline run that stopped without collecting it (its
                 // sink panicked): the worker went on to this request after it.
                 Ok((Reply::Streamed(_), _)) => continue,
