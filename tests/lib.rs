@@ -163,8 +163,8 @@ pub struct AbiFixtures {
     /// Same plugbay-api version and layout, but plugin ABI 0.2.0: the ABI before log
     /// lines carried their target and plugins were told the host's log level.
     pub abi_version: PathBuf,
-    /// The current ABI as it was before `PluginInstance::process_into` was added at
-    /// the end of the instance's vtable: a plugin built then (an echo).
+    /// Plugin ABI 0.3.0, before `PluginInstance::process_into` was added at the end of
+    /// the instance's vtable: a plugin built then (an echo).
     pub before_process_into: PathBuf,
     /// Its `plugin.json`.
     pub before_process_into_manifest: PathBuf,
@@ -197,7 +197,9 @@ fn without_process_into(text: String) -> String {
             + text[start..]
                 .find(AFTER_THE_INSTANCE_TRAIT)
                 .expect("the PluginInstance trait ends");
-        return format!("{}{}", text[..start].trim_end(), &text[end..]);
+        let current = format!("ABI_VERSION: &str = \"{}\";", plugbay_api::abi::ABI_VERSION);
+        let text = format!("{}{}", text[..start].trim_end(), &text[end..]);
+        return text.replace(&current, "ABI_VERSION: &str = \"0.3.0\";");
     }
     if text.contains("PluginInstance for Adapter<P>") {
         assert!(

@@ -6,11 +6,12 @@
 //! ```text
 //! cargo bench -p plugbay-tests --bench instructions --no-run
 //! valgrind --tool=callgrind --toggle-collect='instructions::measured_*' \
-//!     target/release/deps/instructions-HASH
+//!     target/release/deps/instructions-HASH [one]
 //! callgrind_annotate --inclusive=yes callgrind.out.PID
 //! ```
 //!
-//! Each `measured_*` function makes [`CALLS`] calls: the instructions callgrind
+//! With `one`, the batch is one record (`[{"id":1}]`); without, it is empty. Each
+//! `measured_*` function makes [`CALLS`] calls: the instructions callgrind
 //! counts in it, divided by [`CALLS`], are one call's. Under valgrind the plugin
 //! starts with whatever confinement the kernel gives a program valgrind runs
 //! (`SandboxMode::AllowDegraded`): confinement costs nothing per call.
@@ -52,7 +53,12 @@ fn main() {
         return;
     }
     let host = common::host().with_sandbox(SandboxMode::AllowDegraded);
-    for batch in [Batch::from_json("[]"), Batch::from_json(r#"[{"id":1}]"#)] {
+    // `one`: a batch of one record; anything else (or nothing): an empty batch.
+    let batch = match std::env::args().nth(1).as_deref() {
+        Some("one") => Batch::from_json(r#"[{"id":1}]"#),
+        _ => Batch::from_json("[]"),
+    };
+    {
         let local = LocalThread::start(host.clone(), vec![fixture("noop")]);
         let direct = batch.clone();
         local.run(move |plugins| {

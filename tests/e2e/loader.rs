@@ -1,6 +1,6 @@
 //! Each way a library can fail to load has its own error, naming the path.
 
-use plugbay_host::{Batch, LoadError, PluginSpec, StartError};
+use plugbay_host::{LoadError, PluginSpec, StartError};
 use plugbay_tests::{abi_fixtures, library};
 
 use crate::{example, host};
@@ -144,35 +144,21 @@ fn inspect_reads_the_embedded_manifest() {
 }
 
 #[test]
-fn a_plugin_built_before_process_into_runs_through_its_process() {
-    // `PluginInstance::process_into` was added at the end of the instance's vtable
-    // without a new ABI version: a plugin built before it still loads, and the host
-    // calls its `process` instead, on a worker thread and on the calling thread.
+fn a_plugin_built_before_process_into_is_refused_with_its_abi_version() {
+    // ABI 0.4.0 added `PluginInstance::process_into` at the end of the instance's
+    // vtable. abi_stable's layout check would refuse the shorter vtable of a plugin
+    // built before it; the ABI version refuses it first, with advice to rebuild.
     let fixtures = abi_fixtures();
-    let spec = || {
-        PluginSpec::from_manifest_file(&fixtures.before_process_into_manifest)
-            .unwrap()
-            .with_library(&fixtures.before_process_into)
-    };
-    let (host, _dir) = host();
-    let mut plugin = host
-        .start(spec())
-        .expect("a plugin without process_into starts");
-    for (input, records) in [
-        (r#"[{"id":1},{"id":2}]"#, 2),
-        ("[]", 0),
-        (r#"[{"id":3}]"#, 1),
-    ] {
-        let output = plugin.process(&Batch::from_json(input)).unwrap();
-        assert_eq!(output.as_bytes(), input.as_bytes(), "the echo's output");
-        assert_eq!(output.len(), Some(records));
-    }
-    plugin.shutdown().unwrap();
-    let local = std::thread::spawn(move || {
-        let mut plugin = host.start_local(spec()).expect("it starts locally");
-        let first = plugin.process(&Batch::from_json("[1,2]")).unwrap();
-        let second = plugin.process(&Batch::from_json("[3]")).unwrap();
-        (first.as_bytes().to_vec(), second.as_bytes().to_vec())
-    });
-    assert_eq!(local.join().unwrap(), (b"[1,2]".to_vec(), b"[3]".to_vec()));
+    let spec = PluginSpec::from_manifest_file(&fixtures.before_process_into_manifest)
+        .unwrap()
+        .with_library(&fixtures.before_process_into);
+    let err = load_error(spec);
+    assert!(matches!(err, LoadError::AbiVersion { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("plugin ABI 0.3.0")
+            && text.contains("plugin ABI 0.4.0")
+            && text.contains("rebuild it against plugbay-api"),
+        "{text}"
+    );
 }
