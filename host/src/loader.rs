@@ -20,6 +20,31 @@ use plugbay_api::manifest::{Manifest, Permission};
 
 use crate::image::Image;
 
+/// What a library file looks like from outside (size, modification time, inode):
+/// a stamp that changes when the file is rebuilt or replaced, to notice a new build
+/// without reading it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path`; `None` if it cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            #[cfg(unix)]
+            inode: std::os::unix::fs::MetadataExt::ino(&metadata),
+            #[cfg(not(unix))]
+            inode: 0,
+        })
+    }
+}
+
 /// Why a library could not be loaded as a plugin.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -24,17 +24,7 @@ use std::time::{Duration, Instant};
 
 use plugbay_host::PluginHandle;
 
-use common::{example, host, print_table, records, time};
-
-/// A field of `/proc/self/status` in kB (`VmRSS`, …).
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+use common::{example, host, print_table, records, status_kb, time};
 
 /// CPU time (ns) and context switches of the threads whose name starts with `prefix`.
 fn threads_activity(prefix: &str) -> (u64, u64, usize) {

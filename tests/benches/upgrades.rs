@@ -24,21 +24,11 @@ use std::process::Command;
 
 use plugbay_host::{Host, Isolation, PluginSpec};
 
-use common::{example, fixture, print_table, records};
+use common::{example, fixture, print_table, records, status_kb};
 
 const UPGRADES: usize = 100;
 const EVERY: usize = 10;
 const MODE_VAR: &str = "PLUGBAY_UPGRADE_BENCH_RUN";
-
-/// A field of `/proc/self/status` in kB.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// The sealed library copies this process holds open, and their bytes.
 fn sealed_copies() -> (usize, u64) {

@@ -651,6 +651,112 @@ fn a_bare_name_resolves_to_its_one_version_or_its_enabled_one() {
 }
 
 #[test]
+fn a_rebuild_put_at_its_id_becomes_its_next_revision_pending_review() {
+    let api = Api::start();
+    let keys = &api.keys;
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libdata_processor.so");
+    std::fs::copy(library("data-processor"), &lib).unwrap();
+    let mut body = seed_body("data-processor");
+    body["entry_point"] = json!(lib.display().to_string());
+    let id = "data-processor@1.0.0";
+    let put = |path: &str, key: &str, body: &Value| {
+        api.call(Method::PUT, path, Some(key), Some(body.clone()))
+    };
+    let path = format!("/plugins/{id}");
+
+    // Not registered yet: registered, as by POST /plugins/register.
+    let reply = put(&path, &keys.write, &body);
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("location"), path);
+    assert_eq!(
+        (
+            reply.body["revision"].as_u64(),
+            &reply.body["review"]["status"]
+        ),
+        (Some(1), &json!("pending"))
+    );
+    let first_sha = reply.body["sha256"].as_str().unwrap().to_owned();
+    let reply = api.call(
+        Method::POST,
+        &format!("{path}/review"),
+        Some(&keys.review),
+        Some(json!({"decision": "approve"})),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = api.call(
+        Method::PUT,
+        &format!("{path}/enable"),
+        Some(&keys.write),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    // The same library again changes nothing: still revision 1, approved, enabled.
+    let reply = put(&path, &keys.write, &body);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["revision"], 1);
+    assert_eq!(reply.body["review"]["status"], "approved");
+    assert_eq!(reply.body["enabled"], true);
+
+    // POST of a registered id points to PUT.
+    let taken = api.call(
+        Method::POST,
+        "/plugins/register",
+        Some(&keys.write),
+        Some(body.clone()),
+    );
+    taken.assert_error(409, "already_registered");
+    assert!(
+        taken.message().contains(&format!("PUT /plugins/{id}")),
+        "{taken:?}"
+    );
+
+    // A rebuild (other bytes): the next revision, pending review and disabled.
+    let mut bytes = std::fs::read(&lib).unwrap();
+    bytes.extend_from_slice(b"a rebuild");
+    std::fs::write(&lib, bytes).unwrap();
+    let reply = put(&path, &keys.write, &body);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let entry = &reply.body;
+    assert_eq!(entry["revision"], 2);
+    assert_ne!(entry["sha256"], first_sha.as_str());
+    assert_eq!(entry["review"]["status"], "pending");
+    assert_eq!(entry["enabled"], false);
+    assert_eq!(entry["previous"]["revision"], 1);
+    assert_eq!(entry["previous"]["sha256"], first_sha.as_str());
+    assert_eq!(entry["previous"]["review"]["status"], "approved");
+    api.call(
+        Method::POST,
+        &format!("{path}/process"),
+        Some(&keys.execute),
+        Some(json!([{"a": 1}])),
+    )
+    .assert_error(409, "not_approved");
+    let reply = api.call(Method::GET, &path, Some(&keys.read), None);
+    assert_eq!(reply.body["revision"], 2, "{reply:?}");
+
+    // Bad requests, each named.
+    let reply = put("/plugins/data-processor@2.0.0", &keys.write, &body);
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "version", "{reply:?}");
+    let reply = put("/plugins/redactor@1.0.0", &keys.write, &body);
+    assert_eq!(reply.field(), "name", "{reply:?}");
+    let reply = put("/plugins/data-processor", &keys.write, &body);
+    reply.assert_error(400, "invalid_id");
+    assert!(
+        reply.message().contains(&format!("/plugins/{id}")),
+        "{reply:?}"
+    );
+    let mut remote = body.clone();
+    remote["entry_point"] = json!("https://example.com/libdata_processor.so");
+    let reply = put(&path, &keys.write, &remote);
+    reply.assert_error(400, "invalid_body");
+    assert_eq!(reply.field(), "entry_point", "{reply:?}");
+    put(&path, &keys.read, &body).assert_error(403, "forbidden");
+}
+
+#[test]
 fn the_seeds_registration_request_is_answered_as_documented() {
     let api = Api::start();
     let entry_point = library("data-processor").display().to_string();
@@ -1375,7 +1481,7 @@ fn every_scope_is_allowed_where_it_belongs_and_refused_elsewhere() {
             assert!(anonymous.header("www-authenticate").starts_with("Bearer"));
         }
     }
-    assert_eq!(checked, 13 * 6);
+    assert_eq!(checked, 14 * 6);
 }
 
 #[test]
@@ -1504,6 +1610,7 @@ fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
         ("GET", "/plugins"),
         ("GET", "/plugins/{id}"),
         ("POST", "/plugins/register"),
+        ("PUT", "/plugins/{id}"),
         ("PUT", "/plugins/{id}/enable"),
         ("PUT", "/plugins/{id}/disable"),
         ("DELETE", "/plugins/{id}"),
@@ -1518,7 +1625,7 @@ fn the_openapi_document_lists_exactly_the_routes_the_server_has() {
     .collect();
     assert_eq!(
         pairs, expected,
-        "the seed's endpoints plus review, process, upgrade, health, openapi, install and publish"
+        "the seed's endpoints plus put, review, process, upgrade, health, openapi, install and publish"
     );
 
     let paths: BTreeSet<&String> = routes.keys().map(|(_, path)| path).collect();
@@ -1933,6 +2040,54 @@ fn every_documented_status_is_produced_and_matches_its_schema() {
         &prober,
         Some(big.clone())
     );
+    // A plugin put at its id: new (201), or the same library again (200).
+    let put_new = seed_body("fixture-sequencer-next");
+    let put_id = format!(
+        "{}@{}",
+        put_new["name"].as_str().unwrap(),
+        put_new["version"].as_str().unwrap()
+    );
+    scenario!(
+        "PUT",
+        "/plugins/{id}",
+        201,
+        write,
+        &put_id,
+        Some(put_new.clone())
+    );
+    scenario!(
+        "PUT",
+        "/plugins/{id}",
+        200,
+        write,
+        &dp,
+        Some(seed_body("data-processor"))
+    );
+    scenario!(
+        "PUT",
+        "/plugins/{id}",
+        400,
+        write,
+        "data-processor",
+        Some(seed_body("data-processor"))
+    );
+    scenario!(
+        "PUT",
+        "/plugins/{id}",
+        401,
+        None,
+        &dp,
+        Some(seed_body("data-processor"))
+    );
+    scenario!(
+        "PUT",
+        "/plugins/{id}",
+        403,
+        read,
+        &dp,
+        Some(seed_body("data-processor"))
+    );
+    scenario!("PUT", "/plugins/{id}", 413, write, &dp, Some(big.clone()));
     scenario!("DELETE", "/plugins/{id}", 200, write, &doomed, None);
     scenario!("DELETE", "/plugins/{id}", 400, write, "no@version", None);
     scenario!("DELETE", "/plugins/{id}", 401, None, &dp, None);

@@ -197,8 +197,8 @@ fn every_registry_command_works_for_people() {
     );
     assert_eq!(
         plugbay.ok(&["list"]),
-        "ID              REVIEW   ENABLED  DESCRIPTION\n\
-         enricher@1.0.0  pending  no       Adds fields to records from a lookup file shipped beside the plugin\n"
+        "ID              REVIEW   ENABLED  CURRENT  DESCRIPTION\n\
+         enricher@1.0.0  pending  no                Adds fields to records from a lookup file shipped beside the plugin\n"
     );
     assert_eq!(
         plugbay.ok(&[

@@ -470,9 +470,15 @@ fn a_failed_run_does_not_wait_for_a_slow_input() {
 #[test]
 fn a_panicking_sink_waits_for_the_stages_and_the_next_run_is_right() {
     let (host, _dir) = host();
+    // The sink panics on batch 0 once the stage has had time to take batch 1, which
+    // waits in its queue: a stage between calls would leave the run at once instead,
+    // and a loaded machine can keep its thread off the core for a while.
     let sink_panics = |pipeline: &mut Pipeline| {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pipeline.run(input(3, 1), |_| panic!("the sink panics"))
+            pipeline.run(input(3, 1), |_| {
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                panic!("the sink panics")
+            })
         }));
         assert!(run.is_err(), "the sink's panic reaches the caller");
     };

@@ -7,9 +7,10 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use plugbay_host::loader::FileStamp;
 use plugbay_host::{Batch, Host, Isolation, Pipeline, PluginHandle, PluginSpec, StageSwitch};
 
 use super::input::{self, Progress, Source};
@@ -303,41 +304,19 @@ fn reload(
     }
 }
 
-/// The library's file as last seen: size, times, inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-impl Seen {
-    fn of(path: &Path) -> Option<Seen> {
-        let metadata = std::fs::metadata(path).ok()?;
-        Some(Seen {
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            #[cfg(unix)]
-            inode: std::os::unix::fs::MetadataExt::ino(&metadata),
-            #[cfg(not(unix))]
-            inode: 0,
-        })
-    }
-}
-
 /// Polls a file for a change that has settled. (A watch on the folder through
 /// inotify would need the same settling: cargo writes the library, then links it
 /// into place.)
 struct Watch {
     path: PathBuf,
-    seen: Option<Seen>,
+    seen: Option<FileStamp>,
 }
 
 impl Watch {
     fn new(path: &Path) -> Watch {
         Watch {
             path: path.to_owned(),
-            seen: Seen::of(path),
+            seen: FileStamp::of(path),
         }
     }
 
@@ -346,12 +325,12 @@ impl Watch {
     fn wait_for_change(&mut self, poll: Duration) {
         loop {
             std::thread::sleep(poll);
-            let now = Seen::of(&self.path);
+            let now = FileStamp::of(&self.path);
             if now.is_none() || now == self.seen {
                 continue;
             }
             std::thread::sleep(poll);
-            if Seen::of(&self.path) == now {
+            if FileStamp::of(&self.path) == now {
                 self.seen = now;
                 return;
             }

@@ -47,12 +47,13 @@ pub fn exec(_args: Args, context: &Context) -> Result<()> {
         )?;
         return Ok(());
     }
-    let mut table = Table::new(&["ID", "REVIEW", "ENABLED", "DESCRIPTION"]);
+    let mut table = Table::new(&["ID", "REVIEW", "ENABLED", "CURRENT", "DESCRIPTION"]);
     for entry in &entries {
         table.row(vec![
             entry.id.clone(),
             entry.review.status.to_string(),
             if entry.enabled { "yes" } else { "no" }.to_owned(),
+            if entry.current { "yes" } else { "" }.to_owned(),
             entry.manifest.description.clone(),
         ]);
     }

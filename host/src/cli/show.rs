@@ -130,6 +130,18 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
         )?;
     }
     field("enabled", if entry.enabled { "yes" } else { "no" })?;
+    let current = match registry.current(&manifest.name)? {
+        _ if entry.current => "yes: batches sent to its name reach it".to_owned(),
+        Some(current) => format!(
+            "no: {} is (`plugbay upgrade {}` makes this one current)",
+            current.id, entry.id
+        ),
+        None => format!(
+            "no: {} has no current version (`plugbay upgrade {}` makes this one current)",
+            manifest.name, entry.id
+        ),
+    };
+    field("current", &current)?;
     if let Some(config) = &entry.config {
         field("config", &config.to_string())?;
     }

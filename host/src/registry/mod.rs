@@ -365,6 +365,9 @@ pub struct Entry {
     /// The revision this one replaced, for its reviewer to compare; `None` for the
     /// first.
     pub previous: Option<PreviousRevision>,
+    /// Whether it is the current version of its name, the one a bare name and live
+    /// upgrades refer to ([`Registry::current`]).
+    pub current: bool,
 }
 
 /// What an entry was before a rebuilt library replaced it ([`Registry::update`]).
@@ -1428,7 +1431,8 @@ pub(crate) fn audit(
 
 const SELECT_ENTRY: &str = "SELECT id, manifest, library, sha256, plugin_dir, enabled, review_status, reviewer,
     reviewed_at, reviewed_sha256, granted, review_reason, config, created_at, updated_at, source, isolation,
-    revision, previous
+    revision, previous,
+    EXISTS (SELECT 1 FROM current_versions WHERE current_versions.id = plugins.id)
     FROM plugins";
 
 /// A row, or a description of what in it is corrupt.
@@ -1523,5 +1527,6 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, rusql
         updated_at: row.get(14)?,
         revision: row.get(17)?,
         previous,
+        current: row.get(19)?,
     }))
 }

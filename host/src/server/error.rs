@@ -346,7 +346,7 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Conflict { id } => ApiError::new(
                 ErrorCode::AlreadyRegistered,
-                format!("plugin `{id}` is already registered; unregister it first (DELETE /plugins/{id}) or bump its version"),
+                format!("plugin `{id}` is already registered; register a rebuild of it as its next revision (reviewed again) with PUT /plugins/{id}, unregister it first (DELETE /plugins/{id}), or bump its version"),
             ),
             RegistryError::NotApproved { id, status } => ApiError::new(
                 ErrorCode::NotApproved,

@@ -18,7 +18,7 @@ use super::body::{
 use super::error::{chain, ApiError, ErrorCode};
 use super::App;
 use crate::manifest::{Manifest, Permission};
-use crate::registry::{ApiKey, Registration, RegistryError};
+use crate::registry::{ApiKey, Registration, RegistryError, Update};
 use crate::runtime::{read_manifest, Host, StartError};
 use crate::Batch;
 use crate::Isolation;
@@ -103,6 +103,64 @@ pub(crate) async fn register_plugin(
         Json(entry),
     )
         .into_response())
+}
+
+/// `PUT /plugins/{id}`: registers the library the body names as plugin `id` (the
+/// body's `name@version`): as a new plugin (201) if `id` is not registered, else, if
+/// the library or the manifest changed, as its next revision, pending review again
+/// (200; `plugbay register DIR --update` in the CLI), and as it is if nothing
+/// changed (200, the same revision).
+pub(crate) async fn put_plugin(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<ApiKey>,
+    PluginId(id): PluginId,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> Result<Response, ApiError> {
+    #[cfg(feature = "market")]
+    if super::market::is_remote(&body.entry_point) {
+        return Err(ApiError::field(
+            "entry_point",
+            format!(
+                "`entry_point` {} is remote; PUT /plugins/{{id}} registers a rebuild from a file on the server's machine: download it there first, or register a new version with POST /plugins/register",
+                body.entry_point
+            ),
+        ));
+    }
+    let named = format!("{}@{}", body.name, body.version);
+    if !id.contains('@') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidId,
+            format!("`{id}` is a name; PUT the plugin at its id, /plugins/{named}"),
+        ));
+    }
+    if named != id {
+        let field = if id.starts_with(&format!("{}@", body.name)) {
+            "version"
+        } else {
+            "name"
+        };
+        return Err(ApiError::field(
+            field,
+            format!("the body names plugin `{named}`, the path `{id}`; they must be the same id"),
+        ));
+    }
+    let actor = actor(&key);
+    let (entry, update) = blocking(move || {
+        let registration = registration(&app.host, body, None)?;
+        app.registries
+            .with(|registry| registry.update(&app.host, registration, &actor))
+            .map_err(registration_error)
+    })
+    .await?;
+    Ok(match update {
+        Update::Registered => (
+            StatusCode::CREATED,
+            [(header::LOCATION, format!("/plugins/{}", entry.id))],
+            Json(entry),
+        )
+            .into_response(),
+        Update::Revised | Update::Unchanged => Json(entry).into_response(),
+    })
 }
 
 /// Maps the seed's registration body onto a manifest: the `plugin.json` beside the

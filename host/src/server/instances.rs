@@ -8,7 +8,6 @@
 //! request.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +15,7 @@ use serde::Serialize;
 
 use super::error::{ApiError, ErrorCode};
 use super::pool::Registries;
+use crate::loader::FileStamp;
 use crate::registry::{Entry, RegistryError, ReviewStatus};
 use crate::runtime::{Host, PluginHandle, PluginStatus, State};
 use crate::Batch;
@@ -203,27 +203,7 @@ struct Running {
     /// What the instance was started from: a changed entry means a new instance.
     fingerprint: String,
     /// The library file as it was at start: a changed file means the hash is checked again.
-    library: LibraryStamp,
-}
-
-#[derive(PartialEq, Eq)]
-struct LibraryStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    #[cfg(unix)]
-    inode: u64,
-}
-
-impl LibraryStamp {
-    fn of(path: &Path) -> Option<LibraryStamp> {
-        let metadata = std::fs::metadata(path).ok()?;
-        Some(LibraryStamp {
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            #[cfg(unix)]
-            inode: std::os::unix::fs::MetadataExt::ino(&metadata),
-        })
-    }
+    library: FileStamp,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -389,7 +369,7 @@ impl Instances {
         let fingerprint = fingerprint(&entry);
         let stale = slot.as_ref().is_some_and(|running| {
             running.fingerprint != fingerprint
-                || LibraryStamp::of(&entry.library).as_ref() != Some(&running.library)
+                || FileStamp::of(&entry.library).as_ref() != Some(&running.library)
         });
         if stale {
             stop(id, slot.take());
@@ -404,7 +384,7 @@ impl Instances {
                 }
                 // `spec` checks approval, enablement and the library's SHA-256.
                 let spec = registries.with(|registry| registry.spec(id))?;
-                let library = LibraryStamp::of(&spec.library);
+                let library = FileStamp::of(&spec.library);
                 let started = host.start(spec);
                 let mut history = lock(&slot_arc.history);
                 let handle = match started {
@@ -422,12 +402,7 @@ impl Instances {
                 empty.insert(Running {
                     handle,
                     fingerprint,
-                    library: library.unwrap_or(LibraryStamp {
-                        len: 0,
-                        modified: None,
-                        #[cfg(unix)]
-                        inode: 0,
-                    }),
+                    library: library.unwrap_or_default(),
                 })
             }
         };

@@ -440,6 +440,7 @@ fn handler(operation: Operation, filter: MethodFilter) -> MethodRouter<Arc<App>>
         Operation::ListPlugins => on(filter, handlers::list_plugins),
         Operation::GetPlugin => on(filter, handlers::get_plugin),
         Operation::RegisterPlugin => on(filter, handlers::register_plugin),
+        Operation::PutPlugin => on(filter, handlers::put_plugin),
         Operation::EnablePlugin => on(filter, handlers::enable_plugin),
         Operation::DisablePlugin => on(filter, handlers::disable_plugin),
         Operation::UnregisterPlugin => on(filter, handlers::unregister_plugin),

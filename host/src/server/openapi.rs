@@ -107,6 +107,13 @@ fn doc_of(operation: Operation) -> Doc {
             request: Some(schema("RegisterRequest")),
             success: schema("Plugin"),
         },
+        Operation::PutPlugin => Doc {
+            operation_id: "putPlugin",
+            summary: "Register a plugin at its id, or a rebuild of it as its next revision",
+            description: "The body is the one of `POST /plugins/register` and must name the path's id (`name@version`); `entry_point` is a library on the server's machine (an absolute path or a `file://` URL). If the id is not registered, this registers it as `POST /plugins/register` does (201). If it is and the library or the manifest changed, the entry becomes its next revision: `revision` one more, `previous` the revision it replaced (its SHA-256, manifest and review), pending review again and disabled until approved, its config kept unless it was the old manifest's default; running instances stop at their next batch. Sending the same library and manifest again changes nothing (200, the same revision). `plugbay register DIR --update` does the same from the CLI.",
+            request: Some(schema("RegisterRequest")),
+            success: schema("Plugin"),
+        },
         Operation::EnablePlugin => Doc {
             operation_id: "enablePlugin",
             summary: "Enable an approved plugin",
@@ -388,7 +395,7 @@ fn base_schemas() -> Value {
         },
         "Plugin": {
             "type": "object",
-            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous"],
+            "required": ["id", "manifest", "library", "source", "sha256", "plugin_dir", "enabled", "review", "config", "created_at", "updated_at", "revision", "previous", "current"],
             "additionalProperties": false,
             "properties": {
                 "id": { "type": "string", "description": "`name@version`" },
@@ -416,6 +423,7 @@ fn base_schemas() -> Value {
                         "replaced_at": { "type": "string", "description": "RFC 3339" },
                     },
                 },
+                "current": { "type": "boolean", "description": "whether this is the current version of its name, the one a bare name and live upgrades (`POST /plugins/{id}/upgrade`) refer to" },
                 "runtime": schema("Runtime"),
             },
         },

@@ -22,6 +22,7 @@ pub(crate) enum Operation {
     ListPlugins,
     GetPlugin,
     RegisterPlugin,
+    PutPlugin,
     EnablePlugin,
     DisablePlugin,
     UnregisterPlugin,
@@ -83,6 +84,12 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "/plugins/{id}",
         operation: Operation::GetPlugin,
         access: Access::Scope(Scope::Read),
+    },
+    Route {
+        method: "PUT",
+        path: "/plugins/{id}",
+        operation: Operation::PutPlugin,
+        access: Access::Scope(Scope::Write),
     },
     Route {
         method: "DELETE",
@@ -195,6 +202,17 @@ impl Operation {
                 UNAUTHORIZED,
                 FORBIDDEN,
                 (409, "`already_registered`: a plugin with this name and version is registered"),
+                TOO_LARGE,
+            ],
+            Operation::PutPlugin => &[
+                (200, "a rebuild registered as the plugin's next revision, pending review again (`revision` is one more, `previous` the one it replaced), or the plugin as it was when the library and the manifest are the ones registered"),
+                (201, "registered, pending review: `id` was not registered; `Location` names the new plugin"),
+                (
+                    400,
+                    "`invalid_id`: not an id `name@version`; `invalid_body`: the body is not valid, names another id than the path, a field disagrees with the plugin's manifest, or the entry point is remote, missing or not a loadable plugin; `field` names the field",
+                ),
+                UNAUTHORIZED,
+                FORBIDDEN,
                 TOO_LARGE,
             ],
             #[cfg(feature = "market")]

@@ -277,6 +277,16 @@ pub fn paired_budget() -> Duration {
     }
 }
 
+/// A field of `/proc/self/status` in kB (`VmRSS`, …); 0 where there is none.
+pub fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The spread of many single measurements, in nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Spread {

@@ -42,6 +42,35 @@ fn upgrade_makes_an_approved_enabled_version_current_and_is_audited() {
         plugbay.ok(&["upgrade", &v2]),
         format!("{v2} is the current version of sequencer (was {v1}); a `plugbay serve` on this registry switches at the name's next batch\n")
     );
+    // `list` and `show` say which version is current, in text and in JSON.
+    let listed = plugbay.json(&["list"]);
+    let current: Vec<(&str, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["id"].as_str().unwrap(), entry["current"] == true))
+        .collect();
+    assert_eq!(current, [(v1.as_str(), false), (v2.as_str(), true)]);
+    let table = plugbay.ok(&["list"]);
+    let column = table.lines().next().unwrap().find("CURRENT").unwrap();
+    let current_cell = |id: &str| {
+        let row = table.lines().find(|line| line.starts_with(id)).unwrap();
+        row[column..].starts_with("yes")
+    };
+    assert!(current_cell(&v2) && !current_cell(&v1), "{table}");
+    let shown = plugbay.ok(&["show", &v1]);
+    assert!(
+        shown.contains(&format!(
+            "current      no: {v2} is (`plugbay upgrade {v1}` makes this one current)"
+        )),
+        "{shown}"
+    );
+    assert!(
+        plugbay
+            .ok(&["show", &v2])
+            .contains("current      yes: batches sent to its name reach it"),
+        "the current version says so"
+    );
     let again = plugbay.json(&["upgrade", &v2]);
     assert_eq!(again["changed"], false);
     assert_eq!(again["from"], v2.as_str());
