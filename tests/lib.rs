@@ -163,6 +163,52 @@ pub struct AbiFixtures {
     /// Same plugbay-api version and layout, but plugin ABI 0.2.0: the ABI before log
     /// lines carried their target and plugins were told the host's log level.
     pub abi_version: PathBuf,
+    /// Plugin ABI 0.3.0, before `PluginInstance::process_into` was added at the end of
+    /// the instance's vtable: a plugin built then (an echo).
+    pub before_process_into: PathBuf,
+    /// Its `plugin.json`.
+    pub before_process_into_manifest: PathBuf,
+}
+
+/// The doc comment that opens `PluginInstance::process_into` in plugin-api's abi.rs.
+const PROCESS_INTO_DOCS: &str =
+    "    /// [`process`](PluginInstance::process), writing the output into";
+/// What follows the `PluginInstance` trait in abi.rs.
+const AFTER_THE_INSTANCE_TRAIT: &str = "\n}\n\n/// An owned plugin instance.";
+/// The SDK's implementation of `PluginInstance::process_into`.
+const SDK_PROCESS_INTO: &str = "    fn process_into(
+        &mut self,
+        batch: RSlice<'_, u8>,
+        output: &mut RVec<u8>,
+    ) -> RResult<(), PluginError> {
+        self.process_records(batch.as_slice(), output)
+    }
+
+";
+
+/// plugin-api's sources as they were before `PluginInstance::process_into`: the
+/// method taken out of the trait and out of the SDK's implementation.
+fn without_process_into(text: String) -> String {
+    if text.contains("pub trait PluginInstance") {
+        let start = text
+            .find(PROCESS_INTO_DOCS)
+            .expect("abi.rs declares PluginInstance::process_into");
+        let end = start
+            + text[start..]
+                .find(AFTER_THE_INSTANCE_TRAIT)
+                .expect("the PluginInstance trait ends");
+        let current = format!("ABI_VERSION: &str = \"{}\";", plugbay_api::abi::ABI_VERSION);
+        let text = format!("{}{}", text[..start].trim_end(), &text[end..]);
+        return text.replace(&current, "ABI_VERSION: &str = \"0.3.0\";");
+    }
+    if text.contains("PluginInstance for Adapter<P>") {
+        assert!(
+            text.contains(SDK_PROCESS_INTO),
+            "sdk.rs implements PluginInstance::process_into"
+        );
+        return text.replace(SDK_PROCESS_INTO, "");
+    }
+    text
 }
 
 /// Builds the [`AbiFixtures`] (once per process).
@@ -187,7 +233,12 @@ pub fn abi_fixtures() -> &'static AbiFixtures {
             let current = format!("ABI_VERSION: &str = \"{}\";", plugbay_api::abi::ABI_VERSION);
             text.replace(&current, "ABI_VERSION: &str = \"0.2.0\";")
         });
-        for dir in [&layout, &api_version, &abi_version] {
+        let before_process_into = write_abi_fixture(
+            &root.join("before-process-into"),
+            plugbay_api::abi::API_VERSION,
+            without_process_into,
+        );
+        for dir in [&layout, &api_version, &abi_version, &before_process_into] {
             let mut command = cargo();
             command
                 .arg("build")
@@ -206,6 +257,8 @@ pub fn abi_fixtures() -> &'static AbiFixtures {
             layout: lib("layout"),
             api_version: lib("api_version"),
             abi_version: lib("abi_version"),
+            before_process_into: lib("before_process_into"),
+            before_process_into_manifest: before_process_into.join("plugin/plugin.json"),
         }
     })
 }

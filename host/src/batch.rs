@@ -1,7 +1,7 @@
 //! Batches: a JSON array of records, as bytes, shared without copying.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use abi_stable::std_types::RVec;
 use serde::de::DeserializeOwned;
@@ -27,8 +27,91 @@ pub struct Batch {
 
 enum Bytes {
     Host(Vec<u8>),
-    /// A plugin's buffer, freed by the plugin's allocator.
-    Plugin(RVec<u8>),
+    /// A plugin's output, in the buffer it was written into (freed by the allocator
+    /// that made it), and the instance's [`Spare`] slot the buffer goes back to when
+    /// the batch is dropped, for the instance's next output.
+    Plugin(RVec<u8>, Option<Arc<Spare>>),
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        if let Bytes::Plugin(bytes, Some(spare)) = self {
+            spare.put(std::mem::take(bytes));
+        }
+    }
+}
+
+/// Output buffers larger than this are freed rather than kept for the next batch.
+const MAX_KEPT: usize = 32 << 20;
+
+/// Where a batch a plugin returned hands its buffer back when it is dropped, so that
+/// the instance writes its next output there. Holds at most one buffer.
+#[derive(Default)]
+pub(crate) struct Spare(Mutex<Option<RVec<u8>>>);
+
+impl Spare {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<RVec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `bytes` for the next output, if the slot is free and they are not too
+    /// large to keep; else they are freed.
+    fn put(&self, bytes: RVec<u8>) {
+        if bytes.capacity() <= MAX_KEPT {
+            let mut slot = self.slot();
+            if slot.is_none() {
+                *slot = Some(bytes);
+            }
+        }
+    }
+}
+
+/// The buffers one instance writes its outputs into (`PluginInstance::process_into`):
+/// one in hand, and the [`Spare`] slot where a returned batch gives its buffer back.
+/// A caller that drops each output before the next call has the plugin write every
+/// batch into the same buffer: no allocation, no page faults for fresh pages, and no
+/// free on the caller's thread of a block the plugin's thread allocated.
+#[derive(Default)]
+pub(crate) struct Outputs {
+    in_hand: Option<RVec<u8>>,
+    spare: Arc<Spare>,
+}
+
+impl Outputs {
+    /// An empty buffer for the next output: the one in hand, the one a dropped batch
+    /// gave back, or a new one.
+    pub(crate) fn take(&mut self) -> RVec<u8> {
+        let mut bytes = match self.in_hand.take() {
+            Some(bytes) => bytes,
+            None => self.spare.slot().take().unwrap_or_default(),
+        };
+        bytes.clear();
+        bytes
+    }
+
+    /// Keeps a buffer that no batch holds (after an empty output or a failure).
+    pub(crate) fn keep(&mut self, bytes: RVec<u8>) {
+        if bytes.capacity() <= MAX_KEPT {
+            self.in_hand = Some(bytes);
+        }
+    }
+
+    /// The batch for an output of `records` records that [`count_array`] checked: an
+    /// empty one keeps the buffer in hand; any other holds the buffer until it is
+    /// dropped, then gives it back.
+    pub(crate) fn batch(&mut self, bytes: RVec<u8>, records: usize) -> Batch {
+        if records == 0 {
+            self.keep(bytes);
+            return Batch {
+                bytes: None,
+                records: Some(0),
+            };
+        }
+        Batch {
+            bytes: Some(Arc::new(Bytes::Plugin(bytes, Some(self.spare.clone())))),
+            records: Some(records),
+        }
+    }
 }
 
 impl Batch {
@@ -63,7 +146,7 @@ impl Batch {
     /// `records` records.
     pub(crate) fn from_plugin(bytes: RVec<u8>, records: usize) -> Batch {
         Batch {
-            bytes: (records > 0).then(|| Arc::new(Bytes::Plugin(bytes))),
+            bytes: (records > 0).then(|| Arc::new(Bytes::Plugin(bytes, None))),
             records: Some(records),
         }
     }
@@ -73,7 +156,7 @@ impl Batch {
         match self.bytes.as_deref() {
             None => b"[]",
             Some(Bytes::Host(bytes)) => bytes,
-            Some(Bytes::Plugin(bytes)) => bytes.as_slice(),
+            Some(Bytes::Plugin(bytes, _)) => bytes.as_slice(),
         }
     }
 
@@ -126,6 +209,54 @@ mod tests {
         assert!(batch.is_empty());
         let batch = Batch::from_plugin(RVec::from(b"[1]".to_vec()), 1);
         assert_eq!(batch.as_bytes(), b"[1]");
+    }
+
+    /// A plugin's output as `PluginInstance::process_into` writes it: into the
+    /// buffer it is given.
+    fn write(outputs: &mut Outputs, json: &[u8], records: usize) -> Batch {
+        let mut bytes = outputs.take();
+        assert!(bytes.is_empty(), "a buffer is handed over empty");
+        bytes.extend_from_slice(json);
+        outputs.batch(bytes, records)
+    }
+
+    #[test]
+    fn an_output_buffer_is_reused_once_its_batch_is_dropped() {
+        let mut outputs = Outputs::default();
+        let big = format!("[{}]", vec!["1"; 10_000].join(","));
+        let first = write(&mut outputs, big.as_bytes(), 10_000);
+        let address = first.as_bytes().as_ptr();
+        drop(first);
+        let second = write(&mut outputs, b"[2]", 1);
+        assert_eq!(second.as_bytes(), b"[2]", "nothing of the batch before");
+        assert_eq!(second.as_bytes().as_ptr(), address, "the same buffer");
+        // While a batch is held, the next output gets a buffer of its own.
+        let third = write(&mut outputs, b"[3,3]", 2);
+        assert_eq!(second.as_bytes(), b"[2]");
+        assert_eq!(third.as_bytes(), b"[3,3]");
+        assert_ne!(third.as_bytes().as_ptr(), address);
+        drop((second, third));
+        // An empty output keeps its buffer in hand and holds `[]` without it.
+        let empty = write(&mut outputs, b" [ ] ", 0);
+        assert_eq!(empty.as_bytes(), b"[]");
+        let after = write(&mut outputs, b"[4]", 1);
+        assert_eq!(after.as_bytes(), b"[4]");
+        // A clone keeps the buffer until the last one is dropped.
+        let clone = after.clone();
+        drop(after);
+        let next = write(&mut outputs, b"[5]", 1);
+        assert_eq!(clone.as_bytes(), b"[4]");
+        assert_eq!(next.as_bytes(), b"[5]");
+    }
+
+    #[test]
+    fn a_very_large_output_buffer_is_not_kept() {
+        let mut outputs = Outputs::default();
+        let mut bytes = outputs.take();
+        bytes.reserve(MAX_KEPT + 1);
+        bytes.extend_from_slice(b"[1]");
+        drop(outputs.batch(bytes, 1));
+        assert!(outputs.take().capacity() < MAX_KEPT);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use plugbay_api::abi::{ErrorKind, PluginBox, PluginContext, PluginError};
 use plugbay_api::manifest::Manifest;
 
-use crate::batch::{count_array, Batch};
+use crate::batch::{count_array, Batch, Outputs};
 use crate::error::StartError;
 use crate::hints::Hint;
 use crate::image::Image;
@@ -86,12 +86,27 @@ pub(crate) fn load_and_init(
     }
 }
 
-/// Calls the instance's `process` hook on the current thread, and validates and
-/// counts its output.
-pub(crate) fn process_here(instance: &mut PluginBox, batch: &Batch) -> Result<Batch, Outcome> {
-    match instance.process(RSlice::from_slice(batch.as_bytes())) {
-        RResult::ROk(bytes) => check_output(bytes),
-        RResult::RErr(error) => Err(Outcome::Plugin(error)),
+/// Calls the instance's `process` hook on the current thread, with the output written
+/// into a buffer of `outputs` (`process_into`), and validates and counts the output.
+pub(crate) fn process_here(
+    instance: &mut PluginBox,
+    batch: &Batch,
+    outputs: &mut Outputs,
+) -> Result<Batch, Outcome> {
+    let mut bytes = outputs.take();
+    let result = instance.process_into(RSlice::from_slice(batch.as_bytes()), &mut bytes);
+    match result {
+        RResult::ROk(()) => match count_array(bytes.as_slice()) {
+            Ok(records) => Ok(outputs.batch(bytes, records)),
+            Err(reason) => {
+                outputs.keep(bytes);
+                Err(Outcome::InvalidOutput(reason))
+            }
+        },
+        RResult::RErr(error) => {
+            outputs.keep(bytes);
+            Err(Outcome::Plugin(error))
+        }
     }
 }
 

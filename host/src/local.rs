@@ -33,7 +33,7 @@ use abi_stable::std_types::RResult;
 use plugbay_api::abi::{ErrorKind, PluginBox, PluginError};
 use plugbay_api::manifest::Hook;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Outputs};
 use crate::call::{load_and_init, process_here, Outcome};
 use crate::grants;
 use crate::hints;
@@ -152,6 +152,7 @@ impl Host {
                 },
                 may_process: plugin.may_process,
                 instance: Some(instance),
+                outputs: Outputs::default(),
                 services,
                 _confined_thread: PhantomData,
             });
@@ -176,6 +177,8 @@ pub struct LocalPlugin {
     may_process: Result<(), &'static str>,
     /// `None` once the instance is dropped, or forgotten after a panic.
     instance: Option<PluginBox>,
+    /// The buffers the instance writes its outputs into, reused from batch to batch.
+    outputs: Outputs,
     /// Revoked when `cleanup` returns and when the instance goes.
     services: Revoker,
     /// Keeps the plugin on its confined thread.
@@ -205,7 +208,8 @@ impl LocalPlugin {
     /// whatever happens. There is no deadline.
     pub fn process(&mut self, batch: &Batch) -> Result<Batch, CallError> {
         self.status.permit(self.may_process)?;
-        let result = process_here(self.instance_for_call()?, batch);
+        let instance = instance_for_call(&self.status, &mut self.instance)?;
+        let result = process_here(instance, batch, &mut self.outputs);
         if matches!(&result, Err(Outcome::Plugin(error)) if error.kind == ErrorKind::PANICKED) {
             self.forget_instance();
         }
@@ -214,7 +218,7 @@ impl LocalPlugin {
 
     /// Runs the plugin's `cleanup` hook; the instance takes no more calls after it.
     pub fn cleanup(&mut self) -> Result<(), CallError> {
-        let result = self.instance_for_call()?.cleanup();
+        let result = instance_for_call(&self.status, &mut self.instance)?.cleanup();
         self.services.revoke();
         self.status.state = State::CleanedUp;
         match result {
@@ -228,22 +232,6 @@ impl LocalPlugin {
         let result = self.cleanup();
         self.unload();
         result.map(|()| self.status.clone())
-    }
-
-    fn instance_for_call(&mut self) -> Result<&mut PluginBox, CallError> {
-        let id = &self.status.id;
-        match &self.status.state {
-            State::Failed(failure) => Err(CallError::Failed {
-                id: id.clone(),
-                reason: failure.to_string(),
-            }),
-            State::CleanedUp | State::Unloaded => Err(CallError::Stopped { id: id.clone() }),
-            State::Initialized | State::Running => {
-                self.instance.as_mut().ok_or_else(|| CallError::Stopped {
-                    id: self.status.id.clone(),
-                })
-            }
-        }
     }
 
     fn plugin_error(&mut self, hook: Hook, error: PluginError) -> CallError {
@@ -278,5 +266,25 @@ impl Drop for LocalPlugin {
             }
         }
         self.unload();
+    }
+}
+
+/// The instance, if it takes calls.
+fn instance_for_call<'a>(
+    status: &PluginStatus,
+    instance: &'a mut Option<PluginBox>,
+) -> Result<&'a mut PluginBox, CallError> {
+    let id = &status.id;
+    match &status.state {
+        State::Failed(failure) => Err(CallError::Failed {
+            id: id.clone(),
+            reason: failure.to_string(),
+        }),
+        State::CleanedUp | State::Unloaded => Err(CallError::Stopped { id: id.clone() }),
+        State::Initialized | State::Running => {
+            instance.as_mut().ok_or_else(|| CallError::Stopped {
+                id: status.id.clone(),
+            })
+        }
     }
 }

@@ -10,6 +10,7 @@ use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
 use plugbay_api::abi::{ErrorKind, PluginBox, PluginError};
 
 use crate::batch::Batch;
+use crate::batch::Outputs;
 use crate::call::{process_here, Outcome};
 use crate::upgrade::{Handover, Lanes};
 
@@ -125,8 +126,12 @@ pub(crate) enum Stopped {
 pub(crate) type StreamEnd = Option<(u64, Batch, Stopped)>;
 
 /// Runs a stream on the worker's thread, with its instance.
-pub(crate) fn stream_here(instance: &mut PluginBox, stream: Stream) -> StreamEnd {
-    stream_with(stream, |batch| process_here(instance, batch))
+pub(crate) fn stream_here(
+    instance: &mut PluginBox,
+    outputs: &mut Outputs,
+    stream: Stream,
+) -> StreamEnd {
+    stream_with(stream, |batch| process_here(instance, batch, outputs))
 }
 
 /// Runs a stream, calling `process` on each batch (on a worker thread, the instance;

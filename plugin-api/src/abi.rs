@@ -44,7 +44,13 @@ use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 ///   `tracing` name it), and [`PluginContext::log_level`] tells the plugin the most
 ///   verbose level the host records, so that the SDK's bridge for the `log` and
 ///   `tracing` crates drops what the host would not record before it formats it.
-pub const ABI_VERSION: &str = "0.3.0";
+/// - `0.4.0`: [`PluginInstance::process_into`]: the plugin writes its output into a
+///   buffer the host keeps from call to call. It is an entry added at the end of the
+///   instance's vtable, but abi_stable's layout check refuses a vtable shorter than
+///   the host's in a trait object a constructor returns, so plugins of 0.3.0 would not
+///   load anyway: the version says so before any layout is compared, and tells their
+///   authors to rebuild.
+pub const ABI_VERSION: &str = "0.4.0";
 
 /// The plugbay-api version this crate is, compiled into every plugin.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -100,6 +106,30 @@ pub trait PluginInstance: Send {
     /// `cleanup()`: the last call an instance receives.
     #[sabi(last_prefix_field)]
     fn cleanup(&mut self) -> RResult<(), PluginError>;
+
+    /// [`process`](PluginInstance::process), writing the output into `output`, a
+    /// buffer the host keeps from call to call: the plugin clears it and writes the
+    /// output array into it (growing it if it must), so that a stream of batches
+    /// reuses one buffer instead of allocating and freeing one per batch. The
+    /// output's contract is `process`'s. On an error `output` holds nothing the host
+    /// reads.
+    ///
+    /// Added in ABI 0.4.0. Its default calls `process` and takes its output vector as
+    /// the buffer, for instances that implement only `process` (the SDK implements
+    /// both).
+    fn process_into(
+        &mut self,
+        batch: RSlice<'_, u8>,
+        output: &mut RVec<u8>,
+    ) -> RResult<(), PluginError> {
+        match self.process(batch) {
+            RResult::ROk(bytes) => {
+                *output = bytes;
+                RResult::ROk(())
+            }
+            RResult::RErr(error) => RResult::RErr(error),
+        }
+    }
 }
 
 /// An owned plugin instance.

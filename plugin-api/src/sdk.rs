@@ -473,6 +473,29 @@ fn without_position(err: &serde_json::Error) -> String {
     }
 }
 
+/// Writes `records` as one JSON array into `output`, which is cleared first (`[]` for
+/// no records, see `PluginInstance::process`). A buffer with less room than the
+/// output is likely to take (about the input's size) grows once, up front.
+fn write_records<T: Serialize>(
+    records: &[T],
+    input_len: usize,
+    output: &mut RVec<u8>,
+) -> Result<(), PluginError> {
+    output.clear();
+    if records.is_empty() {
+        output.extend_from_slice(b"[]");
+        return Ok(());
+    }
+    output.reserve(input_len + input_len / 4 + 2);
+    serde_json::to_writer(&mut *output, records).map_err(|err| {
+        output.clear();
+        PluginError::new(
+            ErrorKind::INVALID_OUTPUT,
+            format!("output records could not be written as JSON: {err}"),
+        )
+    })
+}
+
 struct Adapter<P> {
     /// `None` only while the adapter is being dropped.
     plugin: Option<P>,
@@ -504,6 +527,26 @@ fn initialized<'a>(context: &'a Option<Context>, hook: &str) -> Result<&'a Conte
     context.as_ref().ok_or_else(|| {
         PluginError::new(ErrorKind::FAILED, format!("`{hook}` called before `init`"))
     })
+}
+
+impl<P: Plugin + Export> Adapter<P> {
+    /// `process`: reads the batch's records, runs the plugin on them and writes its
+    /// records into `output`.
+    fn process_records(&mut self, input: &[u8], output: &mut RVec<u8>) -> RResult<(), PluginError> {
+        let _running = logging::running(self.instance);
+        guard("process", || {
+            let context = initialized(&self.context, "process")?;
+            let records: Vec<P::Input> = if is_empty_array(input) {
+                Vec::new()
+            } else {
+                read_records(input)?
+            };
+            let records = live(&mut self.plugin)?
+                .process(context, records)
+                .map_err(Error::into_abi)?;
+            write_records(&records, input.len(), output)
+        })
+    }
 }
 
 impl<P: Plugin + Export> PluginInstance for Adapter<P> {
@@ -542,31 +585,19 @@ impl<P: Plugin + Export> PluginInstance for Adapter<P> {
     }
 
     fn process(&mut self, batch: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
-        let _running = logging::running(self.instance);
-        guard("process", || {
-            let context = initialized(&self.context, "process")?;
-            let input = batch.as_slice();
-            let records: Vec<P::Input> = if is_empty_array(input) {
-                Vec::new()
-            } else {
-                read_records(input)?
-            };
-            let output = live(&mut self.plugin)?
-                .process(context, records)
-                .map_err(Error::into_abi)?;
-            // One JSON array, `[]` for no records (see `PluginInstance::process`).
-            if output.is_empty() {
-                return Ok(RVec::from(b"[]".to_vec()));
-            }
-            let mut bytes = Vec::with_capacity(batch.len() + batch.len() / 4 + 2);
-            serde_json::to_writer(&mut bytes, &output).map_err(|err| {
-                PluginError::new(
-                    ErrorKind::INVALID_OUTPUT,
-                    format!("output records could not be written as JSON: {err}"),
-                )
-            })?;
-            Ok(RVec::from(bytes))
-        })
+        let mut output = RVec::new();
+        match self.process_records(batch.as_slice(), &mut output) {
+            ROk(()) => ROk(output),
+            RErr(error) => RErr(error),
+        }
+    }
+
+    fn process_into(
+        &mut self,
+        batch: RSlice<'_, u8>,
+        output: &mut RVec<u8>,
+    ) -> RResult<(), PluginError> {
+        self.process_records(batch.as_slice(), output)
     }
 
     fn cleanup(&mut self) -> RResult<(), PluginError> {
@@ -585,7 +616,32 @@ impl<P: Plugin + Export> PluginInstance for Adapter<P> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_empty_array, read_records};
+    use super::{is_empty_array, read_records, write_records};
+    use abi_stable::std_types::RVec;
+
+    #[test]
+    fn a_reused_output_buffer_holds_only_the_last_batch() {
+        let mut output = RVec::new();
+        let many: Vec<u32> = (0..1_000).collect();
+        write_records(&many, 10, &mut output).unwrap();
+        assert_eq!(output.len(), serde_json::to_vec(&many).unwrap().len());
+        let capacity = output.capacity();
+        write_records(&[7u32], 3, &mut output).unwrap();
+        assert_eq!(output.as_slice(), b"[7]");
+        assert_eq!(
+            output.capacity(),
+            capacity,
+            "the buffer is reused, not replaced"
+        );
+        write_records::<u32>(&[], 3, &mut output).unwrap();
+        assert_eq!(output.as_slice(), b"[]");
+        // A record that cannot be written leaves nothing of the batch before it.
+        write_records(&[1u32], 3, &mut output).unwrap();
+        let unwritable = [std::collections::HashMap::from([((1, 2), 3)])];
+        let error = write_records(&unwritable, 3, &mut output).unwrap_err();
+        assert!(error.message.contains("could not be written as JSON"));
+        assert!(output.is_empty());
+    }
 
     #[derive(Debug, serde::Deserialize, PartialEq)]
     struct Record {

@@ -142,3 +142,23 @@ fn inspect_reads_the_embedded_manifest() {
         plugbay_host::ConfinementLevel::Full
     );
 }
+
+#[test]
+fn a_plugin_built_before_process_into_is_refused_with_its_abi_version() {
+    // ABI 0.4.0 added `PluginInstance::process_into` at the end of the instance's
+    // vtable. abi_stable's layout check would refuse the shorter vtable of a plugin
+    // built before it; the ABI version refuses it first, with advice to rebuild.
+    let fixtures = abi_fixtures();
+    let spec = PluginSpec::from_manifest_file(&fixtures.before_process_into_manifest)
+        .unwrap()
+        .with_library(&fixtures.before_process_into);
+    let err = load_error(spec);
+    assert!(matches!(err, LoadError::AbiVersion { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("plugin ABI 0.3.0")
+            && text.contains("plugin ABI 0.4.0")
+            && text.contains("rebuild it against plugbay-api"),
+        "{text}"
+    );
+}

@@ -18,6 +18,7 @@
 //! ready, and answers requests from shared memory until told to stop. The plugin runs
 //! on the process's main thread.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -205,6 +206,8 @@ fn run(
     let mut shared =
         Shared::open(shared).map_err(|e| format!("cannot map the shared memory: {e}"))?;
     let mut seen = shared.header().request_seq.load(Ordering::Acquire);
+    // The plugin writes every output into this buffer, reused from batch to batch.
+    let mut output = RVec::new();
     {
         let mut out = control.lock().unwrap_or_else(|e| e.into_inner());
         wire::send(
@@ -236,19 +239,20 @@ fn run(
         }
         seen = shared.header().request_seq.load(Ordering::Acquire);
         let kind = RequestKind::from_u32(shared.header().request_kind.load(Ordering::Acquire));
-        let (reply, bytes): (ReplyKind, Vec<u8>) = match kind {
+        let (reply, bytes): (ReplyKind, Cow<'_, [u8]>) = match kind {
             Some(RequestKind::Process) => {
                 let len = shared.header().request_len.load(Ordering::Acquire);
                 let batch = shared
                     .slice(len)
                     .map_err(|e| format!("cannot read the batch: {e}"))?;
-                match instance.process(RSlice::from_slice(batch)) {
-                    ROk(output) => (ReplyKind::Batch, output.into_vec()),
+                output.clear();
+                match instance.process_into(RSlice::from_slice(batch), &mut output) {
+                    ROk(()) => (ReplyKind::Batch, Cow::Borrowed(output.as_slice())),
                     RErr(error) => error_reply(&error),
                 }
             }
             Some(RequestKind::Cleanup) => match instance.cleanup() {
-                ROk(()) => (ReplyKind::Done, Vec::new()),
+                ROk(()) => (ReplyKind::Done, Cow::Borrowed(&[][..])),
                 RErr(error) => error_reply(&error),
             },
             Some(RequestKind::Stop) | None => {
@@ -281,14 +285,14 @@ fn run(
 /// spin yields its core to any thread that wants it.
 const NEXT_REQUEST_SPIN: Duration = Duration::from_micros(300);
 
-fn error_reply(error: &PluginError) -> (ReplyKind, Vec<u8>) {
+fn error_reply(error: &PluginError) -> (ReplyKind, Cow<'static, [u8]>) {
     let wire = PluginErrorWire {
         kind: error.kind.0,
         message: error.message.to_string(),
     };
     (
         ReplyKind::Error,
-        serde_json::to_vec(&wire).unwrap_or_default(),
+        Cow::Owned(serde_json::to_vec(&wire).unwrap_or_default()),
     )
 }
 

@@ -57,8 +57,8 @@ impl PluginHandle {
         self.status.permit(self.may_process)?;
         self.live()?;
         let started = Instant::now();
-        let result = self.worker.process(batch, self.status.timeout);
-        self.status.busy += started.elapsed();
+        let (result, came) = self.worker.process(batch, self.status.timeout, started);
+        self.status.busy += came.saturating_duration_since(started);
         match result {
             Ok(result) => self.status.processed(result),
             Err(lost) => Err(self.lost(lost, Hook::Process)),

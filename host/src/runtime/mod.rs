@@ -61,7 +61,9 @@ pub use crate::error::{CallError, Failure, StartError};
 pub use handle::PluginHandle;
 pub use spec::{read_manifest, Inspection, ManifestFileError, PluginSpec};
 pub use status::{PluginStatus, State};
-use thread::{join_by, worker, Census, Life, Ready, Reply, ReplyWait, Request, Setup, WorkerLife};
+use thread::{
+    join_by, worker, Census, Cores, Life, Ready, Reply, ReplyWait, Request, Setup, WorkerLife,
+};
 use worker::{ThreadSide, Worker};
 
 /// The deadline of a call when neither the manifest nor the spec sets one.
@@ -303,6 +305,7 @@ impl Host {
         let (request_tx, request_rx) = bounded::<Request>(1);
         let (reply_tx, reply_rx) = bounded::<Reply>(1);
         let (ready_tx, ready_rx) = bounded::<Result<Ready, StartError>>(1);
+        let cores = Arc::new(Cores::default());
         let services = prepared.services;
         let life = Arc::new(WorkerLife {
             id: id.clone(),
@@ -319,6 +322,7 @@ impl Host {
             services: services.clone(),
             life: life.clone(),
             left: left.clone(),
+            cores: cores.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(thread_name)
@@ -371,6 +375,7 @@ impl Host {
                 replies: reply_rx,
                 thread: Some(thread),
                 wait: ReplyWait::default(),
+                cores,
                 life,
                 left,
             }),

@@ -1,6 +1,7 @@
 //! The worker thread of an instance in thread isolation.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use plugbay_api::abi::{ErrorKind, PluginContext, PluginError};
 use plugbay_api::manifest::Manifest;
 
 use super::StartError;
-use crate::batch::Batch;
+use crate::batch::{Batch, Outputs};
 use crate::call::{load_and_init, process_here, recv_by, Outcome};
 use crate::image::Image;
 use crate::sandbox::{self, Confinement, Rules, SandboxMode};
@@ -126,13 +127,105 @@ impl Drop for Ending {
 /// before the reply is due absorbs both.
 pub(super) const WAKE_AHEAD: Duration = Duration::from_micros(200);
 
-/// How a caller waits for its worker's reply: it learns how long calls take, sleeps
-/// (parked, no CPU) until shortly before the reply is due, spins (yielding the core to
-/// any thread that wants it) until it comes, and parks again if it is late.
+/// How long a waiting side (a caller for its reply, a worker for its next request)
+/// polls at least without giving its core away, before it spins yielding and then
+/// parks; a caller polls for up to twice the length of its recent calls, within
+/// [`HOT_SPIN_MAX`].
+///
+/// A hand-off between two threads that both poll, each on a core of its own, takes a
+/// few hundred nanoseconds; one that yields its core between polls can lose it for a
+/// whole time slice to another thread of the machine, and one that has parked must be
+/// woken (a system call for the waker, tens of microseconds for the wake-up). But when
+/// the two threads share one core (the machine's other cores busy), the side that
+/// polls keeps the other from running until it stops: so polling is short, and a
+/// shared core costs a hand-off a few microseconds, not a time slice.
+pub(super) const HOT_SPIN: Duration = Duration::from_micros(2);
+
+/// The longest a caller polls without yielding, for calls of up to half as long.
+pub(super) const HOT_SPIN_MAX: Duration = Duration::from_micros(20);
+
+/// Polls between two readings of the clock in a hot spin: reading it costs more than
+/// a poll (tens to a hundred nanoseconds in a virtual machine).
+const POLLS_PER_CLOCK: u32 = 16;
+
+/// Polls `channel` without yielding the core until `until`; `Ok(None)` if nothing
+/// came by then.
+pub(super) fn poll_hot<T>(
+    channel: &Receiver<T>,
+    until: Instant,
+) -> Result<Option<T>, RecvTimeoutError> {
+    loop {
+        for _ in 0..POLLS_PER_CLOCK {
+            match channel.try_recv() {
+                Ok(message) => return Ok(Some(message)),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+        if Instant::now() >= until {
+            return Ok(None);
+        }
+    }
+}
+
+/// The cores a caller and its worker thread were last seen on, each written by its own
+/// side when it starts to wait for the other. Two threads that share a core must not
+/// poll for each other without yielding: the one polling keeps the other, which it
+/// waits for, from running.
+#[derive(Debug)]
+pub(super) struct Cores {
+    caller: AtomicUsize,
+    worker: AtomicUsize,
+}
+
+impl Default for Cores {
+    fn default() -> Cores {
+        Cores {
+            caller: AtomicUsize::new(usize::MAX),
+            worker: AtomicUsize::new(usize::MAX - 1),
+        }
+    }
+}
+
+impl Cores {
+    /// The caller is about to wait for its worker: whether the worker was last seen on
+    /// another core.
+    pub(super) fn caller_waits(&self) -> bool {
+        let here = current_core();
+        self.caller.store(here, Ordering::Relaxed);
+        self.worker.load(Ordering::Relaxed) != here
+    }
+
+    /// The worker is about to wait for its caller: whether the caller was last seen on
+    /// another core.
+    pub(super) fn worker_waits(&self) -> bool {
+        let here = current_core();
+        self.worker.store(here, Ordering::Relaxed);
+        self.caller.load(Ordering::Relaxed) != here
+    }
+}
+
+/// The core the calling thread runs on (a read of the virtual DSO, no system call).
+#[cfg(target_os = "linux")]
+fn current_core() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
+/// Elsewhere: unknown, so never the same as the other side's.
+#[cfg(not(target_os = "linux"))]
+fn current_core() -> usize {
+    usize::MAX - 2
+}
+
+/// How a caller waits for its worker's reply: it learns how long calls take; a short
+/// call it polls for without giving its core away (up to [`HOT_SPIN_MAX`]); for a longer
+/// one it sleeps (parked, no CPU) until shortly before the reply is due, spins
+/// (yielding the core to any thread that wants it) until it comes, and parks again if
+/// it is late.
 ///
 /// A call shorter than [`WAKE_AHEAD`] is spun for whole, so a small batch costs a
-/// hand-off of about a microsecond instead of a wake-up; a long call costs at most
-/// about `2 × WAKE_AHEAD` of spinning.
+/// hand-off of well under a microsecond instead of a wake-up; a long call costs at
+/// most about `2 × WAKE_AHEAD` of spinning.
 #[derive(Debug, Default)]
 pub(super) struct ReplyWait {
     /// A moving average of recent calls' durations.
@@ -140,27 +233,52 @@ pub(super) struct ReplyWait {
 }
 
 impl ReplyWait {
+    /// Waits for the reply to a request sent at `sent`; returns it with the time it
+    /// came (the caller's only reading of the clock after the call).
     pub(super) fn reply(
         &mut self,
         replies: &Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
-    ) -> Result<Reply, RecvTimeoutError> {
-        let result = self.wait(replies, sent, deadline);
-        if result.is_ok() {
-            self.expected = (self.expected * 3 + sent.elapsed()) / 4;
-        }
-        result
+        hot: bool,
+    ) -> Result<(Reply, Instant), RecvTimeoutError> {
+        let reply = self.wait(replies, sent, deadline, hot)?;
+        let came = Instant::now();
+        // A call that took far longer than the last ones (its worker was descheduled,
+        // or parked and woken) teaches at most a doubling, so that one such call does
+        // not turn the next hundred short ones into sleeps; calls that really got
+        // longer are learnt within a few dozen.
+        let took = came
+            .saturating_duration_since(sent)
+            .min(self.expected * 2 + HOT_SPIN_MAX);
+        self.expected = (self.expected * 3 + took) / 4;
+        Ok((reply, came))
     }
 
+    /// Waits as the type says; `hot`: the worker is on another core, so polling for a
+    /// short call without yielding keeps nothing from running.
     pub(super) fn wait(
         &self,
         replies: &Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
+        hot: bool,
     ) -> Result<Reply, RecvTimeoutError> {
         let by_deadline = |instant: Instant| deadline.map_or(instant, |due| due.min(instant));
-        if let Some(sleep) = self.expected.checked_sub(WAKE_AHEAD) {
+        if self.expected < HOT_SPIN_MAX {
+            if !hot {
+                // The worker waits for this core: let it run.
+                std::thread::yield_now();
+            }
+            let window = if hot {
+                (self.expected * 2).clamp(HOT_SPIN, HOT_SPIN_MAX)
+            } else {
+                Duration::ZERO
+            };
+            if let Some(reply) = poll_hot(replies, by_deadline(sent + window))? {
+                return Ok(reply);
+            }
+        } else if let Some(sleep) = self.expected.checked_sub(WAKE_AHEAD) {
             match replies.recv_deadline(by_deadline(sent + sleep)) {
                 Err(RecvTimeoutError::Timeout) => {}
                 other => return other,
@@ -208,6 +326,7 @@ pub(super) struct Setup {
     pub(super) services: Revoker,
     pub(super) life: Arc<WorkerLife>,
     pub(super) left: Arc<threads::Left>,
+    pub(super) cores: Arc<Cores>,
 }
 
 /// The worker thread: confine, load, construct, init, then serve requests; at the
@@ -254,10 +373,15 @@ pub(super) fn worker(
         }
     };
     drop(ready);
-    while let Some(request) = next_request(&requests) {
+    let mut outputs = Outputs::default();
+    while let Some(request) = next_request(&requests, setup.cores.worker_waits()) {
         let reply = match request {
-            Request::Process(batch) => Reply::Processed(process_here(&mut instance, &batch)),
-            Request::Stream(stream) => Reply::Streamed(stream::stream_here(&mut instance, stream)),
+            Request::Process(batch) => {
+                Reply::Processed(process_here(&mut instance, &batch, &mut outputs))
+            }
+            Request::Stream(stream) => {
+                Reply::Streamed(stream::stream_here(&mut instance, &mut outputs, stream))
+            }
             Request::Cleanup => {
                 let result = instance.cleanup();
                 // Nothing the plugin does from now on reaches the host's services.
@@ -297,10 +421,19 @@ pub(super) fn worker(
 /// catching it awake saves them a wake-up (tens of microseconds on a virtual machine).
 pub(super) const NEXT_REQUEST_SPIN: Duration = Duration::from_micros(50);
 
-/// The next request, or `None` once the handle is gone. Spins (yielding the core)
-/// for [`NEXT_REQUEST_SPIN`], then parks: an idle worker costs no CPU.
-pub(super) fn next_request(requests: &Receiver<Request>) -> Option<Request> {
-    let spin_until = Instant::now() + NEXT_REQUEST_SPIN;
+/// The next request, or `None` once the handle is gone. Polls without yielding for
+/// [`HOT_SPIN`] if `hot` (the caller is on another core), spins yielding the core until
+/// [`NEXT_REQUEST_SPIN`], then parks: an idle worker costs no CPU.
+pub(super) fn next_request(requests: &Receiver<Request>, hot: bool) -> Option<Request> {
+    let started = Instant::now();
+    if hot {
+        match poll_hot(requests, started + HOT_SPIN) {
+            Ok(Some(request)) => return Some(request),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+    }
+    let spin_until = started + NEXT_REQUEST_SPIN;
     loop {
         match requests.try_recv() {
             Ok(request) => return Some(request),
@@ -308,5 +441,106 @@ pub(super) fn next_request(requests: &Receiver<Request>) -> Option<Request> {
             Err(TryRecvError::Empty) if Instant::now() < spin_until => std::thread::yield_now(),
             Err(TryRecvError::Empty) => return requests.recv().ok(),
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::RResult;
+
+    /// The CPU time thread `tid` of this process has used so far.
+    fn cpu_time(tid: i32) -> Duration {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap();
+        Duration::from_nanos(text.split_whitespace().next().unwrap().parse().unwrap())
+    }
+
+    /// Runs `wait` on a thread of its own; returns the thread and its id.
+    fn waiting<T: Send + 'static>(
+        wait: impl FnOnce() -> T + Send + 'static,
+    ) -> (std::thread::JoinHandle<T>, i32) {
+        let (tid_tx, tid_rx) = crossbeam_channel::bounded(1);
+        let thread = std::thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            wait()
+        });
+        (thread, tid_rx.recv().unwrap())
+    }
+
+    /// The CPU time thread `tid` uses over 200 ms, from 20 ms on (far past any spin).
+    fn idle_cpu(tid: i32) -> Duration {
+        std::thread::sleep(Duration::from_millis(20));
+        let before = cpu_time(tid);
+        std::thread::sleep(Duration::from_millis(200));
+        cpu_time(tid) - before
+    }
+
+    #[test]
+    fn an_idle_worker_parks_and_wakes_for_the_next_request() {
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded::<Request>(1);
+        let (worker, tid) = waiting(move || {
+            let first = matches!(next_request(&requests_rx, true), Some(Request::Cleanup));
+            (first, next_request(&requests_rx, false).is_none())
+        });
+        let used = idle_cpu(tid);
+        assert!(
+            used < Duration::from_millis(5),
+            "a worker waiting for a request used {used:?} of CPU in 200 ms"
+        );
+        requests_tx.send(Request::Cleanup).unwrap();
+        drop(requests_tx);
+        assert_eq!(
+            worker.join().unwrap(),
+            (true, true),
+            "it took the request, then saw the handle go"
+        );
+    }
+
+    #[test]
+    fn a_caller_parks_while_a_long_call_runs() {
+        let (replies_tx, replies_rx) = crossbeam_channel::bounded::<Reply>(1);
+        let (caller, tid) = waiting(move || {
+            // It expects a short call (nothing learnt yet), so it polls first.
+            let mut wait = ReplyWait::default();
+            let sent = Instant::now();
+            let (reply, came) = wait.reply(&replies_rx, sent, None, true).ok().unwrap();
+            let learnt = wait.expected;
+            (
+                matches!(reply, Reply::CleanedUp(RResult::ROk(()))),
+                came - sent,
+                learnt,
+            )
+        });
+        let used = idle_cpu(tid);
+        assert!(
+            used < Duration::from_millis(5),
+            "a caller waiting for a reply used {used:?} of CPU in 200 ms"
+        );
+        replies_tx.send(Reply::CleanedUp(RResult::ROk(()))).unwrap();
+        let (replied, took, learnt) = caller.join().unwrap();
+        assert!(replied);
+        assert!(took >= Duration::from_millis(220), "{took:?}");
+        assert_eq!(
+            learnt,
+            HOT_SPIN_MAX / 4,
+            "one long call teaches the moving average at most a doubling (from nothing: the cap)"
+        );
+    }
+
+    #[test]
+    fn a_reply_that_comes_at_once_is_taken_while_polling() {
+        let (replies_tx, replies_rx) = crossbeam_channel::bounded::<Reply>(1);
+        replies_tx.send(Reply::CleanedUp(RResult::ROk(()))).unwrap();
+        let sent = Instant::now();
+        let reply = poll_hot(&replies_rx, sent + HOT_SPIN).unwrap();
+        assert!(matches!(reply, Some(Reply::CleanedUp(RResult::ROk(())))));
+        assert!(matches!(poll_hot(&replies_rx, Instant::now()), Ok(None)));
+        drop(replies_tx);
+        assert!(matches!(
+            poll_hot(&replies_rx, Instant::now() + HOT_SPIN),
+            Err(RecvTimeoutError::Disconnected)
+        ));
     }
 }

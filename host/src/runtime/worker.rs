@@ -30,7 +30,7 @@ use abi_stable::std_types::RVec;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use plugbay_api::abi::PluginError;
 
-use super::thread::{join_by, Reply, ReplyWait, Request, WorkerLife};
+use super::thread::{join_by, Cores, Reply, ReplyWait, Request, WorkerLife};
 use crate::batch::Batch;
 #[cfg(target_os = "linux")]
 use crate::call::check_output;
@@ -108,6 +108,8 @@ pub(super) struct ThreadSide {
     pub replies: Receiver<Reply>,
     pub thread: Option<JoinHandle<()>>,
     pub wait: ReplyWait,
+    /// The cores it and its caller were last seen on.
+    pub cores: Arc<Cores>,
     pub life: Arc<WorkerLife>,
     /// The threads the plugin left running, as its worker thread found them.
     pub left: Arc<threads::Left>,
@@ -172,39 +174,49 @@ impl Worker {
         }
     }
 
-    /// Runs `process` on `batch`, within `timeout`.
+    /// Runs `process` on `batch`, within `timeout` from `started` (the caller's
+    /// reading of the clock before the call). Returns the result and when it came.
     pub fn process(
         &mut self,
         batch: &Batch,
         timeout: Duration,
-    ) -> Result<Result<Batch, Outcome>, Lost> {
-        self.serving()?;
-        let result = match &mut self.kind {
-            Kind::Thread(thread) => match thread.call(Request::Process(batch.clone()), timeout) {
-                Ok(Reply::Processed(result)) => Ok(result),
-                Ok(_) => Err(Lost::Gone(
-                    "the worker answered process with another reply".to_owned(),
-                )),
-                Err(lost) => Err(lost),
-            },
+        started: Instant,
+    ) -> (Result<Result<Batch, Outcome>, Lost>, Instant) {
+        if let Err(lost) = self.serving() {
+            return (Err(lost), Instant::now());
+        }
+        let (result, came) = match &mut self.kind {
+            Kind::Thread(thread) => {
+                match thread.call(Request::Process(batch.clone()), timeout, started) {
+                    Ok((Reply::Processed(result), came)) => (Ok(result), came),
+                    Ok((_, came)) => (
+                        Err(Lost::Gone(
+                            "the worker answered process with another reply".to_owned(),
+                        )),
+                        came,
+                    ),
+                    Err(lost) => (Err(lost), Instant::now()),
+                }
+            }
             #[cfg(target_os = "linux")]
             Kind::Process(process) => {
                 let worker = process
                     .process
                     .as_mut()
                     .expect("a serving worker holds its process");
-                process_batch(worker, batch, timeout).map_err(Lost::from)
+                let result = process_batch(worker, batch, timeout).map_err(Lost::from);
+                (result, Instant::now())
             }
         };
-        self.settle(result)
+        (self.settle(result), came)
     }
 
     /// Runs `cleanup`, within `timeout`.
     pub fn cleanup(&mut self, timeout: Duration) -> Result<RResult<(), PluginError>, Lost> {
         self.serving()?;
         let result = match &mut self.kind {
-            Kind::Thread(thread) => match thread.call(Request::Cleanup, timeout) {
-                Ok(Reply::CleanedUp(result)) => Ok(result),
+            Kind::Thread(thread) => match thread.call(Request::Cleanup, timeout, Instant::now()) {
+                Ok((Reply::CleanedUp(result), _)) => Ok(result),
                 Ok(_) => Err(Lost::Gone(
                     "the worker answered cleanup with another reply".to_owned(),
                 )),
@@ -230,7 +242,7 @@ impl Worker {
     pub fn open_stream(&mut self, stream: Stream, timeout: Duration) -> Result<(), Lost> {
         self.serving()?;
         let opened = match &mut self.kind {
-            Kind::Thread(thread) => thread.send(Request::Stream(stream)).map(drop),
+            Kind::Thread(thread) => thread.send(Request::Stream(stream)),
             #[cfg(target_os = "linux")]
             Kind::Process(process) => process.open_stream(stream, timeout),
         };
@@ -379,29 +391,34 @@ impl Worker {
 }
 
 impl ThreadSide {
-    /// Sends a request; returns when it was sent.
-    fn send(&mut self, request: Request) -> Result<Instant, Lost> {
+    /// Sends a request.
+    fn send(&mut self, request: Request) -> Result<(), Lost> {
         let Some(requests) = &self.requests else {
             return Err(Lost::Gone(
                 "the worker thread takes no more requests".to_owned(),
             ));
         };
-        let sent = Instant::now();
         requests
             .send(request)
-            .map_err(|_| Lost::Gone("the worker thread is gone".to_owned()))?;
-        Ok(sent)
+            .map_err(|_| Lost::Gone("the worker thread is gone".to_owned()))
     }
 
-    /// Sends a request and waits for its reply, until `timeout` after it was sent.
-    fn call(&mut self, request: Request, timeout: Duration) -> Result<Reply, Lost> {
-        let sent = self.send(request)?;
+    /// Sends a request and waits for its reply, until `timeout` after `sent` (the
+    /// caller's reading of the clock just before). Returns the reply and when it came.
+    fn call(
+        &mut self,
+        request: Request,
+        timeout: Duration,
+        sent: Instant,
+    ) -> Result<(Reply, Instant), Lost> {
+        self.send(request)?;
         let deadline = deadline_after(sent, timeout);
+        let hot = self.cores.caller_waits();
         loop {
-            return match self.wait.reply(&self.replies, sent, deadline) {
+            return match self.wait.reply(&self.replies, sent, deadline, hot) {
                 // The end of a pipeline run that stopped without collecting it (its
                 // sink panicked): the worker went on to this request after it.
-                Ok(Reply::Streamed(_)) => continue,
+                Ok((Reply::Streamed(_), _)) => continue,
                 Ok(reply) => Ok(reply),
                 Err(RecvTimeoutError::Timeout) => Err(Lost::Late),
                 Err(RecvTimeoutError::Disconnected) => {

@@ -286,3 +286,29 @@ pub fn status_kb(field: &str) -> u64 {
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// The spread of many single measurements, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub count: usize,
+    pub median: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The median, p99, p99.9 and maximum of `samples` (at least one).
+    pub fn of(mut samples: Vec<Duration>) -> Spread {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        let ns = |duration: Duration| duration.as_secs_f64() * 1e9;
+        Spread {
+            count: samples.len(),
+            median: ns(at(0.5)),
+            p99: ns(at(0.99)),
+            p999: ns(at(0.999)),
+            max: ns(at(1.0)),
+        }
+    }
+}
