@@ -144,6 +144,7 @@ impl Batch {
 
     /// A plugin's output, which [`count_array`] found to be one JSON array of
     /// `records` records.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn from_plugin(bytes: RVec<u8>, records: usize) -> Batch {
         Batch {
             bytes: (records > 0).then(|| Arc::new(Bytes::Plugin(bytes, None))),
