@@ -133,7 +133,7 @@ pub fn exec(args: Args, context: &Context) -> Result<()> {
     let current = match registry.current(&manifest.name)? {
         _ if entry.current => "yes: batches sent to its name reach it".to_owned(),
         Some(current) => format!(
-            "no: {} is (`plugbay upgrade {}` makes this one current)",
+            "no: the current version is {} (`plugbay upgrade {}` makes this one current)",
             current.id, entry.id
         ),
         None => format!(

@@ -61,7 +61,7 @@ fn upgrade_makes_an_approved_enabled_version_current_and_is_audited() {
     let shown = plugbay.ok(&["show", &v1]);
     assert!(
         shown.contains(&format!(
-            "current      no: {v2} is (`plugbay upgrade {v1}` makes this one current)"
+            "current      no: the current version is {v2} (`plugbay upgrade {v1}` makes this one current)"
         )),
         "{shown}"
     );
