@@ -229,6 +229,19 @@ impl PublishBundle {
     }
 }
 
+/// For `map_err`: the error of `action` (what was being done) on `registry`.
+fn registry_failure(
+    registry: &str,
+    action: String,
+) -> impl FnOnce(oci_client::errors::OciDistributionError) -> MarketError {
+    let registry = registry.to_owned();
+    move |err| MarketError::Registry {
+        registry,
+        action,
+        reason: registry_reason(&err),
+    }
+}
+
 /// What a registry said, and what to do when it wants credentials.
 fn registry_reason(err: &(dyn std::error::Error + 'static)) -> String {
     let text = error_text(err);
@@ -340,14 +353,7 @@ impl Market {
         let registry = target.registry.clone();
         let client = self.client(&registry)?;
         let auth = self.auth(&registry);
-        let failed = |action: String| {
-            let registry = registry.clone();
-            move |err: oci_client::errors::OciDistributionError| MarketError::Registry {
-                registry,
-                action,
-                reason: registry_reason(&err),
-            }
-        };
+        let failed = |action: String| registry_failure(&registry, action);
         let tagged = target.oci();
         client
             .auth(&tagged, &auth, RegistryOperation::Push)
@@ -763,14 +769,7 @@ impl Market {
         let registry = marketplace.registry.clone();
         let client = self.client(&registry)?;
         let auth = self.auth(&registry);
-        let failed = |action: String| {
-            let registry = registry.clone();
-            move |err: oci_client::errors::OciDistributionError| MarketError::Registry {
-                registry,
-                action,
-                reason: registry_reason(&err),
-            }
-        };
+        let failed = |action: String| registry_failure(&registry, action);
         let prefix = if marketplace.namespace.is_empty() {
             String::new()
         } else {
