@@ -37,6 +37,8 @@ pub const FIXTURES: &[&str] = &[
     "fixture-noop-next",
     "fixture-sequencer-next",
     "fixture-sequencer-broken",
+    "fixture-hoarder",
+    "fixture-hoarder-system",
 ];
 
 /// The workspace's root directory.
@@ -293,6 +295,7 @@ fn write_abi_fixture(dir: &Path, version: &str, edit: fn(String) -> String) -> P
                  [dependencies]\nabi_stable = \"0.11.3\"\nserde = \"1\"\nserde_json = \"1\"\n\
                  log = {{ version = \"0.4\", features = [\"std\"] }}\n\
                  tracing = {{ version = \"0.1\", default-features = false, features = [\"std\", \"log\"] }}\n\
+                 mimalloc = {{ version = \"0.1.52\", features = [\"local_dynamic_tls\", \"v2\"] }}\n\
                  plugbay-macros = {{ path = \"{}\" }}\nplugbay-manifest = {{ path = \"{}\" }}\n",
                 path("sdk-macros"),
                 path("plugin-api/manifest")

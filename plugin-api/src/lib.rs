@@ -87,6 +87,20 @@ pub mod __private {
     pub use crate::sdk::{lib_header, Export};
     pub use abi_stable::library::LibHeader;
 
+    /// The allocator `#[plugbay::plugin]` declares as the plugin library's
+    /// `#[global_allocator]` (mimalloc), unless told `global_allocator = false`.
+    ///
+    /// A plugin library is a separate Rust artifact with an allocator of its own
+    /// choosing; by Rust's default it is the process's C allocator, which leaves a
+    /// plugin's speed to the host process's allocator settings. glibc's defaults
+    /// serve a thread other than the main one from an arena that trims and
+    /// fragments under the parse-and-free pattern of a batch (BENCHMARKS.md,
+    /// "The plugin's own allocator"). With its own, a plugin allocates the same way
+    /// in any host, on any thread, and the host's allocator is left as its user set
+    /// it. Nothing the plugin allocates crosses the ABI except in abi_stable types,
+    /// which carry the functions that free them.
+    pub use mimalloc::MiMalloc as Allocator;
+
     /// The name of the static every plugin exports (abi_stable's root module loader).
     pub const ROOT_MODULE_EXPORT_NAME: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 }

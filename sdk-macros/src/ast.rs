@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use plugbay_manifest::{Hook, Manifest};
 use proc_macro2::{Span, TokenStream};
 use syn::spanned::Spanned;
-use syn::{Ident, Item, LitStr, Token};
+use syn::{Ident, Item, LitBool, LitStr, Token};
 
 /// A validated use of `#[plugbay::plugin]`.
 pub struct Input {
@@ -15,11 +15,15 @@ pub struct Input {
     pub manifest: Manifest,
     /// Where the manifest was read from (tracked so that edits rebuild the plugin).
     pub manifest_path: PathBuf,
+    /// Whether the library gets the SDK's allocator as its `#[global_allocator]`
+    /// (`global_allocator = false` leaves the crate's own, or Rust's default).
+    pub global_allocator: bool,
 }
 
 impl Input {
     pub fn parse(args: TokenStream, item: TokenStream) -> syn::Result<Input> {
         let mut manifest_arg: Option<LitStr> = None;
+        let mut allocator_arg: Option<LitBool> = None;
         let parser = syn::meta::parser(|meta| {
             if meta.path.is_ident("manifest") {
                 if manifest_arg.is_some() {
@@ -36,9 +40,23 @@ impl Input {
                 }
                 manifest_arg = Some(value.parse()?);
                 Ok(())
+            } else if meta.path.is_ident("global_allocator") {
+                if allocator_arg.is_some() {
+                    return Err(meta.error("`global_allocator` is given twice; keep one"));
+                }
+                let usage = "`global_allocator` takes `true` (the default: the SDK's allocator) or `false` (the crate declares its own `#[global_allocator]`, or keeps Rust's default)";
+                if !meta.input.peek(Token![=]) {
+                    return Err(meta.error(usage));
+                }
+                let value = meta.value()?;
+                if !value.peek(LitBool) {
+                    return Err(value.error(usage));
+                }
+                allocator_arg = Some(value.parse()?);
+                Ok(())
             } else {
                 Err(meta.error(format!(
-                    "unknown option `{}`; `#[plugbay::plugin]` takes only `manifest = \"path/to/plugin.json\"` (the plugin's settings go in plugin.json)",
+                    "unknown option `{}`; `#[plugbay::plugin]` takes `manifest = \"path/to/plugin.json\"` and `global_allocator = false` (the plugin's settings go in plugin.json)",
                     path_text(&meta.path)
                 )))
             }
@@ -109,6 +127,7 @@ impl Input {
             ident,
             manifest,
             manifest_path,
+            global_allocator: allocator_arg.is_none_or(|value| value.value),
         })
     }
 }

@@ -19,6 +19,14 @@ pub fn expand(input: Input) -> TokenStream {
     let export = Ident::new(ROOT_MODULE_EXPORT_NAME, Span::call_site());
     let declares_init = input.manifest.has_hook(Hook::Init);
     let declares_cleanup = input.manifest.has_hook(Hook::Cleanup);
+    // The library's own allocator (see `__private::Allocator`), unless the author
+    // asked to keep the crate's.
+    let allocator = input.global_allocator.then(|| {
+        quote! {
+            #[global_allocator]
+            static __PLUGBAY_ALLOCATOR: #api::__private::Allocator = #api::__private::Allocator;
+        }
+    });
     let panic_abort = "a plugin must be built with `panic = \"unwind\"` (cargo's default): with `panic = \"abort\"` a panic in the plugin would end the host, and hosts refuse such libraries; remove `panic = \"abort\"` from the `[profile.*]` sections of Cargo.toml (the workspace's, if the plugin is in one)";
     quote! {
         impl #api::__private::Export for #ident {
@@ -37,6 +45,8 @@ pub fn expand(input: Input) -> TokenStream {
 
         #[cfg(panic = "abort")]
         ::core::compile_error!(#panic_abort);
+
+        #allocator
 
         const _: () = {
             // Rebuild the plugin when its manifest changes.

@@ -3,7 +3,7 @@
 //! at a batch boundary, start before stop, under load, without a failed request.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +38,12 @@ fn audit(api: &Api, action: &str) -> Vec<String> {
 #[test]
 fn a_name_under_load_from_concurrent_clients_is_upgraded_without_a_failed_request() {
     const CLIENTS: u64 = 4;
-    const BATCHES: u64 = 40;
+    /// Batches each client sends before the upgrade is asked for, and at least as
+    /// many after it has answered: so the load goes on across the switch however long
+    /// the new version takes to start.
+    const BATCHES: u64 = 15;
+    /// A bound for a client whose upgrade never answers.
+    const MAX_BATCHES: u64 = 5_000;
     const PER_BATCH: u64 = 5;
     let api = Api::start();
     let v1 = api.ready("sequencer");
@@ -48,13 +53,19 @@ fn a_name_under_load_from_concurrent_clients_is_upgraded_without_a_failed_reques
     assert_eq!(current.id, v1);
 
     let sent = Arc::new(AtomicUsize::new(0));
+    let upgraded = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client_id| {
-            let (base, key, sent) = (api.base.clone(), api.keys.execute.clone(), sent.clone());
+            let (base, key) = (api.base.clone(), api.keys.execute.clone());
+            let (sent, upgraded) = (sent.clone(), upgraded.clone());
             std::thread::spawn(move || {
                 let http = client();
                 let mut replies = Vec::new();
-                for batch in 0..BATCHES {
+                let mut after = 0;
+                for batch in 0..MAX_BATCHES {
+                    if after >= BATCHES {
+                        break;
+                    }
                     let records: Vec<Value> = (batch * PER_BATCH..(batch + 1) * PER_BATCH)
                         .map(|i| json!({ "client": client_id, "i": i }))
                         .collect();
@@ -67,13 +78,16 @@ fn a_name_under_load_from_concurrent_clients_is_upgraded_without_a_failed_reques
                         Some(Value::from(records).to_string().into_bytes()),
                     );
                     sent.fetch_add(1, Ordering::SeqCst);
+                    if upgraded.load(Ordering::SeqCst) {
+                        after += 1;
+                    }
                     replies.push(reply);
                 }
                 replies
             })
         })
         .collect();
-    while sent.load(Ordering::SeqCst) < (CLIENTS * BATCHES / 3) as usize {
+    while sent.load(Ordering::SeqCst) < (CLIENTS * BATCHES) as usize {
         std::thread::sleep(Duration::from_millis(2));
     }
     let upgrade = api.call(
@@ -82,7 +96,7 @@ fn a_name_under_load_from_concurrent_clients_is_upgraded_without_a_failed_reques
         Some(&api.keys.write),
         None,
     );
-    let during = sent.load(Ordering::SeqCst);
+    upgraded.store(true, Ordering::SeqCst);
     assert_eq!(upgrade.status, 200, "{upgrade:?}");
     assert_eq!(upgrade.body["from"], v1.as_str());
     assert_eq!(upgrade.body["to"], v2.as_str());
@@ -97,7 +111,7 @@ fn a_name_under_load_from_concurrent_clients_is_upgraded_without_a_failed_reques
     let mut by_version: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (client_id, handle) in (0u64..).zip(clients) {
         let replies = handle.join().unwrap();
-        assert_eq!(replies.len() as u64, BATCHES);
+        assert!(replies.len() as u64 > BATCHES, "{} batches", replies.len());
         for (batch, reply) in (0u64..).zip(&replies) {
             assert_eq!(reply.status, 200, "no failed request: {reply:?}");
             let records = reply.body.as_array().unwrap();
@@ -118,17 +132,13 @@ fn a_name_under_load_from_concurrent_clients_is_upgraded_without_a_failed_reques
     // Every record numbered once: the count went on across the switch, none lost,
     // none counted twice.
     seqs.sort_unstable();
-    let total = CLIENTS * BATCHES * PER_BATCH;
+    let total = seqs.len() as u64;
     assert_eq!(seqs, (0..total).collect::<Vec<_>>());
     // The old version cleaned up (and stored its count) before the new one's first batch.
     let old = &by_version[&v1];
     let new = &by_version[&v2];
     assert!(!old.is_empty() && !new.is_empty(), "{by_version:?}");
     assert!(old.iter().max() < new.iter().min(), "{by_version:?}");
-    assert!(
-        during < (CLIENTS * BATCHES) as usize,
-        "the upgrade happened under load"
-    );
 
     assert_eq!(api.registry().current("sequencer").unwrap().unwrap().id, v2);
     assert!(audit(&api, "upgrade").contains(&format!("current version of sequencer: {v1} → {v2}")));
