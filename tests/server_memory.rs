@@ -8,7 +8,6 @@ use plugbay_tests::memory::{settle, Heap, Load};
 
 #[test]
 fn the_heap_in_use_does_not_grow_with_the_requests_served() {
-    plugbay_host::tune_allocator();
     let load = Load::start();
     // Warm up: every path, plugin instance, pooled connection and cache exists.
     let statuses = load.run(2_000, 4);

@@ -83,7 +83,6 @@ mod stream;
 mod threads;
 mod upgrade;
 
-pub use allocator::tune_allocator;
 pub use batch::Batch;
 pub use hints::Hint;
 pub use image::sha256_file;

@@ -15,8 +15,6 @@ fn main() -> ExitCode {
     // Started as a plugin's worker process: serve it, and exit.
     #[cfg(target_os = "linux")]
     plugbay_host::serve_worker_if_asked();
-    // Plugin workers keep the memory of one batch for the next (see the function).
-    plugbay_host::tune_allocator();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(err) => {

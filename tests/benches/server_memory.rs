@@ -3,9 +3,8 @@
 //! requests up to 90,000, then after `malloc_trim(0)`. Not a criterion bench: it
 //! measures the process once and prints a table (see [`plugbay_tests::memory`]).
 //!
-//! The server runs in this process with the allocator tuned as the `plugbay` binary
-//! tunes it (`PLUGBAY_BENCH_GLIBC_DEFAULTS=1` leaves glibc's defaults, to compare).
-//! Four clients send a mix over keep-alive connections: `/health`, the plugin list,
+//! The server runs in this process with glibc's allocator defaults, as in the
+//! `plugbay` binary. Four clients send a mix over keep-alive connections: `/health`, the plugin list,
 //! one plugin, a batch of 10 records to `data-processor` (in a worker process) and
 //! to `redactor` (on a worker thread of the server), an unknown id, a request
 //! without a key, and a review body that is not an object.
@@ -15,9 +14,6 @@ mod common;
 use plugbay_tests::memory::{Heap, Load};
 
 fn main() {
-    if std::env::var_os("PLUGBAY_BENCH_GLIBC_DEFAULTS").is_none_or(|value| value == "0") {
-        plugbay_host::tune_allocator();
-    }
     let total: usize = std::env::var("PLUGBAY_BENCH_REQUESTS")
         .ok()
         .and_then(|text| text.parse().ok())

@@ -45,10 +45,6 @@ use crate::sandbox::{self, Rules, SandboxMode};
 /// Runs the worker on the descriptors the host gave it. Never returns to `main`'s
 /// caller code: its result is the process's exit code.
 pub(crate) fn serve() -> ExitCode {
-    // This process is the worker's alone, so its allocator policy is Plugbay's to set:
-    // keep the memory a batch frees for the next one, as the `plugbay` binary does
-    // (with glibc's defaults a third of a large batch's time goes to faulting it in).
-    crate::allocator::tune_allocator();
     // SAFETY: the host put these descriptors at these numbers before it executed this
     // process (see `spare::Launched::start`), and nothing in this process has taken
     // ownership of them yet.

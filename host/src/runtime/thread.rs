@@ -192,7 +192,7 @@ impl Cores {
     /// another core.
     pub(super) fn caller_waits(&self) -> bool {
         let here = current_core();
-        self.caller.store(here, Ordering::Relaxed);
+        note(&self.caller, here);
         self.worker.load(Ordering::Relaxed) != here
     }
 
@@ -200,8 +200,16 @@ impl Cores {
     /// another core.
     pub(super) fn worker_waits(&self) -> bool {
         let here = current_core();
-        self.worker.store(here, Ordering::Relaxed);
+        note(&self.worker, here);
         self.caller.load(Ordering::Relaxed) != here
+    }
+}
+
+/// Writes `core` into `seen` only if it changed: a thread stays on its core for many
+/// calls, and a write would take the cache line from the other side's core each time.
+fn note(seen: &AtomicUsize, core: usize) {
+    if seen.load(Ordering::Relaxed) != core {
+        seen.store(core, Ordering::Relaxed);
     }
 }
 
@@ -306,7 +314,9 @@ pub(super) enum Request {
 }
 
 pub(super) enum Reply {
-    Processed(Result<Batch, Outcome>),
+    /// The result, and the request's batch handed back: the caller drops it, so the
+    /// count of a batch it shares is written on the caller's core only.
+    Processed(Result<Batch, Outcome>, Batch),
     Streamed(StreamEnd),
     CleanedUp(RResult<(), PluginError>),
 }
@@ -377,7 +387,8 @@ pub(super) fn worker(
     while let Some(request) = next_request(&requests, setup.cores.worker_waits()) {
         let reply = match request {
             Request::Process(batch) => {
-                Reply::Processed(process_here(&mut instance, &batch, &mut outputs))
+                let result = process_here(&mut instance, &batch, &mut outputs);
+                Reply::Processed(result, batch)
             }
             Request::Stream(stream) => {
                 Reply::Streamed(stream::stream_here(&mut instance, &mut outputs, stream))
@@ -391,7 +402,7 @@ pub(super) fn worker(
         };
         let panicked = matches!(
             &reply,
-            Reply::Processed(Err(Outcome::Plugin(error)))
+            Reply::Processed(Err(Outcome::Plugin(error)), _)
                 | Reply::Streamed(Some((_, _, Stopped::Failed(Outcome::Plugin(error)))))
                 | Reply::CleanedUp(RResult::RErr(error))
                 if error.kind == ErrorKind::PANICKED

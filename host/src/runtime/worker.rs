@@ -188,7 +188,7 @@ impl Worker {
         let (result, came) = match &mut self.kind {
             Kind::Thread(thread) => {
                 match thread.call(Request::Process(batch.clone()), timeout, started) {
-                    Ok((Reply::Processed(result), came)) => (Ok(result), came),
+                    Ok((Reply::Processed(result, _input), came)) => (Ok(result), came),
                     Ok((_, came)) => (
                         Err(Lost::Gone(
                             "the worker answered process with another reply".to_owned(),

@@ -51,13 +51,9 @@ pub fn fixture(name: &str) -> PluginSpec {
         .with_library(library(&format!("fixture-{name}")))
 }
 
-/// A host whose plugins keep their data in a temporary folder, in a process whose
-/// allocator keeps freed memory for the next batch, as the `plugbay` binary's does
-/// (`PLUGBAY_BENCH_GLIBC_DEFAULTS=1` leaves glibc's defaults, to compare).
+/// A host whose plugins keep their data in a temporary folder. The process's C
+/// allocator keeps glibc's defaults, as the `plugbay` binary's does.
 pub fn host() -> Host {
-    if std::env::var_os("PLUGBAY_BENCH_GLIBC_DEFAULTS").is_none_or(|value| value == "0") {
-        plugbay_host::tune_allocator();
-    }
     Host::new().with_data_dir(std::env::temp_dir().join("plugbay-bench-data"))
 }
 

@@ -23,10 +23,11 @@
 //! 6. The small host programs of `src/bin`, each run on its own: their size and
 //!    their resident memory (and their children's).
 //!
-//! `PLUGBAY_BENCH_QUICK=1` shortens every part; `PLUGBAY_BENCH_GLIBC_DEFAULTS=1`
-//! leaves glibc's allocator settings alone (by default the bench sets them as
-//! `plugbay_host::tune_allocator` does, and so do the host programs, the subprocess
-//! plugin and Plugbay's worker processes).
+//! `PLUGBAY_BENCH_QUICK=1` shortens every part. Every process keeps glibc's
+//! allocator defaults (Plugbay's plugins allocate from their own allocator);
+//! `PLUGBAY_BENCH_TUNED_ALLOCATOR=1` sets what the host's earlier `tune_allocator`
+//! set, in the bench, the host programs and the subprocess plugin, to compare with
+//! runs from before.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use plugbay_host::Isolation;
 use plugbay_peer_bench::{
-    bench_host, compile_extism, quantile, same_output, tune_allocator_unless_defaults, Artifacts,
+    bench_host, compile_extism, quantile, same_output, tune_allocator_if_asked, Artifacts,
     Extism, ExtismSource, InHost, Input, Peer, Plugbay, Subprocess, SIZES,
 };
 use serde_json::Value;
@@ -548,7 +549,7 @@ fn machine() -> String {
 }
 
 fn main() {
-    let allocator = tune_allocator_unless_defaults();
+    let allocator = tune_allocator_if_asked();
     let load_before = load_average();
     let artifacts = Artifacts::find().unwrap_or_else(|err| panic!("{err}"));
     let wasm = std::fs::read(&artifacts.wasm)

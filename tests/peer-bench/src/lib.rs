@@ -38,20 +38,19 @@ pub const SIZES: [usize; 4] = [1, 100, 1_000, 10_000];
 /// The field the transform stamps with the time (its default config's).
 pub const TIMESTAMP_FIELD: &str = "timestamp";
 
-/// Whether `PLUGBAY_BENCH_GLIBC_DEFAULTS` asks to leave glibc's allocator settings
-/// alone (as the project's other benches read it).
-pub fn glibc_defaults() -> bool {
-    std::env::var_os("PLUGBAY_BENCH_GLIBC_DEFAULTS").is_some_and(|value| value != "0")
+/// Whether `PLUGBAY_BENCH_TUNED_ALLOCATOR` asks for the allocator settings the host
+/// once asked its users to set (its earlier `tune_allocator`), to compare with runs
+/// from before plugins had an allocator of their own.
+pub fn tuned_allocator() -> bool {
+    std::env::var_os("PLUGBAY_BENCH_TUNED_ALLOCATOR").is_some_and(|value| value != "0")
 }
 
-/// Sets the C allocator as `plugbay_host::tune_allocator` does (32 MiB mmap
-/// threshold, 64 MiB trim threshold, fast bins off), unless
-/// `PLUGBAY_BENCH_GLIBC_DEFAULTS` asks for glibc's defaults. The bench sets them
-/// itself rather than calling the host's function, so that it measures both settings
-/// whatever becomes of that function. Returns what the process runs with, for the
-/// record.
-pub fn tune_allocator_unless_defaults() -> &'static str {
-    if glibc_defaults() {
+/// Leaves glibc's allocator defaults, as a host does, unless
+/// `PLUGBAY_BENCH_TUNED_ALLOCATOR` asks for the settings of the host's earlier
+/// `tune_allocator` (32 MiB mmap threshold, 64 MiB trim threshold, fast bins off).
+/// Returns what the process runs with, for the record.
+pub fn tune_allocator_if_asked() -> &'static str {
+    if !tuned_allocator() {
         return "glibc's defaults";
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

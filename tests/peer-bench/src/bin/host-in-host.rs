@@ -3,6 +3,6 @@
 //! program's size.
 
 fn main() {
-    plugbay_peer_bench::tune_allocator_unless_defaults();
+    plugbay_peer_bench::tune_allocator_if_asked();
     plugbay_peer_bench::footprint(plugbay_peer_bench::InHost::new());
 }

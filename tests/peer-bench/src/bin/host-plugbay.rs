@@ -7,7 +7,7 @@ use plugbay_host::Isolation;
 use plugbay_peer_bench::{bench_host, footprint, Artifacts, Plugbay};
 
 fn main() {
-    plugbay_peer_bench::tune_allocator_unless_defaults();
+    plugbay_peer_bench::tune_allocator_if_asked();
     let isolation = match std::env::args().nth(1).as_deref() {
         Some("thread") => Isolation::Thread,
         Some("process") => Isolation::Process,

@@ -5,7 +5,7 @@
 use plugbay_peer_bench::{footprint, Artifacts, Subprocess};
 
 fn main() {
-    plugbay_peer_bench::tune_allocator_unless_defaults();
+    plugbay_peer_bench::tune_allocator_if_asked();
     let artifacts = Artifacts::find().unwrap_or_else(|err| {
         eprintln!("host-subprocess: {err}");
         std::process::exit(1);

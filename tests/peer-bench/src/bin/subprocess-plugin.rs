@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use plugbay_peer_bench::transform::Config;
 
 fn main() {
-    plugbay_peer_bench::tune_allocator_unless_defaults();
+    plugbay_peer_bench::tune_allocator_if_asked();
     let config = Config::default();
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
