@@ -283,6 +283,12 @@ fn write_abi_fixture(dir: &Path, version: &str, edit: fn(String) -> String) -> P
         std::fs::write(api_src.join(file), edit(text)).unwrap();
     }
     let path = |relative: &str| workspace.join(relative).display().to_string();
+    // The SDK's allocator, as plugbay-api itself depends on it.
+    let api_toml = std::fs::read_to_string(workspace.join("plugin-api/Cargo.toml")).unwrap();
+    let allocator = api_toml
+        .lines()
+        .find(|line| line.starts_with("mimalloc = "))
+        .expect("plugin-api/Cargo.toml depends on mimalloc");
     let files = [
         (
             "Cargo.toml".to_owned(),
@@ -295,7 +301,7 @@ fn write_abi_fixture(dir: &Path, version: &str, edit: fn(String) -> String) -> P
                  [dependencies]\nabi_stable = \"0.11.3\"\nserde = \"1\"\nserde_json = \"1\"\n\
                  log = {{ version = \"0.4\", features = [\"std\"] }}\n\
                  tracing = {{ version = \"0.1\", default-features = false, features = [\"std\", \"log\"] }}\n\
-                 mimalloc = {{ version = \"0.1.52\", features = [\"local_dynamic_tls\", \"v2\"] }}\n\
+                 {allocator}\n\
                  plugbay-macros = {{ path = \"{}\" }}\nplugbay-manifest = {{ path = \"{}\" }}\n",
                 path("sdk-macros"),
                 path("plugin-api/manifest")

@@ -15,8 +15,9 @@ pub(crate) use check::count_array;
 ///
 /// A batch is cheap to clone (it is shared, not copied), so a caller keeps its input
 /// when a call fails and can retry it or route it elsewhere. A plugin's output stays
-/// in the buffer the plugin allocated and is freed there; a pipeline hands it to the
-/// next plugin without parsing it.
+/// in the buffer it was written into (one the host lent the instance, or one the
+/// plugin allocated) and is freed by the allocator that made it; a pipeline hands it
+/// to the next plugin without parsing it.
 #[derive(Clone)]
 pub struct Batch {
     /// `None` for an empty array a plugin returned: the host validated it, frees the
