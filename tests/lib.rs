@@ -287,8 +287,13 @@ fn write_abi_fixture(dir: &Path, version: &str, edit: fn(String) -> String) -> P
     let api_toml = std::fs::read_to_string(workspace.join("plugin-api/Cargo.toml")).unwrap();
     let allocator = api_toml
         .lines()
-        .find(|line| line.starts_with("mimalloc = "))
-        .expect("plugin-api/Cargo.toml depends on mimalloc");
+        .filter(|line| line.starts_with("mimalloc = ") || line.starts_with("libmimalloc-sys = "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        allocator.contains("mimalloc"),
+        "plugin-api/Cargo.toml depends on mimalloc"
+    );
     let files = [
         (
             "Cargo.toml".to_owned(),

@@ -5,12 +5,21 @@
 //! allocates from the host's. A test binary of its own, so that nothing else
 //! allocates in this process while it counts the C allocator's blocks.
 
+use std::sync::Mutex;
+
 use plugbay_host::{Batch, Host, PluginSpec};
 use plugbay_tests::memory::Heap;
 use plugbay_tests::{fixture_manifest, library};
 
 /// What each batch asks the plugin to keep, in MiB.
 const HELD_MIB: u64 = 64;
+
+/// One test at a time: each counts the process's memory.
+static COUNTING: Mutex<()> = Mutex::new(());
+
+fn host() -> Host {
+    Host::new().with_data_dir(std::env::temp_dir().join("plugbay-heap-test"))
+}
 
 fn spec(name: &str) -> PluginSpec {
     PluginSpec::from_manifest_file(fixture_manifest(name))
@@ -21,8 +30,7 @@ fn spec(name: &str) -> PluginSpec {
 /// How many bytes the host's C allocator counts as in use more after the plugin
 /// `name`, on a worker thread, has allocated and kept [`HELD_MIB`] MiB.
 fn host_heap_growth(name: &str) -> i128 {
-    let host = Host::new().with_data_dir(std::env::temp_dir().join("plugbay-heap-test"));
-    let mut plugin = host.start(spec(name)).expect("the fixture starts");
+    let mut plugin = host().start(spec(name)).expect("the fixture starts");
     let batch = Batch::from_records(&[HELD_MIB]).expect("the batch serializes");
     // A first call: the worker's and the output's own allocations, made once.
     plugin
@@ -41,6 +49,9 @@ fn host_heap_growth(name: &str) -> i128 {
     ignore = "counts glibc's blocks (mallinfo2)"
 )]
 fn a_plugin_allocates_from_its_own_heap_unless_it_opts_out() {
+    let _counting = COUNTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let held = i128::from(HELD_MIB << 20);
     let own = host_heap_growth("hoarder");
     assert!(
@@ -51,5 +62,28 @@ fn a_plugin_allocates_from_its_own_heap_unless_it_opts_out() {
     assert!(
         shared >= held,
         "a plugin built with `global_allocator = false` grew the host's heap by only {shared} bytes while it held {held}: its memory should come from the host's C allocator"
+    );
+}
+
+/// A library the host no longer runs (a version retired by an upgrade) stays mapped,
+/// and nothing of it allocates again: its allocator must give back what the
+/// instance held when the instance is dropped, not when it next allocates.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_dropped_instance_gives_its_memory_back_to_the_system() {
+    let _counting = COUNTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let held = HELD_MIB << 10;
+    let mut plugin = host().start(spec("hoarder")).expect("the fixture starts");
+    let batch = Batch::from_records(&[HELD_MIB]).expect("the batch serializes");
+    drop(plugin.process(&batch).expect("the batch is processed"));
+    let holding = Heap::now().resident_kib;
+    plugin.shutdown().expect("the fixture shuts down");
+    let after = Heap::now().resident_kib;
+    let returned = holding.saturating_sub(after);
+    assert!(
+        returned >= held * 3 / 4,
+        "resident memory fell by {returned} KiB when the instance that held {held} KiB was dropped ({holding} KiB before, {after} KiB after)"
     );
 }

@@ -307,6 +307,9 @@ pub trait Export: 'static {
     const DECLARES_INIT: bool;
     /// Whether the manifest lists the `cleanup` hook.
     const DECLARES_CLEANUP: bool;
+    /// Whether the library's `#[global_allocator]` is the SDK's (not opted out with
+    /// `global_allocator = false`).
+    const SDK_ALLOCATOR: bool;
 }
 
 /// The exported header of a plugin library of type `P`.
@@ -338,6 +341,7 @@ extern "C" fn new_instance<P: Export + Plugin>() -> RResult<PluginBox, PluginErr
                 plugin: Some(P::default()),
                 context: None,
                 instance: logging::next_instance(),
+                sdk_allocator: P::SDK_ALLOCATOR,
             },
             TD_Opaque,
         ))
@@ -502,6 +506,8 @@ struct Adapter<P> {
     context: Option<Context>,
     /// This instance's number among the library's, for the log bridge.
     instance: u64,
+    /// The library allocates with the SDK's allocator ([`Export::SDK_ALLOCATOR`]).
+    sdk_allocator: bool,
 }
 
 /// The plugin of an adapter that is not being dropped.
@@ -520,7 +526,22 @@ impl<P> Drop for Adapter<P> {
         drop_contained(self.plugin.take());
         logging::detach(self.instance);
         drop_contained(self.context.take());
+        if self.sdk_allocator {
+            release_free_memory();
+        }
     }
+}
+
+/// Gives the memory the library's allocator holds free back to the system, on the
+/// thread that drops an instance (its worker thread). Without it a library the host
+/// no longer runs (a version retired by an upgrade, which stays mapped) would keep,
+/// for good, the pages its last batches freed: its allocator returns them only when
+/// the library allocates again, and nothing of it runs again.
+fn release_free_memory() {
+    // SAFETY: `mi_collect` has no preconditions: it frees what is pending and returns
+    // to the system pages that hold no live block, under mimalloc's own locks; blocks
+    // still in use are not touched.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 fn initialized<'a>(context: &'a Option<Context>, hook: &str) -> Result<&'a Context, PluginError> {

@@ -19,6 +19,7 @@ pub fn expand(input: Input) -> TokenStream {
     let export = Ident::new(ROOT_MODULE_EXPORT_NAME, Span::call_site());
     let declares_init = input.manifest.has_hook(Hook::Init);
     let declares_cleanup = input.manifest.has_hook(Hook::Cleanup);
+    let sdk_allocator = input.global_allocator;
     // The library's own allocator (see `__private::Allocator`), unless the author
     // asked to keep the crate's.
     let allocator = input.global_allocator.then(|| {
@@ -33,6 +34,7 @@ pub fn expand(input: Input) -> TokenStream {
             const MANIFEST: &'static str = #manifest;
             const DECLARES_INIT: bool = #declares_init;
             const DECLARES_CLEANUP: bool = #declares_cleanup;
+            const SDK_ALLOCATOR: bool = #sdk_allocator;
         }
 
         // A library exports one plugin: a second `#[plugbay::plugin]` in the crate

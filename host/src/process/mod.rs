@@ -95,7 +95,8 @@ pub struct Limits {
     /// Address space, in bytes (`RLIMIT_AS`; 8 GiB by default): an allocation past it
     /// fails, and the worker ends. It counts address space reserved, not memory used:
     /// a plugin with many threads (each with a stack and an allocator arena) may need
-    /// more.
+    /// more, and the SDK's allocator reserves 1 GiB at a time where the limit leaves
+    /// room (past it, only what each allocation needs).
     pub memory_bytes: Option<u64>,
     /// Open descriptors (`RLIMIT_NOFILE`).
     pub open_files: Option<u64>,
