@@ -26,34 +26,17 @@ impl Input {
         let mut allocator_arg: Option<LitBool> = None;
         let parser = syn::meta::parser(|meta| {
             if meta.path.is_ident("manifest") {
-                if manifest_arg.is_some() {
-                    return Err(meta.error("`manifest` is given twice; keep one"));
-                }
-                let usage =
-                    "`manifest` takes a string literal path, like `manifest = \"plugin.json\"`";
-                if !meta.input.peek(Token![=]) {
-                    return Err(meta.error(usage));
-                }
-                let value = meta.value()?;
-                if !value.peek(LitStr) {
-                    return Err(value.error(usage));
-                }
-                manifest_arg = Some(value.parse()?);
-                Ok(())
+                option_value(
+                    &meta,
+                    &mut manifest_arg,
+                    "`manifest` takes a string literal path, like `manifest = \"plugin.json\"`",
+                )
             } else if meta.path.is_ident("global_allocator") {
-                if allocator_arg.is_some() {
-                    return Err(meta.error("`global_allocator` is given twice; keep one"));
-                }
-                let usage = "`global_allocator` takes `true` (the default: the SDK's allocator) or `false` (the crate declares its own `#[global_allocator]`, or keeps Rust's default)";
-                if !meta.input.peek(Token![=]) {
-                    return Err(meta.error(usage));
-                }
-                let value = meta.value()?;
-                if !value.peek(LitBool) {
-                    return Err(value.error(usage));
-                }
-                allocator_arg = Some(value.parse()?);
-                Ok(())
+                option_value(
+                    &meta,
+                    &mut allocator_arg,
+                    "`global_allocator` takes `true` (the default: the SDK's allocator) or `false` (the crate declares its own `#[global_allocator]`, or keeps Rust's default)",
+                )
             } else {
                 Err(meta.error(format!(
                     "unknown option `{}`; `#[plugbay::plugin]` takes `manifest = \"path/to/plugin.json\"` and `global_allocator = false` (the plugin's settings go in plugin.json)",
@@ -130,6 +113,31 @@ impl Input {
             global_allocator: allocator_arg.is_none_or(|value| value.value),
         })
     }
+}
+
+/// Reads the value of the option `meta` names (`name = LITERAL`) into `slot`: an
+/// error if it was given before, or if it has no `=` or a value that is not a `T`
+/// (then `usage` is the message).
+fn option_value<T: syn::parse::Parse>(
+    meta: &syn::meta::ParseNestedMeta<'_>,
+    slot: &mut Option<T>,
+    usage: &str,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(meta.error(format!(
+            "`{}` is given twice; keep one",
+            path_text(&meta.path)
+        )));
+    }
+    if !meta.input.peek(Token![=]) {
+        return Err(meta.error(usage));
+    }
+    let value = meta.value()?;
+    let literal = value
+        .parse()
+        .map_err(|err| syn::Error::new(err.span(), usage))?;
+    *slot = Some(literal);
+    Ok(())
 }
 
 /// Refuses a plugin crate whose library is not built as a dynamic library (a
