@@ -155,6 +155,20 @@ pub fn fixture_manifest(name: &str) -> PathBuf {
         .join("plugin.json")
 }
 
+/// A spec for an example plugin, with its library from this profile's build.
+pub fn example_spec(name: &str) -> plugbay_host::PluginSpec {
+    plugbay_host::PluginSpec::from_manifest_file(example_manifest(name))
+        .expect("the example manifest is valid")
+        .with_library(library(name))
+}
+
+/// A spec for a fixture plugin, with its library from this profile's build.
+pub fn fixture_spec(name: &str) -> plugbay_host::PluginSpec {
+    plugbay_host::PluginSpec::from_manifest_file(fixture_manifest(name))
+        .expect("the fixture manifest is valid")
+        .with_library(library(&format!("fixture-{name}")))
+}
+
 /// Plugins built against a modified copy of plugbay-api, outside the workspace (so
 /// that cargo cannot unify them onto the real one).
 pub struct AbiFixtures {

@@ -7,9 +7,9 @@
 
 use std::sync::Mutex;
 
-use plugbay_host::{Batch, Host, PluginSpec};
+use plugbay_host::{Batch, Host};
+use plugbay_tests::fixture_spec;
 use plugbay_tests::memory::Heap;
-use plugbay_tests::{fixture_manifest, library};
 
 /// What each batch asks the plugin to keep, in MiB.
 const HELD_MIB: u64 = 64;
@@ -21,16 +21,12 @@ fn host() -> Host {
     Host::new().with_data_dir(std::env::temp_dir().join("plugbay-heap-test"))
 }
 
-fn spec(name: &str) -> PluginSpec {
-    PluginSpec::from_manifest_file(fixture_manifest(name))
-        .expect("the fixture's manifest is valid")
-        .with_library(library(&format!("fixture-{name}")))
-}
-
 /// How many bytes the host's C allocator counts as in use more after the plugin
 /// `name`, on a worker thread, has allocated and kept [`HELD_MIB`] MiB.
 fn host_heap_growth(name: &str) -> i128 {
-    let mut plugin = host().start(spec(name)).expect("the fixture starts");
+    let mut plugin = host()
+        .start(fixture_spec(name))
+        .expect("the fixture starts");
     let batch = Batch::from_records(&[HELD_MIB]).expect("the batch serializes");
     // A first call: the worker's and the output's own allocations, made once.
     plugin
@@ -75,7 +71,9 @@ fn a_dropped_instance_gives_its_memory_back_to_the_system() {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let held = HELD_MIB << 10;
-    let mut plugin = host().start(spec("hoarder")).expect("the fixture starts");
+    let mut plugin = host()
+        .start(fixture_spec("hoarder"))
+        .expect("the fixture starts");
     let batch = Batch::from_records(&[HELD_MIB]).expect("the batch serializes");
     drop(plugin.process(&batch).expect("the batch is processed"));
     let holding = Heap::now().resident_kib;

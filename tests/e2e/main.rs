@@ -18,22 +18,9 @@ mod sandbox;
 mod survival;
 mod upgrade;
 
-use plugbay_host::{Host, PluginSpec};
-use plugbay_tests::{example_manifest, fixture_manifest, library};
+use plugbay_host::Host;
 
-/// A spec for an example plugin, with its library from the build.
-pub fn example(name: &str) -> PluginSpec {
-    PluginSpec::from_manifest_file(example_manifest(name))
-        .unwrap()
-        .with_library(library(name))
-}
-
-/// A spec for a fixture plugin, with its library from the build.
-pub fn fixture(name: &str) -> PluginSpec {
-    PluginSpec::from_manifest_file(fixture_manifest(name))
-        .unwrap()
-        .with_library(library(&format!("fixture-{name}")))
-}
+pub use plugbay_tests::{example_spec as example, fixture_spec as fixture};
 
 /// A host whose plugin data lives in a fresh temporary folder.
 pub fn host() -> (Host, tempfile::TempDir) {

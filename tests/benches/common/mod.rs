@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use plugbay_host::local::LocalPlugin;
 use plugbay_host::{Batch, Host, PluginSpec};
-use plugbay_tests::{example_manifest, fixture_manifest, library};
 use serde_json::{json, Value};
 
 /// Whether `PLUGBAY_BENCH_QUICK` asks for the quick mode (a few minutes in all).
@@ -37,19 +36,8 @@ pub fn config() -> Criterion {
     }
 }
 
-/// A spec for an example plugin, with its library built in this bench's profile.
-pub fn example(name: &str) -> PluginSpec {
-    PluginSpec::from_manifest_file(example_manifest(name))
-        .expect("the example manifest is valid")
-        .with_library(library(name))
-}
-
-/// A spec for a fixture plugin, with its library built in this bench's profile.
-pub fn fixture(name: &str) -> PluginSpec {
-    PluginSpec::from_manifest_file(fixture_manifest(name))
-        .expect("the fixture manifest is valid")
-        .with_library(library(&format!("fixture-{name}")))
-}
+#[allow(unused_imports)] // each bench target uses part of this module
+pub use plugbay_tests::{example_spec as example, fixture_spec as fixture};
 
 /// A host whose plugins keep their data in a temporary folder. The process's C
 /// allocator keeps glibc's defaults, as the `plugbay` binary's does.
