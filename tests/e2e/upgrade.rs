@@ -128,12 +128,21 @@ impl Gate {
     }
 }
 
-/// Feeds a three-stage pipeline (`noop` → `sequencer` → `data-processor`) without a
-/// pause while another thread upgrades its middle stage twice (1.0.0 → 2.0.0 →
-/// 1.0.0); every record must come out once, in order, numbered without a gap.
+/// Feeds a three-stage pipeline (`noop` → `sequencer` → `data-processor`) while
+/// another thread upgrades its middle stage twice (1.0.0 → 2.0.0 → 1.0.0); every
+/// record must come out once, in order, numbered without a gap.
+///
+/// The input flows without a pause while the upgrades happen in time; it waits only
+/// where going on would leave a version with no batch: at the middle of the input
+/// for the first upgrade, and 20 batches before its end for the second. The second
+/// upgrade waits for 40 more batches after the first, which the middle gate always
+/// leaves room for (an upgrader that waited for more than the input lets through
+/// would wait for ever).
 fn middle_stage_upgraded_twice(isolation: Isolation) {
     const BATCHES: u64 = 300;
     const PER_BATCH: u64 = 20;
+    const FIRST_BY: u64 = BATCHES / 2;
+    const SECOND_BY: u64 = BATCHES - 20;
     let (host, _dir) = match isolation {
         Isolation::Thread => host(),
         Isolation::Process => crate::isolation::process_host(),
@@ -146,10 +155,10 @@ fn middle_stage_upgraded_twice(isolation: Isolation) {
     let mut pipeline = Pipeline::new(stages);
     let switch = pipeline.switch();
     let delivered = Arc::new(AtomicU64::new(0));
-    let upgraded = Arc::new(Gate::default());
+    let gates = Arc::new([Gate::default(), Gate::default()]);
 
     let upgrader = std::thread::spawn({
-        let (host, delivered, upgraded) = (host.clone(), delivered.clone(), upgraded.clone());
+        let (host, delivered, gates) = (host.clone(), delivered.clone(), gates.clone());
         move || {
             let wait_for = |batches: u64| {
                 while delivered.load(Ordering::SeqCst) < batches {
@@ -158,18 +167,21 @@ fn middle_stage_upgraded_twice(isolation: Isolation) {
             };
             wait_for(40);
             let first = switch.upgrade(&host, 1, fixture("sequencer-next")).unwrap();
+            gates[0].open();
+            // At most `FIRST_BY` batches were delivered before the first gate opened.
             wait_for(delivered.load(Ordering::SeqCst) + 40);
             let second = switch.upgrade(&host, 1, example("sequencer")).unwrap();
-            upgraded.open();
+            gates[1].open();
             (first, second)
         }
     });
-    // The input never pauses, and does not end before both upgrades happened.
     let input = {
-        let upgraded = upgraded.clone();
+        let gates = gates.clone();
         (0..BATCHES).map(move |index| {
-            if index == BATCHES - 20 {
-                upgraded.wait();
+            match index {
+                FIRST_BY => gates[0].wait(),
+                SECOND_BY => gates[1].wait(),
+                _ => {}
             }
             Ok::<_, IoError>(numbered(index * PER_BATCH, PER_BATCH))
         })
