@@ -8,7 +8,7 @@
 //!
 //! Each such instance lives on its own worker thread. The thread confines itself, opens
 //! the library, builds the instance and calls `init`; then it serves requests from a
-//! bounded crossbeam channel and answers each on a reply channel. Every call has a
+//! one-message hand-off and answers each on another (see `handoff`). Every call has a
 //! deadline: on timeout the caller gets an error at once, the worker is abandoned
 //! and the instance is marked failed. A panic in a hook comes back as an error and
 //! marks the instance failed; the host and the other plugins go on.
@@ -52,6 +52,7 @@ use crate::services::{DataStore, MemoryStore, Revoker, Services};
 use crate::threads;
 
 mod handle;
+mod handoff;
 mod spec;
 mod status;
 mod thread;
@@ -302,8 +303,8 @@ impl Host {
         let image = grants::image_for(&id, &prepared.image, key)?;
         let left = Arc::new(threads::Left::default());
 
-        let (request_tx, request_rx) = bounded::<Request>(1);
-        let (reply_tx, reply_rx) = bounded::<Reply>(1);
+        let (request_tx, request_rx) = handoff::handoff::<Request>();
+        let (reply_tx, reply_rx) = handoff::handoff::<Reply>();
         let (ready_tx, ready_rx) = bounded::<Result<Ready, StartError>>(1);
         let cores = Arc::new(Cores::default());
         let services = prepared.services;

@@ -7,13 +7,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RResult;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{RecvTimeoutError, Sender, TryRecvError};
 use plugbay_api::abi::{ErrorKind, PluginContext, PluginError};
 use plugbay_api::manifest::Manifest;
 
-use super::StartError;
+use super::{handoff, StartError};
 use crate::batch::{Batch, Outputs};
-use crate::call::{load_and_init, process_here, recv_by, Outcome};
+use crate::call::{load_and_init, process_here, Outcome};
 use crate::image::Image;
 use crate::sandbox::{self, Confinement, Rules, SandboxMode};
 use crate::services::Revoker;
@@ -151,7 +151,7 @@ const POLLS_PER_CLOCK: u32 = 16;
 /// Polls `channel` without yielding the core until `until`; `Ok(None)` if nothing
 /// came by then.
 pub(super) fn poll_hot<T>(
-    channel: &Receiver<T>,
+    channel: &handoff::Receiver<T>,
     until: Instant,
 ) -> Result<Option<T>, RecvTimeoutError> {
     loop {
@@ -245,7 +245,7 @@ impl ReplyWait {
     /// came (the caller's only reading of the clock after the call).
     pub(super) fn reply(
         &mut self,
-        replies: &Receiver<Reply>,
+        replies: &handoff::Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
         hot: bool,
@@ -267,7 +267,7 @@ impl ReplyWait {
     /// short call without yielding keeps nothing from running.
     pub(super) fn wait(
         &self,
-        replies: &Receiver<Reply>,
+        replies: &handoff::Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
         hot: bool,
@@ -287,7 +287,7 @@ impl ReplyWait {
                 return Ok(reply);
             }
         } else if let Some(sleep) = self.expected.checked_sub(WAKE_AHEAD) {
-            match replies.recv_deadline(by_deadline(sent + sleep)) {
+            match replies.recv_by(Some(by_deadline(sent + sleep))) {
                 Err(RecvTimeoutError::Timeout) => {}
                 other => return other,
             }
@@ -300,25 +300,29 @@ impl ReplyWait {
                 Err(TryRecvError::Empty) => {}
             }
             if Instant::now() >= spin_until {
-                return recv_by(replies, deadline);
+                return replies.recv_by(deadline);
             }
             std::thread::yield_now();
         }
     }
 }
 
+/// What a caller asks of its worker thread. Small, as [`Reply`] is, so that it
+/// shares the hand-off's cache line with the word that says it is there: what is
+/// rare goes in a box.
 pub(super) enum Request {
     Process(Batch),
-    Stream(Stream),
+    Stream(Box<Stream>),
     Cleanup,
 }
 
+/// What a worker thread answers.
 pub(super) enum Reply {
     /// The result, and the request's batch handed back: the caller drops it, so the
     /// count of a batch it shares is written on the caller's core only.
-    Processed(Result<Batch, Outcome>, Batch),
-    Streamed(StreamEnd),
-    CleanedUp(RResult<(), PluginError>),
+    Processed(Result<Batch, Box<Outcome>>, Batch),
+    Streamed(Box<StreamEnd>),
+    CleanedUp(Box<RResult<(), PluginError>>),
 }
 
 pub(super) struct Ready {
@@ -345,8 +349,8 @@ pub(super) struct Setup {
 pub(super) fn worker(
     setup: Setup,
     ready: Sender<Result<Ready, StartError>>,
-    requests: Receiver<Request>,
-    replies: Sender<Reply>,
+    requests: handoff::Receiver<Request>,
+    replies: handoff::Sender<Reply>,
 ) {
     let _ending = Ending(setup.life.clone());
     let services = setup.services.clone();
@@ -385,28 +389,29 @@ pub(super) fn worker(
     drop(ready);
     let mut outputs = Outputs::default();
     while let Some(request) = next_request(&requests, setup.cores.worker_waits()) {
-        let reply = match request {
+        let is_panic = |error: &PluginError| error.kind == ErrorKind::PANICKED;
+        let (reply, panicked) = match request {
             Request::Process(batch) => {
                 let result = process_here(&mut instance, &batch, &mut outputs);
-                Reply::Processed(result, batch)
+                let panicked = matches!(&result, Err(Outcome::Plugin(error)) if is_panic(error));
+                (Reply::Processed(result.map_err(Box::new), batch), panicked)
             }
             Request::Stream(stream) => {
-                Reply::Streamed(stream::stream_here(&mut instance, &mut outputs, stream))
+                let end = stream::stream_here(&mut instance, &mut outputs, *stream);
+                let panicked = matches!(
+                    &end,
+                    Some((_, _, Stopped::Failed(Outcome::Plugin(error)))) if is_panic(error)
+                );
+                (Reply::Streamed(Box::new(end)), panicked)
             }
             Request::Cleanup => {
                 let result = instance.cleanup();
                 // Nothing the plugin does from now on reaches the host's services.
                 services.revoke();
-                Reply::CleanedUp(result)
+                let panicked = matches!(&result, RResult::RErr(error) if is_panic(error));
+                (Reply::CleanedUp(Box::new(result)), panicked)
             }
         };
-        let panicked = matches!(
-            &reply,
-            Reply::Processed(Err(Outcome::Plugin(error)), _)
-                | Reply::Streamed(Some((_, _, Stopped::Failed(Outcome::Plugin(error)))))
-                | Reply::CleanedUp(RResult::RErr(error))
-                if error.kind == ErrorKind::PANICKED
-        );
         if panicked {
             // After a panic the instance's state is unknown: never call or drop it again.
             std::mem::forget(instance);
@@ -435,7 +440,7 @@ pub(super) const NEXT_REQUEST_SPIN: Duration = Duration::from_micros(50);
 /// The next request, or `None` once the handle is gone. Polls without yielding for
 /// [`HOT_SPIN`] if `hot` (the caller is on another core), spins yielding the core until
 /// [`NEXT_REQUEST_SPIN`], then parks: an idle worker costs no CPU.
-pub(super) fn next_request(requests: &Receiver<Request>, hot: bool) -> Option<Request> {
+pub(super) fn next_request(requests: &handoff::Receiver<Request>, hot: bool) -> Option<Request> {
     let started = Instant::now();
     if hot {
         match poll_hot(requests, started + HOT_SPIN) {
@@ -450,7 +455,7 @@ pub(super) fn next_request(requests: &Receiver<Request>, hot: bool) -> Option<Re
             Ok(request) => return Some(request),
             Err(TryRecvError::Disconnected) => return None,
             Err(TryRecvError::Empty) if Instant::now() < spin_until => std::thread::yield_now(),
-            Err(TryRecvError::Empty) => return requests.recv().ok(),
+            Err(TryRecvError::Empty) => return requests.recv(),
         }
     }
 }
@@ -459,6 +464,24 @@ pub(super) fn next_request(requests: &Receiver<Request>, hot: bool) -> Option<Re
 mod tests {
     use super::*;
     use abi_stable::std_types::RResult;
+
+    fn cleaned_up() -> Reply {
+        Reply::CleanedUp(Box::new(RResult::ROk(())))
+    }
+
+    #[test]
+    fn requests_and_replies_fit_the_hand_off_line_with_its_state() {
+        assert!(
+            handoff::fits_one_line::<Request>(),
+            "{} bytes",
+            std::mem::size_of::<Request>()
+        );
+        assert!(
+            handoff::fits_one_line::<Reply>(),
+            "{} bytes",
+            std::mem::size_of::<Reply>()
+        );
+    }
 
     /// The CPU time thread `tid` of this process has used so far.
     fn cpu_time(tid: i32) -> Duration {
@@ -490,7 +513,7 @@ mod tests {
 
     #[test]
     fn an_idle_worker_parks_and_wakes_for_the_next_request() {
-        let (requests_tx, requests_rx) = crossbeam_channel::bounded::<Request>(1);
+        let (requests_tx, requests_rx) = handoff::handoff::<Request>();
         let (worker, tid) = waiting(move || {
             let first = matches!(next_request(&requests_rx, true), Some(Request::Cleanup));
             (first, next_request(&requests_rx, false).is_none())
@@ -500,7 +523,7 @@ mod tests {
             used < Duration::from_millis(5),
             "a worker waiting for a request used {used:?} of CPU in 200 ms"
         );
-        requests_tx.send(Request::Cleanup).unwrap();
+        requests_tx.send(Request::Cleanup).ok().unwrap();
         drop(requests_tx);
         assert_eq!(
             worker.join().unwrap(),
@@ -511,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_caller_parks_while_a_long_call_runs() {
-        let (replies_tx, replies_rx) = crossbeam_channel::bounded::<Reply>(1);
+        let (replies_tx, replies_rx) = handoff::handoff::<Reply>();
         let (caller, tid) = waiting(move || {
             // It expects a short call (nothing learnt yet), so it polls first.
             let mut wait = ReplyWait::default();
@@ -519,7 +542,7 @@ mod tests {
             let (reply, came) = wait.reply(&replies_rx, sent, None, true).ok().unwrap();
             let learnt = wait.expected;
             (
-                matches!(reply, Reply::CleanedUp(RResult::ROk(()))),
+                matches!(reply, Reply::CleanedUp(result) if matches!(*result, RResult::ROk(()))),
                 came - sent,
                 learnt,
             )
@@ -529,7 +552,7 @@ mod tests {
             used < Duration::from_millis(5),
             "a caller waiting for a reply used {used:?} of CPU in 200 ms"
         );
-        replies_tx.send(Reply::CleanedUp(RResult::ROk(()))).unwrap();
+        replies_tx.send(cleaned_up()).ok().unwrap();
         let (replied, took, learnt) = caller.join().unwrap();
         assert!(replied);
         assert!(took >= Duration::from_millis(220), "{took:?}");
@@ -542,11 +565,11 @@ mod tests {
 
     #[test]
     fn a_reply_that_comes_at_once_is_taken_while_polling() {
-        let (replies_tx, replies_rx) = crossbeam_channel::bounded::<Reply>(1);
-        replies_tx.send(Reply::CleanedUp(RResult::ROk(()))).unwrap();
+        let (replies_tx, replies_rx) = handoff::handoff::<Reply>();
+        replies_tx.send(cleaned_up()).ok().unwrap();
         let sent = Instant::now();
         let reply = poll_hot(&replies_rx, sent + HOT_SPIN).unwrap();
-        assert!(matches!(reply, Some(Reply::CleanedUp(RResult::ROk(())))));
+        assert!(matches!(reply, Some(Reply::CleanedUp(_))));
         assert!(matches!(poll_hot(&replies_rx, Instant::now()), Ok(None)));
         drop(replies_tx);
         assert!(matches!(

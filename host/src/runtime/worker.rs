@@ -27,14 +27,15 @@ use std::time::{Duration, Instant};
 use abi_stable::std_types::RResult;
 #[cfg(target_os = "linux")]
 use abi_stable::std_types::RVec;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::RecvTimeoutError;
 use plugbay_api::abi::PluginError;
 
+use super::handoff;
 use super::thread::{join_by, Cores, Reply, ReplyWait, Request, WorkerLife};
 use crate::batch::Batch;
 #[cfg(target_os = "linux")]
 use crate::call::check_output;
-use crate::call::{deadline_after, recv_by, Outcome};
+use crate::call::{deadline_after, Outcome};
 #[cfg(target_os = "linux")]
 use crate::process::{Fault, ProcessWorker};
 use crate::stream::{Stream, StreamEnd};
@@ -104,8 +105,8 @@ enum Kind {
 /// A worker thread, from its handle's side.
 pub(super) struct ThreadSide {
     pub id: String,
-    pub requests: Option<Sender<Request>>,
-    pub replies: Receiver<Reply>,
+    pub requests: Option<handoff::Sender<Request>>,
+    pub replies: handoff::Receiver<Reply>,
     pub thread: Option<JoinHandle<()>>,
     pub wait: ReplyWait,
     /// The cores it and its caller were last seen on.
@@ -123,7 +124,7 @@ struct ProcessSide {
     process: Option<ProcessWorker>,
     /// The thread relaying a pipeline stream to the process, which gives it back when
     /// the stream ends, and the channel it says so on.
-    relay: Option<(JoinHandle<ProcessWorker>, Receiver<Reply>)>,
+    relay: Option<(JoinHandle<ProcessWorker>, handoff::Receiver<Reply>)>,
 }
 
 impl Worker {
@@ -188,7 +189,9 @@ impl Worker {
         let (result, came) = match &mut self.kind {
             Kind::Thread(thread) => {
                 match thread.call(Request::Process(batch.clone()), timeout, started) {
-                    Ok((Reply::Processed(result, _input), came)) => (Ok(result), came),
+                    Ok((Reply::Processed(result, _input), came)) => {
+                        (Ok(result.map_err(|outcome| *outcome)), came)
+                    }
                     Ok((_, came)) => (
                         Err(Lost::Gone(
                             "the worker answered process with another reply".to_owned(),
@@ -216,7 +219,7 @@ impl Worker {
         self.serving()?;
         let result = match &mut self.kind {
             Kind::Thread(thread) => match thread.call(Request::Cleanup, timeout, Instant::now()) {
-                Ok((Reply::CleanedUp(result), _)) => Ok(result),
+                Ok((Reply::CleanedUp(result), _)) => Ok(*result),
                 Ok(_) => Err(Lost::Gone(
                     "the worker answered cleanup with another reply".to_owned(),
                 )),
@@ -242,7 +245,7 @@ impl Worker {
     pub fn open_stream(&mut self, stream: Stream, timeout: Duration) -> Result<(), Lost> {
         self.serving()?;
         let opened = match &mut self.kind {
-            Kind::Thread(thread) => thread.send(Request::Stream(stream)),
+            Kind::Thread(thread) => thread.send(Request::Stream(Box::new(stream))),
             #[cfg(target_os = "linux")]
             Kind::Process(process) => process.open_stream(stream, timeout),
         };
@@ -262,32 +265,13 @@ impl Worker {
         if self.state != WorkerState::Streaming {
             return Err(Lost::Gone("no stream is open".to_owned()));
         }
-        let replies = match &self.kind {
-            Kind::Thread(thread) => thread.replies.clone(),
+        let end = match &self.kind {
+            Kind::Thread(thread) => stream_end(&thread.replies, due),
             #[cfg(target_os = "linux")]
             Kind::Process(process) => match &process.relay {
-                Some((_, replies)) => replies.clone(),
-                None => return self.settle(Err(Lost::Gone("its relay is gone".to_owned()))),
+                Some((_, replies)) => stream_end(replies, due),
+                None => Err(Lost::Gone("its relay is gone".to_owned())),
             },
-        };
-        let end = loop {
-            match recv_by(&replies, due()) {
-                Ok(Reply::Streamed(end)) => break Ok(end),
-                Ok(_) => {
-                    break Err(Lost::Gone(
-                        "the worker answered a stream with another reply".to_owned(),
-                    ))
-                }
-                Err(RecvTimeoutError::Timeout)
-                    if due().is_some_and(|due| Instant::now() >= due) =>
-                {
-                    break Err(Lost::Late)
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    break Err(Lost::Gone("the worker thread ended".to_owned()))
-                }
-            }
         };
         #[cfg(target_os = "linux")]
         if let (Ok(_), Kind::Process(process)) = (&end, &mut self.kind) {
@@ -390,6 +374,31 @@ impl Worker {
     }
 }
 
+/// Waits on `replies` for the end of a stream, until `due()` (asked again after each
+/// wait).
+fn stream_end(
+    replies: &handoff::Receiver<Reply>,
+    due: impl Fn() -> Option<Instant>,
+) -> Result<StreamEnd, Lost> {
+    loop {
+        match replies.recv_by(due()) {
+            Ok(Reply::Streamed(end)) => return Ok(*end),
+            Ok(_) => {
+                return Err(Lost::Gone(
+                    "the worker answered a stream with another reply".to_owned(),
+                ))
+            }
+            Err(RecvTimeoutError::Timeout) if due().is_some_and(|due| Instant::now() >= due) => {
+                return Err(Lost::Late)
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Lost::Gone("the worker thread ended".to_owned()))
+            }
+        }
+    }
+}
+
 impl ThreadSide {
     /// Sends a request.
     fn send(&mut self, request: Request) -> Result<(), Lost> {
@@ -442,7 +451,7 @@ impl ThreadSide {
         let deadline = deadline_after(Instant::now(), timeout);
         // The worker drops its end of the reply channel once the instance is gone.
         let dropped = loop {
-            match recv_by(&self.replies, deadline) {
+            match self.replies.recv_by(deadline) {
                 // A reply nobody collected (a pipeline run whose sink panicked).
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Disconnected) => break true,
@@ -467,7 +476,7 @@ impl ProcessSide {
         let Some(mut worker) = self.process.take() else {
             return Err(Lost::Gone("the worker process is gone".to_owned()));
         };
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded::<Reply>(1);
+        let (reply_tx, reply_rx) = handoff::handoff::<Reply>();
         let relay = std::thread::Builder::new()
             .name(format!("plugbay-relay-{}", self.id))
             .spawn(move || {
@@ -478,7 +487,7 @@ impl ProcessSide {
                         Err(Fault::Crashed(cause)) => Err(Outcome::Crashed(cause)),
                     }
                 });
-                let _ = reply_tx.send(Reply::Streamed(end));
+                let _ = reply_tx.send(Reply::Streamed(Box::new(end)));
                 worker
             })
             .map_err(|err| Lost::Gone(format!("cannot start a relay thread: {err}")))?;
