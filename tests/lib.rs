@@ -41,6 +41,37 @@ pub const FIXTURES: &[&str] = &[
     "fixture-hoarder-system",
 ];
 
+/// What each thread of this process is doing, one line each (name, where it waits
+/// in the kernel, its system call and the call's first arguments; Linux), for a
+/// test that fails because something did not end in time.
+pub fn thread_states() -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return "(no /proc/self/task here)".to_owned();
+    };
+    let read = |task: &Path, file: &str| {
+        std::fs::read_to_string(task.join(file))
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut lines: Vec<String> = tasks
+        .flatten()
+        .map(|task| {
+            let task = task.path();
+            let syscall = read(&task, "syscall");
+            let syscall: Vec<&str> = syscall.split_whitespace().take(4).collect();
+            format!(
+                "{} {}: {} (syscall {})",
+                task.file_name().unwrap_or_default().to_string_lossy(),
+                read(&task, "comm"),
+                read(&task, "wchan"),
+                syscall.join(" ")
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use plugbay_host::registry::{Registry, Scope};
-use plugbay_host::server::{RestartPolicy, RunningServer, ServeOptions, Server};
+use plugbay_host::server::{RestartPolicy, RunningServer, ServeOptions, Server, ServerError};
 use plugbay_tests::{example_manifest, fixture_manifest, library};
 use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
@@ -206,15 +206,40 @@ impl Api {
 
     fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.stop().unwrap();
+            stop_within(server, STOP_WAIT).unwrap();
         }
+    }
+}
+
+/// How long a test waits for its server to stop: the shutdown grace (the request
+/// timeout and 5 s), the plugins' cleanup and stop deadlines, and then some.
+const STOP_WAIT: Duration = Duration::from_secs(180);
+
+/// Stops `server`, failing the test with the state of every thread of this process
+/// if it takes longer than `wait`, instead of hanging the suite.
+fn stop_within(server: RunningServer, wait: Duration) -> Result<(), ServerError> {
+    let (done, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(server.stop());
+    });
+    match stopped.recv_timeout(wait) {
+        Ok(result) => result,
+        Err(_) => panic!(
+            "the server did not stop within {wait:?}; the threads of this process:\n{}",
+            plugbay_tests::thread_states()
+        ),
     }
 }
 
 impl Drop for Api {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
-            let _ = server.stop();
+            // A test that failed already has its own message.
+            if std::thread::panicking() {
+                let _ = server.stop();
+            } else {
+                let _ = stop_within(server, STOP_WAIT);
+            }
         }
     }
 }

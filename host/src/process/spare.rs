@@ -183,9 +183,13 @@ pub(super) fn order(program: &Path) {
                 tracing::debug!(program = %job_program.display(), error = %err, "cannot launch a worker process ahead of need")
             }
         }
+        drop(pool);
+        // A start waiting in `take` for this launch takes it now.
+        pool_and_change().1.notify_all();
     }));
     if ordered.is_err() {
         pool().launching.retain(|p| *p != program);
+        pool_and_change().1.notify_all();
     }
 }
 
@@ -219,14 +223,36 @@ fn on_spawner(job: Job) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::other("the thread that spawns worker processes is gone"))
 }
 
-/// Spawns `command` on the lasting spawner thread and waits for it.
+/// How long a start waits for the spawner thread to start its worker. A spawn takes
+/// milliseconds; one that takes this long is stuck (the thread is then still busy with
+/// it, or with a launch before it), and the start fails instead of waiting for ever.
+const SPAWN_WAIT: Duration = Duration::from_secs(30);
+
+/// Spawns `command` on the lasting spawner thread and waits for it, at most
+/// [`SPAWN_WAIT`].
 fn spawn_from_a_lasting_thread(command: Command) -> std::io::Result<Child> {
     let (answer, spawned) = crossbeam_channel::bounded(1);
     let mut command = command;
     on_spawner(Box::new(move || {
-        let _ = answer.send(command.spawn());
+        if let Err(unwanted) = answer.send(command.spawn()) {
+            // The start gave up waiting: nobody will use this worker.
+            if let Ok(mut child) = unwanted.into_inner() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }))?;
-    spawned
-        .recv()
-        .map_err(|_| std::io::Error::other("the thread that spawns worker processes is gone"))?
+    match spawned.recv_timeout(SPAWN_WAIT) {
+        Ok(spawned) => spawned,
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the thread that spawns worker processes did not start one within {} s (it is stuck in an earlier spawn); retry, and report it if it lasts",
+                SPAWN_WAIT.as_secs()
+            ),
+        )),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(std::io::Error::other(
+            "the thread that spawns worker processes is gone",
+        )),
+    }
 }

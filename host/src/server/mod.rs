@@ -303,7 +303,9 @@ impl Server {
             .thread_name("plugbay-serve")
             .build()
             .map_err(ServerError::Runtime)?;
-        runtime.block_on(self.run())
+        let served = runtime.block_on(self.run());
+        runtime.shutdown_timeout(LEFTOVER_WAIT);
+        served
     }
 }
 
@@ -322,9 +324,11 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("plugbay-serve".to_owned())
             .spawn(move || {
-                runtime.block_on(self.run_until(async {
+                let served = runtime.block_on(self.run_until(async {
                     let _ = stopped.await;
-                }))
+                }));
+                runtime.shutdown_timeout(LEFTOVER_WAIT);
+                served
             })
             .map_err(ServerError::Runtime)?;
         Ok(RunningServer {
@@ -376,6 +380,12 @@ impl Drop for RunningServer {
         }
     }
 }
+
+/// How long a server that has stopped waits for work its clients no longer wait for:
+/// a request past its deadline was answered 503 but may still run on the blocking
+/// pool (a plugin that starts or a call, each bounded by its own deadline). Past
+/// this, the server stops without it, rather than keep its caller waiting.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Binds and serves until SIGINT or SIGTERM (what `plugbay serve` does).
 pub fn serve(options: ServeOptions) -> Result<(), ServerError> {
