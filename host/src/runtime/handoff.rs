@@ -15,7 +15,6 @@
 //! receiver is dropped is dropped with it.
 
 use std::cell::UnsafeCell;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::Thread;
@@ -58,8 +57,9 @@ struct Sleepers {
     sender: Option<Thread>,
 }
 
-// SAFETY: the message is written only by the one `Sender` while `FULL` is clear and
-// taken only by the one `Receiver` while it is set; each side publishes its access
+// SAFETY: the message is written only by the one `Sender` (through `&mut self`, so by
+// one thread at a time) while `FULL` is clear and taken only by the one `Receiver`
+// (the same) while it is set; each side publishes its access
 // with a release store of the state that the other side reads with acquire before
 // its own. So the message is never accessed from two threads at once, and moving it
 // between them needs only `T: Send`.
@@ -134,33 +134,27 @@ pub(super) fn handoff<T: Send>() -> (Sender<T>, Receiver<T>) {
     (
         Sender {
             shared: shared.clone(),
-            _one_thread: PhantomData,
         },
-        Receiver {
-            shared,
-            _one_thread: PhantomData,
-        },
+        Receiver { shared },
     )
 }
 
-/// The sending side. It is moved between threads, but used by one at a time.
+/// The sending side. There is one, and it sends through `&mut self`: one thread at a
+/// time.
 pub(super) struct Sender<T> {
     shared: Arc<Shared<T>>,
-    /// Not `Sync`: `send` relies on being the only sender.
-    _one_thread: PhantomData<std::cell::Cell<()>>,
 }
 
-/// The receiving side. It is moved between threads, but used by one at a time.
+/// The receiving side. There is one, and it receives through `&mut self`: one thread
+/// at a time.
 pub(super) struct Receiver<T> {
     shared: Arc<Shared<T>>,
-    /// Not `Sync`: `try_recv` relies on being the only receiver.
-    _one_thread: PhantomData<std::cell::Cell<()>>,
 }
 
 impl<T> Sender<T> {
     /// Puts `message` in the slot, waiting while the one before is still there; gives
     /// it back if the receiver is gone.
-    pub(super) fn send(&self, message: T) -> Result<(), T> {
+    pub(super) fn send(&mut self, message: T) -> Result<(), T> {
         let line = &self.shared.line;
         let spin_until = Instant::now() + FULL_SPIN;
         let mut state = line.state.load(Ordering::Acquire);
@@ -205,7 +199,7 @@ impl<T> Drop for Sender<T> {
 impl<T> Receiver<T> {
     /// Takes the message if one is there, without waiting. A message sent before the
     /// sender was dropped is still taken; after it, the sender's drop disconnects.
-    pub(super) fn try_recv(&self) -> Result<T, TryRecvError> {
+    pub(super) fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let state = self.shared.line.state.load(Ordering::Acquire);
         if state & FULL != 0 {
             return Ok(self.take());
@@ -218,7 +212,7 @@ impl<T> Receiver<T> {
     }
 
     /// Takes the message, which `FULL` says is there.
-    fn take(&self) -> T {
+    fn take(&mut self) -> T {
         let line = &self.shared.line;
         // SAFETY: `FULL` is set (read with acquire, after the sender's release store
         // that set it once its write was done), and only this receiver clears it: the
@@ -231,7 +225,7 @@ impl<T> Receiver<T> {
     }
 
     /// Waits for the message until `deadline` (none: for ever), asleep.
-    pub(super) fn recv_by(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+    pub(super) fn recv_by(&mut self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
         loop {
             match self.try_recv() {
                 Ok(message) => return Ok(message),
@@ -248,7 +242,7 @@ impl<T> Receiver<T> {
     }
 
     /// Waits for the message, asleep; `None` once the sender is gone.
-    pub(super) fn recv(&self) -> Option<T> {
+    pub(super) fn recv(&mut self) -> Option<T> {
         self.recv_by(None).ok()
     }
 }
@@ -274,8 +268,8 @@ mod tests {
 
     #[test]
     fn messages_cross_in_order_between_two_threads() {
-        let (requests, incoming) = handoff::<u64>();
-        let (replies, answers) = handoff::<u64>();
+        let (mut requests, mut incoming) = handoff::<u64>();
+        let (mut replies, mut answers) = handoff::<u64>();
         let worker = std::thread::spawn(move || {
             while let Some(n) = incoming.recv() {
                 replies.send(n * 2).unwrap();
@@ -306,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_sleeping_receiver_is_woken_by_a_message_and_by_the_sender_leaving() {
-        let (sender, receiver) = handoff::<&'static str>();
+        let (mut sender, mut receiver) = handoff::<&'static str>();
         let waiting = std::thread::spawn(move || {
             let first = receiver.recv();
             let then = receiver.recv();
@@ -321,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_message_sent_before_the_sender_left_is_still_taken() {
-        let (sender, receiver) = handoff::<u8>();
+        let (mut sender, mut receiver) = handoff::<u8>();
         sender.send(7).unwrap();
         drop(sender);
         assert_eq!(receiver.try_recv(), Ok(7));
@@ -330,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_receiver_times_out_at_its_deadline() {
-        let (_sender, receiver) = handoff::<u8>();
+        let (_sender, mut receiver) = handoff::<u8>();
         let started = Instant::now();
         let waited = receiver.recv_by(Some(started + Duration::from_millis(30)));
         assert_eq!(waited, Err(RecvTimeoutError::Timeout));
@@ -339,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_sender_waits_while_the_slot_is_full_and_fails_once_the_receiver_left() {
-        let (sender, receiver) = handoff::<u32>();
+        let (mut sender, mut receiver) = handoff::<u32>();
         sender.send(1).unwrap();
         let second = std::thread::spawn(move || {
             let sent = sender.send(2);
@@ -349,7 +343,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert!(!second.is_finished(), "the slot was full");
         assert_eq!(receiver.recv(), Some(1));
-        let (sent, sender) = second.join().unwrap();
+        let (sent, mut sender) = second.join().unwrap();
         assert_eq!(sent, Ok(()));
         assert_eq!(receiver.recv(), Some(2));
 
@@ -363,7 +357,7 @@ mod tests {
     #[test]
     fn a_message_left_in_the_slot_goes_with_the_receiver() {
         let batch = Arc::new(());
-        let (sender, receiver) = handoff::<Arc<()>>();
+        let (mut sender, receiver) = handoff::<Arc<()>>();
         sender.send(batch.clone()).unwrap();
         assert_eq!(Arc::strong_count(&batch), 2);
         drop(receiver);

@@ -151,7 +151,7 @@ const POLLS_PER_CLOCK: u32 = 16;
 /// Polls `channel` without yielding the core until `until`; `Ok(None)` if nothing
 /// came by then.
 pub(super) fn poll_hot<T>(
-    channel: &handoff::Receiver<T>,
+    channel: &mut handoff::Receiver<T>,
     until: Instant,
 ) -> Result<Option<T>, RecvTimeoutError> {
     loop {
@@ -245,7 +245,7 @@ impl ReplyWait {
     /// came (the caller's only reading of the clock after the call).
     pub(super) fn reply(
         &mut self,
-        replies: &handoff::Receiver<Reply>,
+        replies: &mut handoff::Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
         hot: bool,
@@ -267,7 +267,7 @@ impl ReplyWait {
     /// short call without yielding keeps nothing from running.
     pub(super) fn wait(
         &self,
-        replies: &handoff::Receiver<Reply>,
+        replies: &mut handoff::Receiver<Reply>,
         sent: Instant,
         deadline: Option<Instant>,
         hot: bool,
@@ -349,8 +349,8 @@ pub(super) struct Setup {
 pub(super) fn worker(
     setup: Setup,
     ready: Sender<Result<Ready, StartError>>,
-    requests: handoff::Receiver<Request>,
-    replies: handoff::Sender<Reply>,
+    mut requests: handoff::Receiver<Request>,
+    mut replies: handoff::Sender<Reply>,
 ) {
     let _ending = Ending(setup.life.clone());
     let services = setup.services.clone();
@@ -388,7 +388,7 @@ pub(super) fn worker(
     };
     drop(ready);
     let mut outputs = Outputs::default();
-    while let Some(request) = next_request(&requests, setup.cores.worker_waits()) {
+    while let Some(request) = next_request(&mut requests, setup.cores.worker_waits()) {
         let is_panic = |error: &PluginError| error.kind == ErrorKind::PANICKED;
         let (reply, panicked) = match request {
             Request::Process(batch) => {
@@ -440,7 +440,10 @@ pub(super) const NEXT_REQUEST_SPIN: Duration = Duration::from_micros(50);
 /// The next request, or `None` once the handle is gone. Polls without yielding for
 /// [`HOT_SPIN`] if `hot` (the caller is on another core), spins yielding the core until
 /// [`NEXT_REQUEST_SPIN`], then parks: an idle worker costs no CPU.
-pub(super) fn next_request(requests: &handoff::Receiver<Request>, hot: bool) -> Option<Request> {
+pub(super) fn next_request(
+    requests: &mut handoff::Receiver<Request>,
+    hot: bool,
+) -> Option<Request> {
     let started = Instant::now();
     if hot {
         match poll_hot(requests, started + HOT_SPIN) {
@@ -513,10 +516,10 @@ mod tests {
 
     #[test]
     fn an_idle_worker_parks_and_wakes_for_the_next_request() {
-        let (requests_tx, requests_rx) = handoff::handoff::<Request>();
+        let (mut requests_tx, mut requests_rx) = handoff::handoff::<Request>();
         let (worker, tid) = waiting(move || {
-            let first = matches!(next_request(&requests_rx, true), Some(Request::Cleanup));
-            (first, next_request(&requests_rx, false).is_none())
+            let first = matches!(next_request(&mut requests_rx, true), Some(Request::Cleanup));
+            (first, next_request(&mut requests_rx, false).is_none())
         });
         let used = idle_cpu(tid);
         assert!(
@@ -534,12 +537,12 @@ mod tests {
 
     #[test]
     fn a_caller_parks_while_a_long_call_runs() {
-        let (replies_tx, replies_rx) = handoff::handoff::<Reply>();
+        let (mut replies_tx, mut replies_rx) = handoff::handoff::<Reply>();
         let (caller, tid) = waiting(move || {
             // It expects a short call (nothing learnt yet), so it polls first.
             let mut wait = ReplyWait::default();
             let sent = Instant::now();
-            let (reply, came) = wait.reply(&replies_rx, sent, None, true).ok().unwrap();
+            let (reply, came) = wait.reply(&mut replies_rx, sent, None, true).ok().unwrap();
             let learnt = wait.expected;
             (
                 matches!(reply, Reply::CleanedUp(result) if matches!(*result, RResult::ROk(()))),
@@ -565,15 +568,18 @@ mod tests {
 
     #[test]
     fn a_reply_that_comes_at_once_is_taken_while_polling() {
-        let (replies_tx, replies_rx) = handoff::handoff::<Reply>();
+        let (mut replies_tx, mut replies_rx) = handoff::handoff::<Reply>();
         replies_tx.send(cleaned_up()).ok().unwrap();
         let sent = Instant::now();
-        let reply = poll_hot(&replies_rx, sent + HOT_SPIN).unwrap();
+        let reply = poll_hot(&mut replies_rx, sent + HOT_SPIN).unwrap();
         assert!(matches!(reply, Some(Reply::CleanedUp(_))));
-        assert!(matches!(poll_hot(&replies_rx, Instant::now()), Ok(None)));
+        assert!(matches!(
+            poll_hot(&mut replies_rx, Instant::now()),
+            Ok(None)
+        ));
         drop(replies_tx);
         assert!(matches!(
-            poll_hot(&replies_rx, Instant::now() + HOT_SPIN),
+            poll_hot(&mut replies_rx, Instant::now() + HOT_SPIN),
             Err(RecvTimeoutError::Disconnected)
         ));
     }

@@ -265,10 +265,10 @@ impl Worker {
         if self.state != WorkerState::Streaming {
             return Err(Lost::Gone("no stream is open".to_owned()));
         }
-        let end = match &self.kind {
-            Kind::Thread(thread) => stream_end(&thread.replies, due),
+        let end = match &mut self.kind {
+            Kind::Thread(thread) => stream_end(&mut thread.replies, due),
             #[cfg(target_os = "linux")]
-            Kind::Process(process) => match &process.relay {
+            Kind::Process(process) => match &mut process.relay {
                 Some((_, replies)) => stream_end(replies, due),
                 None => Err(Lost::Gone("its relay is gone".to_owned())),
             },
@@ -377,7 +377,7 @@ impl Worker {
 /// Waits on `replies` for the end of a stream, until `due()` (asked again after each
 /// wait).
 fn stream_end(
-    replies: &handoff::Receiver<Reply>,
+    replies: &mut handoff::Receiver<Reply>,
     due: impl Fn() -> Option<Instant>,
 ) -> Result<StreamEnd, Lost> {
     loop {
@@ -402,7 +402,7 @@ fn stream_end(
 impl ThreadSide {
     /// Sends a request.
     fn send(&mut self, request: Request) -> Result<(), Lost> {
-        let Some(requests) = &self.requests else {
+        let Some(requests) = &mut self.requests else {
             return Err(Lost::Gone(
                 "the worker thread takes no more requests".to_owned(),
             ));
@@ -424,7 +424,7 @@ impl ThreadSide {
         let deadline = deadline_after(sent, timeout);
         let hot = self.cores.caller_waits();
         loop {
-            return match self.wait.reply(&self.replies, sent, deadline, hot) {
+            return match self.wait.reply(&mut self.replies, sent, deadline, hot) {
                 // The end of a pipeline run that stopped without collecting it (its
                 // sink panicked): the worker went on to this request after it.
                 Ok((Reply::Streamed(_), _)) => continue,
@@ -476,7 +476,7 @@ impl ProcessSide {
         let Some(mut worker) = self.process.take() else {
             return Err(Lost::Gone("the worker process is gone".to_owned()));
         };
-        let (reply_tx, reply_rx) = handoff::handoff::<Reply>();
+        let (mut reply_tx, reply_rx) = handoff::handoff::<Reply>();
         let relay = std::thread::Builder::new()
             .name(format!("plugbay-relay-{}", self.id))
             .spawn(move || {
