@@ -72,6 +72,32 @@ pub fn thread_states() -> String {
     lines.join("\n")
 }
 
+/// Starts, once per process, a watchdog that ends the process if it still runs
+/// `after` from now, first writing the state of each of its threads to stderr
+/// ([`thread_states`]): a test that waits for ever then fails its suite with where it
+/// waits, instead of holding CI until its time limit.
+pub fn watchdog(after: std::time::Duration) {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let started = std::thread::Builder::new()
+            .name("plugbay-tests-watchdog".to_owned())
+            .spawn(move || {
+                std::thread::sleep(after);
+                // Straight to the descriptor: the test harness captures `eprintln!`.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "this test process still runs after {after:?}, so a test is taken for hung; its threads:\n{}",
+                    thread_states()
+                );
+                std::process::abort();
+            });
+        if let Err(err) = started {
+            panic!("cannot start the tests' watchdog: {err}");
+        }
+    });
+}
+
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

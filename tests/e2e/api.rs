@@ -137,6 +137,7 @@ impl Api {
     }
 
     fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> Api {
+        plugbay_tests::watchdog(crate::HUNG_AFTER);
         logs();
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");

@@ -18,12 +18,29 @@ mod sandbox;
 mod survival;
 mod upgrade;
 
-use plugbay_host::Host;
+use std::time::Duration;
 
-pub use plugbay_tests::{example_spec as example, fixture_spec as fixture};
+use plugbay_host::{Host, PluginSpec};
+
+/// How long this suite may run before it is taken for hung (it takes 2–5 minutes with
+/// its plugins built, and their build a few more): see [`plugbay_tests::watchdog`].
+const HUNG_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// The spec of example plugin `name` (see [`plugbay_tests::example_spec`]).
+pub fn example(name: &str) -> PluginSpec {
+    plugbay_tests::watchdog(HUNG_AFTER);
+    plugbay_tests::example_spec(name)
+}
+
+/// The spec of fixture plugin `name` (see [`plugbay_tests::fixture_spec`]).
+pub fn fixture(name: &str) -> PluginSpec {
+    plugbay_tests::watchdog(HUNG_AFTER);
+    plugbay_tests::fixture_spec(name)
+}
 
 /// A host whose plugin data lives in a fresh temporary folder.
 pub fn host() -> (Host, tempfile::TempDir) {
+    plugbay_tests::watchdog(HUNG_AFTER);
     let dir = tempfile::tempdir().unwrap();
     (Host::new().with_data_dir(dir.path()), dir)
 }
