@@ -58,11 +58,11 @@ struct Sleepers {
 }
 
 // SAFETY: the message is written only by the one `Sender` (through `&mut self`, so by
-// one thread at a time) while `FULL` is clear and taken only by the one `Receiver`
-// (the same) while it is set; each side publishes its access
-// with a release store of the state that the other side reads with acquire before
-// its own. So the message is never accessed from two threads at once, and moving it
-// between them needs only `T: Send`.
+// one thread at a time) while `FULL` is clear, and taken only by the one `Receiver`
+// (the same) while it is set. Each side ends its access with a read-modify-write of
+// the state (sequentially consistent, so a release) that the other side reads with
+// acquire before its own access. So the message is never accessed from two threads
+// at once, and moving it between them needs only `T: Send`.
 unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
