@@ -59,6 +59,31 @@ fn sealed_copies() -> &'static Mutex<HashMap<String, Weak<std::os::fd::OwnedFd>>
     COPIES.get_or_init(Default::default)
 }
 
+/// How many sealed copies of libraries loaded without a digest stay open after their
+/// last instance is gone, the most recently used first: starting the same library
+/// again (a restart, an instance started and stopped in a loop) then reads and hashes
+/// nothing, and a host that loads build after build keeps at most this many it no
+/// longer runs.
+#[cfg(target_os = "linux")]
+const RECENT_COPIES: usize = 2;
+
+/// The sealed copies used last (see [`RECENT_COPIES`]).
+#[cfg(target_os = "linux")]
+fn recent_copies() -> &'static Mutex<std::collections::VecDeque<Arc<std::os::fd::OwnedFd>>> {
+    static RECENT: OnceLock<Mutex<std::collections::VecDeque<Arc<std::os::fd::OwnedFd>>>> =
+        OnceLock::new();
+    RECENT.get_or_init(Default::default)
+}
+
+/// Keeps `sealed` among the recently used copies.
+#[cfg(target_os = "linux")]
+fn used(sealed: &Arc<std::os::fd::OwnedFd>) {
+    let mut recent = recent_copies().lock().unwrap_or_else(|e| e.into_inner());
+    recent.retain(|copy| !Arc::ptr_eq(copy, sealed));
+    recent.push_front(sealed.clone());
+    recent.truncate(RECENT_COPIES);
+}
+
 /// The sealed copies the dynamic loader opened in this process, held open for good:
 /// a loaded library's `/proc/self/fd/N` name must never come to mean another file.
 #[cfg(target_os = "linux")]
@@ -185,6 +210,7 @@ impl Image {
     #[cfg(target_os = "linux")]
     fn with_sealed(path: PathBuf, sha256: String, sealed: Arc<std::os::fd::OwnedFd>) -> Image {
         use std::os::fd::AsRawFd;
+        used(&sealed);
         Image {
             path,
             sha256,
@@ -465,17 +491,29 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_copy_not_loaded_here_goes_with_its_last_image_and_a_loaded_one_stays() {
+    fn a_copy_not_loaded_here_outlives_its_last_image_while_recent_and_a_loaded_one_stays() {
         let dir = tempfile_dir();
         let gone = dir.join("libgone.so");
         std::fs::write(&gone, b"handed to worker processes only").unwrap();
         let image = Image::open(&gone, None).unwrap();
         let sha256 = image.sha256.clone();
-        assert!(Image::already_sealed(&gone, &sha256).is_some());
         drop(image);
         assert!(
+            Image::already_sealed(&gone, &sha256).is_some(),
+            "kept while among the copies used last"
+        );
+        // Other libraries used since push it out.
+        let others: Vec<Image> = (0..RECENT_COPIES)
+            .map(|n| {
+                let other = dir.join(format!("libother{n}.so"));
+                std::fs::write(&other, format!("another build, number {n}")).unwrap();
+                Image::open(&other, None).unwrap()
+            })
+            .collect();
+        drop(others);
+        assert!(
             Image::already_sealed(&gone, &sha256).is_none(),
-            "closed with its last image"
+            "closed once {RECENT_COPIES} others were used after it"
         );
 
         let kept = dir.join("libkept.so");
