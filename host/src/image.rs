@@ -15,10 +15,12 @@
 //! the dynamic loader knows it by the memfd's `/proc/self/fd/N` name, and reusing
 //! that name is how a second instance of the same library shares the first one's
 //! mapping instead of mapping another copy. A copy of a library opened without a
-//! digest (a development build) and only handed to worker processes is closed with
-//! its last image, so a host that reloads process-isolated builds again and again
-//! keeps no copy of the builds it no longer runs. When the caller already knows the digest it
-//! wants (a reviewed plugin) and that content is sealed, the file is not read at all.
+//! digest (a development build) and only handed to worker processes outlives its last
+//! image only while it is one of the [`RECENT_COPIES`] such copies used last, so
+//! starting the same build again reads nothing, and a host that reloads
+//! process-isolated builds again and again keeps at most that many it no longer runs.
+//! When the caller already knows the digest it wants (a reviewed plugin) and that
+//! content is sealed, the file is not read at all.
 //!
 //! A file hashed before is not read again while its stamp (inode, size, modification
 //! and change times) is the same: any write changes its change time, so the sealed
@@ -75,9 +77,14 @@ fn recent_copies() -> &'static Mutex<std::collections::VecDeque<Arc<std::os::fd:
     RECENT.get_or_init(Default::default)
 }
 
-/// Keeps `sealed` among the recently used copies.
+/// Keeps `sealed` among the recently used copies, unless it is kept for good.
 #[cfg(target_os = "linux")]
 fn used(sealed: &Arc<std::os::fd::OwnedFd>) {
+    let pinned = pinned_copies().lock().unwrap_or_else(|e| e.into_inner());
+    if pinned.iter().any(|copy| Arc::ptr_eq(copy, sealed)) {
+        return;
+    }
+    drop(pinned);
     let mut recent = recent_copies().lock().unwrap_or_else(|e| e.into_inner());
     recent.retain(|copy| !Arc::ptr_eq(copy, sealed));
     recent.push_front(sealed.clone());
@@ -96,6 +103,23 @@ impl Image {
     /// Reads the library at `path` and checks that its SHA-256 is `expected`, if given.
     pub fn open(path: &Path, expected: Option<&str>) -> Result<Image, LoadError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let image = Image::read(path, expected)?;
+        // Reviewed bytes (loaded by their digest, as every registry run is) stay
+        // sealed: a later load of the same review reads no file, so a stored library
+        // tampered with meanwhile does not stop what was reviewed from running. Others
+        // stay a while (see `RECENT_COPIES`).
+        #[cfg(target_os = "linux")]
+        if expected.is_some() {
+            image.pin();
+        } else {
+            used(&image._sealed);
+        }
+        Ok(image)
+    }
+
+    /// [`open`](Image::open)'s sealed copy: one already there for the digest or the
+    /// file's unchanged stamp, or the file read, hashed and sealed now.
+    fn read(path: PathBuf, expected: Option<&str>) -> Result<Image, LoadError> {
         #[cfg(target_os = "linux")]
         if let Some(image) = expected.and_then(|digest| Image::already_sealed(&path, digest)) {
             return Ok(image);
@@ -120,15 +144,7 @@ impl Image {
                 });
             }
         }
-        let image = Image::from_bytes(path, sha256, bytes)?;
-        // Reviewed bytes (loaded by their digest, as every registry run is) stay
-        // sealed: a later load of the same review reads no file, so a stored library
-        // tampered with meanwhile does not stop what was reviewed from running.
-        #[cfg(target_os = "linux")]
-        if expected.is_some() {
-            image.pin();
-        }
-        Ok(image)
+        Image::from_bytes(path, sha256, bytes)
     }
 
     /// The sealed copy a host handed a worker process, with the path and digest the
@@ -147,6 +163,12 @@ impl Image {
         if !pinned.iter().any(|copy| Arc::ptr_eq(copy, &self._sealed)) {
             pinned.push(self._sealed.clone());
         }
+        drop(pinned);
+        // Kept for good now: its place among the recent copies goes to another.
+        recent_copies()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|copy| !Arc::ptr_eq(copy, &self._sealed));
     }
 
     /// The sealed copy's descriptor (to hand to a worker process).
@@ -210,7 +232,6 @@ impl Image {
     #[cfg(target_os = "linux")]
     fn with_sealed(path: PathBuf, sha256: String, sealed: Arc<std::os::fd::OwnedFd>) -> Image {
         use std::os::fd::AsRawFd;
-        used(&sealed);
         Image {
             path,
             sha256,

@@ -52,8 +52,9 @@ impl Launched {
     ) -> std::io::Result<Launched> {
         let (host_end, worker_end) = UnixStream::pair()?;
         let shared = Shared::create(FIRST_SHARED_BYTES)?;
+        // Owned by the closure below, so they stay open as long as the command may
+        // still be spawned (a spawn the caller gave up waiting for runs later).
         let fds = [above_channel(&worker_end)?, above_channel(shared.fd())?];
-        let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let mut command = Command::new(program);
         command.arg(WORKER_ARG);
         if network {
@@ -65,14 +66,15 @@ impl Launched {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec and calls only
-        // `dup2`, which is async-signal-safe. The sources are open descriptors above
-        // 9 (see `above_channel`) and the targets are 3 and 4, so no move overwrites
-        // a source still to be moved; `dup2` leaves the new descriptors without
-        // close-on-exec, so exactly these two reach the worker.
+        // `dup2`, which is async-signal-safe. The sources are descriptors above 9
+        // (see `above_channel`) that the closure owns, so they are open whenever it
+        // runs; the targets are 3 and 4, so no move overwrites a source still to be
+        // moved; `dup2` leaves the new descriptors without close-on-exec, so exactly
+        // these two reach the worker.
         unsafe {
             command.pre_exec(move || {
-                for (source, target) in raw.iter().zip([CONTROL_FD, SHARED_FD]) {
-                    if libc::dup2(*source, target) < 0 {
+                for (source, target) in fds.iter().zip([CONTROL_FD, SHARED_FD]) {
+                    if libc::dup2(source.as_raw_fd(), target) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -231,7 +233,8 @@ const SPAWN_WAIT: Duration = Duration::from_secs(30);
 /// Spawns `command` on the lasting spawner thread and waits for it, at most
 /// [`SPAWN_WAIT`].
 fn spawn_from_a_lasting_thread(command: Command) -> std::io::Result<Child> {
-    let (answer, spawned) = crossbeam_channel::bounded(1);
+    // A rendezvous: the answer is taken only by a start still waiting for it.
+    let (answer, spawned) = crossbeam_channel::bounded(0);
     let mut command = command;
     on_spawner(Box::new(move || {
         if let Err(unwanted) = answer.send(command.spawn()) {

@@ -5,14 +5,14 @@
 //! would do, and did: but a bounded channel keeps its message apart from its head and
 //! tail counters, so one hand-off moves two or three cache lines between the cores,
 //! where this moves one: the line that holds both the message and the word that says
-//! it is there. On the 2-core virtual machine of `BENCHMARKS.md`, a round trip between
-//! two polling threads costs about 300 ns through two channels and 110–140 ns through
-//! one shared line.
+//! it is there. On the 2-core virtual machine of `BENCHMARKS.md`, a request and its
+//! reply between two polling threads take 331–350 ns through two channels (with the
+//! messages as they were) and 220–240 ns through two hand-offs.
 //!
 //! Either side may wait: polling ([`Receiver::try_recv`]), or asleep (parked) until
 //! the other side wakes it. A side that is dropped disconnects the other, which then
-//! gets an error instead of waiting for ever; a message still in the slot when the
-//! receiver is dropped is dropped with it.
+//! gets an error instead of waiting for ever; a message in the slot when the receiver
+//! is dropped is dropped then (one that lands as it is dropped, when the sender goes).
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};

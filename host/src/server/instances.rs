@@ -8,6 +8,7 @@
 //! request.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,6 +83,9 @@ impl RestartPolicy {
 pub(crate) struct Instances {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     policy: RestartPolicy,
+    /// Set once the server stops them all: no instance starts after that, so none
+    /// outlives the stop without its `cleanup`.
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -233,6 +237,7 @@ impl Instances {
         Instances {
             slots: Mutex::default(),
             policy,
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -339,6 +344,15 @@ impl Instances {
         registries.with(|registry| registry.get(id))?;
         let slot_arc = self.slot(id);
         let mut slot = lock(&slot_arc.running);
+        // Checked with the slot held: a stop that began before this finds the slot in
+        // its list and waits for it, one that begins after it finds this flag set.
+        if self.stopping.load(Ordering::SeqCst) {
+            stop(id, slot.take());
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down and starts no plugin instance; retry against the server once it is back",
+            ));
+        }
         let entry = match registries.with(|registry| registry.get(id)) {
             Ok(entry) => entry,
             Err(err) => {
@@ -451,6 +465,7 @@ impl Instances {
 
     /// Drains every instance (server shutdown).
     pub(crate) fn stop_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let slots: Vec<_> = lock(&self.slots).drain().collect();
         for (id, slot) in slots {
             let running = lock(&slot.running).take();

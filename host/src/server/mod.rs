@@ -383,8 +383,9 @@ impl Drop for RunningServer {
 
 /// How long a server that has stopped waits for work its clients no longer wait for:
 /// a request past its deadline was answered 503 but may still run on the blocking
-/// pool (a plugin that starts or a call, each bounded by its own deadline). Past
-/// this, the server stops without it, rather than keep its caller waiting.
+/// pool (a plugin start, or a registration's inspection). Instances are stopped
+/// before this, and none starts after (see `Instances::stop_all`). Past this, the
+/// server stops without that work, rather than keep its caller waiting.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Binds and serves until SIGINT or SIGTERM (what `plugbay serve` does).
