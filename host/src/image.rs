@@ -512,6 +512,34 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
+    fn a_reviewed_load_that_finds_its_copy_sealed_keeps_it_for_good() {
+        let dir = tempfile_dir();
+        let path = dir.join("libreviewed.so");
+        std::fs::write(&path, b"the reviewed bytes").unwrap();
+        let first = Image::open(&path, None).unwrap();
+        let sha256 = first.sha256.clone();
+        // Found sealed by its digest: no file is read, and it is kept like one read.
+        let reviewed = Image::open(&path, Some(&sha256)).unwrap();
+        drop((first, reviewed));
+        let others: Vec<Image> = (0..RECENT_COPIES)
+            .map(|n| {
+                let other = dir.join(format!("libnewer{n}.so"));
+                std::fs::write(&other, format!("a newer build, number {n}")).unwrap();
+                Image::open(&other, None).unwrap()
+            })
+            .collect();
+        drop(others);
+        std::fs::write(&path, b"tampered with later").unwrap();
+        let again = Image::open(&path, Some(&sha256)).expect("the reviewed copy stays");
+        assert_eq!(
+            std::fs::read(&again.load_path).unwrap(),
+            b"the reviewed bytes"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
     fn a_copy_not_loaded_here_outlives_its_last_image_while_recent_and_a_loaded_one_stays() {
         let dir = tempfile_dir();
         let gone = dir.join("libgone.so");
