@@ -521,14 +521,7 @@ mod tests {
         // Found sealed by its digest: no file is read, and it is kept like one read.
         let reviewed = Image::open(&path, Some(&sha256)).unwrap();
         drop((first, reviewed));
-        let others: Vec<Image> = (0..RECENT_COPIES)
-            .map(|n| {
-                let other = dir.join(format!("libnewer{n}.so"));
-                std::fs::write(&other, format!("a newer build, number {n}")).unwrap();
-                Image::open(&other, None).unwrap()
-            })
-            .collect();
-        drop(others);
+        use_other_builds(&dir, "newer");
         std::fs::write(&path, b"tampered with later").unwrap();
         let again = Image::open(&path, Some(&sha256)).expect("the reviewed copy stays");
         assert_eq!(
@@ -552,14 +545,7 @@ mod tests {
             "kept while among the copies used last"
         );
         // Other libraries used since push it out.
-        let others: Vec<Image> = (0..RECENT_COPIES)
-            .map(|n| {
-                let other = dir.join(format!("libother{n}.so"));
-                std::fs::write(&other, format!("another build, number {n}")).unwrap();
-                Image::open(&other, None).unwrap()
-            })
-            .collect();
-        drop(others);
+        use_other_builds(&dir, "other");
         assert!(
             Image::already_sealed(&gone, &sha256).is_none(),
             "closed once {RECENT_COPIES} others were used after it"
@@ -577,6 +563,18 @@ mod tests {
             b"opened by the dynamic loader here"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Opens (without a digest) and drops [`RECENT_COPIES`] libraries of their own
+    /// in `dir`, which pushes every older copy out of the recent ones.
+    #[cfg(target_os = "linux")]
+    fn use_other_builds(dir: &Path, name: &str) {
+        for n in 0..RECENT_COPIES {
+            let other = dir.join(format!("lib{name}{n}.so"));
+            std::fs::write(&other, format!("another build, {name} number {n}")).unwrap();
+            // Dropped at once: the recent copies hold it.
+            drop(Image::open(&other, None).unwrap());
+        }
     }
 
     fn tempfile_dir() -> PathBuf {
